@@ -1,0 +1,212 @@
+//! A provided-buffer ring (`IORING_REGISTER_PBUF_RING`, kernel 5.19): a pool of receive buffers the
+//! kernel picks from when a multishot recv has data, so an idle session holds no receive buffer.
+//!
+//! Ownership: a buffer id belongs to the kernel from `recycle` (or construction) until a recv
+//! completion names it; then it belongs to the ring, which reads it and hands it back with
+//! `recycle`. The memory of both the entry ring and the buffers stays mapped and unmoved until
+//! the `BufRing` is dropped, which the ring does only after the io_uring instance is closed.
+
+use std::io;
+use std::sync::atomic::{AtomicU16, Ordering};
+
+use io_uring::types::BufRingEntry;
+use io_uring::Submitter;
+
+/// One registered buffer group.
+pub struct BufRing {
+    /// Start of the mmap'd entry array (page aligned, as the kernel requires).
+    entries: *mut BufRingEntry,
+    entries_len: usize,
+    mask: u16,
+    /// Our copy of the tail; published to the kernel by `commit`.
+    tail: u16,
+    group: u16,
+    /// Start of the mmap'd buffer memory: `count * buf_size` bytes.
+    memory: *mut u8,
+    memory_len: usize,
+    buf_size: usize,
+    /// Buffers handed to the ring by completions and not yet recycled (for assertions and stats).
+    out: usize,
+}
+
+// SAFETY: the raw pointers name memory owned exclusively by this value; a BufRing is moved to its
+// ring thread before registration and only that thread touches it afterwards.
+unsafe impl Send for BufRing {}
+
+fn map(len: usize) -> io::Result<*mut u8> {
+    // SAFETY: an anonymous private mapping with no address hint has no preconditions; the result
+    // is checked for MAP_FAILED before use.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(ptr.cast())
+}
+
+impl BufRing {
+    /// Maps `count` buffers of `buf_size` bytes (count a power of two, at most 32768) for group
+    /// `group`. Nothing is registered yet: see [`BufRing::register`].
+    pub fn new(count: u16, buf_size: usize, group: u16) -> io::Result<BufRing> {
+        if !count.is_power_of_two() || count > 32768 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "buffer ring size must be a power of two up to 32768",
+            ));
+        }
+        let entries_len = count as usize * std::mem::size_of::<BufRingEntry>();
+        let entries = map(entries_len)?.cast::<BufRingEntry>();
+        let memory_len = count as usize * buf_size;
+        let memory = match map(memory_len) {
+            Ok(m) => m,
+            Err(e) => {
+                // SAFETY: `entries` was mapped above with exactly this length and is not shared.
+                unsafe { libc::munmap(entries.cast(), entries_len) };
+                return Err(e);
+            }
+        };
+        let mut ring = BufRing {
+            entries,
+            entries_len,
+            mask: count - 1,
+            tail: 0,
+            group,
+            memory,
+            memory_len,
+            buf_size,
+            out: count as usize,
+        };
+        for bid in 0..count {
+            ring.recycle(bid);
+        }
+        ring.commit();
+        Ok(ring)
+    }
+
+    /// Registers the ring with the kernel (5.19). EINVAL here on a kernel that should support it is
+    /// a known distribution bug (Ubuntu 6.8.0-136+): the caller falls back rather than aborting.
+    pub fn register(&self, submitter: &Submitter<'_>) -> io::Result<()> {
+        // SAFETY: `entries` points at `mask + 1` page-aligned entries that stay mapped until this
+        // BufRing is dropped, and the owning ring drops it only after its io_uring fd is closed
+        // (or after unregistering), so the kernel never sees a dangling ring.
+        unsafe {
+            submitter.register_buf_ring_with_flags(
+                self.entries as u64,
+                self.mask + 1,
+                self.group,
+                0,
+            )
+        }
+    }
+
+    /// The buffer group id to name in recv submissions.
+    pub fn group(&self) -> u16 {
+        self.group
+    }
+
+    /// Size of each buffer in bytes.
+    pub fn buf_size(&self) -> usize {
+        self.buf_size
+    }
+
+    /// Buffers currently held by the ring (taken by completions, not yet recycled).
+    pub fn held(&self) -> usize {
+        self.out
+    }
+
+    /// The first `len` bytes of buffer `bid`, as filled by the completion that named it.
+    pub fn buffer(&self, bid: u16, len: usize) -> &[u8] {
+        assert!(bid <= self.mask, "buffer id {bid} out of range");
+        assert!(
+            len <= self.buf_size,
+            "completion length {len} exceeds buffer size"
+        );
+        // SAFETY: bid is in range so the slice lies inside `memory`; the kernel wrote it before
+        // posting the completion that handed us `bid`, and will not write it again until we
+        // recycle it, which needs `&mut self` and so cannot overlap this borrow.
+        unsafe { std::slice::from_raw_parts(self.memory.add(bid as usize * self.buf_size), len) }
+    }
+
+    /// Takes note that a completion handed `bid` to us.
+    pub fn taken(&mut self, _bid: u16) {
+        self.out += 1;
+    }
+
+    /// Gives buffer `bid` back to the kernel; visible to it after the next [`BufRing::commit`].
+    pub fn recycle(&mut self, bid: u16) {
+        assert!(bid <= self.mask, "buffer id {bid} out of range");
+        assert!(self.out > 0, "recycled more buffers than were taken");
+        self.out -= 1;
+        let index = (self.tail & self.mask) as usize;
+        // SAFETY: index <= mask, inside the mapped entry array. The kernel only reads entries
+        // between its head and the published tail, and this slot is past the published tail.
+        let entry = unsafe { &mut *self.entries.add(index) };
+        entry.set_addr(self.memory as u64 + bid as u64 * self.buf_size as u64);
+        entry.set_len(self.buf_size as u32);
+        entry.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    /// Publishes recycled buffers to the kernel in one store.
+    pub fn commit(&mut self) {
+        // SAFETY: `entries` is the base of the initialised entry array; the tail field overlays
+        // the first entry's reserved field, which the kernel reads with acquire semantics, so a
+        // release store through an AtomicU16 makes the entries written before it visible.
+        unsafe {
+            let tail = BufRingEntry::tail(self.entries) as *const AtomicU16;
+            (*tail).store(self.tail, Ordering::Release);
+        }
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        // SAFETY: both regions were mapped in `new` with these lengths and nothing refers to them
+        // any more: the owning ring closes its io_uring fd before dropping us.
+        unsafe {
+            libc::munmap(self.memory.cast(), self.memory_len);
+            libc::munmap(self.entries.cast(), self.entries_len);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_bad_sizes() {
+        assert!(BufRing::new(3, 16, 0).is_err());
+        assert!(BufRing::new(0, 16, 0).is_err());
+    }
+
+    #[test]
+    fn recycle_cycles_through_the_entries() {
+        let mut ring = BufRing::new(4, 64, 1).unwrap();
+        assert_eq!(ring.held(), 0);
+        for round in 0..10u16 {
+            let bid = round % 4;
+            ring.taken(bid);
+            assert_eq!(ring.buffer(bid, 64).len(), 64);
+            ring.recycle(bid);
+            ring.commit();
+        }
+        assert_eq!(ring.held(), 0);
+        assert_eq!(ring.group(), 1);
+    }
+
+    #[test]
+    #[should_panic(expected = "recycled more buffers")]
+    fn double_recycle_is_caught() {
+        let mut ring = BufRing::new(4, 64, 1).unwrap();
+        ring.recycle(0);
+    }
+}

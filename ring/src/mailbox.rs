@@ -1,0 +1,146 @@
+//! Cross-thread completions: pools finish a job on their own thread and hand the result to the
+//! ring that owns the session through this queue. The ring keeps a read armed on an eventfd; a
+//! sender writes the eventfd only when the ring may be asleep, so a busy ring is never woken by
+//! a syscall per result.
+//!
+//! The sleep handshake is Dekker-style: the ring stores `sleeping = true` and then checks the
+//! queue before it blocks; a sender pushes and then checks `sleeping`. With sequentially
+//! consistent ordering on both sides, at least one of them sees the other's write, so a result
+//! is never stranded while the ring sleeps.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crossbeam_queue::SegQueue;
+
+use crate::SessionId;
+
+/// A message for a ring.
+pub(crate) enum Envelope<M> {
+    /// A result for one session; dropped if the session has gone.
+    Session(SessionId, M),
+}
+
+struct Shared<M> {
+    queue: SegQueue<Envelope<M>>,
+    sleeping: AtomicBool,
+    draining: AtomicBool,
+    eventfd: OwnedFd,
+    wakeups: AtomicU64,
+}
+
+/// The sending half: cheap to clone, `Send + Sync`, held by pools and the main thread.
+pub struct Sender<M> {
+    shared: Arc<Shared<M>>,
+}
+
+impl<M> Clone for Sender<M> {
+    fn clone(&self) -> Self {
+        Sender {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The receiving half, owned by exactly one ring.
+pub struct Receiver<M> {
+    shared: Arc<Shared<M>>,
+}
+
+/// Creates a ring's mailbox.
+pub fn mailbox<M>() -> io::Result<(Sender<M>, Receiver<M>)> {
+    // SAFETY: eventfd has no memory preconditions; the result is checked before use and the fd
+    // is owned from here on by OwnedFd.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor owned by no one else.
+    let eventfd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let shared = Arc::new(Shared {
+        queue: SegQueue::new(),
+        sleeping: AtomicBool::new(false),
+        draining: AtomicBool::new(false),
+        eventfd,
+        wakeups: AtomicU64::new(0),
+    });
+    Ok((
+        Sender {
+            shared: shared.clone(),
+        },
+        Receiver { shared },
+    ))
+}
+
+impl<M> Sender<M> {
+    /// Queues a result for `session` and wakes the ring if it may be asleep.
+    pub fn send(&self, session: SessionId, msg: M) {
+        self.shared.queue.push(Envelope::Session(session, msg));
+        self.wake();
+    }
+
+    /// Asks the ring to drain: stop accepting, let sessions finish, then return from `run`.
+    pub fn drain(&self) {
+        self.shared.draining.store(true, Ordering::SeqCst);
+        self.shared.sleeping.store(false, Ordering::SeqCst);
+        self.write_eventfd();
+    }
+
+    fn wake(&self) {
+        if self.shared.sleeping.load(Ordering::SeqCst)
+            && self.shared.sleeping.swap(false, Ordering::SeqCst)
+        {
+            self.write_eventfd();
+        }
+    }
+
+    fn write_eventfd(&self) {
+        self.shared.wakeups.fetch_add(1, Ordering::Relaxed);
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live local to an eventfd we own; the only possible
+        // failure is EAGAIN when the counter is saturated, which still leaves the ring woken.
+        unsafe {
+            libc::write(
+                self.shared.eventfd.as_raw_fd(),
+                (&one as *const u64).cast(),
+                8,
+            )
+        };
+    }
+}
+
+impl<M> Receiver<M> {
+    pub(crate) fn eventfd(&self) -> RawFd {
+        self.shared.eventfd.as_raw_fd()
+    }
+
+    pub(crate) fn pop(&self) -> Option<Envelope<M>> {
+        self.shared.queue.pop()
+    }
+
+    pub(crate) fn draining(&self) -> bool {
+        self.shared.draining.load(Ordering::SeqCst)
+    }
+
+    /// Announces that the ring is about to block; returns false if work arrived meanwhile, in
+    /// which case the ring must not block.
+    pub(crate) fn prepare_sleep(&self) -> bool {
+        self.shared.sleeping.store(true, Ordering::SeqCst);
+        if !self.shared.queue.is_empty() {
+            self.shared.sleeping.store(false, Ordering::SeqCst);
+            return false;
+        }
+        true
+    }
+
+    pub(crate) fn woke(&self) {
+        self.shared.sleeping.store(false, Ordering::SeqCst);
+    }
+
+    /// Eventfd writes so far (a stat: how often a sender had to wake this ring).
+    pub fn wakeups(&self) -> u64 {
+        self.shared.wakeups.load(Ordering::Relaxed)
+    }
+}

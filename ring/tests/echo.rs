@@ -1,0 +1,223 @@
+//! Drives a real ring with a tiny echo handler over loopback TCP, on every receive and accept
+//! path, and checks that results for a session that has gone are dropped rather than applied to
+//! the session that reuses its slot.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use ringline_ring::{
+    listen, local_addr, mailbox, probe, CloseReason, Context, Disable, Handler, Ring, RingConfig,
+    RingStats, Sender, Session, SessionId,
+};
+
+/// Echoes bytes; "later:" echoes through the mailbox; "bye" closes; "timer" arms a deadline.
+struct Echo {
+    sender: Sender<Vec<u8>>,
+    ids: mpsc::Sender<SessionId>,
+    closed: Arc<AtomicUsize>,
+}
+
+impl Handler for Echo {
+    type Conn = ();
+    type Msg = Vec<u8>;
+
+    fn on_open(&mut self, _cx: &Context, id: SessionId, _peer: Option<SocketAddr>) {
+        self.ids.send(id).unwrap();
+    }
+
+    fn on_data(&mut self, cx: &Context, s: &mut Session<'_, ()>, data: &[u8]) {
+        if data.starts_with(b"later:") {
+            self.sender.send(s.id(), data[6..].to_vec());
+        } else if data.starts_with(b"bye") {
+            s.out().extend_from_slice(b"ciao");
+            s.close_after_flush();
+        } else if data.starts_with(b"timer") {
+            s.set_deadline(Some(cx.now + Duration::from_millis(50)));
+        } else {
+            s.out().extend_from_slice(data);
+        }
+    }
+
+    fn on_message(&mut self, _cx: &Context, s: &mut Session<'_, ()>, msg: Vec<u8>) {
+        s.out().extend_from_slice(&msg);
+    }
+
+    fn on_deadline(&mut self, _cx: &Context, s: &mut Session<'_, ()>) {
+        s.out().extend_from_slice(b"tick");
+    }
+
+    fn on_drain(&mut self, _cx: &Context, s: &mut Session<'_, ()>) {
+        s.close_after_flush();
+    }
+
+    fn on_close(&mut self, _cx: &Context, _id: SessionId, _conn: (), _reason: CloseReason) {
+        self.closed.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+struct Running {
+    addr: SocketAddr,
+    sender: Sender<Vec<u8>>,
+    ids: mpsc::Receiver<SessionId>,
+    closed: Arc<AtomicUsize>,
+    stats: Arc<RingStats>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+fn start(disable: Disable) -> Running {
+    let listener = listen("127.0.0.1:0".parse().unwrap(), 128).unwrap();
+    let addr = local_addr(&listener).unwrap();
+    let (sender, receiver) = mailbox::<Vec<u8>>().unwrap();
+    let (ids_tx, ids) = mpsc::channel();
+    let closed = Arc::new(AtomicUsize::new(0));
+    let stats = Arc::new(RingStats::default());
+    let features = probe(disable).expect("io_uring available");
+    let handler = Echo {
+        sender: sender.clone(),
+        ids: ids_tx,
+        closed: closed.clone(),
+    };
+    let config = RingConfig {
+        index: 0,
+        listener,
+        sq_entries: 64,
+        recv_buffers: 16,
+        recv_buffer_size: 4096,
+        max_sessions: 4,
+        reject_message: b"full\r\n".to_vec(),
+        tick: Duration::from_millis(10),
+        drain_timeout: Duration::from_secs(2),
+        features,
+        stats: stats.clone(),
+    };
+    let thread = std::thread::spawn(move || {
+        let ring = Ring::new(config, handler, receiver).unwrap();
+        ring.run().unwrap();
+    });
+    Running {
+        addr,
+        sender,
+        ids,
+        closed,
+        stats,
+        thread,
+    }
+}
+
+fn read_exact(stream: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut buf = vec![0; n];
+    stream.read_exact(&mut buf).unwrap();
+    buf
+}
+
+fn exercise(disable: Disable) {
+    let r = start(disable);
+    let mut a = TcpStream::connect(r.addr).unwrap();
+    a.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let id_a = r.ids.recv_timeout(Duration::from_secs(5)).unwrap();
+
+    a.write_all(b"hello").unwrap();
+    assert_eq!(read_exact(&mut a, 5), b"hello");
+
+    // A large echo crosses many receive buffers and partial sends.
+    let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let mut reader = a.try_clone().unwrap();
+    let expect = big.clone();
+    let check = std::thread::spawn(move || read_exact(&mut reader, expect.len()) == expect);
+    a.write_all(&big).unwrap();
+    assert!(check.join().unwrap(), "large echo came back intact");
+
+    // A result from another thread reaches its session.
+    a.write_all(b"later:async").unwrap();
+    assert_eq!(read_exact(&mut a, 5), b"async");
+
+    // Deadlines fire.
+    a.write_all(b"timer").unwrap();
+    assert_eq!(read_exact(&mut a, 4), b"tick");
+
+    // Close, then a late result for the old session must not reach the slot's next owner.
+    a.write_all(b"bye").unwrap();
+    assert_eq!(read_exact(&mut a, 4), b"ciao");
+    let mut rest = Vec::new();
+    a.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while r.closed.load(Ordering::SeqCst) < 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut b = TcpStream::connect(r.addr).unwrap();
+    b.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    let id_b = r.ids.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(id_b.slot, id_a.slot, "the slot is reused");
+    assert_ne!(id_b.generation, id_a.generation, "with a new generation");
+    r.sender.send(id_a, b"stale".to_vec());
+    let mut buf = [0u8; 16];
+    let err = b.read(&mut buf).unwrap_err();
+    assert!(matches!(
+        err.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    ));
+    b.write_all(b"ok").unwrap();
+    b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(read_exact(&mut b, 2), b"ok");
+
+    // Beyond max_sessions a connection is refused with the message.
+    let mut extra: Vec<TcpStream> = (0..3)
+        .map(|_| TcpStream::connect(r.addr).unwrap())
+        .collect();
+    for _ in 0..3 {
+        r.ids.recv_timeout(Duration::from_secs(5)).unwrap();
+    }
+    let mut refused = TcpStream::connect(r.addr).unwrap();
+    refused
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut msg = Vec::new();
+    refused.read_to_end(&mut msg).unwrap();
+    assert_eq!(msg, b"full\r\n");
+    assert_eq!(r.stats.rejected_max_sessions.load(Ordering::Relaxed), 1);
+
+    // Drain closes everyone and the ring returns.
+    r.sender.drain();
+    r.thread.join().unwrap();
+    for s in extra.iter_mut() {
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+    }
+    assert_eq!(r.stats.sessions.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn fast_paths() {
+    exercise(Disable::default());
+}
+
+#[test]
+fn fallback_paths() {
+    exercise(Disable::for_kernel_profile("5.10").unwrap().union(Disable {
+        ext_arg: true,
+        ..Disable::default()
+    }));
+}
+
+#[test]
+fn without_defer_taskrun() {
+    exercise(Disable {
+        defer_taskrun: true,
+        ..Disable::default()
+    });
+}
+
+/// Regression: with DEFER_TASKRUN a ring that never entered with GETEVENTS (it was draining and
+/// never slept) never saw the completions its own shutdown() caused, and the drain hung.
+#[test]
+fn poll_then_recv_with_defer_taskrun() {
+    exercise(Disable {
+        multishot_recv: true,
+        ..Disable::default()
+    });
+}
