@@ -1,1 +1,2 @@
 //! ringline
+pub mod resp;
