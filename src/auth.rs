@@ -1,0 +1,129 @@
+//! Passwords: argon2id hashing and verification (on the compute pool, never on a ring), and the
+//! verified-credential cache that makes a repeated correct AUTH cost one SHA-256 instead of an
+//! argon2id run.
+//!
+//! The cache key is SHA-256 over (user, password, stored hash). It never holds a password, and a
+//! changed password changes the stored hash, so old entries simply stop matching.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+use argon2::password_hash::{
+    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
+};
+use argon2::Argon2;
+use sha2::{Digest, Sha256};
+
+/// Hashes a password with argon2id and a random salt, as a PHC string.
+pub fn hash_password(password: &[u8]) -> String {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password, &salt)
+        .expect("argon2id hashing with default parameters cannot fail")
+        .to_string()
+}
+
+/// Verifies a password against a PHC string; a malformed stored hash verifies nothing.
+pub fn verify_password(password: &[u8], phc: &str) -> bool {
+    match PasswordHash::new(phc) {
+        Ok(parsed) => Argon2::default().verify_password(password, &parsed).is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// A random password for the first `admin` user: 24 characters from a URL-safe alphabet.
+pub fn random_password() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+    let mut rng = rand::thread_rng();
+    (0..24)
+        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+/// Remembers credentials that verified, so repeats skip argon2id. Bounded: when full it is
+/// cleared, which costs a few extra verifications and never correctness.
+pub struct VerifiedCache {
+    entries: Mutex<HashSet<[u8; 32]>>,
+    capacity: usize,
+}
+
+impl VerifiedCache {
+    /// A cache holding at most `capacity` entries.
+    pub fn new(capacity: usize) -> VerifiedCache {
+        VerifiedCache {
+            entries: Mutex::new(HashSet::new()),
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn key(user: &str, password: &[u8], phc: &str) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update((user.len() as u64).to_le_bytes());
+        h.update(user.as_bytes());
+        h.update((password.len() as u64).to_le_bytes());
+        h.update(password);
+        h.update(phc.as_bytes());
+        h.finalize().into()
+    }
+
+    /// True if this exact (user, password, stored hash) verified before.
+    pub fn contains(&self, user: &str, password: &[u8], phc: &str) -> bool {
+        let key = Self::key(user, password, phc);
+        self.entries.lock().expect("cache lock").contains(&key)
+    }
+
+    /// Records a successful verification.
+    pub fn insert(&self, user: &str, password: &[u8], phc: &str) {
+        let key = Self::key(user, password, phc);
+        let mut entries = self.entries.lock().expect("cache lock");
+        if entries.len() >= self.capacity {
+            entries.clear();
+        }
+        entries.insert(key);
+    }
+
+    /// Entries held now.
+    pub fn len(&self) -> usize {
+        self.entries.lock().expect("cache lock").len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hash_then_verify() {
+        let phc = hash_password(b"secret");
+        assert!(phc.starts_with("$argon2id$"));
+        assert!(verify_password(b"secret", &phc));
+        assert!(!verify_password(b"Secret", &phc));
+        assert!(!verify_password(b"secret", "not a hash"));
+    }
+
+    #[test]
+    fn cache_matches_only_the_same_triple() {
+        let cache = VerifiedCache::new(2);
+        cache.insert("alice", b"pw", "$h1");
+        assert!(cache.contains("alice", b"pw", "$h1"));
+        assert!(!cache.contains("alice", b"pw", "$h2"));
+        assert!(!cache.contains("alice", b"px", "$h1"));
+        assert!(!cache.contains("bob", b"pw", "$h1"));
+        cache.insert("b", b"1", "x");
+        cache.insert("c", b"1", "x"); // over capacity: cleared, then inserted
+        assert_eq!(cache.len(), 1);
+    }
+
+    #[test]
+    fn random_passwords_differ() {
+        let a = random_password();
+        assert_eq!(a.len(), 24);
+        assert_ne!(a, random_password());
+    }
+}

@@ -1,0 +1,185 @@
+//! `INFO`: the server's state as Redis-style `field:value` lines, by section.
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+use crate::server::Shared;
+
+/// The Redis version ringline answers as in HELLO and INFO, for clients that gate features on it.
+pub const REDIS_COMPAT_VERSION: &str = "7.2.0";
+
+const SECTIONS: [&str; 8] = [
+    "server",
+    "clients",
+    "rings",
+    "stats",
+    "compute",
+    "store",
+    "commandstats",
+    "keyspace",
+];
+
+/// Renders the sections asked for (none, `all`, `default` or `everything`: all of them).
+pub fn render<'a>(shared: &Shared, asked: impl Iterator<Item = &'a [u8]>) -> String {
+    let asked: Vec<String> = asked
+        .map(|a| String::from_utf8_lossy(a).to_ascii_lowercase())
+        .collect();
+    let all = asked.is_empty()
+        || asked
+            .iter()
+            .any(|a| a == "all" || a == "default" || a == "everything");
+    let mut out = String::with_capacity(2048);
+    for section in SECTIONS {
+        if all || asked.iter().any(|a| a == section) {
+            if !out.is_empty() {
+                out.push_str("\r\n");
+            }
+            write_section(shared, section, &mut out);
+        }
+    }
+    out
+}
+
+fn write_section(shared: &Shared, section: &str, out: &mut String) {
+    let mut title = section.to_string();
+    title[..1].make_ascii_uppercase();
+    let _ = write!(out, "# {title}\r\n");
+    match section {
+        "server" => {
+            let uptime = shared.started.elapsed().as_secs();
+            let f = &shared.features;
+            let _ = write!(
+                out,
+                "redis_version:{REDIS_COMPAT_VERSION}\r\nringline_version:{}\r\nredis_mode:standalone\r\nos:Linux {}\r\narch_bits:64\r\nprocess_id:{}\r\ntcp_port:{}\r\nlisten:{}\r\nuptime_in_seconds:{uptime}\r\nuptime_in_days:{}\r\ncores:{}\r\nrings:{}\r\nbackend:{}\r\naccept_path:{:?}\r\nrecv_path:{:?}\r\nsetup_flags:{}\r\n",
+                env!("CARGO_PKG_VERSION"),
+                f.kernel_release,
+                std::process::id(),
+                shared.listen_addr.port(),
+                shared.listen_addr,
+                uptime / 86400,
+                shared.cores,
+                shared.rings.len(),
+                shared.backend_name,
+                f.accept,
+                f.recv,
+                setup_flags(f),
+            );
+        }
+        "clients" => {
+            let connected: u64 = shared
+                .rings
+                .iter()
+                .map(|r| r.sessions.load(Ordering::Relaxed))
+                .sum();
+            let _ = write!(
+                out,
+                "connected_clients:{connected}\r\nmaxclients:{}\r\n",
+                shared.config.max_sessions
+            );
+        }
+        "rings" => {
+            for (i, r) in shared.rings.iter().enumerate() {
+                let _ = write!(
+                    out,
+                    "ring{i}:sessions={},accepted={},closed={},rejected={},accept_errors={},completions={},submissions={},enters={},bufring_exhausted={},cq_overflow={},sq_backlogged={},messages={},bytes_in={},bytes_out={}\r\n",
+                    r.sessions.load(Ordering::Relaxed),
+                    r.accepted.load(Ordering::Relaxed),
+                    r.closed.load(Ordering::Relaxed),
+                    r.rejected_max_sessions.load(Ordering::Relaxed),
+                    r.accept_errors.load(Ordering::Relaxed),
+                    r.completions.load(Ordering::Relaxed),
+                    r.submissions.load(Ordering::Relaxed),
+                    r.enters.load(Ordering::Relaxed),
+                    r.bufring_exhausted.load(Ordering::Relaxed),
+                    r.cq_overflow.load(Ordering::Relaxed),
+                    r.sq_backlogged.load(Ordering::Relaxed),
+                    r.messages.load(Ordering::Relaxed),
+                    r.bytes_in.load(Ordering::Relaxed),
+                    r.bytes_out.load(Ordering::Relaxed),
+                );
+            }
+        }
+        "stats" => {
+            let sum = |f: fn(&ringline_ring::RingStats) -> u64| -> u64 {
+                shared.rings.iter().map(|r| f(r)).sum()
+            };
+            let c = &shared.counters;
+            let _ = write!(
+                out,
+                "total_connections_received:{}\r\ntotal_commands_processed:{}\r\nrejected_connections:{}\r\nauth_failures:{}\r\nauth_timeouts:{}\r\nidle_timeouts:{}\r\noutput_buffer_limit_closes:{}\r\nauth_cache_entries:{}\r\n",
+                sum(|r| r.accepted.load(Ordering::Relaxed)),
+                shared.total_commands(),
+                sum(|r| r.rejected_max_sessions.load(Ordering::Relaxed)),
+                c.auth_failures.load(Ordering::Relaxed),
+                c.auth_timeouts.load(Ordering::Relaxed),
+                c.idle_timeouts.load(Ordering::Relaxed),
+                c.output_limit_closes.load(Ordering::Relaxed),
+                shared.auth_cache.len(),
+            );
+        }
+        "compute" => {
+            let p = shared.compute.stats();
+            let _ = write!(
+                out,
+                "compute_threads:{}\r\ncompute_queue_capacity:{}\r\ncompute_queue_depth:{}\r\ncompute_jobs_completed:{}\r\ncompute_jobs_rejected:{}\r\ncompute_busy_us:{}\r\n",
+                shared.compute.threads(),
+                shared.compute.capacity(),
+                p.depth.load(Ordering::Relaxed),
+                p.completed.load(Ordering::Relaxed),
+                p.rejected.load(Ordering::Relaxed),
+                p.busy_us.load(Ordering::Relaxed),
+            );
+        }
+        "store" => {
+            let p = shared.store.stats();
+            let st = shared.store.store_stats();
+            let backend = shared.store.backend();
+            let _ = write!(
+                out,
+                "store_backend:{}\r\nstore_location:{}\r\nstore_threads:{}\r\nstore_queue_capacity:{}\r\nstore_queue_depth:{}\r\nstore_jobs_completed:{}\r\nstore_jobs_rejected:{}\r\nstore_unavailable_errors:{}\r\nstore_other_errors:{}\r\nstore_reconnects:{}\r\n",
+                backend.kind(),
+                backend.describe(),
+                shared.store.threads(),
+                shared.store.capacity(),
+                p.depth.load(Ordering::Relaxed),
+                p.completed.load(Ordering::Relaxed),
+                p.rejected.load(Ordering::Relaxed),
+                st.unavailable.load(Ordering::Relaxed),
+                st.errors.load(Ordering::Relaxed),
+                st.reconnects.load(Ordering::Relaxed),
+            );
+        }
+        "commandstats" => {
+            for (name, calls, errors, usec) in shared.command_totals() {
+                if calls == 0 {
+                    continue;
+                }
+                let _ = write!(
+                    out,
+                    "cmdstat_{name}:calls={calls},usec={usec},usec_per_call={:.2},rejected_calls=0,failed_calls={errors}\r\n",
+                    usec as f64 / calls as f64
+                );
+            }
+        }
+        "keyspace" => {}
+        _ => {}
+    }
+}
+
+fn setup_flags(f: &ringline_ring::Features) -> String {
+    let mut flags = Vec::new();
+    if f.single_issuer {
+        flags.push("single_issuer");
+    }
+    if f.defer_taskrun {
+        flags.push("defer_taskrun");
+    }
+    if f.coop_taskrun {
+        flags.push("coop_taskrun");
+    }
+    if flags.is_empty() {
+        "none".into()
+    } else {
+        flags.join(",")
+    }
+}

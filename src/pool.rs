@@ -1,0 +1,236 @@
+//! The compute pool: CPU-bound jobs (argon2id verification, `HASH`) run here, never on a ring.
+//!
+//! Work stealing with crossbeam-deque: rings push jobs into a global injector; each worker takes
+//! a batch from it into its own deque and, when both are empty, steals from a sibling. The pool
+//! is bounded: [`ComputePool::submit`] refuses a job when `capacity` jobs are already queued or
+//! running, and the caller answers `-BUSY` at once instead of queueing without limit.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_deque::{Injector, Stealer, Worker};
+
+/// One unit of work. It reports its own result (to a ring's mailbox).
+pub type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// Counters of a pool, for INFO and metrics.
+#[derive(Debug, Default)]
+pub struct PoolStats {
+    /// Jobs queued or running now.
+    pub depth: AtomicUsize,
+    /// Jobs finished.
+    pub completed: AtomicU64,
+    /// Jobs refused because the pool was full.
+    pub rejected: AtomicU64,
+    /// Total time jobs spent running, in microseconds.
+    pub busy_us: AtomicU64,
+}
+
+struct Shared {
+    injector: Injector<Job>,
+    stealers: Vec<Stealer<Job>>,
+    capacity: usize,
+    stats: PoolStats,
+    shutdown: AtomicBool,
+    sleepers: Mutex<usize>,
+    wake: Condvar,
+}
+
+/// The pool handle; cheap to clone.
+#[derive(Clone)]
+pub struct ComputePool {
+    shared: Arc<Shared>,
+    threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
+}
+
+/// Returned when the pool is full; the caller answers `-BUSY`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Busy;
+
+impl ComputePool {
+    /// Starts `threads` workers accepting at most `capacity` jobs in the pool at once.
+    pub fn start(threads: usize, capacity: usize) -> ComputePool {
+        let threads = threads.max(1);
+        let workers: Vec<Worker<Job>> = (0..threads).map(|_| Worker::new_fifo()).collect();
+        let shared = Arc::new(Shared {
+            injector: Injector::new(),
+            stealers: workers.iter().map(Worker::stealer).collect(),
+            capacity: capacity.max(1),
+            stats: PoolStats::default(),
+            shutdown: AtomicBool::new(false),
+            sleepers: Mutex::new(0),
+            wake: Condvar::new(),
+        });
+        let handles = workers
+            .into_iter()
+            .enumerate()
+            .map(|(index, local)| {
+                let shared = shared.clone();
+                std::thread::Builder::new()
+                    .name(format!("compute-{index}"))
+                    .spawn(move || run_worker(index, local, &shared))
+                    .expect("spawn compute worker")
+            })
+            .collect();
+        ComputePool {
+            shared,
+            threads: Arc::new(Mutex::new(handles)),
+        }
+    }
+
+    /// Queues a job, or refuses it when the pool is at capacity.
+    pub fn submit(&self, job: Job) -> Result<(), Busy> {
+        let shared = &self.shared;
+        let depth = shared.stats.depth.fetch_add(1, Ordering::AcqRel);
+        if depth >= shared.capacity || shared.shutdown.load(Ordering::Acquire) {
+            shared.stats.depth.fetch_sub(1, Ordering::AcqRel);
+            shared.stats.rejected.fetch_add(1, Ordering::Relaxed);
+            return Err(Busy);
+        }
+        shared.injector.push(job);
+        let sleepers = shared.sleepers.lock().expect("pool lock");
+        if *sleepers > 0 {
+            shared.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &PoolStats {
+        &self.shared.stats
+    }
+
+    /// Number of worker threads.
+    pub fn threads(&self) -> usize {
+        self.shared.stealers.len()
+    }
+
+    /// The most jobs the pool holds at once.
+    pub fn capacity(&self) -> usize {
+        self.shared.capacity
+    }
+
+    /// Finishes queued jobs, then stops the workers.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.store(true, Ordering::Release);
+        self.shared.wake.notify_all();
+        let handles = std::mem::take(&mut *self.threads.lock().expect("pool lock"));
+        for handle in handles {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn find_job(index: usize, local: &Worker<Job>, shared: &Shared) -> Option<Job> {
+    if let Some(job) = local.pop() {
+        return Some(job);
+    }
+    loop {
+        let mut retry = false;
+        match shared.injector.steal_batch_and_pop(local) {
+            crossbeam_deque::Steal::Success(job) => return Some(job),
+            crossbeam_deque::Steal::Retry => retry = true,
+            crossbeam_deque::Steal::Empty => {}
+        }
+        for (i, stealer) in shared.stealers.iter().enumerate() {
+            if i == index {
+                continue;
+            }
+            match stealer.steal() {
+                crossbeam_deque::Steal::Success(job) => return Some(job),
+                crossbeam_deque::Steal::Retry => retry = true,
+                crossbeam_deque::Steal::Empty => {}
+            }
+        }
+        if !retry {
+            return None;
+        }
+    }
+}
+
+fn run_worker(index: usize, local: Worker<Job>, shared: &Shared) {
+    loop {
+        if let Some(job) = find_job(index, &local, shared) {
+            let started = Instant::now();
+            // A panicking job must not take the worker down with it; its session simply gets
+            // no reply for that command, and the panic is logged.
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+                tracing::error!(worker = index, "a compute job panicked");
+            }
+            shared
+                .stats
+                .busy_us
+                .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            shared.stats.completed.fetch_add(1, Ordering::Relaxed);
+            shared.stats.depth.fetch_sub(1, Ordering::AcqRel);
+            continue;
+        }
+        if shared.shutdown.load(Ordering::Acquire) {
+            return;
+        }
+        let mut sleepers = shared.sleepers.lock().expect("pool lock");
+        // Re-check under the lock: a submit that pushed before we took it has either been
+        // seen here or will see us counted as a sleeper and notify.
+        if !shared.injector.is_empty() || shared.shutdown.load(Ordering::Acquire) {
+            continue;
+        }
+        *sleepers += 1;
+        let (mut guard, _) = shared
+            .wake
+            .wait_timeout(sleepers, Duration::from_millis(100))
+            .expect("pool lock");
+        *guard -= 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    #[test]
+    fn runs_every_job() {
+        let pool = ComputePool::start(3, 10_000);
+        let (tx, rx) = mpsc::channel();
+        for i in 0..1000 {
+            let tx = tx.clone();
+            pool.submit(Box::new(move || tx.send(i).unwrap())).unwrap();
+        }
+        let mut got: Vec<i32> = (0..1000).map(|_| rx.recv().unwrap()).collect();
+        got.sort();
+        assert_eq!(got, (0..1000).collect::<Vec<_>>());
+        pool.shutdown();
+        assert_eq!(pool.stats().completed.load(Ordering::Relaxed), 1000);
+    }
+
+    #[test]
+    fn refuses_beyond_capacity() {
+        let pool = ComputePool::start(1, 2);
+        let (release_tx, release_rx) = mpsc::channel::<()>();
+        let release_rx = Arc::new(Mutex::new(release_rx));
+        for _ in 0..2 {
+            let rx = release_rx.clone();
+            pool.submit(Box::new(move || {
+                let _ = rx.lock().unwrap().recv();
+            }))
+            .unwrap();
+        }
+        assert_eq!(pool.submit(Box::new(|| {})), Err(Busy));
+        assert_eq!(pool.stats().rejected.load(Ordering::Relaxed), 1);
+        release_tx.send(()).unwrap();
+        release_tx.send(()).unwrap();
+        pool.shutdown();
+    }
+
+    #[test]
+    fn survives_a_panicking_job() {
+        let pool = ComputePool::start(1, 10);
+        pool.submit(Box::new(|| panic!("boom"))).unwrap();
+        let (tx, rx) = mpsc::channel();
+        pool.submit(Box::new(move || tx.send(7).unwrap())).unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), 7);
+        pool.shutdown();
+    }
+}

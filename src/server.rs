@@ -1,0 +1,342 @@
+//! Start-up, the threads, and shutdown: probe the kernel, open the store, start the pools, bind
+//! one `SO_REUSEPORT` listener per ring, run one pinned ring thread per core, and drain on
+//! SIGTERM or SIGINT.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ringline_ring::{Features, Ring, RingConfig, RingStats};
+
+use crate::auth::{self, VerifiedCache};
+use crate::commands::COMMANDS;
+use crate::config::ServeArgs;
+use crate::pool::ComputePool;
+use crate::session::{Msg, RingHandler};
+use crate::store::{self, StoreSpec, UserRecord};
+use crate::storepool::StorePool;
+
+/// Settings the sessions consult at run time.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    pub auth_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_sessions: usize,
+    pub proto_max_bulk_len: usize,
+    pub max_output_buffer: usize,
+    pub max_query_buffer: usize,
+    pub max_auth_failures: u32,
+}
+
+/// Server-wide counters that are not per ring.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub auth_failures: AtomicU64,
+    pub auth_timeouts: AtomicU64,
+    pub idle_timeouts: AtomicU64,
+    pub output_limit_closes: AtomicU64,
+    pub unknown_commands: AtomicU64,
+}
+
+/// Per-command totals, one slot per row of the command table.
+#[derive(Debug, Default)]
+struct CommandCounters {
+    calls: AtomicU64,
+    errors: AtomicU64,
+    usec: AtomicU64,
+}
+
+/// What every ring and pool job shares, read-mostly.
+pub struct Shared {
+    pub config: RuntimeConfig,
+    pub compute: ComputePool,
+    pub store: StorePool,
+    pub auth_cache: VerifiedCache,
+    /// An argon2id hash of nothing in particular, verified against for unknown users.
+    pub dummy_hash: String,
+    pub rings: Vec<Arc<RingStats>>,
+    pub features: Features,
+    pub backend_name: &'static str,
+    pub cores: usize,
+    pub listen_addr: SocketAddr,
+    pub started: Instant,
+    pub next_client_id: AtomicU64,
+    pub counters: Counters,
+    pub version_line: String,
+    commands: Vec<CommandCounters>,
+}
+
+impl Shared {
+    /// Counts one executed command (its latency runs from parse to reply queued).
+    pub fn record_command(&self, _ring: usize, name: &'static str, started: Instant, failed: bool) {
+        if let Some(i) = COMMANDS.iter().position(|c| c.name == name) {
+            let c = &self.commands[i];
+            c.calls.fetch_add(1, Ordering::Relaxed);
+            if failed {
+                c.errors.fetch_add(1, Ordering::Relaxed);
+            }
+            c.usec
+                .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a command name that is not in the table.
+    pub fn record_unknown(&self, _ring: usize) {
+        self.counters
+            .unknown_commands
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (name, calls, errors, usec) per command.
+    pub fn command_totals(&self) -> Vec<(&'static str, u64, u64, u64)> {
+        COMMANDS
+            .iter()
+            .zip(&self.commands)
+            .map(|(spec, c)| {
+                (
+                    spec.name,
+                    c.calls.load(Ordering::Relaxed),
+                    c.errors.load(Ordering::Relaxed),
+                    c.usec.load(Ordering::Relaxed),
+                )
+            })
+            .collect()
+    }
+
+    /// Commands executed so far.
+    pub fn total_commands(&self) -> u64 {
+        self.commands
+            .iter()
+            .map(|c| c.calls.load(Ordering::Relaxed))
+            .sum::<u64>()
+            + self.counters.unknown_commands.load(Ordering::Relaxed)
+    }
+}
+
+/// Errors that stop start-up, with what to do about them.
+pub type StartError = String;
+
+fn init_logging(args: &ServeArgs) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_new(&args.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match args.log_format {
+        crate::config::LogFormat::Json => builder.json().try_init(),
+        crate::config::LogFormat::Text => builder.try_init(),
+    };
+}
+
+/// Opens the store named by the arguments and makes sure a first user exists: on first start
+/// an `admin` user is created with a random password, printed once.
+pub fn open_store(spec: &StoreSpec) -> Result<Arc<dyn store::Backend>, StartError> {
+    let backend = store::open(spec).map_err(|e| format!("cannot open the store: {e}"))?;
+    let mut conn = backend
+        .connect()
+        .map_err(|e| format!("cannot connect to the store: {e}"))?;
+    let users = conn
+        .users()
+        .map_err(|e| format!("cannot read users from the store: {e}"))?;
+    if users.is_empty() {
+        let password = auth::random_password();
+        conn.put_user(&UserRecord {
+            name: "admin".into(),
+            hash: auth::hash_password(password.as_bytes()),
+            disabled: false,
+        })
+        .map_err(|e| format!("cannot create the first user: {e}"))?;
+        println!("No users existed: created user 'admin' with password {password}");
+        println!("(shown once; change it with `ringline user passwd admin`)");
+    }
+    Ok(backend)
+}
+
+/// Runs the server until SIGTERM/SIGINT, then drains. Returns once every ring has stopped.
+pub fn serve(args: ServeArgs) -> Result<(), StartError> {
+    init_logging(&args);
+    let disable = ringline_ring::Disable::parse_list(&args.uring_disable)
+        .map_err(|e| format!("--uring-disable: {e}"))?
+        .union(
+            ringline_ring::Disable::for_kernel_profile(&args.kernel_profile)
+                .map_err(|e| format!("--kernel-profile: {e}"))?,
+        );
+    let features = match ringline_ring::probe(disable) {
+        Ok(f) => f,
+        Err(unavailable) => {
+            return Err(format!(
+                "io_uring is not available: {}",
+                unavailable.advice()
+            ))
+        }
+    };
+    let cores = ringline_ring::usable_cores();
+    let core_count = cores.len().max(1);
+    let ring_count = args.rings.unwrap_or(core_count).max(1);
+    tracing::info!(
+        kernel = %features.kernel_release,
+        rings = ring_count,
+        cores = core_count,
+        accept = ?features.accept,
+        recv = ?features.recv,
+        single_issuer = features.single_issuer,
+        defer_taskrun = features.defer_taskrun,
+        coop_taskrun = features.coop_taskrun,
+        ext_arg = features.ext_arg,
+        "io_uring backend"
+    );
+
+    let spec = StoreSpec::parse(args.store.store.as_deref(), &args.store.data)
+        .map_err(|e| format!("--store: {e}"))?;
+    let backend = open_store(&spec)?;
+    tracing::info!(store = %backend.describe(), "store opened");
+
+    let compute_threads = args.compute_threads.unwrap_or(core_count);
+    let store_threads = args.store_threads.unwrap_or(2 * core_count);
+    let compute = ComputePool::start(compute_threads, args.compute_queue);
+    let store_pool = StorePool::start(backend, store_threads, args.store_queue);
+    tracing::info!(
+        compute_threads,
+        store_threads,
+        compute_queue = args.compute_queue,
+        store_queue = args.store_queue,
+        max_sessions = args.max_sessions,
+        max_output_buffer = args.max_output_buffer,
+        proto_max_bulk_len = args.proto_max_bulk_len,
+        "pools and limits"
+    );
+
+    // The first listener fixes the port (the operator may have asked for port 0).
+    let first = ringline_ring::listen(args.listen, 65535)
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let listen_addr = ringline_ring::local_addr(&first).map_err(|e| e.to_string())?;
+    let mut listeners = vec![first];
+    for _ in 1..ring_count {
+        listeners.push(
+            ringline_ring::listen(listen_addr, 65535)
+                .map_err(|e| format!("cannot listen on {listen_addr}: {e}"))?,
+        );
+    }
+
+    let stats: Vec<Arc<RingStats>> = (0..ring_count).map(|_| Arc::default()).collect();
+    let shared = Arc::new(Shared {
+        config: RuntimeConfig {
+            auth_timeout: args.auth_timeout,
+            idle_timeout: args.idle_timeout,
+            max_sessions: args.max_sessions,
+            proto_max_bulk_len: args.proto_max_bulk_len,
+            max_output_buffer: args.max_output_buffer,
+            max_query_buffer: args.max_query_buffer.max(args.proto_max_bulk_len + 65536),
+            max_auth_failures: args.max_auth_failures.max(1),
+        },
+        compute: compute.clone(),
+        store: store_pool.clone(),
+        auth_cache: VerifiedCache::new(100_000),
+        dummy_hash: auth::hash_password(auth::random_password().as_bytes()),
+        rings: stats.clone(),
+        features: features.clone(),
+        backend_name: "io_uring",
+        cores: core_count,
+        listen_addr,
+        started: Instant::now(),
+        next_client_id: AtomicU64::new(1),
+        counters: Counters::default(),
+        version_line: format!("ringline {}", env!("CARGO_PKG_VERSION")),
+        commands: COMMANDS
+            .iter()
+            .map(|_| CommandCounters::default())
+            .collect(),
+    });
+
+    let global_sessions = Arc::new(AtomicUsize::new(0));
+    let mut senders = Vec::new();
+    let mut threads = Vec::new();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
+    for (index, listener) in listeners.into_iter().enumerate() {
+        let (sender, receiver) =
+            ringline_ring::mailbox::<Msg>().map_err(|e| format!("cannot create a mailbox: {e}"))?;
+        senders.push(sender.clone());
+        let config = RingConfig {
+            index,
+            listener,
+            sq_entries: 4096,
+            recv_buffers: args.recv_buffers,
+            recv_buffer_size: args.recv_buffer_size,
+            max_sessions: args.max_sessions,
+            global_sessions: global_sessions.clone(),
+            reject_message: b"-ERR max number of clients reached\r\n".to_vec(),
+            tick: Duration::from_millis(10),
+            drain_timeout: args.drain_timeout,
+            features: features.clone(),
+            stats: stats[index].clone(),
+        };
+        let handler = RingHandler::new(shared.clone(), sender);
+        let core = cores.get(index % core_count).copied();
+        let ready = ready_tx.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("ring-{index}"))
+            .spawn(move || {
+                if let Some(core) = core {
+                    if !ringline_ring::pin_current_thread(core) {
+                        tracing::warn!(ring = index, core, "could not pin the ring thread");
+                    }
+                }
+                let ring = match Ring::new(config, handler, receiver) {
+                    Ok(ring) => {
+                        let _ = ready.send(Ok(()));
+                        ring
+                    }
+                    Err(e) => {
+                        let _ =
+                            ready.send(Err(format!("ring {index}: io_uring setup failed: {e}")));
+                        return;
+                    }
+                };
+                if let Err(e) = ring.run() {
+                    tracing::error!(ring = index, error = %e, "ring stopped with an error");
+                }
+            })
+            .map_err(|e| format!("cannot start ring thread: {e}"))?;
+        threads.push(thread);
+    }
+    drop(ready_tx);
+    for _ in 0..ring_count {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err("a ring thread died during start-up".into()),
+        }
+    }
+    tracing::info!(%listen_addr, rings = ring_count, "ready");
+    println!("ringline listening on {listen_addr}");
+
+    wait_for_signal();
+    tracing::info!("draining: no new connections; finishing commands in flight");
+    for sender in &senders {
+        sender.drain();
+    }
+    for thread in threads {
+        let _ = thread.join();
+    }
+    compute.shutdown();
+    store_pool.shutdown();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn wait_for_signal() {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install signal handlers; running until killed");
+            loop {
+                std::thread::park();
+            }
+        }
+    };
+    if let Some(signal) = signals.forever().next() {
+        tracing::info!(signal, "signal received");
+    }
+}

@@ -1,0 +1,330 @@
+//! A session on a ring: the per-connection state machine and the path of bytes through it.
+//!
+//! The request path, in the order a reader meets it: `on_open` (state `Unauthenticated`, auth
+//! deadline armed) → `on_data` → [`RingHandler::process_input`] parses as many complete commands
+//! as the bytes hold → [`crate::commands::execute`] answers inline commands at once and sends
+//! offloaded ones to a pool (state `Waiting`) → the pool's result comes back as `on_message` →
+//! the reply is appended to the session's output → the ring sends everything queued in one send.
+//!
+//! A session executes one command at a time: while an offloaded command is pending, later input
+//! stays unparsed in `inbuf`, so replies leave in request order however commands were served.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ringline_ring::{CloseReason, Context, Handler, Sender, Session, SessionId};
+
+use crate::commands;
+use crate::resp::{self, Args, Limits, Proto};
+use crate::server::Shared;
+
+/// The session's place in its life. Each handler notes which states it expects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Connected; only AUTH, HELLO and QUIT are served, and the auth deadline is armed.
+    Unauthenticated,
+    /// Authenticated and not waiting for anything: input is parsed and executed as it arrives.
+    Ready,
+    /// An offloaded command is running on a pool; input waits in `inbuf` until its result.
+    Waiting,
+}
+
+/// What a session remembers between commands.
+pub struct Conn {
+    /// `CLIENT ID`: unique over the server's life.
+    pub client_id: u64,
+    /// Where the session is in its life.
+    pub state: State,
+    /// The authenticated user, owner of the session's keys.
+    pub user: Option<Arc<str>>,
+    /// Reply protocol chosen by HELLO.
+    pub proto: Proto,
+    /// `CLIENT SETNAME`.
+    pub name: Option<Vec<u8>>,
+    /// `CLIENT SETINFO LIB-NAME` / `LIB-VER`.
+    pub lib_name: Option<Vec<u8>>,
+    pub lib_ver: Option<Vec<u8>>,
+    /// Whether an authenticated session was ever seen (Waiting after AUTH returns here).
+    pub authenticated: bool,
+    /// Bytes received but not yet parsed (a partial command, or input behind a pending one).
+    pub inbuf: Vec<u8>,
+    /// Wrong passwords on this connection.
+    pub auth_failures: u32,
+    /// The peer sent EOF: finish what was received, flush, close.
+    pub peer_eof: bool,
+    /// The command now pending on a pool: its name and when it was parsed.
+    pub pending: Option<(&'static str, Instant)>,
+    pub peer: Option<SocketAddr>,
+    pub created: Instant,
+    pub last_active: Instant,
+    /// Commands executed on this session.
+    pub commands: u64,
+}
+
+impl Conn {
+    /// True when nothing is pending and no input waits: the session may close on a drain.
+    pub fn idle(&self) -> bool {
+        self.state != State::Waiting && self.inbuf.is_empty()
+    }
+}
+
+/// Results that pools send back to a session.
+pub enum Msg {
+    /// The encoded reply of the pending command.
+    Reply(Vec<u8>),
+    /// The outcome of AUTH or HELLO ... AUTH.
+    Auth(AuthOutcome),
+}
+
+/// What an authentication attempt found.
+pub enum AuthOutcome {
+    /// The password verified; what to reply depends on the command that asked.
+    Verified { user: String, then: AfterAuth },
+    /// Unknown user, disabled user, or wrong password: one answer for all three.
+    WrongPass,
+    /// The reply to send instead (store unavailable, BUSY).
+    Failed(Vec<u8>),
+}
+
+/// The command that asked for authentication.
+pub enum AfterAuth {
+    /// `AUTH`: reply `+OK`.
+    Ok,
+    /// `HELLO proto AUTH u p [SETNAME n]`: switch protocol, set the name, reply HELLO's map.
+    Hello {
+        proto: Proto,
+        setname: Option<Vec<u8>>,
+    },
+}
+
+/// One ring's protocol handler. Owns nothing shared but the `Arc<Shared>`.
+pub struct RingHandler {
+    pub(crate) shared: Arc<Shared>,
+    /// This ring's own mailbox, cloned into every job so results come back here.
+    pub(crate) sender: Sender<Msg>,
+    pub(crate) limits: Limits,
+    args: Args,
+}
+
+impl RingHandler {
+    /// A handler for one ring.
+    pub fn new(shared: Arc<Shared>, sender: Sender<Msg>) -> RingHandler {
+        let limits = Limits {
+            max_bulk_len: shared.config.proto_max_bulk_len,
+            ..Limits::default()
+        };
+        RingHandler {
+            shared,
+            sender,
+            limits,
+            args: Args::new(),
+        }
+    }
+
+    /// Parses and executes complete commands from `buf` until it runs out, a command goes to a
+    /// pool, or the session is closing. Returns how many bytes were consumed.
+    fn process_input(&mut self, cx: &Context, s: &mut Session<'_, Conn>, buf: &[u8]) -> usize {
+        let mut pos = 0;
+        let mut args = std::mem::take(&mut self.args);
+        while pos < buf.len() && s.conn.state != State::Waiting && !s.is_closing() {
+            match resp::parse_command(&buf[pos..], &self.limits, &mut args) {
+                Ok(None) => break,
+                Ok(Some(consumed)) => {
+                    pos += consumed;
+                    if args.is_empty() {
+                        continue;
+                    }
+                    s.conn.commands += 1;
+                    s.conn.last_active = cx.now;
+                    commands::execute(self, cx, s, &args);
+                    self.enforce_output_limit(s);
+                }
+                Err(error) => {
+                    // As Redis does: say what was wrong, then close; the stream cannot be resynced.
+                    let message = format!("ERR {error}");
+                    resp::error(s.out(), message.as_bytes());
+                    s.close_after_flush();
+                    pos = buf.len();
+                }
+            }
+        }
+        self.args = args;
+        pos
+    }
+
+    /// Runs what waits in `inbuf` (after a pending command finished).
+    fn process_inbuf(&mut self, cx: &Context, s: &mut Session<'_, Conn>) {
+        if s.conn.inbuf.is_empty() {
+            return;
+        }
+        let mut buf = std::mem::take(&mut s.conn.inbuf);
+        let consumed = self.process_input(cx, s, &buf);
+        buf.drain(..consumed);
+        if buf.is_empty() && buf.capacity() > 64 * 1024 {
+            buf = Vec::new();
+        }
+        s.conn.inbuf = buf;
+    }
+
+    fn enforce_output_limit(&self, s: &mut Session<'_, Conn>) {
+        if s.pending_output() > self.shared.config.max_output_buffer {
+            tracing::warn!(
+                client = s.conn.client_id,
+                pending_bytes = s.pending_output(),
+                "closing a session whose output buffer passed --max-output-buffer (it is not reading its replies)"
+            );
+            self.shared
+                .counters
+                .output_limit_closes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            s.close();
+        }
+    }
+
+    /// After anything that may have left the session idle: close it if the peer is done or the
+    /// server is draining.
+    fn close_if_done(&self, cx: &Context, s: &mut Session<'_, Conn>) {
+        if s.conn.idle() && (s.conn.peer_eof || cx.draining) {
+            s.close_after_flush();
+        }
+    }
+}
+
+impl Handler for RingHandler {
+    type Conn = Conn;
+    type Msg = Msg;
+
+    fn on_open(&mut self, cx: &Context, _id: SessionId, peer: Option<SocketAddr>) -> Conn {
+        let client_id = self
+            .shared
+            .next_client_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Conn {
+            client_id,
+            state: State::Unauthenticated,
+            user: None,
+            proto: Proto::Resp2,
+            name: None,
+            lib_name: None,
+            lib_ver: None,
+            authenticated: false,
+            inbuf: Vec::new(),
+            auth_failures: 0,
+            peer_eof: false,
+            pending: None,
+            peer,
+            created: cx.now,
+            last_active: cx.now,
+            commands: 0,
+        }
+    }
+
+    fn on_data(&mut self, cx: &Context, s: &mut Session<'_, Conn>, data: &[u8]) {
+        if s.is_closing() {
+            return;
+        }
+        if s.conn.state == State::Unauthenticated && s.deadline().is_none() {
+            s.set_deadline(Some(s.conn.created + self.shared.config.auth_timeout));
+        }
+        if s.conn.state == State::Waiting || !s.conn.inbuf.is_empty() {
+            if s.conn.inbuf.len() + data.len() > self.shared.config.max_query_buffer {
+                tracing::warn!(
+                    client = s.conn.client_id,
+                    "closing a session whose unprocessed input passed --max-query-buffer"
+                );
+                resp::error(
+                    s.out(),
+                    b"ERR Protocol error: client query buffer limit exceeded",
+                );
+                s.close_after_flush();
+                return;
+            }
+            s.conn.inbuf.extend_from_slice(data);
+            if s.conn.state != State::Waiting {
+                self.process_inbuf(cx, s);
+            }
+        } else {
+            let consumed = self.process_input(cx, s, data);
+            if consumed < data.len() && !s.is_closing() {
+                s.conn.inbuf.extend_from_slice(&data[consumed..]);
+            }
+        }
+        self.close_if_done(cx, s);
+    }
+
+    fn on_message(&mut self, cx: &Context, s: &mut Session<'_, Conn>, msg: Msg) {
+        debug_assert_eq!(
+            s.conn.state,
+            State::Waiting,
+            "a result arrived for a session not waiting"
+        );
+        let (command, started) = s.conn.pending.take().unwrap_or(("unknown", cx.now));
+        s.conn.state = if s.conn.authenticated {
+            State::Ready
+        } else {
+            State::Unauthenticated
+        };
+        let failed = match msg {
+            Msg::Reply(bytes) => {
+                s.out().extend_from_slice(&bytes);
+                bytes.first() == Some(&b'-')
+            }
+            Msg::Auth(outcome) => {
+                let failed = !matches!(outcome, AuthOutcome::Verified { .. });
+                commands::finish_auth(self, cx, s, outcome);
+                failed
+            }
+        };
+        self.shared
+            .record_command(cx.ring, command, started, failed);
+        self.enforce_output_limit(s);
+        if !s.is_closing() {
+            self.process_inbuf(cx, s);
+        }
+        self.close_if_done(cx, s);
+    }
+
+    fn on_deadline(&mut self, cx: &Context, s: &mut Session<'_, Conn>) {
+        match s.conn.state {
+            State::Unauthenticated if !s.conn.authenticated => {
+                resp::error(
+                    s.out(),
+                    b"ERR authentication timeout, closing the connection",
+                );
+                s.close_after_flush();
+                self.shared
+                    .counters
+                    .auth_timeouts
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            _ => {
+                let idle = self.shared.config.idle_timeout;
+                if idle.is_zero() {
+                    return;
+                }
+                let due = s.conn.last_active + idle;
+                if s.conn.state == State::Ready && due <= cx.now {
+                    self.shared
+                        .counters
+                        .idle_timeouts
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    s.close();
+                } else {
+                    s.set_deadline(Some(due.max(cx.now + idle / 8)));
+                }
+            }
+        }
+    }
+
+    fn on_eof(&mut self, cx: &Context, s: &mut Session<'_, Conn>) {
+        s.conn.peer_eof = true;
+        self.close_if_done(cx, s);
+    }
+
+    fn on_drain(&mut self, cx: &Context, s: &mut Session<'_, Conn>) {
+        self.close_if_done(cx, s);
+    }
+
+    fn on_close(&mut self, _cx: &Context, _id: SessionId, _conn: Conn, _reason: CloseReason) {}
+}
