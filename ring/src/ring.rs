@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -60,8 +60,11 @@ pub struct RingConfig {
     /// Provided buffers in the buffer ring (power of two) and their size.
     pub recv_buffers: u16,
     pub recv_buffer_size: usize,
-    /// Sessions above this are refused with `reject_message`.
+    /// Sessions above this, counted over every ring sharing `global_sessions`, are refused with
+    /// `reject_message`.
     pub max_sessions: usize,
+    /// The session count shared by all rings of the server.
+    pub global_sessions: Arc<AtomicUsize>,
     /// Sent (best effort) to a connection refused because of `max_sessions`.
     pub reject_message: Vec<u8>,
     /// Timer resolution.
@@ -677,7 +680,8 @@ impl<H: Handler> Ring<H> {
             self.submit_close(fd);
             return;
         }
-        if self.slab.len() >= self.config.max_sessions {
+        if self.config.global_sessions.fetch_add(1, Ordering::AcqRel) >= self.config.max_sessions {
+            self.config.global_sessions.fetch_sub(1, Ordering::AcqRel);
             bump(&self.stats.rejected_max_sessions);
             // SAFETY: a non-blocking best-effort send of a message we own to a socket we just
             // accepted and still own.
@@ -1182,6 +1186,7 @@ impl<H: Handler> Ring<H> {
         self.generations[slot as usize] =
             (self.generations[slot as usize] + 1) & token::GENERATION_MASK;
         self.stats.sessions.fetch_sub(1, Ordering::Relaxed);
+        self.config.global_sessions.fetch_sub(1, Ordering::AcqRel);
         bump(&self.stats.closed);
         self.submit_close(s.io.fd);
     }

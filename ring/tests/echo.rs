@@ -87,6 +87,7 @@ fn start(disable: Disable) -> Running {
         recv_buffers: 16,
         recv_buffer_size: 4096,
         max_sessions: 4,
+        global_sessions: Arc::new(AtomicUsize::new(0)),
         reject_message: b"full\r\n".to_vec(),
         tick: Duration::from_millis(10),
         drain_timeout: Duration::from_secs(2),
