@@ -23,6 +23,13 @@ pub enum Command {
     User(UserArgs),
     /// Print what this kernel supports and which path each operation will take.
     Probe(ProbeArgs),
+    /// Run a command with io_uring_setup denied (EPERM), as under Docker 25+'s default seccomp
+    /// profile: `ringline deny-io-uring -- ringline serve` shows the epoll fallback.
+    DenyIoUring {
+        /// The command and its arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
 }
 
 /// Where the store lives (shared by `serve` and `user`).

@@ -47,12 +47,25 @@ fn write_section(shared: &Shared, section: &str, out: &mut String) {
     match section {
         "server" => {
             let uptime = shared.started.elapsed().as_secs();
-            let f = &shared.features;
+            let (kernel, accept, recv, flags) = match &shared.features {
+                Some(f) => (
+                    f.kernel_release.clone(),
+                    format!("{:?}", f.accept),
+                    format!("{:?}", f.recv),
+                    setup_flags(f),
+                ),
+                None => (
+                    ringline_ring::probe::kernel_release(),
+                    "epoll".into(),
+                    "epoll".into(),
+                    "none".into(),
+                ),
+            };
             let _ = write!(
                 out,
-                "redis_version:{REDIS_COMPAT_VERSION}\r\nringline_version:{}\r\nredis_mode:standalone\r\nos:Linux {}\r\narch_bits:64\r\nprocess_id:{}\r\ntcp_port:{}\r\nlisten:{}\r\nuptime_in_seconds:{uptime}\r\nuptime_in_days:{}\r\ncores:{}\r\nrings:{}\r\nbackend:{}\r\naccept_path:{:?}\r\nrecv_path:{:?}\r\nsetup_flags:{}\r\n",
+                "redis_version:{REDIS_COMPAT_VERSION}\r\nringline_version:{}\r\nredis_mode:standalone\r\nos:Linux {}\r\narch_bits:64\r\nprocess_id:{}\r\ntcp_port:{}\r\nlisten:{}\r\nuptime_in_seconds:{uptime}\r\nuptime_in_days:{}\r\ncores:{}\r\nrings:{}\r\nbackend:{}\r\naccept_path:{}\r\nrecv_path:{}\r\nsetup_flags:{}\r\n",
                 env!("CARGO_PKG_VERSION"),
-                f.kernel_release,
+                kernel,
                 std::process::id(),
                 shared.listen_addr.port(),
                 shared.listen_addr,
@@ -60,9 +73,9 @@ fn write_section(shared: &Shared, section: &str, out: &mut String) {
                 shared.cores,
                 shared.rings.len(),
                 shared.backend_name,
-                f.accept,
-                f.recv,
-                setup_flags(f),
+                accept,
+                recv,
+                flags,
             );
         }
         "clients" => {

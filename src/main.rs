@@ -9,9 +9,20 @@ fn main() {
         Command::Serve(args) => ringline::server::serve(*args),
         Command::User(args) => ringline::users::run(args),
         Command::Probe(args) => ringline::probe::run(args),
+        Command::DenyIoUring { command } => deny_io_uring_then_exec(&command),
     };
     if let Err(message) = result {
         eprintln!("ringline: {message}");
         std::process::exit(1);
     }
+}
+
+fn deny_io_uring_then_exec(command: &[String]) -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    ringline_ring::deny_io_uring()
+        .map_err(|e| format!("cannot install the seccomp filter: {e}"))?;
+    let error = std::process::Command::new(&command[0])
+        .args(&command[1..])
+        .exec();
+    Err(format!("cannot run {}: {error}", command[0]))
 }

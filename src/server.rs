@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ringline_ring::{Features, Ring, RingConfig, RingStats};
+use ringline_ring::{AcceptPath, EpollLoop, Features, RecvPath, Ring, RingConfig, RingStats};
 
 use crate::auth::{self, VerifiedCache};
 use crate::commands::COMMANDS;
-use crate::config::ServeArgs;
+use crate::config::{BackendChoice, ServeArgs};
 use crate::pool::ComputePool;
 use crate::session::{Msg, RingHandler};
 use crate::store::{self, StoreSpec, UserRecord};
@@ -56,7 +56,8 @@ pub struct Shared {
     /// An argon2id hash of nothing in particular, verified against for unknown users.
     pub dummy_hash: String,
     pub rings: Vec<Arc<RingStats>>,
-    pub features: Features,
+    /// The probed io_uring features; `None` on the epoll backend.
+    pub features: Option<Features>,
     pub backend_name: &'static str,
     pub cores: usize,
     pub listen_addr: SocketAddr,
@@ -162,30 +163,48 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
             ringline_ring::Disable::for_kernel_profile(&args.kernel_profile)
                 .map_err(|e| format!("--kernel-profile: {e}"))?,
         );
-    let features = match ringline_ring::probe(disable) {
-        Ok(f) => f,
-        Err(unavailable) => {
-            return Err(format!(
-                "io_uring is not available: {}",
-                unavailable.advice()
-            ))
-        }
-    };
     let cores = ringline_ring::usable_cores();
     let core_count = cores.len().max(1);
     let ring_count = args.rings.unwrap_or(core_count).max(1);
-    tracing::info!(
-        kernel = %features.kernel_release,
-        rings = ring_count,
-        cores = core_count,
-        accept = ?features.accept,
-        recv = ?features.recv,
-        single_issuer = features.single_issuer,
-        defer_taskrun = features.defer_taskrun,
-        coop_taskrun = features.coop_taskrun,
-        ext_arg = features.ext_arg,
-        "io_uring backend"
-    );
+    let features = match args.backend {
+        BackendChoice::Epoll => None,
+        BackendChoice::Uring => Some(ringline_ring::probe(disable).map_err(|u| {
+            format!(
+                "io_uring is not available (and --backend uring was asked for): {}",
+                u.advice()
+            )
+        })?),
+        BackendChoice::Auto => match ringline_ring::probe(disable) {
+            Ok(f) => Some(f),
+            Err(unavailable) => {
+                tracing::warn!(
+                    reason = %unavailable.advice(),
+                    "io_uring is not available; serving on the epoll backend"
+                );
+                None
+            }
+        },
+    };
+    match &features {
+        Some(f) => tracing::info!(
+            kernel = %f.kernel_release,
+            rings = ring_count,
+            cores = core_count,
+            accept = ?f.accept,
+            recv = ?f.recv,
+            single_issuer = f.single_issuer,
+            defer_taskrun = f.defer_taskrun,
+            coop_taskrun = f.coop_taskrun,
+            ext_arg = f.ext_arg,
+            "backend io_uring"
+        ),
+        None => tracing::info!(
+            kernel = %ringline_ring::probe::kernel_release(),
+            rings = ring_count,
+            cores = core_count,
+            "backend epoll"
+        ),
+    }
 
     let spec = StoreSpec::parse(args.store.store.as_deref(), &args.store.data)
         .map_err(|e| format!("--store: {e}"))?;
@@ -236,7 +255,11 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
         dummy_hash: auth::hash_password(auth::random_password().as_bytes()),
         rings: stats.clone(),
         features: features.clone(),
-        backend_name: "io_uring",
+        backend_name: if features.is_some() {
+            "io_uring"
+        } else {
+            "epoll"
+        },
         cores: core_count,
         listen_addr,
         started: Instant::now(),
@@ -268,9 +291,10 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
             reject_message: b"-ERR max number of clients reached\r\n".to_vec(),
             tick: Duration::from_millis(10),
             drain_timeout: args.drain_timeout,
-            features: features.clone(),
+            features: features.clone().unwrap_or_else(epoll_features),
             stats: stats[index].clone(),
         };
+        let use_uring = features.is_some();
         let handler = RingHandler::new(shared.clone(), sender);
         let core = cores.get(index % core_count).copied();
         let ready = ready_tx.clone();
@@ -282,19 +306,25 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
                         tracing::warn!(ring = index, core, "could not pin the ring thread");
                     }
                 }
-                let ring = match Ring::new(config, handler, receiver) {
-                    Ok(ring) => {
+                let started = if use_uring {
+                    Ring::new(config, handler, receiver).map(|ring| {
                         let _ = ready.send(Ok(()));
-                        ring
-                    }
-                    Err(e) => {
-                        let _ =
-                            ready.send(Err(format!("ring {index}: io_uring setup failed: {e}")));
-                        return;
-                    }
+                        ring.run().map(drop)
+                    })
+                } else {
+                    EpollLoop::new(config, handler, receiver).map(|ring| {
+                        let _ = ready.send(Ok(()));
+                        ring.run().map(drop)
+                    })
                 };
-                if let Err(e) = ring.run() {
-                    tracing::error!(ring = index, error = %e, "ring stopped with an error");
+                match started {
+                    Err(e) => {
+                        let _ = ready.send(Err(format!("ring {index}: set-up failed: {e}")));
+                    }
+                    Ok(Err(e)) => {
+                        tracing::error!(ring = index, error = %e, "ring stopped with an error");
+                    }
+                    Ok(Ok(())) => {}
                 }
             })
             .map_err(|e| format!("cannot start ring thread: {e}"))?;
@@ -323,6 +353,22 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
     store_pool.shutdown();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What the epoll loop is described as (it does not consult these).
+fn epoll_features() -> Features {
+    Features {
+        kernel_release: ringline_ring::probe::kernel_release(),
+        kernel_version: (0, 0),
+        single_issuer: false,
+        defer_taskrun: false,
+        coop_taskrun: false,
+        ext_arg: false,
+        nodrop: false,
+        opcodes: Vec::new(),
+        accept: AcceptPath::SingleShot,
+        recv: RecvPath::PollThenRecv,
+    }
 }
 
 fn wait_for_signal() {

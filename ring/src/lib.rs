@@ -18,6 +18,8 @@
 #![allow(missing_docs)] // fields of plain stat structs are self-describing
 
 pub mod bufring;
+mod epoll;
+mod handler;
 pub mod mailbox;
 pub mod probe;
 mod ring;
@@ -28,9 +30,11 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 
+pub use epoll::EpollLoop;
+pub use handler::{CloseReason, Context, Handler, Session};
 pub use mailbox::{mailbox, Receiver, Sender};
 pub use probe::{probe, AcceptPath, Disable, Features, RecvPath, Unavailable};
-pub use ring::{CloseReason, Context, Handler, Ring, RingConfig, RingStats, Session};
+pub use ring::{Ring, RingConfig, RingStats};
 
 /// Names one session: its slab slot and the generation the slot had when the session began.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -73,4 +77,114 @@ pub fn usable_cores() -> Vec<usize> {
 /// Pins the calling thread to one core; false if the kernel refused.
 pub fn pin_current_thread(core: usize) -> bool {
     core_affinity::set_for_current(core_affinity::CoreId { id: core })
+}
+
+/// Raises the soft `RLIMIT_NOFILE` towards `want`, capped at the hard limit; returns the soft
+/// limit now in force. Each session is one descriptor, so a dense server (and a test or load
+/// tool that holds many sessions) needs this.
+pub fn raise_nofile_limit(want: u64) -> io::Result<u64> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into a live local of the right type.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let target = want.min(limit.rlim_max);
+    if target > limit.rlim_cur {
+        limit.rlim_cur = target;
+        // SAFETY: setrlimit reads a live local of the right type.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(limit.rlim_cur)
+}
+
+/// Installs a seccomp filter on the calling thread, inherited across `exec`, that makes
+/// `io_uring_setup` fail with `EPERM` — what Docker 25+'s default seccomp profile does. Used to
+/// check the epoll fallback (`ringline deny-io-uring -- ringline serve`). Everything else is
+/// allowed. Sets `no_new_privs`, as unprivileged seccomp requires.
+pub fn deny_io_uring() -> io::Result<()> {
+    const IO_URING_SETUP: u32 = 425; // the same number on every architecture since 5.1
+    const BPF_LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+    const BPF_JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+    const BPF_RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+    let filter = [
+        // A = seccomp_data.nr (offset 0)
+        libc::sock_filter {
+            code: BPF_LD_W_ABS,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+        libc::sock_filter {
+            code: BPF_JEQ_K,
+            jt: 0,
+            jf: 1,
+            k: IO_URING_SETUP,
+        },
+        libc::sock_filter {
+            code: BPF_RET_K,
+            jt: 0,
+            jf: 0,
+            k: libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+        },
+        libc::sock_filter {
+            code: BPF_RET_K,
+            jt: 0,
+            jf: 0,
+            k: libc::SECCOMP_RET_ALLOW,
+        },
+    ];
+    let program = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `program` and the `filter` array it points at are live locals for the call; the
+    // kernel copies the program before returning.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_SET_SECCOMP,
+            libc::SECCOMP_MODE_FILTER,
+            &program as *const libc::sock_fprog,
+            0,
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn raising_the_fd_limit_never_lowers_it() {
+        let before = super::raise_nofile_limit(0).unwrap();
+        let after = super::raise_nofile_limit(before + 1).unwrap();
+        assert!(after >= before);
+    }
+
+    #[test]
+    fn denied_io_uring_fails_with_eperm_on_that_thread_only() {
+        let denied = std::thread::spawn(|| {
+            super::deny_io_uring().unwrap();
+            super::probe(super::Disable::default())
+                .map(|_| ())
+                .unwrap_err()
+                .error
+                .raw_os_error()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(denied, Some(libc::EPERM));
+        assert!(super::probe(super::Disable::default()).is_ok());
+    }
 }

@@ -8,7 +8,6 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -18,6 +17,7 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use slab::Slab;
 
 use crate::bufring::BufRing;
+use crate::handler::{CloseReason, Closing, Context, Handler, Session, Settled, Slot, SlotIo};
 use crate::mailbox::{Envelope, Receiver};
 use crate::probe::{AcceptPath, Features, RecvPath};
 use crate::timer::{Entry, TimerWheel};
@@ -75,150 +75,6 @@ pub struct RingConfig {
     pub features: Features,
     /// This ring's counters.
     pub stats: Arc<RingStats>,
-}
-
-/// Why a session ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
-    /// The handler asked for it (QUIT, protocol error, limits, timeouts).
-    Requested,
-    /// The peer closed or reset the connection.
-    PeerGone,
-    /// The ring is shutting down.
-    Shutdown,
-}
-
-/// The server plugs in here: the ring knows bytes and sessions, the handler knows the protocol.
-/// Every callback runs on the ring thread and must not block.
-pub trait Handler {
-    /// Per-session state, stored in the session's slab slot.
-    type Conn;
-    /// Results other threads send back to a session.
-    type Msg: Send + 'static;
-
-    /// A connection was accepted; returns its state.
-    fn on_open(&mut self, cx: &Context, id: SessionId, peer: Option<SocketAddr>) -> Self::Conn;
-    /// Bytes arrived. They are only valid during the call.
-    fn on_data(&mut self, cx: &Context, session: &mut Session<'_, Self::Conn>, data: &[u8]);
-    /// A result another thread sent for this session.
-    fn on_message(&mut self, cx: &Context, session: &mut Session<'_, Self::Conn>, msg: Self::Msg);
-    /// The session's deadline passed.
-    fn on_deadline(&mut self, cx: &Context, session: &mut Session<'_, Self::Conn>);
-    /// The peer will send nothing more. By default: flush, then close.
-    fn on_eof(&mut self, _cx: &Context, session: &mut Session<'_, Self::Conn>) {
-        session.close_after_flush();
-    }
-    /// The ring started draining; the session should finish its work and close.
-    fn on_drain(&mut self, cx: &Context, session: &mut Session<'_, Self::Conn>);
-    /// The session is gone; its state is handed back for the last time.
-    fn on_close(&mut self, cx: &Context, id: SessionId, conn: Self::Conn, reason: CloseReason);
-}
-
-/// Ring-wide facts a callback may need.
-pub struct Context {
-    /// This ring's index.
-    pub ring: usize,
-    /// True once a drain started.
-    pub draining: bool,
-    /// The time at the start of this batch of completions.
-    pub now: Instant,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Closing {
-    No,
-    AfterFlush,
-    Now,
-}
-
-/// The I/O half of a slot: what the ring needs, apart from the handler's state.
-struct SlotIo {
-    fd: RawFd,
-    generation: u32,
-    peer: Option<SocketAddr>,
-    /// Replies queued by the handler, not yet handed to the kernel.
-    out: Vec<u8>,
-    /// Bytes the kernel owns while `send_inflight`; never touched then.
-    sending: Vec<u8>,
-    sent: usize,
-    send_inflight: bool,
-    recv_armed: bool,
-    /// Submissions not yet completed; the slot is freed only at zero.
-    ops_in_flight: u32,
-    closing: Closing,
-    /// Set once `begin_close` ran: the handler state is gone, only completions remain.
-    closed: bool,
-    close_reason: CloseReason,
-    in_dirty_list: bool,
-    deadline: Option<Instant>,
-    deadline_dirty: bool,
-    deadline_tick: u64,
-}
-
-struct Slot<C> {
-    io: SlotIo,
-    conn: Option<C>,
-}
-
-/// A session as a callback sees it: its state, its output buffer and its controls.
-pub struct Session<'a, C> {
-    id: SessionId,
-    /// The handler's state for this session.
-    pub conn: &'a mut C,
-    io: &'a mut SlotIo,
-}
-
-impl<C> Session<'_, C> {
-    /// This session's id (slot + generation).
-    pub fn id(&self) -> SessionId {
-        self.id
-    }
-
-    /// The peer address, when the kernel still knew it at accept.
-    pub fn peer(&self) -> Option<SocketAddr> {
-        self.io.peer
-    }
-
-    /// The output buffer: append replies; the ring sends them after the callback returns, one
-    /// send for everything queued in this batch.
-    pub fn out(&mut self) -> &mut Vec<u8> {
-        &mut self.io.out
-    }
-
-    /// Bytes queued or in flight towards the peer.
-    pub fn pending_output(&self) -> usize {
-        self.io.out.len() + self.io.sending.len() - self.io.sent
-    }
-
-    /// Closes at once; queued output is discarded.
-    pub fn close(&mut self) {
-        self.io.closing = Closing::Now;
-    }
-
-    /// Closes once everything queued so far has been sent.
-    pub fn close_after_flush(&mut self) {
-        if self.io.closing == Closing::No {
-            self.io.closing = Closing::AfterFlush;
-        }
-    }
-
-    /// True once a close was requested.
-    pub fn is_closing(&self) -> bool {
-        self.io.closing != Closing::No
-    }
-
-    /// Sets (or clears) the one deadline this session has; `on_deadline` runs when it passes.
-    pub fn set_deadline(&mut self, at: Option<Instant>) {
-        if self.io.deadline != at {
-            self.io.deadline = at;
-            self.io.deadline_dirty = true;
-        }
-    }
-
-    /// The current deadline.
-    pub fn deadline(&self) -> Option<Instant> {
-        self.io.deadline
-    }
 }
 
 /// One completion, copied out of the completion queue so handlers run after the queue is
@@ -713,24 +569,7 @@ impl<H: Handler> Ring<H> {
         let id = SessionId { slot, generation };
         let conn = self.handler.on_open(&cx, id, peer);
         entry.insert(Slot {
-            io: SlotIo {
-                fd,
-                generation,
-                peer,
-                out: Vec::new(),
-                sending: Vec::new(),
-                sent: 0,
-                send_inflight: false,
-                recv_armed: false,
-                ops_in_flight: 0,
-                closing: Closing::No,
-                closed: false,
-                close_reason: CloseReason::Requested,
-                in_dirty_list: false,
-                deadline: None,
-                deadline_dirty: false,
-                deadline_tick: 0,
-            },
+            io: SlotIo::new(fd, generation, peer),
             conn: Some(conn),
         });
         self.submit_recv(slot);
@@ -1079,21 +918,9 @@ impl<H: Handler> Ring<H> {
             }
             let cx = self.context();
             let s = &mut self.slab[entry.slot as usize];
-            let fire = !s.io.closed
-                && s.io.deadline_tick == entry.tick
-                && s.io.deadline.is_some_and(|d| d <= self.now);
-            if !fire {
-                // Re-armed for later, or the tick rounded early: put it back if still wanted.
-                if !s.io.closed && s.io.deadline_tick == entry.tick && s.io.deadline.is_some() {
-                    self.wheel.insert(Entry {
-                        tick: now_tick + 1,
-                        ..entry
-                    });
-                    s.io.deadline_tick = now_tick + 1;
-                }
+            if !s.io.due(entry, self.now, now_tick, &mut self.wheel) {
                 continue;
             }
-            s.io.deadline = None;
             let mut session = Session {
                 id: SessionId {
                     slot: entry.slot,
@@ -1112,44 +939,17 @@ impl<H: Handler> Ring<H> {
 
     /// Applies what a callback asked for: close, deadline changes, queued output.
     fn after_callback(&mut self, slot: u32) {
-        let tick_of_deadline = {
-            let Some(s) = self.slab.get(slot as usize) else {
-                return;
-            };
-            if s.io.closed {
-                return;
-            }
-            s.io.deadline.map(|d| self.tick_of(d) + 1)
+        let Some(s) = self.slab.get_mut(slot as usize) else {
+            return;
         };
-        let s = &mut self.slab[slot as usize];
-        if s.io.deadline_dirty {
-            s.io.deadline_dirty = false;
-            if let Some(tick) = tick_of_deadline {
-                s.io.deadline_tick = tick;
-                self.wheel.insert(Entry {
-                    slot,
-                    generation: s.io.generation,
-                    tick,
-                });
-            } else {
-                s.io.deadline_tick = 0;
-            }
-        }
-        match s.io.closing {
-            Closing::Now => {
-                self.begin_close(slot, CloseReason::Requested);
-                return;
-            }
-            Closing::AfterFlush if s.io.out.is_empty() && !s.io.send_inflight => {
-                let reason = s.io.close_reason;
-                self.begin_close(slot, reason);
-                return;
-            }
-            _ => {}
-        }
-        if !s.io.out.is_empty() && !s.io.send_inflight && !s.io.in_dirty_list {
-            s.io.in_dirty_list = true;
-            self.dirty.push(slot);
+        let started = self.started;
+        let tick_ns = self.config.tick.as_nanos().max(1);
+        let tick =
+            |at: Instant| (at.saturating_duration_since(started).as_nanos() / tick_ns) as u64;
+        match s.io.settle(slot, &mut self.wheel, tick) {
+            Settled::Idle => {}
+            Settled::Flush => self.dirty.push(slot),
+            Settled::Close(reason) => self.begin_close(slot, reason),
         }
     }
 

@@ -9,8 +9,8 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use ringline_ring::{
-    listen, local_addr, mailbox, probe, CloseReason, Context, Disable, Handler, Ring, RingConfig,
-    RingStats, Sender, Session, SessionId,
+    listen, local_addr, mailbox, probe, CloseReason, Context, Disable, EpollLoop, Handler, Ring,
+    RingConfig, RingStats, Sender, Session, SessionId,
 };
 
 /// Echoes bytes; "later:" echoes through the mailbox; "bye" closes; "timer" arms a deadline.
@@ -68,6 +68,10 @@ struct Running {
 }
 
 fn start(disable: Disable) -> Running {
+    start_on(disable, false)
+}
+
+fn start_on(disable: Disable, epoll: bool) -> Running {
     let listener = listen("127.0.0.1:0".parse().unwrap(), 128).unwrap();
     let addr = local_addr(&listener).unwrap();
     let (sender, receiver) = mailbox::<Vec<u8>>().unwrap();
@@ -95,8 +99,13 @@ fn start(disable: Disable) -> Running {
         stats: stats.clone(),
     };
     let thread = std::thread::spawn(move || {
-        let ring = Ring::new(config, handler, receiver).unwrap();
-        ring.run().unwrap();
+        if epoll {
+            let ring = EpollLoop::new(config, handler, receiver).unwrap();
+            ring.run().unwrap();
+        } else {
+            let ring = Ring::new(config, handler, receiver).unwrap();
+            ring.run().unwrap();
+        }
     });
     Running {
         addr,
@@ -115,7 +124,10 @@ fn read_exact(stream: &mut TcpStream, n: usize) -> Vec<u8> {
 }
 
 fn exercise(disable: Disable) {
-    let r = start(disable);
+    exercise_on(start(disable));
+}
+
+fn exercise_on(r: Running) {
     let mut a = TcpStream::connect(r.addr).unwrap();
     a.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let id_a = r.ids.recv_timeout(Duration::from_secs(5)).unwrap();
@@ -221,4 +233,9 @@ fn poll_then_recv_with_defer_taskrun() {
         multishot_recv: true,
         ..Disable::default()
     });
+}
+
+#[test]
+fn epoll_backend() {
+    exercise_on(start_on(Disable::default(), true));
 }

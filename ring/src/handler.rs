@@ -1,0 +1,259 @@
+//! What the two event loops (io_uring and epoll) share: the [`Handler`] trait the server
+//! implements, the [`Session`] view a callback gets, and the per-slot I/O state behind it.
+
+use std::net::SocketAddr;
+use std::os::fd::RawFd;
+use std::time::Instant;
+
+use crate::timer::{Entry, TimerWheel};
+use crate::SessionId;
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The handler asked for it (QUIT, protocol error, limits, timeouts).
+    Requested,
+    /// The peer closed or reset the connection.
+    PeerGone,
+    /// The ring is shutting down.
+    Shutdown,
+}
+
+/// The server plugs in here: the ring knows bytes and sessions, the handler knows the protocol.
+/// Every callback runs on the ring thread and must not block.
+pub trait Handler {
+    /// Per-session state, stored in the session's slab slot.
+    type Conn;
+    /// Results other threads send back to a session.
+    type Msg: Send + 'static;
+
+    /// A connection was accepted; returns its state.
+    fn on_open(&mut self, cx: &Context, id: SessionId, peer: Option<SocketAddr>) -> Self::Conn;
+    /// Bytes arrived. They are only valid during the call.
+    fn on_data(&mut self, cx: &Context, session: &mut Session<'_, Self::Conn>, data: &[u8]);
+    /// A result another thread sent for this session.
+    fn on_message(&mut self, cx: &Context, session: &mut Session<'_, Self::Conn>, msg: Self::Msg);
+    /// The session's deadline passed.
+    fn on_deadline(&mut self, cx: &Context, session: &mut Session<'_, Self::Conn>);
+    /// The peer will send nothing more. By default: flush, then close.
+    fn on_eof(&mut self, _cx: &Context, session: &mut Session<'_, Self::Conn>) {
+        session.close_after_flush();
+    }
+    /// The ring started draining; the session should finish its work and close.
+    fn on_drain(&mut self, cx: &Context, session: &mut Session<'_, Self::Conn>);
+    /// The session is gone; its state is handed back for the last time.
+    fn on_close(&mut self, cx: &Context, id: SessionId, conn: Self::Conn, reason: CloseReason);
+}
+
+/// Ring-wide facts a callback may need.
+pub struct Context {
+    /// This ring's index.
+    pub ring: usize,
+    /// True once a drain started.
+    pub draining: bool,
+    /// The time at the start of this batch of completions.
+    pub now: Instant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Closing {
+    No,
+    AfterFlush,
+    Now,
+}
+
+/// The I/O half of a slot: what the ring needs, apart from the handler's state.
+pub(crate) struct SlotIo {
+    /// The peer sent EOF (epoll stops watching for input).
+    pub(crate) peer_eof: bool,
+    pub(crate) fd: RawFd,
+    pub(crate) generation: u32,
+    pub(crate) peer: Option<SocketAddr>,
+    /// Replies queued by the handler, not yet handed to the kernel.
+    pub(crate) out: Vec<u8>,
+    /// Bytes the kernel owns while `send_inflight`; never touched then.
+    pub(crate) sending: Vec<u8>,
+    pub(crate) sent: usize,
+    pub(crate) send_inflight: bool,
+    pub(crate) recv_armed: bool,
+    /// Submissions not yet completed; the slot is freed only at zero.
+    pub(crate) ops_in_flight: u32,
+    pub(crate) closing: Closing,
+    /// Set once `begin_close` ran: the handler state is gone, only completions remain.
+    pub(crate) closed: bool,
+    pub(crate) close_reason: CloseReason,
+    pub(crate) in_dirty_list: bool,
+    pub(crate) deadline: Option<Instant>,
+    pub(crate) deadline_dirty: bool,
+    pub(crate) deadline_tick: u64,
+}
+
+pub(crate) struct Slot<C> {
+    pub(crate) io: SlotIo,
+    pub(crate) conn: Option<C>,
+}
+
+/// A session as a callback sees it: its state, its output buffer and its controls.
+pub struct Session<'a, C> {
+    pub(crate) id: SessionId,
+    /// The handler's state for this session.
+    pub conn: &'a mut C,
+    pub(crate) io: &'a mut SlotIo,
+}
+
+impl<C> Session<'_, C> {
+    /// This session's id (slot + generation).
+    pub fn id(&self) -> SessionId {
+        self.id
+    }
+
+    /// The peer address, when the kernel still knew it at accept.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.io.peer
+    }
+
+    /// The output buffer: append replies; the ring sends them after the callback returns, one
+    /// send for everything queued in this batch.
+    pub fn out(&mut self) -> &mut Vec<u8> {
+        &mut self.io.out
+    }
+
+    /// Bytes queued or in flight towards the peer.
+    pub fn pending_output(&self) -> usize {
+        self.io.out.len() + self.io.sending.len() - self.io.sent
+    }
+
+    /// Closes at once; queued output is discarded.
+    pub fn close(&mut self) {
+        self.io.closing = Closing::Now;
+    }
+
+    /// Closes once everything queued so far has been sent.
+    pub fn close_after_flush(&mut self) {
+        if self.io.closing == Closing::No {
+            self.io.closing = Closing::AfterFlush;
+        }
+    }
+
+    /// True once a close was requested.
+    pub fn is_closing(&self) -> bool {
+        self.io.closing != Closing::No
+    }
+
+    /// Sets (or clears) the one deadline this session has; `on_deadline` runs when it passes.
+    pub fn set_deadline(&mut self, at: Option<Instant>) {
+        if self.io.deadline != at {
+            self.io.deadline = at;
+            self.io.deadline_dirty = true;
+        }
+    }
+
+    /// The current deadline.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.io.deadline
+    }
+}
+
+/// What an event loop must do for a slot after a callback ran.
+pub(crate) enum Settled {
+    /// Nothing more.
+    Idle,
+    /// Output is queued: send it at the end of this batch.
+    Flush,
+    /// Close the session now.
+    Close(CloseReason),
+}
+
+impl SlotIo {
+    /// The I/O state of a freshly accepted session.
+    pub(crate) fn new(fd: RawFd, generation: u32, peer: Option<SocketAddr>) -> SlotIo {
+        SlotIo {
+            fd,
+            generation,
+            peer,
+            out: Vec::new(),
+            sending: Vec::new(),
+            sent: 0,
+            send_inflight: false,
+            recv_armed: false,
+            ops_in_flight: 0,
+            closing: Closing::No,
+            closed: false,
+            close_reason: CloseReason::Requested,
+            in_dirty_list: false,
+            deadline: None,
+            deadline_dirty: false,
+            deadline_tick: 0,
+            peer_eof: false,
+        }
+    }
+
+    /// Applies what a callback asked for, the same way on both event loops: a changed deadline
+    /// goes into the wheel (`tick` converts an instant to a wheel tick), a close request becomes
+    /// `Close` once its condition holds, and new output becomes `Flush` once per batch.
+    pub(crate) fn settle(
+        &mut self,
+        slot: u32,
+        wheel: &mut TimerWheel,
+        tick: impl Fn(Instant) -> u64,
+    ) -> Settled {
+        if self.closed {
+            return Settled::Idle;
+        }
+        if self.deadline_dirty {
+            self.deadline_dirty = false;
+            match self.deadline {
+                Some(at) => {
+                    self.deadline_tick = tick(at) + 1;
+                    wheel.insert(Entry {
+                        slot,
+                        generation: self.generation,
+                        tick: self.deadline_tick,
+                    });
+                }
+                None => self.deadline_tick = 0,
+            }
+        }
+        match self.closing {
+            Closing::Now => return Settled::Close(CloseReason::Requested),
+            Closing::AfterFlush if self.out.is_empty() && !self.send_inflight => {
+                return Settled::Close(self.close_reason)
+            }
+            _ => {}
+        }
+        if !self.out.is_empty() && !self.send_inflight && !self.in_dirty_list {
+            self.in_dirty_list = true;
+            return Settled::Flush;
+        }
+        Settled::Idle
+    }
+
+    /// Whether a due wheel entry should fire now; if the entry is still wanted but early (tick
+    /// rounding), it is re-armed for the next tick instead.
+    pub(crate) fn due(
+        &mut self,
+        entry: Entry,
+        now: Instant,
+        now_tick: u64,
+        wheel: &mut TimerWheel,
+    ) -> bool {
+        if self.closed || self.deadline_tick != entry.tick {
+            return false;
+        }
+        match self.deadline {
+            Some(at) if at <= now => {
+                self.deadline = None;
+                true
+            }
+            Some(_) => {
+                self.deadline_tick = now_tick + 1;
+                wheel.insert(Entry {
+                    tick: now_tick + 1,
+                    ..entry
+                });
+                false
+            }
+            None => false,
+        }
+    }
+}
