@@ -128,6 +128,10 @@ pub struct ServeArgs {
     /// Size of each receive buffer.
     #[arg(long, default_value = "16kb", value_parser = parse_size)]
     pub recv_buffer_size: usize,
+    /// Testing aid: make buffer-ring registration fail with EINVAL (as some distribution
+    /// kernels do) to exercise the fallback.
+    #[arg(long, hide = true)]
+    pub inject_bufring_einval: bool,
     /// Log level (error, warn, info, debug, trace) or a tracing filter.
     #[arg(long, default_value = "info")]
     pub log_level: String,

@@ -293,6 +293,9 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
             drain_timeout: args.drain_timeout,
             features: features.clone().unwrap_or_else(epoll_features),
             stats: stats[index].clone(),
+            faults: ringline_ring::Faults {
+                bufring_register_einval: args.inject_bufring_einval,
+            },
         };
         let use_uring = features.is_some();
         let handler = RingHandler::new(shared.clone(), sender);

@@ -34,7 +34,7 @@ pub use epoll::EpollLoop;
 pub use handler::{CloseReason, Context, Handler, Session};
 pub use mailbox::{mailbox, Receiver, Sender};
 pub use probe::{probe, AcceptPath, Disable, Features, RecvPath, Unavailable};
-pub use ring::{Ring, RingConfig, RingStats};
+pub use ring::{Faults, Ring, RingConfig, RingStats};
 
 /// Names one session: its slab slot and the generation the slot had when the session began.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

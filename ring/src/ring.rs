@@ -75,6 +75,16 @@ pub struct RingConfig {
     pub features: Features,
     /// This ring's counters.
     pub stats: Arc<RingStats>,
+    /// Faults to inject, for tests of the fallbacks.
+    pub faults: Faults,
+}
+
+/// Set-up failures a test can force, to prove each fast path falls back instead of aborting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// Make buffer-ring registration fail with EINVAL, as some distribution kernels do for every
+    /// valid registration (Ubuntu 24.04's 6.8.0-136 and later).
+    pub bufring_register_einval: bool,
 }
 
 /// One completion, copied out of the completion queue so handlers run after the queue is
@@ -148,7 +158,12 @@ impl<H: Handler> Ring<H> {
         let uring = builder.build(config.sq_entries)?;
         let bufring = if config.features.recv == RecvPath::MultishotBufRing {
             let ring = BufRing::new(config.recv_buffers, config.recv_buffer_size, 0)?;
-            match ring.register(&uring.submitter()) {
+            let registered = if config.faults.bufring_register_einval {
+                Err(io::Error::from_raw_os_error(libc::EINVAL))
+            } else {
+                ring.register(&uring.submitter())
+            };
+            match registered {
                 Ok(()) => Some(ring),
                 Err(e) => {
                     tracing::warn!(

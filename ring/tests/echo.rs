@@ -9,8 +9,8 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use ringline_ring::{
-    listen, local_addr, mailbox, probe, CloseReason, Context, Disable, EpollLoop, Handler, Ring,
-    RingConfig, RingStats, Sender, Session, SessionId,
+    listen, local_addr, mailbox, probe, CloseReason, Context, Disable, EpollLoop, Faults, Handler,
+    RecvPath, Ring, RingConfig, RingStats, Sender, Session, SessionId,
 };
 
 /// Echoes bytes; "later:" echoes through the mailbox; "bye" closes; "timer" arms a deadline.
@@ -68,10 +68,10 @@ struct Running {
 }
 
 fn start(disable: Disable) -> Running {
-    start_on(disable, false)
+    start_on(disable, false, Faults::default())
 }
 
-fn start_on(disable: Disable, epoll: bool) -> Running {
+fn start_on(disable: Disable, epoll: bool, faults: Faults) -> Running {
     let listener = listen("127.0.0.1:0".parse().unwrap(), 128).unwrap();
     let addr = local_addr(&listener).unwrap();
     let (sender, receiver) = mailbox::<Vec<u8>>().unwrap();
@@ -97,6 +97,7 @@ fn start_on(disable: Disable, epoll: bool) -> Running {
         drain_timeout: Duration::from_secs(2),
         features,
         stats: stats.clone(),
+        faults,
     };
     let thread = std::thread::spawn(move || {
         if epoll {
@@ -104,6 +105,9 @@ fn start_on(disable: Disable, epoll: bool) -> Running {
             ring.run().unwrap();
         } else {
             let ring = Ring::new(config, handler, receiver).unwrap();
+            if faults.bufring_register_einval {
+                assert_eq!(ring.features().recv, RecvPath::PollThenRecv);
+            }
             ring.run().unwrap();
         }
     });
@@ -237,5 +241,18 @@ fn poll_then_recv_with_defer_taskrun() {
 
 #[test]
 fn epoll_backend() {
-    exercise_on(start_on(Disable::default(), true));
+    exercise_on(start_on(Disable::default(), true, Faults::default()));
+}
+
+/// Some distribution kernels (Ubuntu 24.04's 6.8.0-136 and later) reject every valid buffer-ring
+/// registration with EINVAL. The ring must fall back to poll-then-recv, not abort.
+#[test]
+fn buffer_ring_registration_refused_falls_back() {
+    exercise_on(start_on(
+        Disable::default(),
+        false,
+        Faults {
+            bufring_register_einval: true,
+        },
+    ));
 }
