@@ -773,6 +773,10 @@ pub fn finish_auth(
             );
             if s.conn.auth_failures >= h.shared.config.max_auth_failures {
                 tracing::info!(client = s.conn.client_id, peer = ?s.conn.peer, "closing a connection after too many failed AUTH attempts");
+                h.shared
+                    .counters
+                    .auth_failure_closes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 err(
                     s.out(),
                     "ERR too many failed authentication attempts, closing the connection",

@@ -132,6 +132,9 @@ pub struct ServeArgs {
     /// kernels do) to exercise the fallback.
     #[arg(long, hide = true)]
     pub inject_bufring_einval: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off unless given).
+    #[arg(long)]
+    pub metrics_addr: Option<SocketAddr>,
     /// Log level (error, warn, info, debug, trace) or a tracing filter.
     #[arg(long, default_value = "info")]
     pub log_level: String,

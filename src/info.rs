@@ -8,7 +8,7 @@ use crate::server::Shared;
 /// The Redis version ringline answers as in HELLO and INFO, for clients that gate features on it.
 pub const REDIS_COMPAT_VERSION: &str = "7.2.0";
 
-const SECTIONS: [&str; 8] = [
+const SECTIONS: [&str; 9] = [
     "server",
     "clients",
     "rings",
@@ -16,6 +16,7 @@ const SECTIONS: [&str; 8] = [
     "compute",
     "store",
     "commandstats",
+    "latencystats",
     "keyspace",
 ];
 
@@ -163,14 +164,34 @@ fn write_section(shared: &Shared, section: &str, out: &mut String) {
             );
         }
         "commandstats" => {
-            for (name, calls, errors, usec) in shared.command_totals() {
-                if calls == 0 {
+            for c in shared.commands.summaries() {
+                if c.calls == 0 {
                     continue;
                 }
                 let _ = write!(
                     out,
-                    "cmdstat_{name}:calls={calls},usec={usec},usec_per_call={:.2},rejected_calls=0,failed_calls={errors}\r\n",
-                    usec as f64 / calls as f64
+                    "cmdstat_{}:calls={},usec={},usec_per_call={:.2},rejected_calls=0,failed_calls={}\r\n",
+                    c.name,
+                    c.calls,
+                    c.usec,
+                    c.usec as f64 / c.calls as f64,
+                    c.errors
+                );
+            }
+        }
+        "latencystats" => {
+            for c in shared.commands.summaries() {
+                if c.calls == 0 {
+                    continue;
+                }
+                let h = &c.latency;
+                let _ = write!(
+                    out,
+                    "latency_percentiles_usec_{}:p50={:.3},p99={:.3},p99.9={:.3}\r\n",
+                    c.name,
+                    h.value_at_quantile(0.5) as f64,
+                    h.value_at_quantile(0.99) as f64,
+                    h.value_at_quantile(0.999) as f64,
                 );
             }
         }

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod commands;
 pub mod config;
 pub mod info;
+pub mod metrics;
 pub mod pool;
 pub mod probe;
 pub mod resp;

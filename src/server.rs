@@ -12,6 +12,7 @@ use ringline_ring::{AcceptPath, EpollLoop, Features, RecvPath, Ring, RingConfig,
 use crate::auth::{self, VerifiedCache};
 use crate::commands::COMMANDS;
 use crate::config::{BackendChoice, ServeArgs};
+use crate::metrics::CommandBook;
 use crate::pool::ComputePool;
 use crate::session::{Msg, RingHandler};
 use crate::store::{self, StoreSpec, UserRecord};
@@ -36,15 +37,11 @@ pub struct Counters {
     pub auth_timeouts: AtomicU64,
     pub idle_timeouts: AtomicU64,
     pub output_limit_closes: AtomicU64,
+    pub query_limit_closes: AtomicU64,
+    pub auth_failure_closes: AtomicU64,
+    pub protocol_errors: AtomicU64,
+    pub killed: AtomicU64,
     pub unknown_commands: AtomicU64,
-}
-
-/// Per-command totals, one slot per row of the command table.
-#[derive(Debug, Default)]
-struct CommandCounters {
-    calls: AtomicU64,
-    errors: AtomicU64,
-    usec: AtomicU64,
 }
 
 /// What every ring and pool job shares, read-mostly.
@@ -65,20 +62,15 @@ pub struct Shared {
     pub next_client_id: AtomicU64,
     pub counters: Counters,
     pub version_line: String,
-    commands: Vec<CommandCounters>,
+    /// Per ring, per command calls, errors and latency.
+    pub commands: CommandBook,
 }
 
 impl Shared {
     /// Counts one executed command (its latency runs from parse to reply queued).
-    pub fn record_command(&self, _ring: usize, name: &'static str, started: Instant, failed: bool) {
+    pub fn record_command(&self, ring: usize, name: &'static str, started: Instant, failed: bool) {
         if let Some(i) = COMMANDS.iter().position(|c| c.name == name) {
-            let c = &self.commands[i];
-            c.calls.fetch_add(1, Ordering::Relaxed);
-            if failed {
-                c.errors.fetch_add(1, Ordering::Relaxed);
-            }
-            c.usec
-                .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+            self.commands.record(ring, i, started, failed);
         }
     }
 
@@ -89,29 +81,9 @@ impl Shared {
             .fetch_add(1, Ordering::Relaxed);
     }
 
-    /// (name, calls, errors, usec) per command.
-    pub fn command_totals(&self) -> Vec<(&'static str, u64, u64, u64)> {
-        COMMANDS
-            .iter()
-            .zip(&self.commands)
-            .map(|(spec, c)| {
-                (
-                    spec.name,
-                    c.calls.load(Ordering::Relaxed),
-                    c.errors.load(Ordering::Relaxed),
-                    c.usec.load(Ordering::Relaxed),
-                )
-            })
-            .collect()
-    }
-
     /// Commands executed so far.
     pub fn total_commands(&self) -> u64 {
-        self.commands
-            .iter()
-            .map(|c| c.calls.load(Ordering::Relaxed))
-            .sum::<u64>()
-            + self.counters.unknown_commands.load(Ordering::Relaxed)
+        self.commands.total_calls() + self.counters.unknown_commands.load(Ordering::Relaxed)
     }
 }
 
@@ -266,12 +238,15 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
         next_client_id: AtomicU64::new(1),
         counters: Counters::default(),
         version_line: format!("ringline {}", env!("CARGO_PKG_VERSION")),
-        commands: COMMANDS
-            .iter()
-            .map(|_| CommandCounters::default())
-            .collect(),
+        commands: CommandBook::new(ring_count),
     });
 
+    if let Some(addr) = args.metrics_addr {
+        let bound = crate::metrics::serve(addr, shared.clone())
+            .map_err(|e| format!("--metrics-addr {addr}: {e}"))?;
+        tracing::info!(%bound, "serving Prometheus metrics at /metrics");
+        println!("metrics on http://{bound}/metrics");
+    }
     let global_sessions = Arc::new(AtomicUsize::new(0));
     let mut senders = Vec::new();
     let mut threads = Vec::new();

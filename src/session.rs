@@ -142,6 +142,10 @@ impl RingHandler {
                 }
                 Err(error) => {
                     // As Redis does: say what was wrong, then close; the stream cannot be resynced.
+                    self.shared
+                        .counters
+                        .protocol_errors
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let message = format!("ERR {error}");
                     resp::error(s.out(), message.as_bytes());
                     s.close_after_flush();
@@ -233,6 +237,10 @@ impl Handler for RingHandler {
                     client = s.conn.client_id,
                     "closing a session whose unprocessed input passed --max-query-buffer"
                 );
+                self.shared
+                    .counters
+                    .query_limit_closes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 resp::error(
                     s.out(),
                     b"ERR Protocol error: client query buffer limit exceeded",

@@ -1,0 +1,485 @@
+//! Metrics: per-command latency histograms (kept per ring, merged on read) for `INFO
+//! latencystats` and `INFO commandstats`, and the Prometheus `/metrics` endpoint, served by one
+//! small thread off the rings.
+//!
+//! A command's latency runs from its parse to its reply being queued, so compute and store
+//! waits are included.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use hdrhistogram::Histogram;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::commands::COMMANDS;
+use crate::server::Shared;
+
+/// Latency histograms are kept in microseconds up to a minute, at 2 significant digits.
+const HIGHEST_US: u64 = 60_000_000;
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, HIGHEST_US, 2).expect("valid histogram bounds")
+}
+
+/// Counters and a histogram for one command on one ring.
+struct CommandCell {
+    calls: AtomicU64,
+    errors: AtomicU64,
+    usec: AtomicU64,
+    /// Only the owning ring records; readers lock briefly to merge. Uncontended in practice.
+    latency: Mutex<Histogram<u64>>,
+}
+
+impl CommandCell {
+    fn new() -> CommandCell {
+        CommandCell {
+            calls: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            usec: AtomicU64::new(0),
+            latency: Mutex::new(new_histogram()),
+        }
+    }
+}
+
+/// Per ring, per command statistics.
+pub struct CommandBook {
+    rings: Vec<Vec<CommandCell>>,
+}
+
+/// Merged statistics of one command.
+pub struct CommandSummary {
+    pub name: &'static str,
+    pub calls: u64,
+    pub errors: u64,
+    pub usec: u64,
+    pub latency: Histogram<u64>,
+}
+
+impl CommandBook {
+    /// Cells for `rings` rings and every command of the table.
+    pub fn new(rings: usize) -> CommandBook {
+        CommandBook {
+            rings: (0..rings)
+                .map(|_| COMMANDS.iter().map(|_| CommandCell::new()).collect())
+                .collect(),
+        }
+    }
+
+    /// Records one command executed on `ring` (index into the command table).
+    pub fn record(&self, ring: usize, command: usize, started: Instant, failed: bool) {
+        let cell = &self.rings[ring % self.rings.len()][command];
+        let us = (started.elapsed().as_micros() as u64).clamp(1, HIGHEST_US);
+        cell.calls.fetch_add(1, Ordering::Relaxed);
+        if failed {
+            cell.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        cell.usec.fetch_add(us, Ordering::Relaxed);
+        if let Ok(mut h) = cell.latency.lock() {
+            let _ = h.record(us);
+        }
+    }
+
+    /// Every command's totals, merged over the rings.
+    pub fn summaries(&self) -> Vec<CommandSummary> {
+        COMMANDS
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| {
+                let mut summary = CommandSummary {
+                    name: spec.name,
+                    calls: 0,
+                    errors: 0,
+                    usec: 0,
+                    latency: new_histogram(),
+                };
+                for ring in &self.rings {
+                    let cell = &ring[i];
+                    summary.calls += cell.calls.load(Ordering::Relaxed);
+                    summary.errors += cell.errors.load(Ordering::Relaxed);
+                    summary.usec += cell.usec.load(Ordering::Relaxed);
+                    if let Ok(h) = cell.latency.lock() {
+                        let _ = summary.latency.add(&*h);
+                    }
+                }
+                summary
+            })
+            .collect()
+    }
+
+    /// Commands executed so far.
+    pub fn total_calls(&self) -> u64 {
+        self.rings
+            .iter()
+            .flatten()
+            .map(|c| c.calls.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// Prometheus histogram bucket bounds, in seconds.
+const BUCKETS_S: [f64; 19] = [
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Non-cumulative bucket counts of an HDR histogram (µs) at `BUCKETS_S`, plus +Inf.
+fn buckets(h: &Histogram<u64>) -> Vec<(f64, u64)> {
+    let mut out = Vec::with_capacity(BUCKETS_S.len() + 1);
+    let mut below = 0u64;
+    for bound in BUCKETS_S {
+        let us = (bound * 1e6) as u64;
+        let cumulative = h
+            .iter_recorded()
+            .filter(|v| v.value_iterated_to() <= us)
+            .map(|v| v.count_at_value())
+            .sum::<u64>();
+        out.push((bound, cumulative - below));
+        below = cumulative;
+    }
+    out.push((f64::INFINITY, h.len() - below));
+    out
+}
+
+/// Renders every metric in the Prometheus (OpenMetrics) text format.
+pub fn render(shared: &Arc<Shared>) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(ServerCollector(shared.clone())));
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry)
+        .expect("writing to a String cannot fail");
+    text
+}
+
+struct ServerCollector(Arc<Shared>);
+
+impl std::fmt::Debug for ServerCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServerCollector")
+    }
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+fn counter_family(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(Labels, u64)],
+) -> std::fmt::Result {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, value) in rows {
+        metric
+            .encode_family(labels)?
+            .encode_counter::<NoLabelSet, u64, u64>(value, None)?;
+    }
+    Ok(())
+}
+
+fn gauge_family(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(Labels, i64)],
+) -> std::fmt::Result {
+    let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in rows {
+        metric.encode_family(labels)?.encode_gauge(value)?;
+    }
+    Ok(())
+}
+
+impl Collector for ServerCollector {
+    fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
+        let s = &self.0;
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let ring_rows = |f: &dyn Fn(&ringline_ring::RingStats) -> u64| -> Vec<(Labels, u64)> {
+            s.rings
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (vec![("ring", i.to_string())], f(r)))
+                .collect()
+        };
+        gauge_family(
+            &mut e,
+            "ringline_sessions",
+            "Open sessions, per ring",
+            &s.rings
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (vec![("ring", i.to_string())], load(&r.sessions) as i64))
+                .collect::<Vec<_>>(),
+        )?;
+        counter_family(
+            &mut e,
+            "ringline_sessions_accepted",
+            "Connections accepted, per ring",
+            &ring_rows(&|r| load(&r.accepted)),
+        )?;
+        let c = &s.counters;
+        let rejected = |f: &dyn Fn(&ringline_ring::RingStats) -> u64| {
+            s.rings.iter().map(|r| f(r)).sum::<u64>()
+        };
+        counter_family(
+            &mut e,
+            "ringline_sessions_rejected",
+            "Connections refused or closed by the server, by reason",
+            &[
+                (
+                    vec![("reason", "max_sessions".into())],
+                    rejected(&|r| load(&r.rejected_max_sessions)),
+                ),
+                (
+                    vec![("reason", "auth_timeout".into())],
+                    load(&c.auth_timeouts),
+                ),
+                (
+                    vec![("reason", "auth_failures".into())],
+                    load(&c.auth_failure_closes),
+                ),
+                (
+                    vec![("reason", "idle_timeout".into())],
+                    load(&c.idle_timeouts),
+                ),
+                (
+                    vec![("reason", "output_buffer".into())],
+                    load(&c.output_limit_closes),
+                ),
+                (
+                    vec![("reason", "query_buffer".into())],
+                    load(&c.query_limit_closes),
+                ),
+                (
+                    vec![("reason", "protocol_error".into())],
+                    load(&c.protocol_errors),
+                ),
+                (vec![("reason", "killed".into())], load(&c.killed)),
+            ],
+        )?;
+        counter_family(
+            &mut e,
+            "ringline_accept_errors",
+            "Failed accepts (EMFILE, ENFILE, ENOMEM...), per ring",
+            &ring_rows(&|r| load(&r.accept_errors)),
+        )?;
+        counter_family(
+            &mut e,
+            "ringline_auth_failures",
+            "Wrong passwords",
+            &[(vec![], load(&c.auth_failures))],
+        )?;
+
+        let summaries = s.commands.summaries();
+        let used: Vec<&crate::metrics::CommandSummary> =
+            summaries.iter().filter(|c| c.calls > 0).collect();
+        counter_family(
+            &mut e,
+            "ringline_commands",
+            "Commands executed, per command",
+            &used
+                .iter()
+                .map(|c| (vec![("command", c.name.to_string())], c.calls))
+                .collect::<Vec<_>>(),
+        )?;
+        counter_family(
+            &mut e,
+            "ringline_command_errors",
+            "Commands answered with an error, per command",
+            &used
+                .iter()
+                .map(|c| (vec![("command", c.name.to_string())], c.errors))
+                .collect::<Vec<_>>(),
+        )?;
+        {
+            let mut metric = e.encode_descriptor(
+                "ringline_command_latency_seconds",
+                "Time from a command's parse to its reply being queued, per command",
+                None,
+                MetricType::Histogram,
+            )?;
+            for c in &used {
+                let labels: Labels = vec![("command", c.name.to_string())];
+                let sum = c.usec as f64 / 1e6;
+                metric
+                    .encode_family(&labels)?
+                    .encode_histogram::<NoLabelSet>(sum, c.calls, &buckets(&c.latency), None)?;
+            }
+        }
+
+        counter_family(
+            &mut e,
+            "ringline_ring_completions",
+            "Completions reaped, per ring",
+            &ring_rows(&|r| load(&r.completions)),
+        )?;
+        counter_family(
+            &mut e,
+            "ringline_ring_submissions",
+            "Submissions made, per ring",
+            &ring_rows(&|r| load(&r.submissions)),
+        )?;
+        counter_family(
+            &mut e,
+            "ringline_ring_enters",
+            "io_uring_enter (or epoll_wait) calls, per ring",
+            &ring_rows(&|r| load(&r.enters)),
+        )?;
+        counter_family(
+            &mut e,
+            "ringline_ring_bufring_exhausted",
+            "Receives that found the buffer ring empty (ENOBUFS), per ring",
+            &ring_rows(&|r| load(&r.bufring_exhausted)),
+        )?;
+        counter_family(
+            &mut e,
+            "ringline_ring_cq_overflow",
+            "Completion queue overflows seen, per ring",
+            &ring_rows(&|r| load(&r.cq_overflow)),
+        )?;
+        counter_family(
+            &mut e,
+            "ringline_ring_messages",
+            "Pool results delivered, per ring",
+            &ring_rows(&|r| load(&r.messages)),
+        )?;
+
+        let pools = [("compute", s.compute.stats()), ("store", s.store.stats())];
+        gauge_family(
+            &mut e,
+            "ringline_pool_queue_depth",
+            "Jobs queued or running, per pool",
+            &pools
+                .iter()
+                .map(|(n, p)| {
+                    (
+                        vec![("pool", n.to_string())],
+                        p.depth.load(Ordering::Relaxed) as i64,
+                    )
+                })
+                .collect::<Vec<_>>(),
+        )?;
+        counter_family(
+            &mut e,
+            "ringline_pool_busy_rejections",
+            "Jobs refused with -BUSY because the pool was full, per pool",
+            &pools
+                .iter()
+                .map(|(n, p)| (vec![("pool", n.to_string())], load(&p.rejected)))
+                .collect::<Vec<_>>(),
+        )?;
+        counter_family(
+            &mut e,
+            "ringline_pool_jobs",
+            "Jobs finished, per pool",
+            &pools
+                .iter()
+                .map(|(n, p)| (vec![("pool", n.to_string())], load(&p.completed)))
+                .collect::<Vec<_>>(),
+        )?;
+        counter_family(
+            &mut e,
+            "ringline_pool_job_microseconds",
+            "Time jobs spent running, per pool",
+            &pools
+                .iter()
+                .map(|(n, p)| (vec![("pool", n.to_string())], load(&p.busy_us)))
+                .collect::<Vec<_>>(),
+        )?;
+        let st = s.store.store_stats();
+        counter_family(
+            &mut e,
+            "ringline_store_errors",
+            "Store calls that failed, by kind",
+            &[
+                (vec![("kind", "unavailable".into())], load(&st.unavailable)),
+                (vec![("kind", "other".into())], load(&st.errors)),
+            ],
+        )?;
+        counter_family(
+            &mut e,
+            "ringline_store_reconnects",
+            "Store connections re-established after a failure",
+            &[(vec![], load(&st.reconnects))],
+        )?;
+        Ok(())
+    }
+}
+
+/// Serves `GET /metrics` on `addr` from a small thread; returns the bound address.
+pub fn serve(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr)?;
+    let local = listener.local_addr()?;
+    std::thread::Builder::new()
+        .name("metrics".into())
+        .spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+                let mut reader = BufReader::new(match stream.try_clone() {
+                    Ok(s) => s,
+                    Err(_) => continue,
+                });
+                let mut request_line = String::new();
+                if reader.read_line(&mut request_line).is_err() {
+                    continue;
+                }
+                // Drain the headers; the request has no body we care about.
+                let mut line = String::new();
+                while reader.read_line(&mut line).map(|n| n > 2).unwrap_or(false) {
+                    line.clear();
+                }
+                let mut parts = request_line.split_whitespace();
+                let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                let response = if method == "GET" && (path == "/metrics" || path.starts_with("/metrics?")) {
+                    let body = render(&shared);
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                } else {
+                    let body = "not found: try /metrics\n";
+                    format!(
+                        "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                };
+                let _ = stream.write_all(response.as_bytes());
+            }
+        })?;
+    Ok(local)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_split_an_hdr_histogram() {
+        let mut h = new_histogram();
+        h.record(5).unwrap(); // 5 µs: first bucket (10 µs)
+        h.record(300).unwrap(); // 0.3 ms: the 0.5 ms bucket
+        h.record(20_000_000).unwrap(); // 20 s: +Inf
+        let b = buckets(&h);
+        assert_eq!(b[0], (0.00001, 1));
+        let half_ms = b.iter().position(|(bound, _)| *bound == 0.0005).unwrap();
+        assert_eq!(b[half_ms].1, 1);
+        assert_eq!(b.last().unwrap().1, 1);
+        assert_eq!(b.iter().map(|(_, n)| n).sum::<u64>(), 3);
+    }
+
+    #[test]
+    fn book_merges_rings() {
+        let book = CommandBook::new(2);
+        let t = Instant::now();
+        book.record(0, 0, t, false);
+        book.record(1, 0, t, true);
+        let s = &book.summaries()[0];
+        assert_eq!((s.calls, s.errors, s.latency.len()), (2, 1, 2));
+        assert_eq!(book.total_calls(), 2);
+    }
+}
