@@ -1,0 +1,325 @@
+//! Black-box tests of the `ringline-bench` binary against a real RESP server.
+//!
+//! The server is, in order of preference:
+//! - the one named by `RINGLINE_BENCH_TEST_TARGET=HOST:PORT` (with
+//!   `RINGLINE_BENCH_TEST_USER`/`RINGLINE_BENCH_TEST_PASSWORD` when it wants AUTH), e.g. a
+//!   running `ringline serve` — this is how to point these tests at ringline;
+//! - otherwise a `redis-server` (`REDIS_SERVER`, or on PATH) that the test starts on a free
+//!   loopback port with a password, and stops when it is done.
+//!
+//! Without either the tests say so and pass without checking anything.
+
+use serde_json::Value;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// A server to run against, stopped on drop when the test started it.
+struct Server {
+    address: String,
+    user: Option<String>,
+    password: Option<String>,
+    child: Option<Child>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn redis_server_binary() -> Option<PathBuf> {
+    if let Ok(path) = std::env::var("REDIS_SERVER") {
+        return Some(PathBuf::from(path));
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("redis-server"))
+            .find(|path| path.is_file())
+    })
+}
+
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    listener.local_addr().unwrap().port()
+}
+
+fn server() -> Option<Server> {
+    if let Ok(address) = std::env::var("RINGLINE_BENCH_TEST_TARGET") {
+        return Some(Server {
+            address,
+            user: std::env::var("RINGLINE_BENCH_TEST_USER").ok(),
+            password: std::env::var("RINGLINE_BENCH_TEST_PASSWORD").ok(),
+            child: None,
+        });
+    }
+    let Some(binary) = redis_server_binary() else {
+        eprintln!("no RINGLINE_BENCH_TEST_TARGET and no redis-server: skipping");
+        return None;
+    };
+    let port = free_port();
+    let child = Command::new(binary)
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args([
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--requirepass",
+            "benchpw",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start redis-server");
+    let address = format!("127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(&address).is_err() {
+        assert!(Instant::now() < deadline, "redis-server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Some(Server {
+        address,
+        user: None,
+        password: Some("benchpw".into()),
+        child: Some(child),
+    })
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("ringline-bench-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Runs the bench against `server` with `args`; returns its output.
+fn bench(server: &Server, args: &[&str]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ringline-bench"));
+    command.args(["--target", &format!("test={}", server.address), "--quiet"]);
+    if let Some(user) = &server.user {
+        command.args(["--user", user]);
+    }
+    if let Some(password) = &server.password {
+        command.args(["--password", password]);
+    }
+    command.args(args);
+    command.env_remove("RINGLINE_BENCH_USER");
+    command.env_remove("RINGLINE_BENCH_PASSWORD");
+    command.output().expect("run ringline-bench")
+}
+
+fn bench_json(server: &Server, dir: &Path, args: &[&str]) -> Value {
+    let json = dir.join("summary.json");
+    let mut all = args.to_vec();
+    let json_arg = json.to_str().unwrap().to_string();
+    all.extend(["--json", &json_arg]);
+    let output = bench(server, &all);
+    assert!(
+        output.status.success(),
+        "ringline-bench {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap()
+}
+
+fn count(value: &Value) -> u64 {
+    value
+        .as_u64()
+        .unwrap_or_else(|| panic!("not a count: {value}"))
+}
+
+#[test]
+fn closed_loop_counts_every_request() {
+    let Some(server) = server() else { return };
+    let dir = scratch("closed");
+    let summary = bench_json(
+        &server,
+        &dir,
+        &[
+            "-c",
+            "8",
+            "-P",
+            "4",
+            "--requests",
+            "5000",
+            "--mix",
+            "PING=3,ECHO=1",
+        ],
+    );
+    let run = &summary["targets"][0];
+    assert_eq!(run["name"], "test");
+    assert_eq!(count(&run["requests"]), 5000);
+    assert_eq!(count(&run["errors"]), 0);
+    assert_eq!(count(&run["unanswered"]), 0);
+    let commands = run["commands"].as_object().unwrap();
+    let per_command: u64 = commands.values().map(|c| count(&c["requests"])).sum();
+    assert_eq!(per_command, 5000);
+    assert!(count(&commands["PING"]["requests"]) > count(&commands["ECHO"]["requests"]));
+    // Closed loop: latency is service time.
+    assert_eq!(run["latency_us"], run["service_time_us"]);
+    assert!(run["throughput_rps"].as_f64().unwrap() > 0.0);
+    assert_eq!(run["load"]["model"], "closed");
+    assert!(!summary["kernel"].as_str().unwrap().is_empty());
+    assert!(!summary["date"].as_str().unwrap().is_empty());
+}
+
+#[test]
+fn open_loop_sends_rate_times_duration() {
+    let Some(server) = server() else { return };
+    let dir = scratch("open");
+    let hgrm = dir.join("run.hgrm");
+    let summary = bench_json(
+        &server,
+        &dir,
+        &[
+            "-c",
+            "10",
+            "--rate",
+            "2000",
+            "--duration",
+            "1s",
+            "--warmup",
+            "200ms",
+            "--mix",
+            "SET=1,GET=1",
+            "--hgrm",
+            hgrm.to_str().unwrap(),
+        ],
+    );
+    let run = &summary["targets"][0];
+    // Even arrivals: exactly rate x duration requests are intended in the measured second.
+    assert_eq!(count(&run["requests"]), 2000);
+    assert_eq!(count(&run["errors"]), 0);
+    let commands = run["commands"].as_object().unwrap();
+    assert_eq!(
+        count(&commands["GET"]["requests"]) + count(&commands["SET"]["requests"]),
+        2000
+    );
+    let rps = run["throughput_rps"].as_f64().unwrap();
+    assert!((1800.0..2200.0).contains(&rps), "{rps}");
+    // Latency counts from the intended send time, so it is never below service time.
+    assert!(run["latency_us"]["p50"].as_f64() >= run["service_time_us"]["p50"].as_f64());
+    assert!(run["send_lag_us"].is_object());
+    let text = std::fs::read_to_string(&hgrm).unwrap();
+    assert!(text.starts_with("       Value     Percentile TotalCount 1/(1-Percentile)\n\n"));
+    assert!(text.contains("Total count    =         2000]"), "{text}");
+    assert!(dir.join("run.service.hgrm").is_file());
+}
+
+#[test]
+fn error_replies_are_counted_by_kind() {
+    let Some(server) = server() else { return };
+    let dir = scratch("errors");
+    let summary = bench_json(
+        &server,
+        &dir,
+        &[
+            "-c",
+            "2",
+            "--requests",
+            "1000",
+            "--mix",
+            "PING=1,NOSUCHCOMMAND=1",
+        ],
+    );
+    let run = &summary["targets"][0];
+    assert_eq!(count(&run["requests"]), 1000);
+    let failing = count(&run["commands"]["NOSUCHCOMMAND"]["requests"]);
+    assert!(failing > 0);
+    assert_eq!(count(&run["errors"]), failing);
+    assert_eq!(count(&run["errors_by_kind"]["ERR"]), failing);
+    assert_eq!(count(&run["commands"]["NOSUCHCOMMAND"]["errors"]), failing);
+}
+
+#[test]
+fn idle_sessions_and_sweeps_and_charts() {
+    let Some(server) = server() else { return };
+    let dir = scratch("sweep");
+    let chart = dir.join("sweep.png");
+    let svg = dir.join("latency.svg");
+    let summary = bench_json(
+        &server,
+        &dir,
+        &[
+            "--sweep",
+            "connections=1,4",
+            "--requests",
+            "400",
+            "--idle",
+            "50",
+            "--plot",
+            chart.to_str().unwrap(),
+        ],
+    );
+    let runs = summary["targets"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    for (run, connections) in runs.iter().zip([1, 4]) {
+        assert_eq!(count(&run["requests"]), 400);
+        assert_eq!(count(&run["load"]["connections"]), connections);
+        assert_eq!(
+            run["sweep"]["connections"].as_f64(),
+            Some(connections as f64)
+        );
+        assert_eq!(count(&run["idle"]["opened"]), 50);
+        assert_eq!(count(&run["idle"]["closed_by_server"]), 0);
+    }
+    assert!(std::fs::metadata(&chart).unwrap().len() > 1000);
+    assert!(dir.join("sweep.percentiles.png").is_file());
+    let output = bench(
+        &server,
+        &["--requests", "200", "--plot", svg.to_str().unwrap()],
+    );
+    assert!(output.status.success());
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.contains("<svg") && text.contains("Latency by percentile"));
+}
+
+#[test]
+fn wrong_password_and_unreachable_targets_fail_clearly() {
+    let Some(server) = server() else { return };
+    if server.password.is_some() {
+        let mut wrong = Command::new(env!("CARGO_BIN_EXE_ringline-bench"));
+        wrong.args([
+            "--target",
+            &server.address,
+            "--password",
+            "not-the-password",
+        ]);
+        if let Some(user) = &server.user {
+            wrong.args(["--user", user]);
+        }
+        let output = wrong
+            .args(["--requests", "10", "--quiet"])
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains("AUTH failed") && stderr.contains("WRONGPASS"),
+            "{stderr}"
+        );
+
+        let output = Command::new(env!("CARGO_BIN_EXE_ringline-bench"))
+            .args(["--target", &server.address, "--requests", "10", "--quiet"])
+            .env_remove("RINGLINE_BENCH_PASSWORD")
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("requires authentication"), "{stderr}");
+    }
+    let closed = format!("127.0.0.1:{}", free_port());
+    let output = Command::new(env!("CARGO_BIN_EXE_ringline-bench"))
+        .args(["--target", &closed, "--requests", "10", "--quiet"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cannot connect"), "{stderr}");
+}
