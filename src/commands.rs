@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::auth;
 use crate::resp::{self, parse_i64, Args, Proto};
-use crate::session::{AfterAuth, AuthOutcome, Conn, Msg, RingHandler, State};
+use crate::session::{AfterAuth, AuthOutcome, Conn, KillFilter, Msg, RingHandler, State};
 use crate::store::{Conn as StoreConn, StoreError};
 
 /// Where a command runs.
@@ -121,7 +121,7 @@ pub static COMMANDS: &[Spec] = &[
         Class::Inline,
         &["noscript", "loading", "stale"],
         (0, 0, 0),
-        "Connection commands: ID, SETNAME, GETNAME, SETINFO, INFO.",
+        "Connection commands: ID, SETNAME, GETNAME, SETINFO, INFO, LIST, KILL.",
     ),
     spec(
         "select",
@@ -314,6 +314,7 @@ pub fn execute(h: &mut RingHandler, cx: &Context, s: &mut Session<'_, Conn>, arg
         h.shared.record_command(cx.ring, spec.name, cx.now, true);
         return;
     }
+    s.conn.last_command = spec.name;
     let before = s.out().len();
     match spec.name {
         "ping" => ping(s, args),
@@ -327,7 +328,7 @@ pub fn execute(h: &mut RingHandler, cx: &Context, s: &mut Session<'_, Conn>, arg
             Some(_) => err(s.out(), "ERR DB index is out of range"),
             None => err(s.out(), NOT_INTEGER),
         },
-        "client" => client(h, s, args),
+        "client" => client(h, cx, s, args),
         "command" => command(s, args),
         "info" => {
             let text = crate::info::render(&h.shared, args.iter().skip(1));
@@ -358,7 +359,7 @@ fn valid_client_name(name: &[u8]) -> bool {
     name.iter().all(|&b| (b'!'..=b'~').contains(&b))
 }
 
-fn client(h: &mut RingHandler, s: &mut Session<'_, Conn>, args: &Args) {
+fn client(h: &mut RingHandler, cx: &Context, s: &mut Session<'_, Conn>, args: &Args) {
     let sub = lower(&args[1]);
     match (sub.as_str(), args.len()) {
         ("id", 2) => {
@@ -423,7 +424,9 @@ fn client(h: &mut RingHandler, s: &mut Session<'_, Conn>, args: &Args) {
             let proto = s.conn.proto;
             resp::verbatim(s.out(), b"txt", line.as_bytes(), proto);
         }
-        ("id" | "getname" | "setname" | "setinfo" | "info", _) => err(
+        ("list", _) => client_list(h, cx, s, args),
+        ("kill", n) if n >= 3 => client_kill(h, cx, s, args),
+        ("id" | "getname" | "setname" | "setinfo" | "info" | "kill", _) => err(
             s.out(),
             &format!("ERR wrong number of arguments for 'client|{sub}' command"),
         ),
@@ -434,6 +437,118 @@ fn client(h: &mut RingHandler, s: &mut Session<'_, Conn>, args: &Args) {
                 String::from_utf8_lossy(&truncate(&args[1], 128))
             ),
         ),
+    }
+}
+
+/// Asks every ring for its sessions on the compute pool (the job waits for the rings; the
+/// rings never wait for each other).
+fn client_list(h: &mut RingHandler, cx: &Context, s: &mut Session<'_, Conn>, args: &Args) {
+    if args.len() != 2 {
+        return err(s.out(), "ERR syntax error");
+    }
+    let shared = h.shared.clone();
+    let sender = h.sender.clone();
+    let id = s.id();
+    let proto = s.conn.proto;
+    let job = Box::new(move || {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        for ring in &shared.ring_senders {
+            ring.send_ring(Msg::ListClients(tx.clone()));
+        }
+        drop(tx);
+        let mut text = String::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        for _ in 0..shared.ring_senders.len() {
+            match rx.recv_deadline(deadline) {
+                Ok(lines) => text.push_str(&lines),
+                Err(_) => break,
+            }
+        }
+        let mut reply = Vec::with_capacity(text.len() + 16);
+        resp::verbatim(&mut reply, b"txt", text.as_bytes(), proto);
+        sender.send(id, Msg::Reply(reply));
+    });
+    offload_compute(h, cx, s, "client", job);
+}
+
+/// `CLIENT KILL addr` (old form: +OK or an error) or `CLIENT KILL ID n | ADDR a | USER u |
+/// SKIPME yes|no ...` (new form: the number killed), across every ring.
+fn client_kill(h: &mut RingHandler, cx: &Context, s: &mut Session<'_, Conn>, args: &Args) {
+    let mut filter = KillFilter {
+        skip: Some(s.conn.client_id),
+        ..KillFilter::default()
+    };
+    let old_form = args.len() == 3;
+    if old_form {
+        filter.addr = Some(String::from_utf8_lossy(&args[2]).into_owned());
+        filter.skip = None;
+    } else {
+        if args.len() % 2 != 0 {
+            return err(s.out(), "ERR syntax error");
+        }
+        for pair in (2..args.len()).step_by(2) {
+            let value = String::from_utf8_lossy(&args[pair + 1]).into_owned();
+            match lower(&args[pair]).as_str() {
+                "id" => match parse_i64(&args[pair + 1]) {
+                    Some(n) if n > 0 => filter.id = Some(n as u64),
+                    _ => return err(s.out(), "ERR client-id should be greater than 0"),
+                },
+                "addr" => filter.addr = Some(value),
+                "user" => filter.user = Some(value),
+                "skipme" => match value.to_ascii_lowercase().as_str() {
+                    "yes" => filter.skip = Some(s.conn.client_id),
+                    "no" => filter.skip = None,
+                    _ => return err(s.out(), "ERR syntax error"),
+                },
+                _ => return err(s.out(), "ERR syntax error"),
+            }
+        }
+    }
+    let shared = h.shared.clone();
+    let sender = h.sender.clone();
+    let id = s.id();
+    let job = Box::new(move || {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        for ring in &shared.ring_senders {
+            ring.send_ring(Msg::Kill(filter.clone(), tx.clone()));
+        }
+        drop(tx);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let mut killed = 0u64;
+        for _ in 0..shared.ring_senders.len() {
+            match rx.recv_deadline(deadline) {
+                Ok(n) => killed += n,
+                Err(_) => break,
+            }
+        }
+        let mut reply = Vec::new();
+        if old_form {
+            if killed > 0 {
+                resp::simple(&mut reply, b"OK");
+            } else {
+                resp::error(&mut reply, b"ERR No such client");
+            }
+        } else {
+            resp::integer(&mut reply, killed as i64);
+        }
+        sender.send(id, Msg::Reply(reply));
+    });
+    offload_compute(h, cx, s, "client", job);
+}
+
+fn offload_compute(
+    h: &mut RingHandler,
+    cx: &Context,
+    s: &mut Session<'_, Conn>,
+    name: &'static str,
+    job: crate::pool::Job,
+) {
+    match h.shared.compute.submit(job) {
+        Ok(()) => {
+            s.conn.state = State::Waiting;
+            s.conn.pending = Some((name, cx.now));
+        }
+        Err(_) => s.out().extend_from_slice(BUSY),
     }
 }
 
@@ -456,7 +571,7 @@ pub fn client_info_line(h: &RingHandler, s: &Session<'_, Conn>) -> String {
         now.duration_since(c.last_active).as_secs(),
         c.inbuf.len(),
         s.pending_output(),
-        c.pending.map(|p| p.0).unwrap_or("client|info"),
+        c.last_command,
         c.user.as_deref().unwrap_or(""),
         if c.proto == Proto::Resp3 { 3 } else { 2 },
         c.lib_name.as_deref().map(String::from_utf8_lossy).unwrap_or_default(),
@@ -802,13 +917,7 @@ fn hash(h: &mut RingHandler, cx: &Context, s: &mut Session<'_, Conn>, args: &Arg
         resp::bulk(&mut reply, hash_rounds(&data, rounds).as_bytes());
         sender.send(id, Msg::Reply(reply));
     });
-    match h.shared.compute.submit(job) {
-        Ok(()) => {
-            s.conn.state = State::Waiting;
-            s.conn.pending = Some(("hash", cx.now));
-        }
-        Err(_) => s.out().extend_from_slice(BUSY),
-    }
+    offload_compute(h, cx, s, "hash", job);
 }
 
 type StoreJob = Box<dyn FnOnce(Result<&mut dyn StoreConn, StoreError>) + Send + 'static>;

@@ -62,6 +62,8 @@ pub struct Shared {
     pub next_client_id: AtomicU64,
     pub counters: Counters,
     pub version_line: String,
+    /// Every ring's mailbox, for ring-wide queries (CLIENT LIST, CLIENT KILL).
+    pub ring_senders: Vec<ringline_ring::Sender<Msg>>,
     /// Per ring, per command calls, errors and latency.
     pub commands: CommandBook,
 }
@@ -211,7 +213,16 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
     }
 
     let stats: Vec<Arc<RingStats>> = (0..ring_count).map(|_| Arc::default()).collect();
+    let mut senders = Vec::new();
+    let mut receivers = Vec::new();
+    for _ in 0..ring_count {
+        let (sender, receiver) =
+            ringline_ring::mailbox::<Msg>().map_err(|e| format!("cannot create a mailbox: {e}"))?;
+        senders.push(sender);
+        receivers.push(receiver);
+    }
     let shared = Arc::new(Shared {
+        ring_senders: senders.clone(),
         config: RuntimeConfig {
             auth_timeout: args.auth_timeout,
             idle_timeout: args.idle_timeout,
@@ -248,13 +259,10 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
         println!("metrics on http://{bound}/metrics");
     }
     let global_sessions = Arc::new(AtomicUsize::new(0));
-    let mut senders = Vec::new();
     let mut threads = Vec::new();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
-    for (index, listener) in listeners.into_iter().enumerate() {
-        let (sender, receiver) =
-            ringline_ring::mailbox::<Msg>().map_err(|e| format!("cannot create a mailbox: {e}"))?;
-        senders.push(sender.clone());
+    for ((index, listener), receiver) in listeners.into_iter().enumerate().zip(receivers) {
+        let sender = senders[index].clone();
         let config = RingConfig {
             index,
             listener,

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use ringline_ring::{CloseReason, Context, Handler, Sender, Session, SessionId};
+use ringline_ring::{CloseReason, Context, Handler, Sender, Session, SessionId, Sessions};
 
 use crate::commands;
 use crate::resp::{self, Args, Limits, Proto};
@@ -60,6 +60,8 @@ pub struct Conn {
     pub last_active: Instant,
     /// Commands executed on this session.
     pub commands: u64,
+    /// The name of the last command executed (`CLIENT LIST`'s `cmd=`).
+    pub last_command: &'static str,
 }
 
 impl Conn {
@@ -75,6 +77,43 @@ pub enum Msg {
     Reply(Vec<u8>),
     /// The outcome of AUTH or HELLO ... AUTH.
     Auth(AuthOutcome),
+    /// Ring-wide: one `CLIENT LIST` line per session of the ring, sent back on the channel.
+    ListClients(crossbeam_channel::Sender<String>),
+    /// Ring-wide: close the sessions the filter matches; the count is sent back.
+    Kill(KillFilter, crossbeam_channel::Sender<u64>),
+}
+
+/// Which sessions `CLIENT KILL` closes: every given criterion must match.
+#[derive(Debug, Clone, Default)]
+pub struct KillFilter {
+    pub id: Option<u64>,
+    pub addr: Option<String>,
+    pub user: Option<String>,
+    /// `SKIPME yes` (the default): never the session that asked.
+    pub skip: Option<u64>,
+}
+
+impl KillFilter {
+    /// True if this filter selects the session.
+    pub fn matches(&self, conn: &Conn) -> bool {
+        if self.skip == Some(conn.client_id) {
+            return false;
+        }
+        if self.id.is_some_and(|id| id != conn.client_id) {
+            return false;
+        }
+        if let Some(addr) = &self.addr {
+            if conn.peer.map(|p| p.to_string()).as_deref() != Some(addr.as_str()) {
+                return false;
+            }
+        }
+        if let Some(user) = &self.user {
+            if conn.user.as_deref() != Some(user.as_str()) {
+                return false;
+            }
+        }
+        true
+    }
 }
 
 /// What an authentication attempt found.
@@ -221,6 +260,7 @@ impl Handler for RingHandler {
             created: cx.now,
             last_active: cx.now,
             commands: 0,
+            last_command: "NULL",
         }
     }
 
@@ -283,6 +323,10 @@ impl Handler for RingHandler {
                 commands::finish_auth(self, cx, s, outcome);
                 failed
             }
+            Msg::ListClients(_) | Msg::Kill(..) => {
+                debug_assert!(false, "a ring-wide message was sent to one session");
+                false
+            }
         };
         self.shared
             .record_command(cx.ring, command, started, failed);
@@ -332,6 +376,33 @@ impl Handler for RingHandler {
 
     fn on_drain(&mut self, cx: &Context, s: &mut Session<'_, Conn>) {
         self.close_if_done(cx, s);
+    }
+
+    fn on_ring_message(&mut self, _cx: &Context, msg: Msg, sessions: &mut Sessions<'_, Conn>) {
+        match msg {
+            Msg::ListClients(reply) => {
+                let mut lines = String::new();
+                sessions.for_each(|s| lines.push_str(&commands::client_info_line(self, s)));
+                let _ = reply.send(lines);
+            }
+            Msg::Kill(filter, reply) => {
+                let mut killed = 0;
+                sessions.for_each(|s| {
+                    if filter.matches(s.conn) {
+                        killed += 1;
+                        s.close();
+                    }
+                });
+                self.shared
+                    .counters
+                    .killed
+                    .fetch_add(killed, std::sync::atomic::Ordering::Relaxed);
+                let _ = reply.send(killed);
+            }
+            Msg::Reply(_) | Msg::Auth(_) => {
+                debug_assert!(false, "a session's result was sent to a whole ring");
+            }
+        }
     }
 
     fn on_close(&mut self, _cx: &Context, _id: SessionId, _conn: Conn, _reason: CloseReason) {}

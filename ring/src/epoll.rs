@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use slab::Slab;
 
-use crate::handler::{CloseReason, Closing, Context, Handler, Session, Settled, Slot, SlotIo};
+use crate::handler::{
+    CloseReason, Closing, Context, Handler, Session, Sessions, Settled, Slot, SlotIo,
+};
 use crate::mailbox::{Envelope, Receiver};
 use crate::ring::{RingConfig, RingStats};
 use crate::timer::TimerWheel;
@@ -518,7 +520,21 @@ impl<H: Handler> EpollLoop<H> {
     fn apply_messages(&mut self) {
         while let Some(envelope) = self.mailbox.pop() {
             bump(&self.stats.messages);
-            let Envelope::Session(id, msg) = envelope;
+            let (id, msg) = match envelope {
+                Envelope::Session(id, msg) => (id, msg),
+                Envelope::Ring(msg) => {
+                    let cx = self.context();
+                    let mut sessions = Sessions {
+                        slab: &mut self.slab,
+                    };
+                    self.handler.on_ring_message(&cx, msg, &mut sessions);
+                    let slots: Vec<u32> = self.slab.iter().map(|(k, _)| k as u32).collect();
+                    for slot in slots {
+                        self.after_callback(slot);
+                    }
+                    continue;
+                }
+            };
             if !self.live_slot(id.slot, id.generation) {
                 continue;
             }

@@ -41,6 +41,15 @@ pub trait Handler {
     }
     /// The ring started draining; the session should finish its work and close.
     fn on_drain(&mut self, cx: &Context, session: &mut Session<'_, Self::Conn>);
+    /// A message for the ring as a whole (sent with `Sender::send_ring`): `sessions` visits every
+    /// open session of this ring. By default ignored.
+    fn on_ring_message(
+        &mut self,
+        _cx: &Context,
+        _msg: Self::Msg,
+        _sessions: &mut Sessions<'_, Self::Conn>,
+    ) {
+    }
     /// The session is gone; its state is handed back for the last time.
     fn on_close(&mut self, cx: &Context, id: SessionId, conn: Self::Conn, reason: CloseReason);
 }
@@ -151,6 +160,32 @@ impl<C> Session<'_, C> {
     /// The current deadline.
     pub fn deadline(&self) -> Option<Instant> {
         self.io.deadline
+    }
+}
+
+/// Every open session of one ring, for `Handler::on_ring_message`.
+pub struct Sessions<'a, C> {
+    pub(crate) slab: &'a mut slab::Slab<Slot<C>>,
+}
+
+impl<C> Sessions<'_, C> {
+    /// Calls `f` on each open session. Closes and output it asks for are applied afterwards.
+    pub fn for_each(&mut self, mut f: impl FnMut(&mut Session<'_, C>)) {
+        for (slot, s) in self.slab.iter_mut() {
+            if s.io.closed {
+                continue;
+            }
+            let id = SessionId {
+                slot: slot as u32,
+                generation: s.io.generation,
+            };
+            let mut session = Session {
+                id,
+                conn: s.conn.as_mut().expect("open session has state"),
+                io: &mut s.io,
+            };
+            f(&mut session);
+        }
     }
 }
 

@@ -21,6 +21,8 @@ use crate::SessionId;
 pub(crate) enum Envelope<M> {
     /// A result for one session; dropped if the session has gone.
     Session(SessionId, M),
+    /// A message for the ring as a whole (a query or an action over all its sessions).
+    Ring(M),
 }
 
 struct Shared<M> {
@@ -78,6 +80,12 @@ impl<M> Sender<M> {
     /// Queues a result for `session` and wakes the ring if it may be asleep.
     pub fn send(&self, session: SessionId, msg: M) {
         self.shared.queue.push(Envelope::Session(session, msg));
+        self.wake();
+    }
+
+    /// Queues a message for the ring as a whole; see `Handler::on_ring_message`.
+    pub fn send_ring(&self, msg: M) {
+        self.shared.queue.push(Envelope::Ring(msg));
         self.wake();
     }
 

@@ -17,7 +17,9 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use slab::Slab;
 
 use crate::bufring::BufRing;
-use crate::handler::{CloseReason, Closing, Context, Handler, Session, Settled, Slot, SlotIo};
+use crate::handler::{
+    CloseReason, Closing, Context, Handler, Session, Sessions, Settled, Slot, SlotIo,
+};
 use crate::mailbox::{Envelope, Receiver};
 use crate::probe::{AcceptPath, Features, RecvPath};
 use crate::timer::{Entry, TimerWheel};
@@ -907,6 +909,17 @@ impl<H: Handler> Ring<H> {
                     };
                     self.handler.on_message(&cx, &mut session, msg);
                     self.after_callback(id.slot);
+                }
+                Envelope::Ring(msg) => {
+                    let cx = self.context();
+                    let mut sessions = Sessions {
+                        slab: &mut self.slab,
+                    };
+                    self.handler.on_ring_message(&cx, msg, &mut sessions);
+                    let slots: Vec<u32> = self.slab.iter().map(|(k, _)| k as u32).collect();
+                    for slot in slots {
+                        self.after_callback(slot);
+                    }
                 }
             }
         }
