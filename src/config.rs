@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use serde::{Serialize, Serializer};
 
 /// ringline: a RESP session server on per-core io_uring rings.
 #[derive(Debug, Parser)]
@@ -18,11 +19,17 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server.
+    #[command(args_override_self = true)]
     Serve(Box<ServeArgs>),
     /// Manage users (in the embedded store or PostgreSQL).
     User(UserArgs),
     /// Print what this kernel supports and which path each operation will take.
     Probe(ProbeArgs),
+    /// Work with configuration files.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
     /// Run a command with io_uring_setup denied (EPERM), as under Docker 25+'s default seccomp
     /// profile: `ringline deny-io-uring -- ringline serve` shows the epoll fallback.
     DenyIoUring {
@@ -32,8 +39,18 @@ pub enum Command {
     },
 }
 
+/// `ringline config ...`.
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Validate a TOML config file and print the effective `serve` settings.
+    Check {
+        /// The file.
+        file: PathBuf,
+    },
+}
+
 /// Where the store lives (shared by `serve` and `user`).
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Args, Serialize)]
 pub struct StoreArgs {
     /// Directory of the embedded store.
     #[arg(long, default_value = "./ringline-data", global = true)]
@@ -41,11 +58,13 @@ pub struct StoreArgs {
     /// `embedded` (default) or a PostgreSQL URL (`postgres://user@host:port/db` or
     /// `host=/path/to/socket ...`); also read from RINGLINE_STORE_URL.
     #[arg(long, env = "RINGLINE_STORE_URL", global = true)]
+    #[serde(serialize_with = "redacted_store")]
     pub store: Option<String>,
 }
 
 /// Which I/O backend to run on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum BackendChoice {
     /// io_uring when it can be set up, else epoll with a warning.
     Auto,
@@ -56,7 +75,8 @@ pub enum BackendChoice {
 }
 
 /// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
     Text,
@@ -64,9 +84,15 @@ pub enum LogFormat {
     Json,
 }
 
-/// `ringline serve`.
-#[derive(Debug, Clone, Args)]
+/// `ringline serve`. Every flag can also be given in the `--config` file, under the flag's name
+/// (`listen = "0.0.0.0:6380"`, `auth-timeout = "5s"`); flags on the command line win.
+#[derive(Debug, Clone, Args, Serialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct ServeArgs {
+    /// A TOML file holding `serve` settings; flags given on the command line override it.
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1:6380")]
     pub listen: SocketAddr,
@@ -74,6 +100,7 @@ pub struct ServeArgs {
     #[arg(long)]
     pub rings: Option<usize>,
     #[command(flatten)]
+    #[serde(flatten)]
     pub store: StoreArgs,
     /// Store worker threads, one store connection each (default: 2 x cores).
     #[arg(long)]
@@ -89,9 +116,11 @@ pub struct ServeArgs {
     pub compute_queue: usize,
     /// Close connections that have not authenticated within this time (e.g. 10s, 500ms).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    #[serde(serialize_with = "duration_text")]
     pub auth_timeout: Duration,
     /// Close authenticated sessions idle for this long (0 = never).
     #[arg(long, default_value = "0", value_parser = parse_duration)]
+    #[serde(serialize_with = "duration_text")]
     pub idle_timeout: Duration,
     /// Most sessions at once (over all rings); more are refused with an error.
     #[arg(long, default_value_t = 1_000_000)]
@@ -111,6 +140,7 @@ pub struct ServeArgs {
     pub max_auth_failures: u32,
     /// How long SIGTERM waits for sessions to finish before cutting them.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[serde(serialize_with = "duration_text")]
     pub drain_timeout: Duration,
     /// I/O backend.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
@@ -131,6 +161,7 @@ pub struct ServeArgs {
     /// Testing aid: make buffer-ring registration fail with EINVAL (as some distribution
     /// kernels do) to exercise the fallback.
     #[arg(long, hide = true)]
+    #[serde(skip)]
     pub inject_bufring_einval: bool,
     /// Serve Prometheus metrics at http://ADDR/metrics (off unless given).
     #[arg(long)]
@@ -187,6 +218,144 @@ pub struct ProbeArgs {
     /// Kernel profile, as for `serve`.
     #[arg(long, default_value = "newest")]
     pub kernel_profile: String,
+}
+
+fn duration_text<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    let ms = d.as_millis();
+    if ms % 1000 == 0 {
+        s.serialize_str(&format!("{}s", ms / 1000))
+    } else {
+        s.serialize_str(&format!("{ms}ms"))
+    }
+}
+
+/// Hides a password in a store URL (`postgres://u:secret@h/db`, `password=secret`).
+pub fn redact_store_url(url: &str) -> String {
+    let mut out = url.to_string();
+    if let Some(scheme_end) = out.find("://") {
+        let rest = &out[scheme_end + 3..];
+        if let Some(at) = rest.find('@') {
+            if let Some(colon) = rest[..at].find(':') {
+                let start = scheme_end + 3 + colon + 1;
+                let end = scheme_end + 3 + at;
+                out.replace_range(start..end, "***");
+            }
+        }
+    }
+    let words: Vec<String> = out
+        .split(' ')
+        .map(|w| {
+            if w.to_ascii_lowercase().starts_with("password=") {
+                "password=***".to_string()
+            } else {
+                w.to_string()
+            }
+        })
+        .collect();
+    words.join(" ")
+}
+
+fn redacted_store<S: Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match url {
+        Some(u) => s.serialize_str(&redact_store_url(u)),
+        None => s.serialize_str("embedded"),
+    }
+}
+
+/// Reads a TOML config file and turns it into `serve` flags (`--key value`), so the file and
+/// the command line go through one parser. Unknown keys and values of the wrong kind are errors
+/// that name the key and the file.
+pub fn config_file_flags(path: &std::path::Path) -> Result<Vec<String>, String> {
+    let where_ = path.display();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{where_}: cannot read: {e}"))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| format!("{where_}: not valid TOML: {}", e.message()))?;
+    let command = Cli::command();
+    let serve = command
+        .find_subcommand("serve")
+        .expect("the serve subcommand exists");
+    let mut flags = Vec::new();
+    for (raw_key, value) in &table {
+        let key = raw_key.replace('_', "-");
+        let arg = serve
+            .get_arguments()
+            .find(|a| a.get_long() == Some(key.as_str()) && !a.is_hide_set())
+            .filter(|_| key != "config" && key != "help")
+            .ok_or_else(|| format!("{where_}: unknown key '{raw_key}' (keys are `ringline serve` flag names, e.g. listen, rings, auth-timeout)"))?;
+        let takes_value = arg.get_action().takes_values();
+        let text = match value {
+            toml::Value::String(v) => v.clone(),
+            toml::Value::Integer(v) => v.to_string(),
+            toml::Value::Float(v) => v.to_string(),
+            toml::Value::Boolean(v) if !takes_value => {
+                if *v {
+                    flags.push(format!("--{key}"));
+                }
+                continue;
+            }
+            toml::Value::Boolean(v) => v.to_string(),
+            other => {
+                return Err(format!(
+                    "{where_}: key '{raw_key}' has a {} value; give a string, number or boolean",
+                    other.type_str()
+                ))
+            }
+        };
+        if !takes_value {
+            return Err(format!(
+                "{where_}: key '{raw_key}' is a switch: give true or false"
+            ));
+        }
+        flags.push(format!("--{key}"));
+        flags.push(text);
+    }
+    Ok(flags)
+}
+
+/// Parses `ringline serve` settings from a config file alone (for `config check`), with errors
+/// naming the file.
+pub fn parse_config_file(path: &std::path::Path) -> Result<ServeArgs, String> {
+    let flags = config_file_flags(path)?;
+    let argv = ["ringline".to_string(), "serve".to_string()]
+        .into_iter()
+        .chain(flags);
+    match Cli::try_parse_from(argv) {
+        Ok(Cli {
+            command: Command::Serve(args),
+        }) => Ok(*args),
+        Ok(_) => unreachable!("parsed as serve"),
+        Err(e) => Err(format!(
+            "{}: {}",
+            path.display(),
+            e.to_string()
+                .lines()
+                .next()
+                .unwrap_or("invalid value")
+                .trim_start_matches("error: ")
+        )),
+    }
+}
+
+/// Parses the process arguments, folding in `serve --config FILE` (file first, so flags on
+/// the command line override it).
+pub fn parse_args() -> Result<Cli, String> {
+    let cli = Cli::parse();
+    let Command::Serve(args) = &cli.command else {
+        return Ok(cli);
+    };
+    let Some(path) = args.config.clone() else {
+        return Ok(cli);
+    };
+    parse_config_file(&path)?;
+    let flags = config_file_flags(&path)?;
+    let mut argv: Vec<String> = std::env::args().collect();
+    let serve_at = argv
+        .iter()
+        .position(|a| a == "serve")
+        .expect("the serve subcommand was parsed");
+    argv.splice(serve_at + 1..serve_at + 1, flags);
+    Ok(Cli::parse_from(argv))
 }
 
 /// Parses `10s`, `500ms`, `2m`, `1h`, or a bare number of seconds (fractions allowed).
@@ -262,5 +431,70 @@ mod tests {
         assert_eq!(parse_size("4096").unwrap(), 4096);
         assert!(parse_size("lots").is_err());
         assert!(parse_size("1tb").is_err());
+    }
+}
+
+#[cfg(test)]
+mod file_tests {
+    use super::*;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        use std::io::Write;
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn a_file_round_trips_through_the_parser() {
+        let f = write("listen = \"127.0.0.1:7000\"\nrings = 3\nauth_timeout = \"5s\"\nmax-sessions = 10\nlog-format = \"json\"\n");
+        let args = parse_config_file(f.path()).unwrap();
+        assert_eq!(args.listen.to_string(), "127.0.0.1:7000");
+        assert_eq!(args.rings, Some(3));
+        assert_eq!(args.auth_timeout, Duration::from_secs(5));
+        assert_eq!(args.max_sessions, 10);
+        assert_eq!(args.log_format, LogFormat::Json);
+        let text = toml::to_string(&args).unwrap();
+        assert!(text.contains("auth-timeout = \"5s\""), "{text}");
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key_and_file() {
+        let f = write("listne = \"x\"\n");
+        let e = parse_config_file(f.path()).unwrap_err();
+        assert!(
+            e.contains("listne") && e.contains(&f.path().display().to_string()),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_values_name_the_key_and_file() {
+        let f = write("rings = \"many\"\n");
+        let e = parse_config_file(f.path()).unwrap_err();
+        assert!(
+            e.contains("--rings") && e.contains(&f.path().display().to_string()),
+            "{e}"
+        );
+        let f = write("listen = [1, 2]\n");
+        let e = parse_config_file(f.path()).unwrap_err();
+        assert!(e.contains("listen") && e.contains("array"), "{e}");
+        let f = write("not toml at all = = =\n");
+        assert!(parse_config_file(f.path())
+            .unwrap_err()
+            .contains("not valid TOML"));
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_store_url("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(
+            redact_store_url("host=/tmp password=secret dbname=x"),
+            "host=/tmp password=*** dbname=x"
+        );
+        assert_eq!(redact_store_url("postgres://u@h/db"), "postgres://u@h/db");
     }
 }

@@ -1,15 +1,28 @@
 //! The `ringline` binary: `serve`, `user`, `probe`.
 
-use clap::Parser;
-use ringline::config::{Cli, Command};
+use ringline::config::{Command, ConfigAction};
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match ringline::config::parse_args() {
+        Ok(cli) => cli,
+        Err(message) => {
+            eprintln!("ringline: {message}");
+            std::process::exit(2);
+        }
+    };
     let result = match cli.command {
         Command::Serve(args) => ringline::server::serve(*args),
         Command::User(args) => ringline::users::run(args),
         Command::Probe(args) => ringline::probe::run(args),
         Command::DenyIoUring { command } => deny_io_uring_then_exec(&command),
+        Command::Config {
+            action: ConfigAction::Check { file },
+        } => ringline::config::parse_config_file(&file).and_then(|args| {
+            let text = toml::to_string(&args).map_err(|e| e.to_string())?;
+            println!("# {}: valid; effective settings:", file.display());
+            print!("{text}");
+            Ok(())
+        }),
     };
     if let Err(message) = result {
         eprintln!("ringline: {message}");
