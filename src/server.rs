@@ -200,17 +200,32 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
         "pools and limits"
     );
 
-    // The first listener fixes the port (the operator may have asked for port 0).
-    let first = ringline_ring::listen(args.listen, 65535)
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-    let listen_addr = ringline_ring::local_addr(&first).map_err(|e| e.to_string())?;
-    let mut listeners = vec![first];
-    for _ in 1..ring_count {
-        listeners.push(
-            ringline_ring::listen(listen_addr, 65535)
-                .map_err(|e| format!("cannot listen on {listen_addr}: {e}"))?,
-        );
-    }
+    // With socket activation every ring shares the passed listener (multishot accept on one
+    // socket from several rings); otherwise each ring opens its own SO_REUSEPORT listener and
+    // the first one fixes the port (the operator may have asked for port 0).
+    let activated = crate::systemd::activated_listeners()?;
+    let mut listeners = Vec::new();
+    let listen_addr = if let Some(first) = activated.into_iter().next() {
+        let addr = ringline_ring::local_addr(&first).map_err(|e| e.to_string())?;
+        tracing::info!(%addr, "using the listener passed by the service manager (socket activation)");
+        for _ in 1..ring_count {
+            listeners.push(first.try_clone().map_err(|e| format!("cannot share the listener: {e}"))?);
+        }
+        listeners.insert(0, first);
+        addr
+    } else {
+        let first = ringline_ring::listen(args.listen, 65535)
+            .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+        let addr = ringline_ring::local_addr(&first).map_err(|e| e.to_string())?;
+        listeners.push(first);
+        for _ in 1..ring_count {
+            listeners.push(
+                ringline_ring::listen(addr, 65535)
+                    .map_err(|e| format!("cannot listen on {addr}: {e}"))?,
+            );
+        }
+        addr
+    };
 
     let stats: Vec<Arc<RingStats>> = (0..ring_count).map(|_| Arc::default()).collect();
     let mut senders = Vec::new();
@@ -326,8 +341,10 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
     }
     tracing::info!(%listen_addr, rings = ring_count, "ready");
     println!("ringline listening on {listen_addr}");
+    crate::systemd::notify(&format!("READY=1\nSTATUS=listening on {listen_addr}, {ring_count} rings"));
 
     wait_for_signal();
+    crate::systemd::notify("STOPPING=1\nSTATUS=draining");
     tracing::info!("draining: no new connections; finishing commands in flight");
     for sender in &senders {
         sender.drain();

@@ -188,3 +188,38 @@ mod tests {
         assert!(super::probe(super::Disable::default()).is_ok());
     }
 }
+
+/// Takes ownership of a listening socket inherited from the service manager (systemd socket
+/// activation passes them from fd 3 up). Fails unless `fd` is a listening stream socket, so a
+/// stray descriptor is never mistaken for one.
+pub fn inherited_listener(fd: std::os::fd::RawFd) -> io::Result<OwnedFd> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into a live local; an invalid fd only makes
+    // it fail with EBADF/ENOTSOCK.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ACCEPTCONN,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if value == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("inherited fd {fd} is a socket but not listening"),
+        ));
+    }
+    // SAFETY: the fd is open (getsockopt succeeded), a listening socket, and handed to this
+    // process to own by the service manager; nothing else in the process claims it.
+    let owned = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let sock = socket2::SockRef::from(&owned);
+    sock.set_nonblocking(true)?;
+    sock.set_cloexec(true)?;
+    Ok(owned)
+}
