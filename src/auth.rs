@@ -5,7 +5,8 @@
 //! The cache key is SHA-256 over (user, password, stored hash). It never holds a password, and a
 //! changed password changes the stored hash, so old entries simply stop matching.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
 use std::sync::Mutex;
 
 use argon2::password_hash::{
@@ -94,9 +95,94 @@ impl VerifiedCache {
     }
 }
 
+/// Limits failed AUTH attempts per source address per minute, across connections. Memory is
+/// bounded: at most `capacity` addresses are tracked; when full, windows that have ended are
+/// dropped first, and if every tracked address is still in its window, a new address is not
+/// tracked (it is limited only per connection, by `--max-auth-failures`).
+pub struct FailureLimiter {
+    per_minute: u32,
+    capacity: usize,
+    windows: Mutex<HashMap<IpAddr, (u64, u32)>>,
+}
+
+impl FailureLimiter {
+    /// `per_minute` failures allowed per address (0: no limit), tracking at most `capacity`.
+    pub fn new(per_minute: u32, capacity: usize) -> FailureLimiter {
+        FailureLimiter {
+            per_minute,
+            capacity: capacity.max(1),
+            windows: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// True if `addr` used up its failures in the current minute.
+    pub fn blocked(&self, addr: IpAddr, minute: u64) -> bool {
+        if self.per_minute == 0 {
+            return false;
+        }
+        let windows = self.windows.lock().expect("limiter lock");
+        matches!(windows.get(&addr), Some(&(m, n)) if m == minute && n >= self.per_minute)
+    }
+
+    /// Counts a failure; returns true when this failure used up the address's allowance (the
+    /// moment to log it once).
+    pub fn record_failure(&self, addr: IpAddr, minute: u64) -> bool {
+        if self.per_minute == 0 {
+            return false;
+        }
+        let mut windows = self.windows.lock().expect("limiter lock");
+        if !windows.contains_key(&addr) && windows.len() >= self.capacity {
+            windows.retain(|_, (m, _)| *m == minute);
+            if windows.len() >= self.capacity {
+                return false;
+            }
+        }
+        let entry = windows.entry(addr).or_insert((minute, 0));
+        if entry.0 != minute {
+            *entry = (minute, 0);
+        }
+        entry.1 += 1;
+        entry.1 == self.per_minute
+    }
+
+    /// Addresses tracked now.
+    pub fn tracked(&self) -> usize {
+        self.windows.lock().expect("limiter lock").len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limiter_blocks_after_the_allowance_and_resets_each_minute() {
+        let limiter = FailureLimiter::new(3, 10);
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        assert!(!limiter.record_failure(ip, 5));
+        assert!(!limiter.record_failure(ip, 5));
+        assert!(!limiter.blocked(ip, 5));
+        assert!(
+            limiter.record_failure(ip, 5),
+            "the third failure uses up the allowance"
+        );
+        assert!(limiter.blocked(ip, 5));
+        assert!(!limiter.blocked("10.0.0.2".parse().unwrap(), 5));
+        assert!(!limiter.blocked(ip, 6), "a new minute starts afresh");
+    }
+
+    #[test]
+    fn limiter_memory_is_bounded() {
+        let limiter = FailureLimiter::new(2, 100);
+        for i in 0..10_000u32 {
+            let ip = IpAddr::from(i.to_be_bytes());
+            limiter.record_failure(ip, 1);
+        }
+        assert!(limiter.tracked() <= 100);
+        // Ended windows make room for new addresses.
+        limiter.record_failure("192.0.2.1".parse().unwrap(), 2);
+        assert_eq!(limiter.tracked(), 1);
+    }
 
     #[test]
     fn hash_then_verify() {

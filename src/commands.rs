@@ -806,6 +806,19 @@ fn start_auth(
     password: Vec<u8>,
     then: AfterAuth,
 ) {
+    if let Some(ip) = s.conn.peer.map(|p| p.ip()) {
+        if h.shared.auth_limiter.blocked(ip, h.shared.minute(cx.now)) {
+            h.shared
+                .counters
+                .auth_rate_limited
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            err(
+                s.out(),
+                "ERR too many failed authentication attempts from your address; try again later",
+            );
+            return;
+        }
+    }
     let shared = h.shared.clone();
     let sender = h.sender.clone();
     let id = s.id();
@@ -859,12 +872,9 @@ pub fn finish_auth(
             s.conn.user = Some(Arc::from(user));
             s.conn.authenticated = true;
             s.conn.state = State::Ready;
-            let idle = h.shared.config.idle_timeout;
-            s.set_deadline(if idle.is_zero() {
-                None
-            } else {
-                Some(cx.now + idle)
-            });
+            // The auth deadline no longer applies; the session re-arms for idle and
+            // partial-command deadlines as it goes.
+            s.set_deadline(None);
             match then {
                 AfterAuth::Ok => resp::simple(s.out(), b"OK"),
                 AfterAuth::Hello { proto, setname } => {
@@ -878,6 +888,14 @@ pub fn finish_auth(
         }
         AuthOutcome::WrongPass => {
             s.conn.auth_failures += 1;
+            if let Some(ip) = s.conn.peer.map(|p| p.ip()) {
+                if h.shared
+                    .auth_limiter
+                    .record_failure(ip, h.shared.minute(cx.now))
+                {
+                    tracing::warn!(%ip, "AUTH failures from this address reached --auth-failures-per-minute; refusing its AUTH attempts for the rest of the minute");
+                }
+            }
             h.shared
                 .counters
                 .auth_failures

@@ -122,6 +122,15 @@ pub struct ServeArgs {
     #[arg(long, default_value = "0", value_parser = parse_duration)]
     #[serde(serialize_with = "duration_text")]
     pub idle_timeout: Duration,
+    /// Close authenticated sessions whose partial command waits longer than this for its
+    /// remaining bytes (slowloris protection; 0 = never).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    #[serde(serialize_with = "duration_text")]
+    pub request_timeout: Duration,
+    /// Failed AUTH attempts allowed per source address per minute, across connections; more
+    /// are refused without checking the password (0 = no limit).
+    #[arg(long, default_value_t = 60)]
+    pub auth_failures_per_minute: u32,
     /// Most sessions at once (over all rings); more are refused with an error.
     #[arg(long, default_value_t = 1_000_000)]
     pub max_sessions: usize,

@@ -239,6 +239,10 @@ impl Collector for ServerCollector {
                     load(&c.auth_timeouts),
                 ),
                 (
+                    vec![("reason", "request_timeout".into())],
+                    load(&c.request_timeouts),
+                ),
+                (
                     vec![("reason", "auth_failures".into())],
                     load(&c.auth_failure_closes),
                 ),
@@ -272,6 +276,12 @@ impl Collector for ServerCollector {
             "ringline_auth_failures",
             "Wrong passwords",
             &[(vec![], load(&c.auth_failures))],
+        )?;
+        counter_family(
+            &mut e,
+            "ringline_auth_rate_limited",
+            "AUTH attempts refused by --auth-failures-per-minute",
+            &[(vec![], load(&c.auth_rate_limited))],
         )?;
 
         let summaries = s.commands.summaries();

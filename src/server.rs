@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use ringline_ring::{AcceptPath, EpollLoop, Features, RecvPath, Ring, RingConfig, RingStats};
 
-use crate::auth::{self, VerifiedCache};
+use crate::auth::{self, FailureLimiter, VerifiedCache};
 use crate::commands::COMMANDS;
 use crate::config::{BackendChoice, ServeArgs};
 use crate::metrics::CommandBook;
@@ -23,6 +23,7 @@ use crate::storepool::StorePool;
 pub struct RuntimeConfig {
     pub auth_timeout: Duration,
     pub idle_timeout: Duration,
+    pub request_timeout: Duration,
     pub max_sessions: usize,
     pub proto_max_bulk_len: usize,
     pub max_output_buffer: usize,
@@ -35,10 +36,12 @@ pub struct RuntimeConfig {
 pub struct Counters {
     pub auth_failures: AtomicU64,
     pub auth_timeouts: AtomicU64,
+    pub request_timeouts: AtomicU64,
     pub idle_timeouts: AtomicU64,
     pub output_limit_closes: AtomicU64,
     pub query_limit_closes: AtomicU64,
     pub auth_failure_closes: AtomicU64,
+    pub auth_rate_limited: AtomicU64,
     pub protocol_errors: AtomicU64,
     pub killed: AtomicU64,
     pub unknown_commands: AtomicU64,
@@ -50,6 +53,8 @@ pub struct Shared {
     pub compute: ComputePool,
     pub store: StorePool,
     pub auth_cache: VerifiedCache,
+    /// Failed AUTH attempts per source address per minute.
+    pub auth_limiter: FailureLimiter,
     /// An argon2id hash of nothing in particular, verified against for unknown users.
     pub dummy_hash: String,
     pub rings: Vec<Arc<RingStats>>,
@@ -81,6 +86,11 @@ impl Shared {
         self.counters
             .unknown_commands
             .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The current minute since start, for per-minute limits.
+    pub fn minute(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.started).as_secs() / 60
     }
 
     /// Commands executed so far.
@@ -209,7 +219,11 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
         let addr = ringline_ring::local_addr(&first).map_err(|e| e.to_string())?;
         tracing::info!(%addr, "using the listener passed by the service manager (socket activation)");
         for _ in 1..ring_count {
-            listeners.push(first.try_clone().map_err(|e| format!("cannot share the listener: {e}"))?);
+            listeners.push(
+                first
+                    .try_clone()
+                    .map_err(|e| format!("cannot share the listener: {e}"))?,
+            );
         }
         listeners.insert(0, first);
         addr
@@ -241,6 +255,7 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
         config: RuntimeConfig {
             auth_timeout: args.auth_timeout,
             idle_timeout: args.idle_timeout,
+            request_timeout: args.request_timeout,
             max_sessions: args.max_sessions,
             proto_max_bulk_len: args.proto_max_bulk_len,
             max_output_buffer: args.max_output_buffer,
@@ -250,6 +265,7 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
         compute: compute.clone(),
         store: store_pool.clone(),
         auth_cache: VerifiedCache::new(100_000),
+        auth_limiter: FailureLimiter::new(args.auth_failures_per_minute, 100_000),
         dummy_hash: auth::hash_password(auth::random_password().as_bytes()),
         rings: stats.clone(),
         features: features.clone(),
@@ -341,7 +357,9 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
     }
     tracing::info!(%listen_addr, rings = ring_count, "ready");
     println!("ringline listening on {listen_addr}");
-    crate::systemd::notify(&format!("READY=1\nSTATUS=listening on {listen_addr}, {ring_count} rings"));
+    crate::systemd::notify(&format!(
+        "READY=1\nSTATUS=listening on {listen_addr}, {ring_count} rings"
+    ));
 
     wait_for_signal();
     crate::systemd::notify("STOPPING=1\nSTATUS=draining");

@@ -62,6 +62,8 @@ pub struct Conn {
     pub commands: u64,
     /// The name of the last command executed (`CLIENT LIST`'s `cmd=`).
     pub last_command: &'static str,
+    /// Since when a partial command has been waiting for its remaining bytes.
+    pub partial_since: Option<Instant>,
 }
 
 impl Conn {
@@ -225,6 +227,42 @@ impl RingHandler {
         }
     }
 
+    /// The next moment this session must be looked at: the auth deadline before AUTH; after it,
+    /// the earlier of the idle deadline and the partial-command deadline (each when enabled).
+    fn next_deadline(&self, conn: &Conn) -> Option<Instant> {
+        let config = &self.shared.config;
+        if !conn.authenticated {
+            return Some(conn.created + config.auth_timeout);
+        }
+        let idle = (!config.idle_timeout.is_zero()).then(|| conn.last_active + config.idle_timeout);
+        let partial = conn
+            .partial_since
+            .filter(|_| !config.request_timeout.is_zero())
+            .map(|since| since + config.request_timeout);
+        match (idle, partial) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Notes whether a partial command waits, and arms the deadline if it must come earlier.
+    /// A later deadline is not re-armed here: the timer re-checks when it fires, which keeps
+    /// the wheel out of the per-command path.
+    fn arm_deadline(&self, cx: &Context, s: &mut Session<'_, Conn>) {
+        let partial = s.conn.state != State::Waiting && !s.conn.inbuf.is_empty();
+        match (partial, s.conn.partial_since) {
+            (true, None) => s.conn.partial_since = Some(cx.now),
+            (false, Some(_)) => s.conn.partial_since = None,
+            _ => {}
+        }
+        let want = self.next_deadline(s.conn);
+        match (want, s.deadline()) {
+            (Some(want), Some(armed)) if want < armed => s.set_deadline(Some(want)),
+            (Some(want), None) => s.set_deadline(Some(want)),
+            _ => {}
+        }
+    }
+
     /// After anything that may have left the session idle: close it if the peer is done or the
     /// server is draining.
     fn close_if_done(&self, cx: &Context, s: &mut Session<'_, Conn>) {
@@ -261,15 +299,13 @@ impl Handler for RingHandler {
             last_active: cx.now,
             commands: 0,
             last_command: "NULL",
+            partial_since: None,
         }
     }
 
     fn on_data(&mut self, cx: &Context, s: &mut Session<'_, Conn>, data: &[u8]) {
         if s.is_closing() {
             return;
-        }
-        if s.conn.state == State::Unauthenticated && s.deadline().is_none() {
-            s.set_deadline(Some(s.conn.created + self.shared.config.auth_timeout));
         }
         if s.conn.state == State::Waiting || !s.conn.inbuf.is_empty() {
             if s.conn.inbuf.len() + data.len() > self.shared.config.max_query_buffer {
@@ -298,6 +334,7 @@ impl Handler for RingHandler {
                 s.conn.inbuf.extend_from_slice(&data[consumed..]);
             }
         }
+        self.arm_deadline(cx, s);
         self.close_if_done(cx, s);
     }
 
@@ -334,39 +371,54 @@ impl Handler for RingHandler {
         if !s.is_closing() {
             self.process_inbuf(cx, s);
         }
+        self.arm_deadline(cx, s);
         self.close_if_done(cx, s);
     }
 
+    fn on_start(&mut self, cx: &Context, s: &mut Session<'_, Conn>) {
+        self.arm_deadline(cx, s);
+    }
+
     fn on_deadline(&mut self, cx: &Context, s: &mut Session<'_, Conn>) {
-        match s.conn.state {
-            State::Unauthenticated if !s.conn.authenticated => {
-                resp::error(
-                    s.out(),
-                    b"ERR authentication timeout, closing the connection",
-                );
-                s.close_after_flush();
-                self.shared
-                    .counters
-                    .auth_timeouts
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        use std::sync::atomic::Ordering::Relaxed;
+        let config = &self.shared.config;
+        let counters = &self.shared.counters;
+        if !s.conn.authenticated {
+            if s.conn.state == State::Waiting {
+                // AUTH is being verified: let it finish, then look again.
+                s.set_deadline(Some(cx.now + config.auth_timeout / 10));
+                return;
             }
-            _ => {
-                let idle = self.shared.config.idle_timeout;
-                if idle.is_zero() {
-                    return;
-                }
-                let due = s.conn.last_active + idle;
-                if s.conn.state == State::Ready && due <= cx.now {
-                    self.shared
-                        .counters
-                        .idle_timeouts
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    s.close();
-                } else {
-                    s.set_deadline(Some(due.max(cx.now + idle / 8)));
-                }
+            resp::error(
+                s.out(),
+                b"ERR authentication timeout, closing the connection",
+            );
+            s.close_after_flush();
+            counters.auth_timeouts.fetch_add(1, Relaxed);
+            return;
+        }
+        if let Some(since) = s.conn.partial_since {
+            if !config.request_timeout.is_zero() && since + config.request_timeout <= cx.now {
+                resp::error(s.out(), b"ERR request timeout: an incomplete command waited too long, closing the connection");
+                s.close_after_flush();
+                counters.request_timeouts.fetch_add(1, Relaxed);
+                return;
             }
         }
+        if !config.idle_timeout.is_zero()
+            && s.conn.state == State::Ready
+            && s.conn.inbuf.is_empty()
+            && s.conn.last_active + config.idle_timeout <= cx.now
+        {
+            counters.idle_timeouts.fetch_add(1, Relaxed);
+            s.close();
+            return;
+        }
+        // Not due yet (activity moved it, or a command is running): look again later.
+        let next = self
+            .next_deadline(s.conn)
+            .map(|at| at.max(cx.now + std::time::Duration::from_millis(10)));
+        s.set_deadline(next);
     }
 
     fn on_eof(&mut self, cx: &Context, s: &mut Session<'_, Conn>) {

@@ -299,10 +299,16 @@ impl<H: Handler> EpollLoop<H> {
         let conn = self
             .handler
             .on_open(&cx, SessionId { slot, generation }, peer);
-        entry.insert(Slot {
+        let slot_ref = entry.insert(Slot {
             io: SlotIo::new(fd, generation, peer),
             conn: Some(conn),
         });
+        let mut session = Session {
+            id: SessionId { slot, generation },
+            conn: slot_ref.conn.as_mut().expect("open session has state"),
+            io: &mut slot_ref.io,
+        };
+        self.handler.on_start(&cx, &mut session);
         let events = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
         if let Err(e) = self.ctl(
             libc::EPOLL_CTL_ADD,

@@ -29,6 +29,9 @@ pub trait Handler {
 
     /// A connection was accepted; returns its state.
     fn on_open(&mut self, cx: &Context, id: SessionId, peer: Option<SocketAddr>) -> Self::Conn;
+    /// The session was set up (after `on_open`): arm its first deadline, queue a greeting.
+    /// By default nothing.
+    fn on_start(&mut self, _cx: &Context, _session: &mut Session<'_, Self::Conn>) {}
     /// Bytes arrived. They are only valid during the call.
     fn on_data(&mut self, cx: &Context, session: &mut Session<'_, Self::Conn>, data: &[u8]);
     /// A result another thread sent for this session.

@@ -585,10 +585,16 @@ impl<H: Handler> Ring<H> {
         let generation = self.generations[slot as usize];
         let id = SessionId { slot, generation };
         let conn = self.handler.on_open(&cx, id, peer);
-        entry.insert(Slot {
+        let slot_ref = entry.insert(Slot {
             io: SlotIo::new(fd, generation, peer),
             conn: Some(conn),
         });
+        let mut session = Session {
+            id: SessionId { slot, generation },
+            conn: slot_ref.conn.as_mut().expect("open session has state"),
+            io: &mut slot_ref.io,
+        };
+        self.handler.on_start(&cx, &mut session);
         self.submit_recv(slot);
         self.after_callback(slot);
     }
