@@ -163,32 +163,6 @@ pub fn deny_io_uring() -> io::Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn raising_the_fd_limit_never_lowers_it() {
-        let before = super::raise_nofile_limit(0).unwrap();
-        let after = super::raise_nofile_limit(before + 1).unwrap();
-        assert!(after >= before);
-    }
-
-    #[test]
-    fn denied_io_uring_fails_with_eperm_on_that_thread_only() {
-        let denied = std::thread::spawn(|| {
-            super::deny_io_uring().unwrap();
-            super::probe(super::Disable::default())
-                .map(|_| ())
-                .unwrap_err()
-                .error
-                .raw_os_error()
-        })
-        .join()
-        .unwrap();
-        assert_eq!(denied, Some(libc::EPERM));
-        assert!(super::probe(super::Disable::default()).is_ok());
-    }
-}
-
 /// Takes ownership of a listening socket inherited from the service manager (systemd socket
 /// activation passes them from fd 3 up). Fails unless `fd` is a listening stream socket, so a
 /// stray descriptor is never mistaken for one.
@@ -222,4 +196,30 @@ pub fn inherited_listener(fd: std::os::fd::RawFd) -> io::Result<OwnedFd> {
     sock.set_nonblocking(true)?;
     sock.set_cloexec(true)?;
     Ok(owned)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn raising_the_fd_limit_never_lowers_it() {
+        let before = super::raise_nofile_limit(0).unwrap();
+        let after = super::raise_nofile_limit(before + 1).unwrap();
+        assert!(after >= before);
+    }
+
+    #[test]
+    fn denied_io_uring_fails_with_eperm_on_that_thread_only() {
+        let denied = std::thread::spawn(|| {
+            super::deny_io_uring().unwrap();
+            super::probe(super::Disable::default())
+                .map(|_| ())
+                .unwrap_err()
+                .error
+                .raw_os_error()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(denied, Some(libc::EPERM));
+        assert!(super::probe(super::Disable::default()).is_ok());
+    }
 }
