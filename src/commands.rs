@@ -905,7 +905,9 @@ pub fn finish_auth(
                 "WRONGPASS invalid username-password pair or user is disabled.",
             );
             if s.conn.auth_failures >= h.shared.config.max_auth_failures {
-                tracing::info!(client = s.conn.client_id, peer = ?s.conn.peer, "closing a connection after too many failed AUTH attempts");
+                if let Some(suppressed) = h.shared.log_allowed("auth_failures") {
+                    tracing::info!(client = s.conn.client_id, peer = ?s.conn.peer, suppressed, "closing a connection after too many failed AUTH attempts");
+                }
                 h.shared
                     .counters
                     .auth_failure_closes

@@ -69,6 +69,9 @@ pub struct Shared {
     pub version_line: String,
     /// Every ring's mailbox, for ring-wide queries (CLIENT LIST, CLIENT KILL).
     pub ring_senders: Vec<ringline_ring::Sender<Msg>>,
+    /// Rate limits for log lines about refused or closed sessions, per reason.
+    log_limiters:
+        std::sync::Mutex<std::collections::HashMap<&'static str, ringline_ring::LogLimiter>>,
     /// Per ring, per command calls, errors and latency.
     pub commands: CommandBook,
 }
@@ -86,6 +89,13 @@ impl Shared {
         self.counters
             .unknown_commands
             .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether a line about `reason` may be logged now (at most one per second per reason);
+    /// `Some(n)`: log it, mentioning the `n` suppressed since the last one.
+    pub fn log_allowed(&self, reason: &'static str) -> Option<u64> {
+        let mut limiters = self.log_limiters.lock().ok()?;
+        limiters.entry(reason).or_default().allow(Instant::now())
     }
 
     /// The current minute since start, for per-minute limits.
@@ -281,6 +291,7 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
         counters: Counters::default(),
         version_line: format!("ringline {}", env!("CARGO_PKG_VERSION")),
         commands: CommandBook::new(ring_count),
+        log_limiters: Default::default(),
     });
 
     if let Some(addr) = args.metrics_addr {

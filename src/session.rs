@@ -214,11 +214,14 @@ impl RingHandler {
 
     fn enforce_output_limit(&self, s: &mut Session<'_, Conn>) {
         if s.pending_output() > self.shared.config.max_output_buffer {
-            tracing::warn!(
-                client = s.conn.client_id,
-                pending_bytes = s.pending_output(),
-                "closing a session whose output buffer passed --max-output-buffer (it is not reading its replies)"
-            );
+            if let Some(suppressed) = self.shared.log_allowed("output_buffer") {
+                tracing::warn!(
+                    client = s.conn.client_id,
+                    pending_bytes = s.pending_output(),
+                    suppressed,
+                    "closing a session whose output buffer passed --max-output-buffer (it is not reading its replies)"
+                );
+            }
             self.shared
                 .counters
                 .output_limit_closes
@@ -309,10 +312,13 @@ impl Handler for RingHandler {
         }
         if s.conn.state == State::Waiting || !s.conn.inbuf.is_empty() {
             if s.conn.inbuf.len() + data.len() > self.shared.config.max_query_buffer {
-                tracing::warn!(
-                    client = s.conn.client_id,
-                    "closing a session whose unprocessed input passed --max-query-buffer"
-                );
+                if let Some(suppressed) = self.shared.log_allowed("query_buffer") {
+                    tracing::warn!(
+                        client = s.conn.client_id,
+                        suppressed,
+                        "closing a session whose unprocessed input passed --max-query-buffer"
+                    );
+                }
                 self.shared
                     .counters
                     .query_limit_closes
@@ -402,6 +408,13 @@ impl Handler for RingHandler {
                 resp::error(s.out(), b"ERR request timeout: an incomplete command waited too long, closing the connection");
                 s.close_after_flush();
                 counters.request_timeouts.fetch_add(1, Relaxed);
+                if let Some(suppressed) = self.shared.log_allowed("request_timeout") {
+                    tracing::info!(
+                        client = s.conn.client_id,
+                        suppressed,
+                        "closing a session whose partial command passed --request-timeout"
+                    );
+                }
                 return;
             }
         }

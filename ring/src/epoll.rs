@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 use crate::handler::{
-    CloseReason, Closing, Context, Handler, Session, Sessions, Settled, Slot, SlotIo,
+    CloseReason, Closing, Context, Handler, LogLimiter, Session, Sessions, Settled, Slot, SlotIo,
 };
 use crate::mailbox::{Envelope, Receiver};
 use crate::ring::{RingConfig, RingStats};
@@ -51,6 +51,7 @@ pub struct EpollLoop<H: Handler> {
     accept_paused_until: Option<Instant>,
     draining: bool,
     drain_deadline: Option<Instant>,
+    reject_log: LogLimiter,
     cut: bool,
 }
 
@@ -83,6 +84,7 @@ impl<H: Handler> EpollLoop<H> {
             accept_paused_until: None,
             draining: false,
             drain_deadline: None,
+            reject_log: LogLimiter::new(),
             cut: false,
             config,
         };
@@ -269,6 +271,14 @@ impl<H: Handler> EpollLoop<H> {
         if self.config.global_sessions.fetch_add(1, Ordering::AcqRel) >= self.config.max_sessions {
             self.config.global_sessions.fetch_sub(1, Ordering::AcqRel);
             bump(&self.stats.rejected_max_sessions);
+            if let Some(suppressed) = self.reject_log.allow(self.now) {
+                tracing::warn!(
+                    ring = self.config.index,
+                    max_sessions = self.config.max_sessions,
+                    suppressed,
+                    "refusing a connection: --max-sessions reached"
+                );
+            }
             // SAFETY: a best-effort non-blocking send of our own bytes, then close, on a socket
             // we just accepted and own.
             unsafe {

@@ -295,3 +295,35 @@ impl SlotIo {
         }
     }
 }
+
+/// Logs an event at most once per second, with how many were suppressed in between, so a flood
+/// of refusals leaves a readable log.
+#[derive(Debug, Default)]
+pub struct LogLimiter {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    /// A limiter that allows the first line at once.
+    pub fn new() -> LogLimiter {
+        LogLimiter {
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// Returns `Some(suppressed)` when a line may be logged now.
+    pub fn allow(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(last) if now.duration_since(last) < std::time::Duration::from_secs(1) => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}

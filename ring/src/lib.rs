@@ -31,7 +31,7 @@ use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 
 pub use epoll::EpollLoop;
-pub use handler::{CloseReason, Context, Handler, Session, Sessions};
+pub use handler::{CloseReason, Context, Handler, LogLimiter, Session, Sessions};
 pub use mailbox::{mailbox, Receiver, Sender};
 pub use probe::{probe, AcceptPath, Disable, Features, RecvPath, Unavailable};
 pub use ring::{Faults, Ring, RingConfig, RingStats};

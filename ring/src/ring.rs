@@ -18,7 +18,7 @@ use slab::Slab;
 
 use crate::bufring::BufRing;
 use crate::handler::{
-    CloseReason, Closing, Context, Handler, Session, Sessions, Settled, Slot, SlotIo,
+    CloseReason, Closing, Context, Handler, LogLimiter, Session, Sessions, Settled, Slot, SlotIo,
 };
 use crate::mailbox::{Envelope, Receiver};
 use crate::probe::{AcceptPath, Features, RecvPath};
@@ -125,6 +125,7 @@ pub struct Ring<H: Handler> {
     timeout_armed: bool,
     draining: bool,
     drain_deadline: Option<Instant>,
+    reject_log: LogLimiter,
     cut: bool,
     now: Instant,
     due: Vec<Entry>,
@@ -204,6 +205,7 @@ impl<H: Handler> Ring<H> {
             timeout_armed: false,
             draining: false,
             drain_deadline: None,
+            reject_log: LogLimiter::new(),
             cut: false,
             now,
             due: Vec::new(),
@@ -556,6 +558,14 @@ impl<H: Handler> Ring<H> {
         if self.config.global_sessions.fetch_add(1, Ordering::AcqRel) >= self.config.max_sessions {
             self.config.global_sessions.fetch_sub(1, Ordering::AcqRel);
             bump(&self.stats.rejected_max_sessions);
+            if let Some(suppressed) = self.reject_log.allow(self.now) {
+                tracing::warn!(
+                    ring = self.config.index,
+                    max_sessions = self.config.max_sessions,
+                    suppressed,
+                    "refusing a connection: --max-sessions reached"
+                );
+            }
             // SAFETY: a non-blocking best-effort send of a message we own to a socket we just
             // accepted and still own.
             unsafe {
