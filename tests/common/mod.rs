@@ -1,0 +1,758 @@
+//! The black-box harness: a real `ringline serve` process on a temp data dir, clients over real
+//! TCP.
+//!
+//! - [`Server::start`] / [`Server::builder`]: users are created first (`ringline user add`), then
+//!   the server starts on `127.0.0.1:0`; its port comes from the `ringline listening on ADDR`
+//!   line on stdout. Extra flags and a store URL go through [`ServerBuilder`].
+//! - Dropping a [`Server`] sends SIGTERM, waits, then SIGKILLs; a failing test gets the tail of
+//!   the server's log on stderr.
+//! - [`RawConn`]: a plain `TcpStream` for bytes no client library would send, with a small RESP
+//!   reader ([`Reply`]) and a read-until-EOF that tells a closed connection from a silent one.
+//! - [`Server::client`]: an authenticated `redis::Connection` (RESP2 unless asked otherwise).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redis::IntoConnectionInfo;
+use sha2::{Digest, Sha256};
+
+/// The user every server gets unless told otherwise.
+pub const USER: &str = "alice";
+/// Alice's password.
+pub const PASSWORD: &str = "secret";
+
+/// How long a reply may take before a test gives up on the server (liveness, not speed).
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a server may take to print its listening line.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long SIGTERM may take before the harness SIGKILLs.
+const TERM_TIMEOUT: Duration = Duration::from_secs(15);
+
+fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_ringline")
+}
+
+/// What to start: flags, store, users. Kept by the [`Server`] so it can start again.
+#[derive(Clone)]
+pub struct ServerBuilder {
+    flags: Vec<String>,
+    store: Option<String>,
+    users: Vec<(String, String)>,
+    data: Option<Arc<tempfile::TempDir>>,
+    nofile: Option<u64>,
+}
+
+impl ServerBuilder {
+    /// Starts the server with this RLIMIT_NOFILE (soft and hard), through `prlimit(1)`, which
+    /// execs it (the pid stays the server's).
+    pub fn nofile_limit(mut self, limit: u64) -> Self {
+        self.nofile = Some(limit);
+        self
+    }
+
+    /// Adds `--name value` to `ringline serve`.
+    pub fn flag(mut self, name: &str, value: &str) -> Self {
+        self.flags.push(name.to_string());
+        self.flags.push(value.to_string());
+        self
+    }
+
+    /// Runs on this store (`--store URL`) instead of the embedded one.
+    pub fn store(mut self, url: &str) -> Self {
+        self.store = Some(url.to_string());
+        self
+    }
+
+    /// Also creates this user before starting (alice is always created).
+    pub fn user(mut self, name: &str, password: &str) -> Self {
+        self.users.push((name.to_string(), password.to_string()));
+        self
+    }
+
+    /// Uses this data dir (shared with another server) instead of a fresh one.
+    pub fn data_dir(mut self, dir: Arc<tempfile::TempDir>) -> Self {
+        self.data = Some(dir);
+        self
+    }
+
+    /// Creates the users (an existing user is fine: a second server on one store), then starts
+    /// the server and waits for its listening line.
+    pub fn start(mut self) -> Server {
+        let data = self
+            .data
+            .get_or_insert_with(|| Arc::new(tempfile::tempdir().expect("temp data dir")))
+            .clone();
+        for (name, password) in &self.users {
+            add_user(
+                &data.path().join("data"),
+                self.store.as_deref(),
+                name,
+                password,
+            );
+        }
+        let mut server = Server {
+            child: None,
+            addr: "127.0.0.1:0".parse().unwrap(),
+            builder: self,
+            log: Arc::new(Mutex::new(Vec::new())),
+            data,
+        };
+        server.spawn();
+        server
+    }
+}
+
+/// `echo PASSWORD | ringline user add NAME --data DIR [--store URL]`; "already exists" is fine.
+pub fn add_user(data: &std::path::Path, store: Option<&str>, name: &str, password: &str) {
+    let mut command = Command::new(binary());
+    command.args(["user", "add", name, "--data"]).arg(data);
+    if let Some(url) = store {
+        command.args(["--store", url]);
+    }
+    let mut child = command
+        .env_remove("RINGLINE_STORE_URL")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run ringline user add");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{password}\n").as_bytes())
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success() || stderr.contains("already exists"),
+        "ringline user add {name} failed ({}): {}{stderr}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout)
+    );
+}
+
+/// A running `ringline serve`, stopped on drop.
+pub struct Server {
+    child: Option<Child>,
+    /// Where it listens (changes on [`Server::restart`]).
+    pub addr: SocketAddr,
+    builder: ServerBuilder,
+    log: Arc<Mutex<Vec<u8>>>,
+    data: Arc<tempfile::TempDir>,
+}
+
+impl Server {
+    /// The defaults: embedded store, user alice, no extra flags.
+    pub fn builder() -> ServerBuilder {
+        ServerBuilder {
+            flags: Vec::new(),
+            store: None,
+            users: vec![(USER.to_string(), PASSWORD.to_string())],
+            data: None,
+            nofile: None,
+        }
+    }
+
+    /// A server with the defaults.
+    pub fn start() -> Server {
+        Server::builder().start()
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "the server is already running");
+        let mut command = match self.builder.nofile {
+            Some(limit) => {
+                let mut command = Command::new("prlimit");
+                command
+                    .arg(format!("--nofile={limit}:{limit}"))
+                    .arg("--")
+                    .arg(binary());
+                command
+            }
+            None => Command::new(binary()),
+        };
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+            .arg(self.data_path())
+            .args(&self.builder.flags)
+            .env_remove("RINGLINE_STORE_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(url) = &self.builder.store {
+            command.args(["--store", url]);
+        }
+        let mut child = command.spawn().expect("start ringline serve");
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            let mut stderr = stderr;
+            let mut chunk = [0u8; 8192];
+            while let Ok(n) = stderr.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+                log.extend_from_slice(&chunk[..n]);
+                // Keep the tail only: a chatty server must not grow the test's memory.
+                if log.len() > 1 << 20 {
+                    let cut = log.len() - (512 << 10);
+                    log.drain(..cut);
+                }
+            }
+        });
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.strip_prefix("ringline listening on ") {
+                    if !sent {
+                        let _ = tx.send(addr.trim().to_string());
+                        sent = true;
+                    }
+                }
+            }
+        });
+        self.child = Some(child);
+        let addr = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let status = self.child.as_mut().unwrap().try_wait().ok().flatten();
+                panic!(
+                    "ringline serve printed no listening line (exit status {status:?}); log:\n{}",
+                    self.log()
+                );
+            }
+        };
+        self.addr = addr.parse().expect("the listening line names an address");
+    }
+
+    /// The data dir given to `--data` (the embedded store lives there).
+    pub fn data_path(&self) -> PathBuf {
+        self.data.path().join("data")
+    }
+
+    /// The shared temp dir, to start another server on the same data.
+    pub fn data_dir(&self) -> Arc<tempfile::TempDir> {
+        self.data.clone()
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server running").id()
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Everything the server logged so far (its tail, for a chatty one).
+    pub fn log(&self) -> String {
+        let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
+        String::from_utf8_lossy(&log).into_owned()
+    }
+
+    /// The server's resident memory in KiB (`VmRSS` of /proc/PID/status).
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.pid()).expect("read the server's VmRSS")
+    }
+
+    /// Sends a signal by name (`TERM`, `KILL`, ...) with kill(1).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit, up to `timeout`; `None` if it is still running.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut().expect("server running");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for the server") {
+                self.child = None;
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then the exit status (panics if it does not exit within the drain allowance).
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal("TERM");
+        match self.wait_exit(TERM_TIMEOUT) {
+            Some(status) => status,
+            None => panic!(
+                "ringline did not exit within {TERM_TIMEOUT:?} of SIGTERM; log:\n{}",
+                self.log()
+            ),
+        }
+    }
+
+    /// `kill -9`: no drain, no flush, as a crash.
+    pub fn kill9(&mut self) {
+        let mut child = self.child.take().expect("server running");
+        child.kill().expect("SIGKILL the server");
+        child.wait().expect("reap the server");
+    }
+
+    /// Starts the server again with the same flags, data dir and store (after `kill9` or
+    /// `terminate`). The port changes.
+    pub fn restart(&mut self) {
+        self.spawn();
+    }
+
+    /// An authenticated RESP2 connection as alice.
+    pub fn client(&self) -> redis::Connection {
+        self.client_as(USER, PASSWORD, redis::ProtocolVersion::RESP2)
+    }
+
+    /// An authenticated connection as `user`, speaking `protocol` (RESP3 sends `HELLO 3 AUTH`).
+    pub fn client_as(
+        &self,
+        user: &str,
+        password: &str,
+        protocol: redis::ProtocolVersion,
+    ) -> redis::Connection {
+        let info = self.connection_info(user, password, protocol);
+        let client = redis::Client::open(info).expect("redis client");
+        let conn = client
+            .get_connection_with_timeout(REPLY_TIMEOUT)
+            .unwrap_or_else(|e| panic!("connect as {user}: {e}; log:\n{}", self.log()));
+        conn.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
+        conn.set_write_timeout(Some(REPLY_TIMEOUT)).unwrap();
+        conn
+    }
+
+    /// Connection info for the redis crate.
+    pub fn connection_info(
+        &self,
+        user: &str,
+        password: &str,
+        protocol: redis::ProtocolVersion,
+    ) -> redis::ConnectionInfo {
+        redis::ConnectionAddr::Tcp(self.addr.ip().to_string(), self.addr.port())
+            .into_connection_info()
+            .expect("connection info")
+            .set_redis_settings(
+                redis::RedisConnectionInfo::default()
+                    .set_username(user)
+                    .set_password(password)
+                    .set_protocol(protocol),
+            )
+    }
+
+    /// A raw, unauthenticated TCP connection.
+    pub fn raw(&self) -> RawConn {
+        RawConn::connect(self.addr)
+    }
+
+    /// A raw connection that has sent `AUTH alice secret` and seen `+OK`.
+    pub fn raw_authed(&self) -> RawConn {
+        let mut conn = self.raw();
+        conn.auth(USER, PASSWORD);
+        conn
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+            let deadline = Instant::now() + TERM_TIMEOUT;
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if Instant::now() >= deadline => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        }
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail = &log[log.len().saturating_sub(8192)..];
+            eprintln!(
+                "---- ringline log (tail) for {} ----\n{tail}\n----",
+                self.addr
+            );
+        }
+    }
+}
+
+/// `VmRSS` of a process, in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `d = data; rounds times: d = sha256(d)`, as lowercase hex: what `HASH rounds data` replies.
+pub fn sha256_rounds(data: &[u8], rounds: u32) -> String {
+    assert!(rounds >= 1);
+    let mut digest: Vec<u8> = Sha256::digest(data).to_vec();
+    for _ in 1..rounds {
+        digest = Sha256::digest(&digest).to_vec();
+    }
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A multibulk command: `*N\r\n$len\r\narg\r\n...`.
+pub fn encode(args: &[&[u8]]) -> Vec<u8> {
+    let mut out = format!("*{}\r\n", args.len()).into_bytes();
+    for arg in args {
+        out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        out.extend_from_slice(arg);
+        out.extend_from_slice(b"\r\n");
+    }
+    out
+}
+
+/// One reply as the wire carried it (RESP2, plus the RESP3 types a test may meet).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    /// `+text`
+    Simple(String),
+    /// `-text` (the whole line, code included)
+    Error(String),
+    /// `:n`
+    Int(i64),
+    /// `$n` with its bytes
+    Bulk(Vec<u8>),
+    /// `$-1`, `*-1` or RESP3 `_`
+    Nil,
+    /// `*n`, `~n` or `>n`
+    Array(Vec<Reply>),
+    /// RESP3 `%n`
+    Map(Vec<(Reply, Reply)>),
+    /// RESP3 `=n` (format, text), `,`, `#`, `(` as their text
+    Other(char, Vec<u8>),
+}
+
+impl Reply {
+    /// `+OK`
+    pub fn ok() -> Reply {
+        Reply::Simple("OK".into())
+    }
+
+    /// A bulk string of these bytes.
+    pub fn bulk(bytes: impl AsRef<[u8]>) -> Reply {
+        Reply::Bulk(bytes.as_ref().to_vec())
+    }
+
+    /// The error line, panicking with the reply if it is not an error.
+    pub fn expect_error(&self) -> &str {
+        match self {
+            Reply::Error(e) => e,
+            other => panic!("expected an error reply, got {other:?}"),
+        }
+    }
+}
+
+/// Parses one reply from the front of `buf`: `Some((reply, consumed))` once it is complete.
+pub fn parse_reply(buf: &[u8]) -> Option<(Reply, usize)> {
+    let cr = buf.windows(2).position(|w| w == b"\r\n")?;
+    let kind = *buf.first()?;
+    let line = &buf[1..cr];
+    let text = || String::from_utf8_lossy(line).into_owned();
+    let number = || -> i64 {
+        std::str::from_utf8(line)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad length line {:?}", text()))
+    };
+    let after = cr + 2;
+    match kind {
+        b'+' => Some((Reply::Simple(text()), after)),
+        b'-' => Some((Reply::Error(text()), after)),
+        b':' => Some((Reply::Int(number()), after)),
+        b'_' => Some((Reply::Nil, after)),
+        b',' | b'#' | b'(' => Some((Reply::Other(kind as char, line.to_vec()), after)),
+        b'$' | b'=' => {
+            let n = number();
+            if n < 0 {
+                return Some((Reply::Nil, after));
+            }
+            let n = n as usize;
+            if buf.len() < after + n + 2 {
+                return None;
+            }
+            let body = buf[after..after + n].to_vec();
+            let reply = if kind == b'$' {
+                Reply::Bulk(body)
+            } else {
+                Reply::Other('=', body)
+            };
+            Some((reply, after + n + 2))
+        }
+        b'*' | b'~' | b'>' | b'%' => {
+            let n = number();
+            if n < 0 {
+                return Some((Reply::Nil, after));
+            }
+            let items = if kind == b'%' { 2 * n } else { n } as usize;
+            let mut pos = after;
+            let mut values = Vec::with_capacity(items);
+            for _ in 0..items {
+                let (value, used) = parse_reply(&buf[pos..])?;
+                values.push(value);
+                pos += used;
+            }
+            let reply = if kind == b'%' {
+                let mut pairs = Vec::new();
+                let mut it = values.into_iter();
+                while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                    pairs.push((k, v));
+                }
+                Reply::Map(pairs)
+            } else {
+                Reply::Array(values)
+            };
+            Some((reply, pos))
+        }
+        other => panic!(
+            "unexpected reply type byte {:?} in {:?}",
+            other as char,
+            String::from_utf8_lossy(&buf[..buf.len().min(200)])
+        ),
+    }
+}
+
+/// Why a read stopped without a reply.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadEnd {
+    /// The server closed the connection (EOF or reset).
+    Closed,
+    /// Nothing complete arrived in time.
+    TimedOut,
+}
+
+/// A raw TCP connection with a reply reader.
+pub struct RawConn {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawConn {
+    /// Connects (panics on failure).
+    pub fn connect(addr: SocketAddr) -> RawConn {
+        let stream = TcpStream::connect_timeout(&addr, REPLY_TIMEOUT)
+            .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+        stream.set_nodelay(true).unwrap();
+        stream.set_write_timeout(Some(REPLY_TIMEOUT)).unwrap();
+        RawConn {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Wraps a stream connected elsewhere.
+    pub fn from_stream(stream: TcpStream) -> RawConn {
+        RawConn {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Writes all of `bytes` (panics on failure).
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream
+            .write_all(bytes)
+            .unwrap_or_else(|e| panic!("send {} bytes: {e}", bytes.len()));
+    }
+
+    /// Sends one multibulk command.
+    pub fn send_cmd(&mut self, args: &[&[u8]]) {
+        self.send(&encode(args));
+    }
+
+    /// Sends one multibulk command and reads its reply.
+    pub fn cmd(&mut self, args: &[&[u8]]) -> Reply {
+        self.send_cmd(args);
+        self.read_reply()
+    }
+
+    /// `AUTH user password`, expecting `+OK`.
+    pub fn auth(&mut self, user: &str, password: &str) {
+        let reply = self.cmd(&[b"AUTH", user.as_bytes(), password.as_bytes()]);
+        assert_eq!(reply, Reply::ok(), "AUTH {user}");
+    }
+
+    /// The next reply; panics if the connection closes or nothing arrives within
+    /// [`REPLY_TIMEOUT`].
+    pub fn read_reply(&mut self) -> Reply {
+        match self.try_read_reply(REPLY_TIMEOUT) {
+            Ok(reply) => reply,
+            Err(end) => panic!(
+                "no reply ({end:?}); {} bytes buffered: {:?}",
+                self.buf.len(),
+                String::from_utf8_lossy(&self.buf[..self.buf.len().min(200)])
+            ),
+        }
+    }
+
+    /// The next reply, or why none came within `timeout`.
+    pub fn try_read_reply(&mut self, timeout: Duration) -> Result<Reply, ReadEnd> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some((reply, used)) = parse_reply(&self.buf) {
+                self.buf.drain(..used);
+                return Ok(reply);
+            }
+            match self.fill(deadline) {
+                Ok(0) => return Err(ReadEnd::Closed),
+                Ok(_) => {}
+                Err(end) => return Err(end),
+            }
+        }
+    }
+
+    /// Reads once into the buffer, waiting until `deadline`.
+    fn fill(&mut self, deadline: Instant) -> Result<usize, ReadEnd> {
+        let mut chunk = [0u8; 64 * 1024];
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(ReadEnd::TimedOut);
+            }
+            self.stream.set_read_timeout(Some(left)).unwrap();
+            match self.stream.read(&mut chunk) {
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    continue
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
+                    ) =>
+                {
+                    return Ok(0)
+                }
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    }
+
+    /// Every remaining byte until the server closes the connection; panics if it is still open
+    /// after `timeout`.
+    pub fn read_to_eof(&mut self, timeout: Duration) -> Vec<u8> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.fill(deadline) {
+                Ok(0) => return std::mem::take(&mut self.buf),
+                Ok(_) => {}
+                Err(_) => panic!(
+                    "the server did not close the connection within {timeout:?}; got {:?}",
+                    String::from_utf8_lossy(&self.buf[..self.buf.len().min(300)])
+                ),
+            }
+        }
+    }
+
+    /// Reads the remaining replies until the server closes the connection.
+    pub fn replies_to_eof(&mut self, timeout: Duration) -> Vec<Reply> {
+        let mut bytes = self.read_to_eof(timeout);
+        let mut replies = Vec::new();
+        while let Some((reply, used)) = parse_reply(&bytes) {
+            replies.push(reply);
+            bytes.drain(..used);
+        }
+        assert!(
+            bytes.is_empty(),
+            "a partial reply before EOF: {:?}",
+            String::from_utf8_lossy(&bytes)
+        );
+        replies
+    }
+
+    /// True if anything (a byte, or EOF) has arrived that was not read yet; does not wait.
+    pub fn has_data_now(&self) -> bool {
+        if !self.buf.is_empty() {
+            return true;
+        }
+        self.stream.set_nonblocking(true).unwrap();
+        let arrived = match self.stream.peek(&mut [0u8; 1]) {
+            Ok(_) => true,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => false,
+            Err(_) => true,
+        };
+        self.stream.set_nonblocking(false).unwrap();
+        arrived
+    }
+
+    /// True if the server closes the connection within `timeout` (bytes received meanwhile are
+    /// kept for the next read).
+    pub fn closes_within(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.fill(deadline) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+    }
+}
+
+/// Asserts that an already authenticated session still answers PING and ECHO (the "another
+/// session is unaffected" check of every bad-input test).
+pub fn assert_alive(conn: &mut redis::Connection) {
+    let pong: String = redis::cmd("PING")
+        .query(conn)
+        .expect("the other session still answers PING");
+    assert_eq!(pong, "PONG");
+    let echo: Vec<u8> = redis::cmd("ECHO")
+        .arg(&b"still here\0"[..])
+        .query(conn)
+        .expect("the other session still answers ECHO");
+    assert_eq!(echo, b"still here\0");
+}
+
+/// Raises this process's soft RLIMIT_NOFILE to its hard limit (children inherit it); returns
+/// the new soft limit.
+pub fn raise_nofile_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we own; setrlimit only reads it.
+    // Neither touches other memory.
+    let ok = unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
+        }
+    };
+    assert!(
+        ok,
+        "raise RLIMIT_NOFILE: {}",
+        std::io::Error::last_os_error()
+    );
+    limit.rlim_cur
+}

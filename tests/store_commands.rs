@@ -1,0 +1,671 @@
+//! Store commands over real TCP (issue 3), one suite run against both backends: `embedded::*`
+//! on redb in a temp dir, `postgres::*` on a throwaway PostgreSQL cluster (one per test binary,
+//! a schema per test; `DATABASE_URL` when set). Then what only PostgreSQL has: an outage and
+//! its recovery, and two ringline processes sharing one database.
+
+#[path = "common/pg.rs"]
+mod pg;
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{encode, sha256_rounds, RawConn, Reply, Server, PASSWORD, USER};
+use pg::PgCluster;
+
+const BOB: &str = "bob";
+const BOB_PASSWORD: &str = "hunter2";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Embedded,
+    Postgres,
+}
+
+/// A server on `backend` with users alice and bob and these extra flags.
+fn start(backend: Backend, label: &str, flags: &[(&str, &str)]) -> Server {
+    let mut builder = Server::builder().user(BOB, BOB_PASSWORD);
+    for (name, value) in flags {
+        builder = builder.flag(name, value);
+    }
+    if backend == Backend::Postgres {
+        builder = builder.store(&PgCluster::shared().fresh_url(label));
+    }
+    let server = builder.start();
+    let mut conn = server.client();
+    let info: String = redis::cmd("INFO").arg("store").query(&mut conn).unwrap();
+    let want = match backend {
+        Backend::Embedded => "store_backend:embedded",
+        Backend::Postgres => "store_backend:postgres",
+    };
+    assert!(
+        info.contains(want),
+        "INFO store of a {backend:?} server:\n{info}"
+    );
+    server
+}
+
+/// Every case below, once per backend: `embedded::case` and `postgres::case`.
+macro_rules! on_both_backends {
+    ($($case:ident),* $(,)?) => {
+        mod embedded {
+            $( #[test] fn $case() { super::$case(super::Backend::Embedded) } )*
+        }
+        mod postgres {
+            $( #[test] fn $case() { super::$case(super::Backend::Postgres) } )*
+        }
+    };
+}
+
+on_both_backends!(
+    get_set_del_exists,
+    incr_and_incrby,
+    mget_and_mset,
+    arity_and_argument_errors,
+    binary_keys_and_values,
+    users_are_isolated,
+    pipelined_writes_are_seen_by_later_reads,
+    sleep_takes_a_store_call,
+    acknowledged_writes_survive_kill_9,
+    slow_store_commands_never_stall_other_sessions,
+);
+
+fn ok() -> Reply {
+    Reply::ok()
+}
+
+fn get_set_del_exists(backend: Backend) {
+    let server = start(backend, "get_set_del_exists", &[]);
+    let mut raw = server.raw_authed();
+    assert_eq!(raw.cmd(&[b"GET", b"k"]), Reply::Nil);
+    assert_eq!(raw.cmd(&[b"SET", b"k", b"v1"]), ok());
+    assert_eq!(raw.cmd(&[b"GET", b"k"]), Reply::bulk("v1"));
+    assert_eq!(raw.cmd(&[b"SET", b"k", b"v2"]), ok());
+    assert_eq!(raw.cmd(&[b"GET", b"k"]), Reply::bulk("v2"));
+    assert_eq!(raw.cmd(&[b"SET", b"empty", b""]), ok());
+    assert_eq!(raw.cmd(&[b"GET", b"empty"]), Reply::bulk(""));
+    assert_eq!(
+        raw.cmd(&[b"EXISTS", b"k", b"missing", b"k", b"empty"]),
+        Reply::Int(3),
+        "EXISTS counts repeats"
+    );
+    assert_eq!(raw.cmd(&[b"EXISTS", b"missing"]), Reply::Int(0));
+    assert_eq!(
+        raw.cmd(&[b"DEL", b"k", b"missing", b"k"]),
+        Reply::Int(1),
+        "DEL counts each key once"
+    );
+    assert_eq!(raw.cmd(&[b"GET", b"k"]), Reply::Nil);
+    assert_eq!(raw.cmd(&[b"DEL", b"k"]), Reply::Int(0));
+    assert_eq!(raw.cmd(&[b"EXISTS", b"k", b"empty"]), Reply::Int(1));
+    // Inline form reaches the store too.
+    raw.send(b"SET inline \"a b\"\r\nGET inline\r\n");
+    assert_eq!(raw.read_reply(), ok());
+    assert_eq!(raw.read_reply(), Reply::bulk("a b"));
+
+    // Through the redis crate, and RESP3's null.
+    let mut conn = server.client();
+    let value: Option<String> = redis::cmd("GET").arg("inline").query(&mut conn).unwrap();
+    assert_eq!(value.as_deref(), Some("a b"));
+    let missing: Option<Vec<u8>> = redis::cmd("GET").arg("nope").query(&mut conn).unwrap();
+    assert_eq!(missing, None);
+    let mut resp3 = server.raw();
+    let hello = resp3.cmd(&[
+        b"HELLO",
+        b"3",
+        b"AUTH",
+        USER.as_bytes(),
+        PASSWORD.as_bytes(),
+    ]);
+    assert!(matches!(hello, Reply::Map(_)), "{hello:?}");
+    resp3.send(&encode(&[b"GET", b"nope"]));
+    let mut wire = Vec::new();
+    resp3
+        .stream
+        .set_read_timeout(Some(common::REPLY_TIMEOUT))
+        .unwrap();
+    while !wire.ends_with(b"\r\n") {
+        let mut byte = [0u8; 1];
+        std::io::Read::read_exact(&mut resp3.stream, &mut byte).unwrap();
+        wire.push(byte[0]);
+    }
+    assert_eq!(wire, b"_\r\n", "GET of a missing key under RESP3");
+}
+
+fn incr_and_incrby(backend: Backend) {
+    let server = start(backend, "incr_and_incrby", &[]);
+    let mut raw = server.raw_authed();
+    let not_integer = Reply::Error("ERR value is not an integer or out of range".into());
+    assert_eq!(raw.cmd(&[b"INCR", b"n"]), Reply::Int(1));
+    assert_eq!(raw.cmd(&[b"INCR", b"n"]), Reply::Int(2));
+    assert_eq!(raw.cmd(&[b"INCRBY", b"n", b"40"]), Reply::Int(42));
+    assert_eq!(raw.cmd(&[b"INCRBY", b"n", b"-50"]), Reply::Int(-8));
+    assert_eq!(raw.cmd(&[b"GET", b"n"]), Reply::bulk("-8"));
+    assert_eq!(raw.cmd(&[b"INCRBY", b"fresh", b"-3"]), Reply::Int(-3));
+    assert_eq!(raw.cmd(&[b"SET", b"s", b"12"]), ok());
+    assert_eq!(raw.cmd(&[b"INCR", b"s"]), Reply::Int(13));
+
+    for bad in [&b"abc"[..], b"1.5", b" 1", b"01", b""] {
+        assert_eq!(raw.cmd(&[b"SET", b"bad", bad]), ok());
+        assert_eq!(raw.cmd(&[b"INCR", b"bad"]), not_integer, "INCR of {bad:?}");
+        assert_eq!(
+            raw.cmd(&[b"GET", b"bad"]),
+            Reply::bulk(bad),
+            "left as it was"
+        );
+    }
+    assert_eq!(raw.cmd(&[b"INCRBY", b"n", b"x"]), not_integer);
+    assert_eq!(raw.cmd(&[b"INCRBY", b"n", b"1e3"]), not_integer);
+    assert_eq!(
+        raw.cmd(&[b"SET", b"max", i64::MAX.to_string().as_bytes()]),
+        ok()
+    );
+    assert_eq!(
+        raw.cmd(&[b"INCR", b"max"]),
+        Reply::Error("ERR increment or decrement would overflow".into())
+    );
+    assert_eq!(
+        raw.cmd(&[b"GET", b"max"]),
+        Reply::bulk(i64::MAX.to_string())
+    );
+    assert_eq!(raw.cmd(&[b"GET", b"n"]), Reply::bulk("-8"));
+
+    // Atomic across sessions: 4 sessions x 50 INCRs, pipelined.
+    let mut sessions: Vec<RawConn> = (0..4).map(|_| server.raw_authed()).collect();
+    let mut batch = Vec::new();
+    for _ in 0..50 {
+        batch.extend(encode(&[b"INCR", b"shared"]));
+    }
+    for s in &mut sessions {
+        s.send(&batch);
+    }
+    for s in &mut sessions {
+        for _ in 0..50 {
+            assert!(matches!(s.read_reply(), Reply::Int(_)));
+        }
+    }
+    assert_eq!(raw.cmd(&[b"GET", b"shared"]), Reply::bulk("200"));
+}
+
+fn mget_and_mset(backend: Backend) {
+    let server = start(backend, "mget_and_mset", &[]);
+    let mut raw = server.raw_authed();
+    assert_eq!(
+        raw.cmd(&[b"MSET", b"a", b"1", b"b", b"2", b"a", b"3"]),
+        ok()
+    );
+    assert_eq!(
+        raw.cmd(&[b"MGET", b"a", b"missing", b"b", b"a"]),
+        Reply::Array(vec![
+            Reply::bulk("3"),
+            Reply::Nil,
+            Reply::bulk("2"),
+            Reply::bulk("3")
+        ])
+    );
+    let arity = Reply::Error("ERR wrong number of arguments for 'mset' command".into());
+    assert_eq!(raw.cmd(&[b"MSET", b"a"]), arity);
+    assert_eq!(raw.cmd(&[b"MSET", b"a", b"9", b"b"]), arity);
+    assert_eq!(
+        raw.cmd(&[b"GET", b"a"]),
+        Reply::bulk("3"),
+        "a refused MSET wrote nothing"
+    );
+
+    let mut conn = server.client();
+    let () = redis::cmd("MSET")
+        .arg("x")
+        .arg(b"\x00".as_slice())
+        .arg("y")
+        .arg("why")
+        .query(&mut conn)
+        .unwrap();
+    let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET")
+        .arg("x")
+        .arg("nope")
+        .arg("y")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(values, vec![Some(vec![0]), None, Some(b"why".to_vec())]);
+}
+
+fn arity_and_argument_errors(backend: Backend) {
+    let server = start(backend, "arity_and_argument_errors", &[]);
+    let mut other = server.client();
+    let mut raw = server.raw_authed();
+    for (args, name) in [
+        (&[&b"GET"[..]][..], "get"),
+        (&[b"GET", b"a", b"b"], "get"),
+        (&[b"SET", b"k"], "set"),
+        (&[b"DEL"], "del"),
+        (&[b"EXISTS"], "exists"),
+        (&[b"INCR"], "incr"),
+        (&[b"INCR", b"a", b"b"], "incr"),
+        (&[b"INCRBY", b"a"], "incrby"),
+        (&[b"MGET"], "mget"),
+        (&[b"MSET"], "mset"),
+        (&[b"SLEEP"], "sleep"),
+    ] {
+        assert_eq!(
+            raw.cmd(args),
+            Reply::Error(format!(
+                "ERR wrong number of arguments for '{name}' command"
+            )),
+            "{args:?}"
+        );
+    }
+    assert_eq!(
+        raw.cmd(&[b"SLEEP", b"soon"]),
+        Reply::Error("ERR value is not an integer or out of range".into())
+    );
+    let reply = raw.cmd(&[b"SLEEP", b"-1"]);
+    assert!(reply.expect_error().starts_with("ERR "), "{reply:?}");
+    assert_eq!(raw.cmd(&[b"PING"]), Reply::Simple("PONG".into()));
+    common::assert_alive(&mut other);
+}
+
+fn binary_keys_and_values(backend: Backend) {
+    let server = start(backend, "binary_keys_and_values", &[]);
+    let mut raw = server.raw_authed();
+    let all_bytes: Vec<u8> = (0..=255u8).collect();
+    let keys: [&[u8]; 5] = [b"k\0\r\n\xff", b"k\0\r\n\xfe", b"", b"\xff\xff", &all_bytes];
+    for (i, key) in keys.iter().enumerate() {
+        let mut value = all_bytes.clone();
+        value.extend_from_slice(format!("\r\n{i}\0").as_bytes());
+        assert_eq!(raw.cmd(&[b"SET", key, &value]), ok(), "SET key {i}");
+    }
+    for (i, key) in keys.iter().enumerate() {
+        let mut value = all_bytes.clone();
+        value.extend_from_slice(format!("\r\n{i}\0").as_bytes());
+        assert_eq!(raw.cmd(&[b"GET", key]), Reply::Bulk(value), "GET key {i}");
+    }
+    assert_eq!(
+        raw.cmd(&[b"GET", b"k\0\r\n"]),
+        Reply::Nil,
+        "a prefix is another key"
+    );
+    assert_eq!(
+        raw.cmd(&[b"GET", b"K\0\r\n\xff"]),
+        Reply::Nil,
+        "keys are case-sensitive"
+    );
+    assert_eq!(
+        raw.cmd(&[b"EXISTS", keys[0], keys[1], keys[2]]),
+        Reply::Int(3)
+    );
+    assert_eq!(raw.cmd(&[b"INCR", b"\0num\xff"]), Reply::Int(1));
+    assert_eq!(raw.cmd(&[b"DEL", keys[0], keys[3]]), Reply::Int(2));
+    assert_eq!(
+        raw.cmd(&[b"MGET", keys[0], keys[1], b"\0num\xff"]),
+        Reply::Array(vec![
+            Reply::Nil,
+            Reply::Bulk({
+                let mut v = all_bytes.clone();
+                v.extend_from_slice(b"\r\n1\0");
+                v
+            }),
+            Reply::bulk("1"),
+        ])
+    );
+    // A value of a megabyte, through the redis crate.
+    let mut conn = server.client();
+    let big: Vec<u8> = (0..1_000_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    let () = redis::cmd("SET")
+        .arg(b"big\0".as_slice())
+        .arg(&big)
+        .query(&mut conn)
+        .unwrap();
+    let back: Vec<u8> = redis::cmd("GET")
+        .arg(b"big\0".as_slice())
+        .query(&mut conn)
+        .unwrap();
+    assert!(back == big, "a 1 MB binary value came back different");
+}
+
+fn users_are_isolated(backend: Backend) {
+    let server = start(backend, "users_are_isolated", &[]);
+    let mut alice = server.raw_authed();
+    let mut bob = server.raw();
+    bob.auth(BOB, BOB_PASSWORD);
+    assert_eq!(alice.cmd(&[b"SET", b"k", b"alice's"]), ok());
+    assert_eq!(bob.cmd(&[b"GET", b"k"]), Reply::Nil);
+    assert_eq!(bob.cmd(&[b"EXISTS", b"k"]), Reply::Int(0));
+    assert_eq!(bob.cmd(&[b"SET", b"k", b"bob's"]), ok());
+    assert_eq!(alice.cmd(&[b"GET", b"k"]), Reply::bulk("alice's"));
+    assert_eq!(bob.cmd(&[b"GET", b"k"]), Reply::bulk("bob's"));
+    assert_eq!(bob.cmd(&[b"INCR", b"n"]), Reply::Int(1));
+    assert_eq!(alice.cmd(&[b"INCR", b"n"]), Reply::Int(1));
+    assert_eq!(bob.cmd(&[b"MSET", b"m", b"1", b"k", b"bob2"]), ok());
+    assert_eq!(
+        alice.cmd(&[b"MGET", b"m", b"k"]),
+        Reply::Array(vec![Reply::Nil, Reply::bulk("alice's")])
+    );
+    assert_eq!(bob.cmd(&[b"DEL", b"k", b"n"]), Reply::Int(2));
+    assert_eq!(alice.cmd(&[b"EXISTS", b"k", b"n"]), Reply::Int(2));
+    // A user name that is a prefix of the other's key does not leak either.
+    assert_eq!(alice.cmd(&[b"GET", b"bob"]), Reply::Nil);
+    assert_eq!(alice.cmd(&[b"ACL", b"WHOAMI"]), Reply::bulk(USER));
+    assert_eq!(bob.cmd(&[b"ACL", b"WHOAMI"]), Reply::bulk(BOB));
+}
+
+fn pipelined_writes_are_seen_by_later_reads(backend: Backend) {
+    let server = start(backend, "pipelined_writes", &[]);
+    let mut raw = server.raw_authed();
+    let mut batch = Vec::new();
+    let mut expected = Vec::new();
+    for round in 0..50 {
+        let value = format!("v{round}");
+        batch.extend(encode(&[b"SET", b"k", value.as_bytes()]));
+        expected.push(ok());
+        batch.extend(encode(&[b"GET", b"k"]));
+        expected.push(Reply::bulk(&value));
+        batch.extend(encode(&[b"INCR", b"n"]));
+        expected.push(Reply::Int(round + 1));
+        batch.extend(encode(&[b"GET", b"n"]));
+        expected.push(Reply::bulk((round + 1).to_string()));
+        // An inline command between store commands keeps its place.
+        batch.extend(encode(&[b"PING", value.as_bytes()]));
+        expected.push(Reply::bulk(&value));
+    }
+    batch.extend(encode(&[b"DEL", b"k"]));
+    expected.push(Reply::Int(1));
+    batch.extend(encode(&[b"EXISTS", b"k"]));
+    expected.push(Reply::Int(0));
+    raw.send(&batch);
+    for (i, want) in expected.iter().enumerate() {
+        assert_eq!(&raw.read_reply(), want, "reply {i}");
+    }
+
+    // The same batch shape through the redis crate's pipeline.
+    let mut conn = server.client();
+    let (set, get, incr, got): (String, String, i64, String) = redis::pipe()
+        .cmd("SET")
+        .arg("p")
+        .arg("q")
+        .cmd("GET")
+        .arg("p")
+        .cmd("INCR")
+        .arg("n")
+        .cmd("GET")
+        .arg("n")
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(
+        (set.as_str(), get.as_str(), incr, got.as_str()),
+        ("OK", "q", 51, "51")
+    );
+}
+
+fn sleep_takes_a_store_call(backend: Backend) {
+    let server = start(backend, "sleep_takes_a_store_call", &[]);
+    let mut raw = server.raw_authed();
+    assert_eq!(raw.cmd(&[b"SLEEP", b"0"]), ok());
+    let started = Instant::now();
+    assert_eq!(raw.cmd(&[b"SLEEP", b"200"]), ok());
+    let took = started.elapsed();
+    // A lower bound only: SLEEP must not answer before it slept.
+    assert!(
+        took >= Duration::from_millis(190),
+        "SLEEP 200 took {took:?}"
+    );
+}
+
+fn acknowledged_writes_survive_kill_9(backend: Backend) {
+    let mut server = start(backend, "acknowledged_writes", &[]);
+    let mut raw = server.raw_authed();
+    let mut batch = Vec::new();
+    for i in 0..100 {
+        batch.extend(encode(&[
+            b"SET",
+            format!("key{i}").as_bytes(),
+            format!("value{i}\0").as_bytes(),
+        ]));
+        batch.extend(encode(&[b"INCR", b"counter"]));
+    }
+    batch.extend(encode(&[b"MSET", b"m1", b"one", b"m2", b"two"]));
+    batch.extend(encode(&[b"SET", b"gone", b"x"]));
+    batch.extend(encode(&[b"DEL", b"gone"]));
+    raw.send(&batch);
+    for i in 0..100 {
+        assert_eq!(raw.read_reply(), ok(), "SET key{i}");
+        assert_eq!(raw.read_reply(), Reply::Int(i + 1), "INCR {i}");
+    }
+    assert_eq!(raw.read_reply(), ok());
+    assert_eq!(raw.read_reply(), ok());
+    // The last reply seen, and at once: no drain, no flush, no goodbye.
+    assert_eq!(raw.read_reply(), Reply::Int(1));
+    server.kill9();
+
+    server.restart();
+    let mut raw = server.raw_authed();
+    for i in 0..100 {
+        assert_eq!(
+            raw.cmd(&[b"GET", format!("key{i}").as_bytes()]),
+            Reply::bulk(format!("value{i}\0")),
+            "key{i} after kill -9"
+        );
+    }
+    assert_eq!(raw.cmd(&[b"GET", b"counter"]), Reply::bulk("100"));
+    assert_eq!(
+        raw.cmd(&[b"MGET", b"m1", b"m2"]),
+        Reply::Array(vec![Reply::bulk("one"), Reply::bulk("two")])
+    );
+    assert_eq!(raw.cmd(&[b"EXISTS", b"gone"]), Reply::Int(0));
+
+    // Once more, a single SET right before the kill.
+    assert_eq!(raw.cmd(&[b"SET", b"last", b"word"]), ok());
+    server.kill9();
+    server.restart();
+    assert_eq!(
+        server.raw_authed().cmd(&[b"GET", b"last"]),
+        Reply::bulk("word")
+    );
+}
+
+/// Polls `INFO store` until `store_queue_depth` (queued plus running store jobs) reaches `at_least`.
+fn wait_for_store_depth(conn: &mut RawConn, at_least: u64) {
+    let deadline = Instant::now() + common::REPLY_TIMEOUT;
+    loop {
+        let Reply::Bulk(info) = conn.cmd(&[b"INFO", b"store"]) else {
+            panic!("INFO store is a bulk string")
+        };
+        let info = String::from_utf8(info).unwrap();
+        let depth: u64 = info
+            .lines()
+            .find_map(|l| l.strip_prefix("store_queue_depth:"))
+            .unwrap_or_else(|| panic!("no store_queue_depth in\n{info}"))
+            .trim()
+            .parse()
+            .unwrap();
+        if depth >= at_least {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "store depth stayed at {depth}, below {at_least}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+fn slow_store_commands_never_stall_other_sessions(backend: Backend) {
+    let server = start(backend, "slow_store_commands", &[("--store-threads", "16")]);
+    let mut other = server.raw_authed();
+    let mut sleepers: Vec<RawConn> = (0..50).map(|_| server.raw_authed()).collect();
+    for s in &mut sleepers {
+        s.send_cmd(&[b"SLEEP", b"500"]);
+    }
+    // Every SLEEP is on the store pool (running or queued) before we look.
+    wait_for_store_depth(&mut other, 50);
+
+    assert_eq!(other.cmd(&[b"PING"]), Reply::Simple("PONG".into()));
+    assert_eq!(
+        other.cmd(&[b"HASH", b"1000", b"isolated"]),
+        Reply::bulk(sha256_rounds(b"isolated", 1000))
+    );
+    assert_eq!(other.cmd(&[b"ECHO", b"x"]), Reply::bulk("x"));
+    let already_answered = sleepers.iter().filter(|s| s.has_data_now()).count();
+    assert_eq!(
+        already_answered, 0,
+        "PING and HASH must finish before the first SLEEP 500 replies"
+    );
+    for (i, s) in sleepers.iter_mut().enumerate() {
+        assert_eq!(s.read_reply(), ok(), "SLEEP of session {i}");
+    }
+}
+
+// ---- PostgreSQL only ----
+
+#[test]
+fn postgres_outage_answers_store_unavailable_then_recovers_without_restart() {
+    let cluster = PgCluster::start();
+    let server = Server::builder().store(&cluster.url()).start();
+    let mut store_session = server.raw_authed();
+    let mut other = server.raw_authed();
+    let mut client = server.client();
+    assert_eq!(store_session.cmd(&[b"SET", b"k", b"before"]), ok());
+    // A store command in flight when PostgreSQL goes away.
+    let mut in_flight = server.raw_authed();
+    in_flight.send_cmd(&[b"SLEEP", b"5000"]);
+    wait_for_store_depth(&mut other, 1);
+
+    cluster.stop();
+
+    let reply = in_flight.try_read_reply(Duration::from_secs(10));
+    assert_eq!(
+        reply,
+        Ok(Reply::Error("ERR store unavailable".into())),
+        "SLEEP in flight when PostgreSQL stopped"
+    );
+
+    let unavailable = Reply::Error("ERR store unavailable".into());
+    for args in [
+        &[&b"GET"[..], b"k"][..],
+        &[b"SET", b"k", b"during"],
+        &[b"INCR", b"n"],
+        &[b"MGET", b"k", b"n"],
+        &[b"SLEEP", b"10"],
+    ] {
+        let started = Instant::now();
+        store_session.send_cmd(args);
+        // A liveness bound, not a speed check: the answer must come instead of a hang.
+        let reply = store_session.try_read_reply(Duration::from_secs(10));
+        let shown: Vec<_> = args.iter().map(|a| String::from_utf8_lossy(a)).collect();
+        let shown = shown.join(" ");
+        eprintln!(
+            "{shown} during the outage: {reply:?} after {:?}",
+            started.elapsed()
+        );
+        assert_eq!(reply, Ok(unavailable.clone()), "{shown} during the outage");
+        // Everything else keeps working, for every session.
+        assert_eq!(other.cmd(&[b"PING"]), Reply::Simple("PONG".into()));
+        assert_eq!(
+            other.cmd(&[b"HASH", b"3", b"x"]),
+            Reply::bulk(sha256_rounds(b"x", 3))
+        );
+        common::assert_alive(&mut client);
+    }
+    // A pipeline during the outage: store errors and inline replies in order.
+    store_session.send(
+        &[
+            encode(&[b"GET", b"k"]),
+            encode(&[b"PING"]),
+            encode(&[b"GET", b"k"]),
+        ]
+        .concat(),
+    );
+    assert_eq!(store_session.read_reply(), unavailable);
+    assert_eq!(store_session.read_reply(), Reply::Simple("PONG".into()));
+    assert_eq!(store_session.read_reply(), unavailable);
+
+    cluster.start_again();
+
+    // The server reconnects by itself: no restart of ringline.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match store_session.cmd(&[b"GET", b"k"]) {
+            Reply::Bulk(v) => {
+                assert_eq!(v, b"before");
+                break;
+            }
+            reply if reply == unavailable && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            reply => panic!("GET after PostgreSQL came back: {reply:?}"),
+        }
+    }
+    // Workers that failed just before may wait out their reconnect interval (250 ms) once; a
+    // second later every store call must succeed, on every worker.
+    std::thread::sleep(Duration::from_secs(1));
+    let mut sessions = vec![store_session, other];
+    sessions.extend((0..2).map(|_| server.raw_authed()));
+    let mut batch = Vec::new();
+    for i in 0..10 {
+        batch.extend(encode(&[b"SET", format!("after{i}").as_bytes(), b"v"]));
+        batch.extend(encode(&[b"GET", b"k"]));
+    }
+    for s in &mut sessions {
+        s.send(&batch);
+    }
+    for s in &mut sessions {
+        for _ in 0..10 {
+            assert_eq!(
+                s.read_reply(),
+                ok(),
+                "SET a second after PostgreSQL came back"
+            );
+            assert_eq!(s.read_reply(), Reply::bulk("before"));
+        }
+    }
+    assert_eq!(sessions[0].cmd(&[b"SET", b"k", b"after"]), ok());
+    assert_eq!(sessions[1].cmd(&[b"GET", b"k"]), Reply::bulk("after"));
+    // New sessions authenticate again (users live in PostgreSQL).
+    let mut fresh = server.raw_authed();
+    assert_eq!(fresh.cmd(&[b"INCR", b"n"]), Reply::Int(1));
+    let value: String = redis::cmd("GET").arg("k").query(&mut client).unwrap();
+    assert_eq!(value, "after");
+}
+
+#[test]
+fn two_servers_on_one_postgres_share_users_and_keys() {
+    let url = PgCluster::shared().fresh_url("scale_out");
+    let first = Server::builder()
+        .store(&url)
+        .user(BOB, BOB_PASSWORD)
+        .start();
+    // The second finds the users already there.
+    let second = Server::builder()
+        .store(&url)
+        .user(BOB, BOB_PASSWORD)
+        .start();
+    assert_ne!(first.port(), second.port());
+
+    let mut a = first.raw_authed();
+    let mut b = second.raw_authed();
+    assert_eq!(a.cmd(&[b"SET", b"shared", b"from first"]), ok());
+    assert_eq!(b.cmd(&[b"GET", b"shared"]), Reply::bulk("from first"));
+    assert_eq!(b.cmd(&[b"SET", b"shared", b"from second"]), ok());
+    assert_eq!(a.cmd(&[b"GET", b"shared"]), Reply::bulk("from second"));
+
+    // Increments through both land on one counter.
+    let mut batch = Vec::new();
+    for _ in 0..25 {
+        batch.extend(encode(&[b"INCR", b"hits"]));
+    }
+    a.send(&batch);
+    b.send(&batch);
+    for _ in 0..25 {
+        assert!(matches!(a.read_reply(), Reply::Int(_)));
+        assert!(matches!(b.read_reply(), Reply::Int(_)));
+    }
+    assert_eq!(a.cmd(&[b"GET", b"hits"]), Reply::bulk("50"));
+    assert_eq!(b.cmd(&[b"DEL", b"shared"]), Reply::Int(1));
+    assert_eq!(a.cmd(&[b"EXISTS", b"shared"]), Reply::Int(0));
+
+    // Bob's keys are his on both servers.
+    let mut bob = second.raw();
+    bob.auth(BOB, BOB_PASSWORD);
+    assert_eq!(bob.cmd(&[b"GET", b"hits"]), Reply::Nil);
+    assert_eq!(bob.cmd(&[b"SET", b"hits", b"bob"]), ok());
+    assert_eq!(a.cmd(&[b"GET", b"hits"]), Reply::bulk("50"));
+}
