@@ -18,4 +18,6 @@ pub mod session;
 pub mod store;
 pub mod storepool;
 pub mod systemd;
+#[doc(hidden)]
+pub mod testkit;
 pub mod users;

@@ -77,6 +77,52 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Everything the rings and jobs share, from the `serve` settings. One ring per sender.
+    pub fn new(
+        args: &ServeArgs,
+        compute: ComputePool,
+        store: StorePool,
+        ring_senders: Vec<ringline_ring::Sender<Msg>>,
+        features: Option<Features>,
+        cores: usize,
+        listen_addr: SocketAddr,
+    ) -> Shared {
+        let ring_count = ring_senders.len();
+        Shared {
+            ring_senders,
+            config: RuntimeConfig {
+                auth_timeout: args.auth_timeout,
+                idle_timeout: args.idle_timeout,
+                request_timeout: args.request_timeout,
+                max_sessions: args.max_sessions,
+                proto_max_bulk_len: args.proto_max_bulk_len,
+                max_output_buffer: args.max_output_buffer,
+                max_query_buffer: args.max_query_buffer.max(args.proto_max_bulk_len + 65536),
+                max_auth_failures: args.max_auth_failures.max(1),
+            },
+            compute,
+            store,
+            auth_cache: VerifiedCache::new(100_000),
+            auth_limiter: FailureLimiter::new(args.auth_failures_per_minute, 100_000),
+            dummy_hash: auth::hash_password(auth::random_password().as_bytes()),
+            rings: (0..ring_count).map(|_| Arc::default()).collect(),
+            backend_name: if features.is_some() {
+                "io_uring"
+            } else {
+                "epoll"
+            },
+            features,
+            cores,
+            listen_addr,
+            started: Instant::now(),
+            next_client_id: AtomicU64::new(1),
+            counters: Counters::default(),
+            version_line: format!("ringline {}", env!("CARGO_PKG_VERSION")),
+            commands: CommandBook::new(ring_count),
+            log_limiters: Default::default(),
+        }
+    }
+
     /// Counts one executed command (its latency runs from parse to reply queued).
     pub fn record_command(&self, ring: usize, name: &'static str, started: Instant, failed: bool) {
         if let Some(i) = COMMANDS.iter().position(|c| c.name == name) {
@@ -251,7 +297,6 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
         addr
     };
 
-    let stats: Vec<Arc<RingStats>> = (0..ring_count).map(|_| Arc::default()).collect();
     let mut senders = Vec::new();
     let mut receivers = Vec::new();
     for _ in 0..ring_count {
@@ -260,39 +305,16 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
         senders.push(sender);
         receivers.push(receiver);
     }
-    let shared = Arc::new(Shared {
-        ring_senders: senders.clone(),
-        config: RuntimeConfig {
-            auth_timeout: args.auth_timeout,
-            idle_timeout: args.idle_timeout,
-            request_timeout: args.request_timeout,
-            max_sessions: args.max_sessions,
-            proto_max_bulk_len: args.proto_max_bulk_len,
-            max_output_buffer: args.max_output_buffer,
-            max_query_buffer: args.max_query_buffer.max(args.proto_max_bulk_len + 65536),
-            max_auth_failures: args.max_auth_failures.max(1),
-        },
-        compute: compute.clone(),
-        store: store_pool.clone(),
-        auth_cache: VerifiedCache::new(100_000),
-        auth_limiter: FailureLimiter::new(args.auth_failures_per_minute, 100_000),
-        dummy_hash: auth::hash_password(auth::random_password().as_bytes()),
-        rings: stats.clone(),
-        features: features.clone(),
-        backend_name: if features.is_some() {
-            "io_uring"
-        } else {
-            "epoll"
-        },
-        cores: core_count,
+    let shared = Arc::new(Shared::new(
+        &args,
+        compute.clone(),
+        store_pool.clone(),
+        senders.clone(),
+        features.clone(),
+        core_count,
         listen_addr,
-        started: Instant::now(),
-        next_client_id: AtomicU64::new(1),
-        counters: Counters::default(),
-        version_line: format!("ringline {}", env!("CARGO_PKG_VERSION")),
-        commands: CommandBook::new(ring_count),
-        log_limiters: Default::default(),
-    });
+    ));
+    let stats = shared.rings.clone();
 
     if let Some(addr) = args.metrics_addr {
         let bound = crate::metrics::serve(addr, shared.clone())

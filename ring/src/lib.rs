@@ -20,6 +20,7 @@
 pub mod bufring;
 mod epoll;
 mod handler;
+pub mod harness;
 pub mod mailbox;
 pub mod probe;
 mod ring;

@@ -1,0 +1,162 @@
+//! A server without sockets, for tests and fuzzing: the real `Shared` (pools, embedded store,
+//! limits) and the real session handler, driven one session at a time through
+//! [`ringline_ring::harness::Harness`].
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use ringline_ring::harness::Harness;
+
+use crate::config::{Cli, Command, ServeArgs};
+use crate::pool::ComputePool;
+use crate::server::Shared;
+use crate::session::{Msg, RingHandler};
+use crate::store::{self, StoreSpec, UserRecord};
+use crate::storepool::StorePool;
+
+/// One server's shared state and the mailbox its sessions' results come back through.
+pub struct TestServer {
+    /// The shared state, as a ring would see it.
+    pub shared: Arc<Shared>,
+    sender: ringline_ring::Sender<Msg>,
+    receiver: std::sync::Mutex<Option<ringline_ring::Receiver<Msg>>>,
+}
+
+impl TestServer {
+    /// A server on an embedded store in `data` with user `alice` (password `secret`) and the
+    /// given extra `serve` flags (e.g. `["--auth-timeout", "1s"]`).
+    pub fn start(data: &Path, flags: &[&str]) -> TestServer {
+        let argv = ["ringline", "serve"]
+            .into_iter()
+            .chain(flags.iter().copied());
+        let Command::Serve(args) = Cli::parse_from(argv).command else {
+            unreachable!("parsed as serve")
+        };
+        let args: ServeArgs = *args;
+        let spec = StoreSpec::Embedded {
+            dir: data.to_path_buf(),
+        };
+        let backend = store::open(&spec).expect("open the embedded store");
+        backend
+            .connect()
+            .and_then(|mut c| {
+                c.put_user(&UserRecord {
+                    name: "alice".into(),
+                    hash: crate::auth::hash_password(b"secret"),
+                    disabled: false,
+                })
+            })
+            .expect("create alice");
+        let compute = ComputePool::start(1, args.compute_queue);
+        let store_pool = StorePool::start(backend, 2, args.store_queue);
+        let (sender, receiver) = ringline_ring::mailbox::<Msg>().expect("mailbox");
+        let shared = Arc::new(Shared::new(
+            &args,
+            compute,
+            store_pool,
+            vec![sender.clone()],
+            None,
+            1,
+            "127.0.0.1:6380".parse().expect("an address"),
+        ));
+        TestServer {
+            shared,
+            sender,
+            receiver: std::sync::Mutex::new(Some(receiver)),
+        }
+    }
+
+    /// Opens the one session this server drives (a server has one mailbox, so one session).
+    pub fn session(&self) -> Harness<RingHandler> {
+        let receiver = self
+            .receiver
+            .lock()
+            .expect("lock")
+            .take()
+            .expect("one session per TestServer");
+        let handler = RingHandler::new(self.shared.clone(), self.sender.clone());
+        let peer: SocketAddr = "127.0.0.1:40000".parse().expect("an address");
+        Harness::new(handler, receiver, Some(peer))
+    }
+}
+
+/// Feeds `input`, waits up to `timeout` for the session to stop waiting on pools, and returns
+/// everything it replied.
+pub fn exchange(session: &mut Harness<RingHandler>, input: &[u8], timeout: Duration) -> Vec<u8> {
+    session.feed(input);
+    session.pump_until(timeout, |h| {
+        h.conn()
+            .is_none_or(|c| c.state != crate::session::State::Waiting && c.inbuf.is_empty())
+    });
+    session.take_output()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resp::{parse_value, Value};
+
+    fn replies(mut bytes: &[u8]) -> Vec<Value> {
+        let mut out = Vec::new();
+        while let Some((v, n)) = parse_value(bytes).expect("valid RESP") {
+            out.push(v);
+            bytes = &bytes[n..];
+        }
+        assert!(bytes.is_empty(), "trailing partial reply");
+        out
+    }
+
+    #[test]
+    fn pipelined_commands_behind_offloaded_ones_reply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = TestServer::start(dir.path(), &[]);
+        let mut s = server.session();
+        let t = Duration::from_secs(10);
+        let out = exchange(
+            &mut s,
+            b"PING\r\nAUTH alice secret\r\nPING\r\nHASH 2 x\r\nECHO after\r\nSET k v\r\nGET k\r\nPING\r\n",
+            t,
+        );
+        let r = replies(&out);
+        assert_eq!(
+            r[0],
+            Value::Error(b"NOAUTH Authentication required.".to_vec())
+        );
+        assert_eq!(r[1], Value::Simple(b"OK".to_vec()));
+        assert_eq!(r[2], Value::Simple(b"PONG".to_vec()));
+        assert_eq!(
+            r[3],
+            Value::Bulk(crate::commands::hash_rounds(b"x", 2).into_bytes())
+        );
+        assert_eq!(r[4], Value::Bulk(b"after".to_vec()));
+        assert_eq!(r[5], Value::Simple(b"OK".to_vec()));
+        assert_eq!(r[6], Value::Bulk(b"v".to_vec()));
+        assert_eq!(r[7], Value::Simple(b"PONG".to_vec()));
+        assert_eq!(r.len(), 8);
+    }
+
+    #[test]
+    fn the_auth_deadline_closes_an_unauthenticated_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = TestServer::start(dir.path(), &["--auth-timeout", "1s"]);
+        let mut s = server.session();
+        assert!(s.deadline().is_some(), "armed at open");
+        s.fire_deadline();
+        let out = s.take_output();
+        assert!(String::from_utf8_lossy(&out).contains("authentication timeout"));
+        assert!(s.closed().is_some());
+    }
+
+    #[test]
+    fn a_protocol_error_replies_then_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = TestServer::start(dir.path(), &[]);
+        let mut s = server.session();
+        let out = exchange(&mut s, b"*1\r\n$x\r\n", Duration::from_secs(1));
+        assert!(String::from_utf8_lossy(&out).starts_with("-ERR Protocol error"));
+        assert!(s.closed().is_some());
+    }
+}
