@@ -30,6 +30,11 @@ fn start(backend: Backend, label: &str, flags: &[(&str, &str)]) -> Server {
     }
     if backend == Backend::Postgres {
         builder = builder.store(&PgCluster::shared().fresh_url(label));
+        // Tests share one cluster (max_connections 200): on a many-core box the default of
+        // 2 x cores connections per server would add up.
+        if !flags.iter().any(|(name, _)| *name == "--store-threads") {
+            builder = builder.flag("--store-threads", "4");
+        }
     }
     let server = builder.start();
     let mut conn = server.client();
@@ -462,27 +467,31 @@ fn acknowledged_writes_survive_kill_9(backend: Backend) {
     );
 }
 
-/// Polls `INFO store` until `store_queue_depth` (queued plus running store jobs) reaches `at_least`.
-fn wait_for_store_depth(conn: &mut RawConn, at_least: u64) {
+/// `store_queue_depth` from `INFO store`: store jobs queued or running.
+fn store_depth(conn: &mut RawConn) -> u64 {
+    let Reply::Bulk(info) = conn.cmd(&[b"INFO", b"store"]) else {
+        panic!("INFO store is a bulk string")
+    };
+    let info = String::from_utf8(info).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("store_queue_depth:"))
+        .unwrap_or_else(|| panic!("no store_queue_depth in\n{info}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Polls until the store pool holds `wanted(depth)` jobs.
+fn wait_for_store_depth(conn: &mut RawConn, what: &str, wanted: impl Fn(u64) -> bool) {
     let deadline = Instant::now() + common::REPLY_TIMEOUT;
     loop {
-        let Reply::Bulk(info) = conn.cmd(&[b"INFO", b"store"]) else {
-            panic!("INFO store is a bulk string")
-        };
-        let info = String::from_utf8(info).unwrap();
-        let depth: u64 = info
-            .lines()
-            .find_map(|l| l.strip_prefix("store_queue_depth:"))
-            .unwrap_or_else(|| panic!("no store_queue_depth in\n{info}"))
-            .trim()
-            .parse()
-            .unwrap();
-        if depth >= at_least {
+        let depth = store_depth(conn);
+        if wanted(depth) {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "store depth stayed at {depth}, below {at_least}"
+            "store depth stayed at {depth}, never {what}"
         );
         std::thread::sleep(Duration::from_millis(2));
     }
@@ -492,11 +501,13 @@ fn slow_store_commands_never_stall_other_sessions(backend: Backend) {
     let server = start(backend, "slow_store_commands", &[("--store-threads", "16")]);
     let mut other = server.raw_authed();
     let mut sleepers: Vec<RawConn> = (0..50).map(|_| server.raw_authed()).collect();
+    // A job's place is freed just after its reply: let the AUTHs' places go first.
+    wait_for_store_depth(&mut other, "0", |depth| depth == 0);
     for s in &mut sleepers {
         s.send_cmd(&[b"SLEEP", b"500"]);
     }
     // Every SLEEP is on the store pool (running or queued) before we look.
-    wait_for_store_depth(&mut other, 50);
+    wait_for_store_depth(&mut other, "50", |depth| depth >= 50);
 
     assert_eq!(other.cmd(&[b"PING"]), Reply::Simple("PONG".into()));
     assert_eq!(
@@ -519,15 +530,19 @@ fn slow_store_commands_never_stall_other_sessions(backend: Backend) {
 #[test]
 fn postgres_outage_answers_store_unavailable_then_recovers_without_restart() {
     let cluster = PgCluster::start();
-    let server = Server::builder().store(&cluster.url()).start();
+    let server = Server::builder()
+        .store(&cluster.url())
+        .flag("--store-threads", "4")
+        .start();
     let mut store_session = server.raw_authed();
     let mut other = server.raw_authed();
     let mut client = server.client();
     assert_eq!(store_session.cmd(&[b"SET", b"k", b"before"]), ok());
     // A store command in flight when PostgreSQL goes away.
     let mut in_flight = server.raw_authed();
+    wait_for_store_depth(&mut other, "0", |depth| depth == 0);
     in_flight.send_cmd(&[b"SLEEP", b"5000"]);
-    wait_for_store_depth(&mut other, 1);
+    wait_for_store_depth(&mut other, "1", |depth| depth >= 1);
 
     cluster.stop();
 
@@ -629,15 +644,13 @@ fn postgres_outage_answers_store_unavailable_then_recovers_without_restart() {
 #[test]
 fn two_servers_on_one_postgres_share_users_and_keys() {
     let url = PgCluster::shared().fresh_url("scale_out");
-    let first = Server::builder()
+    let builder = Server::builder()
         .store(&url)
         .user(BOB, BOB_PASSWORD)
-        .start();
+        .flag("--store-threads", "4");
+    let first = builder.clone().start();
     // The second finds the users already there.
-    let second = Server::builder()
-        .store(&url)
-        .user(BOB, BOB_PASSWORD)
-        .start();
+    let second = builder.start();
     assert_ne!(first.port(), second.port());
 
     let mut a = first.raw_authed();
