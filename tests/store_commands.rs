@@ -682,3 +682,113 @@ fn two_servers_on_one_postgres_share_users_and_keys() {
     assert_eq!(bob.cmd(&[b"SET", b"hits", b"bob"]), ok());
     assert_eq!(a.cmd(&[b"GET", b"hits"]), Reply::bulk("50"));
 }
+
+/// The processes of a throwaway cluster (postmaster and its children), found from its URL's
+/// socket dir (`<base>/sock`, data in `<base>/data`), paused with SIGSTOP until dropped.
+struct Paused {
+    pids: Vec<String>,
+}
+
+impl Paused {
+    fn cluster(url: &str) -> Paused {
+        let socket_dir = url
+            .split_whitespace()
+            .find_map(|part| part.strip_prefix("host="))
+            .expect("the cluster URL names its socket dir");
+        let data = std::path::Path::new(socket_dir)
+            .parent()
+            .unwrap()
+            .join("data");
+        let postmaster = std::fs::read_to_string(data.join("postmaster.pid"))
+            .expect("read postmaster.pid")
+            .lines()
+            .next()
+            .unwrap()
+            .trim()
+            .to_string();
+        let mut pids = vec![postmaster.clone()];
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            // pid (comm) state ppid ...: comm may hold spaces, so split after its ')'.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1));
+            if ppid == Some(postmaster.as_str()) {
+                pids.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        let paused = Paused { pids };
+        paused.signal("STOP");
+        paused
+    }
+
+    fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .arg(format!("-{name}"))
+            .args(&self.pids)
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} {:?}", self.pids);
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        self.signal("CONT");
+    }
+}
+
+/// A PostgreSQL that stops answering without closing its connections (hung on I/O, paused,
+/// or behind a dead network path) is as unreachable as a stopped one: store commands must
+/// answer `-ERR store unavailable` within about a second, not wait for it.
+#[test]
+fn a_hung_postgres_answers_store_unavailable_instead_of_hanging() {
+    let cluster = PgCluster::start();
+    let server = Server::builder()
+        .store(&cluster.url())
+        .flag("--store-threads", "2")
+        .start();
+    let mut store_session = server.raw_authed();
+    let mut other = server.raw_authed();
+    assert_eq!(store_session.cmd(&[b"SET", b"k", b"v"]), ok());
+
+    let paused = Paused::cluster(&cluster.url());
+    let started = Instant::now();
+    store_session.send_cmd(&[b"GET", b"k"]);
+    // A liveness bound, well above the "about a second" asked for.
+    let reply = store_session.try_read_reply(Duration::from_secs(5));
+    eprintln!(
+        "GET with PostgreSQL paused: {reply:?} after {:?}",
+        started.elapsed()
+    );
+    // Inline and compute commands do not wait for the store.
+    assert_alive_raw(&mut other);
+    assert_eq!(
+        reply,
+        Ok(Reply::Error("ERR store unavailable".into())),
+        "GET while PostgreSQL hangs"
+    );
+    drop(paused);
+
+    // Once it answers again, so does the store.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match store_session.cmd(&[b"GET", b"k"]) {
+            Reply::Bulk(v) if v == b"v" => break,
+            Reply::Error(e) if e == "ERR store unavailable" && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            reply => panic!("GET after PostgreSQL resumed: {reply:?}"),
+        }
+    }
+}
+
+fn assert_alive_raw(conn: &mut RawConn) {
+    assert_eq!(conn.cmd(&[b"PING"]), Reply::Simple("PONG".into()));
+    assert_eq!(
+        conn.cmd(&[b"HASH", b"2", b"x"]),
+        Reply::bulk(sha256_rounds(b"x", 2))
+    );
+}
