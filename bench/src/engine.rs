@@ -69,6 +69,8 @@ pub struct Plan {
     pub requests: Option<u64>,
     /// After sending stops, how long to wait for outstanding replies.
     pub drain_ns: u64,
+    /// Busy-poll instead of sleeping when the next due request is this close.
+    pub spin_ns: u64,
     pub seed: u64,
 }
 
@@ -205,7 +207,7 @@ impl<'a> Loop<'a> {
             )?;
             let window = plan.window(index);
             let (pacer, inflight_capacity) = match plan.model {
-                Model::Closed { pipeline } => (None, pipeline),
+                Model::Closed { pipeline } => (None, pipeline.min(1024)),
                 Model::Open {
                     rate,
                     arrivals,
@@ -219,16 +221,14 @@ impl<'a> Loop<'a> {
                         plan.start_ns,
                         plan.seed,
                     );
-                    (
-                        Some(OpenLoop::new(schedule, window)),
-                        max_inflight.min(4096),
-                    )
+                    // Room for a few outstanding; it grows (rarely) if the server falls behind.
+                    (Some(OpenLoop::new(schedule, window)), max_inflight.min(16))
                 }
             };
             connections.push(Connection {
                 stream,
                 index,
-                out: Vec::with_capacity(4096),
+                out: Vec::with_capacity(512),
                 out_sent: 0,
                 inflight: VecDeque::with_capacity(inflight_capacity),
                 scanner: ReplyScanner::new(),
@@ -254,7 +254,10 @@ impl<'a> Loop<'a> {
             rng: Rng::new(
                 plan.seed ^ (thread_index as u64 + 1).wrapping_mul(0xa076_1d64_78bd_642f),
             ),
-            recorder: Recorder::new(plan.mix.commands.len()),
+            recorder: Recorder::new(
+                plan.mix.commands.len(),
+                matches!(plan.model, Model::Closed { .. }),
+            ),
             sending,
             outstanding: 0,
             replies: 0,
@@ -302,9 +305,21 @@ impl<'a> Loop<'a> {
                 }
             }
             let wake_ns = self.next_wake_ns(send_end_ns, drain_deadline_ns);
-            self.arm_timer(wake_ns)?;
+            // Close to the next due request, poll instead of sleeping (`--spin`): a wake-up
+            // from sleep can be tens of microseconds late, and that lateness is latency.
+            let spin = wake_ns.saturating_sub(now) <= self.plan.spin_ns;
+            let timeout = if spin {
+                Some(Timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                })
+            } else {
+                // With spinning, wake early and poll the rest of the way.
+                self.arm_timer(wake_ns - self.plan.spin_ns)?;
+                None
+            };
             events.clear();
-            match epoll::wait(&self.epoll, spare_capacity(&mut events), None) {
+            match epoll::wait(&self.epoll, spare_capacity(&mut events), timeout.as_ref()) {
                 Ok(_) => {}
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(error) => return Err(error.into()),
@@ -532,6 +547,7 @@ impl<'a> Loop<'a> {
     /// Reads and records every reply `slot` has, then sends what the replies made room for.
     fn on_readable(&mut self, slot: usize) {
         let mut answered = 0;
+        let mut reply_ns = 0;
         loop {
             let connection = &mut self.connections[slot];
             let read = match (&connection.stream).read(&mut self.read_buffer) {
@@ -547,7 +563,7 @@ impl<'a> Loop<'a> {
                     return;
                 }
             };
-            let reply_ns = now_ns();
+            reply_ns = now_ns();
             let recorder = &mut self.recorder;
             let inflight = &mut connection.inflight;
             let mut unexpected = 0;
@@ -590,7 +606,8 @@ impl<'a> Loop<'a> {
         if answered == 0 {
             return;
         }
-        let now = now_ns();
+        // What the replies made room for leaves now; the reply time is close enough to now.
+        let now = reply_ns;
         match self.plan.model {
             Model::Closed { .. } => self.refill_closed(slot, now),
             Model::Open { .. } => {

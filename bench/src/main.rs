@@ -128,8 +128,9 @@ struct Cli {
 
     /// Write a chart (.svg or .png): latency by percentile; with --sweep, throughput and p99
     /// by the swept value (and the percentile chart next to it, as <stem>.percentiles.<ext>).
+    /// May be given more than once (e.g. one .svg and one .png).
     #[arg(long, value_name = "FILE")]
-    plot: Option<PathBuf>,
+    plot: Vec<PathBuf>,
 
     /// Also write the result table (Markdown) to this file.
     #[arg(long, value_name = "FILE")]
@@ -138,6 +139,12 @@ struct Cli {
     /// After sending stops, how long to wait for outstanding replies.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     drain: Duration,
+
+    /// Open loop: busy-poll instead of sleeping when the next request is due within this many
+    /// microseconds. Sends leave closer to their intended time (a wake-up from sleep is often
+    /// 10-50 us late, and that counts as latency) at the cost of a busy client core.
+    #[arg(long, value_name = "MICROSECONDS", default_value_t = 0)]
+    spin: u64,
 
     /// Seed for keys, command picks and Poisson arrivals (default: from the clock).
     #[arg(long)]
@@ -308,6 +315,9 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         }
     }
     let sweep = cli.sweep.as_deref().map(parse_sweep).transpose()?;
+    for path in &cli.plot {
+        plot::check_extension(path)?;
+    }
     let (kernel, host) = report::machine();
     let date = report::utc_now();
     let seed = cli
@@ -474,6 +484,7 @@ fn run_target(
         duration_ns: duration.map(|d| d.as_nanos() as u64),
         requests: cli.requests,
         drain_ns: cli.drain.as_nanos() as u64,
+        spin_ns: cli.spin.saturating_mul(1000),
         seed: seed ^ fnv(&target.name),
     };
     let progress = Progress::default();
@@ -505,7 +516,10 @@ fn run_target(
     let cpu_seconds = process_cpu_seconds() - cpu_before;
     let wall_seconds = wall.elapsed().as_secs_f64();
 
-    let mut recorder = Recorder::new(mix.commands.len());
+    let mut recorder = Recorder::new(
+        mix.commands.len(),
+        matches!(load.model, Model::Closed { .. }),
+    );
     let (mut unanswered, mut disconnects, mut pushes) = (0, 0, 0);
     let mut protocol_errors = Vec::new();
     for output in outputs {
@@ -516,6 +530,7 @@ fn run_target(
         pushes += output.pushes;
         protocol_errors.extend(output.protocol_errors);
     }
+    recorder.finish();
     protocol_errors.truncate(20);
     let idle_result = idle.as_ref().map(|idle| IdleResult {
         requested: cli.idle,
@@ -689,7 +704,7 @@ fn write_outputs(
     if let Some(path) = &cli.table {
         write(path, table)?;
     }
-    if let Some(path) = &cli.plot {
+    for path in &cli.plot {
         let subtitle = match summary.targets.first() {
             Some(first) if summary.sweep.is_none() => format!(
                 "{} · {} · kernel {}",

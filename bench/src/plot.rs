@@ -87,6 +87,11 @@ pub fn sweep_chart(
     Ok(())
 }
 
+/// Fails unless `path` ends in `.svg` or `.png`.
+pub fn check_extension(path: &Path) -> Result<(), String> {
+    extension(path).map(|_| ()).map_err(|e| e.to_string())
+}
+
 fn extension(path: &Path) -> Result<String, Box<dyn Error>> {
     let extension = path
         .extension()

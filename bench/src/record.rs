@@ -40,11 +40,17 @@ pub struct Recorder {
     pub errors: u64,
     /// The latest reply time of a recorded request.
     pub last_reply_ns: u64,
+    /// Closed loop: service time is latency, so only `latency` is recorded until [`finish`].
+    ///
+    /// [`finish`]: Recorder::finish
+    service_is_latency: bool,
 }
 
 impl Recorder {
-    /// A recorder for a mix of `commands` commands.
-    pub fn new(commands: usize) -> Recorder {
+    /// A recorder for a mix of `commands` commands. With `service_is_latency` (closed loop,
+    /// where a request is sent when it is meant to be) only latency is recorded; with one
+    /// command, only the overall histograms. [`Recorder::finish`] fills in the rest.
+    pub fn new(commands: usize, service_is_latency: bool) -> Recorder {
         Recorder {
             latency: new_histogram(),
             service: new_histogram(),
@@ -59,6 +65,7 @@ impl Recorder {
             errors_by_kind: Vec::new(),
             errors: 0,
             last_reply_ns: 0,
+            service_is_latency,
         }
     }
 
@@ -67,12 +74,19 @@ impl Recorder {
     #[inline]
     pub fn record(&mut self, request: &InFlight, reply_ns: u64, error: Option<&[u8]>) {
         let latency = request.latency_ns(reply_ns).max(LOWEST_NS);
-        let service = request.service_ns(reply_ns).max(LOWEST_NS);
         self.latency.saturating_record(latency);
-        self.service.saturating_record(service);
+        let service = request.service_ns(reply_ns).max(LOWEST_NS);
+        if !self.service_is_latency {
+            self.service.saturating_record(service);
+        }
+        let several_commands = self.commands.len() > 1;
         let command = &mut self.commands[request.command as usize];
-        command.latency.saturating_record(latency);
-        command.service.saturating_record(service);
+        if several_commands {
+            command.latency.saturating_record(latency);
+            if !self.service_is_latency {
+                command.service.saturating_record(service);
+            }
+        }
         self.last_reply_ns = self.last_reply_ns.max(reply_ns);
         if let Some(word) = error {
             self.errors += 1;
@@ -121,6 +135,23 @@ impl Recorder {
         self.last_reply_ns = self.last_reply_ns.max(other.last_reply_ns);
     }
 
+    /// Completes the histograms that recording skipped: service time where it is latency, and
+    /// the one command's where it is the overall one. Call once, after merging.
+    pub fn finish(&mut self) {
+        if self.commands.len() == 1 {
+            self.commands[0].latency = self.latency.clone();
+            if !self.service_is_latency {
+                self.commands[0].service = self.service.clone();
+            }
+        }
+        if self.service_is_latency {
+            self.service = self.latency.clone();
+            for command in &mut self.commands {
+                command.service = command.latency.clone();
+            }
+        }
+    }
+
     /// Requests recorded.
     pub fn requests(&self) -> u64 {
         self.latency.len()
@@ -138,7 +169,7 @@ mod tests {
 
     #[test]
     fn records_and_merges() {
-        let mut a = Recorder::new(2);
+        let mut a = Recorder::new(2, false);
         let request = InFlight {
             intended_ns: 1_000,
             sent_ns: 3_000,
@@ -147,7 +178,7 @@ mod tests {
         };
         a.record(&request, 10_000, None);
         a.record(&request, 10_000, Some(b"ERR"));
-        let mut b = Recorder::new(2);
+        let mut b = Recorder::new(2, false);
         b.record(&request, 20_000, Some(b"BUSY"));
         b.record(&request, 20_000, Some(b"ERR"));
         a.merge(&b);
@@ -162,5 +193,24 @@ mod tests {
         assert_eq!(a.last_reply_ns, 20_000);
         assert!(a.latency.equivalent(a.latency.max(), 19_000));
         assert!(a.service.equivalent(a.service.max(), 17_000));
+    }
+
+    #[test]
+    fn finish_fills_in_what_was_skipped() {
+        let request = InFlight {
+            intended_ns: 1_000,
+            sent_ns: 1_000,
+            command: 0,
+            recorded: true,
+        };
+        let mut closed = Recorder::new(1, true);
+        closed.record(&request, 5_000, None);
+        closed.record(&request, 9_000, Some(b"ERR"));
+        assert_eq!(closed.service.len(), 0);
+        closed.finish();
+        assert_eq!(closed.service, closed.latency);
+        assert_eq!(closed.commands[0].latency, closed.latency);
+        assert_eq!(closed.commands[0].service, closed.latency);
+        assert_eq!(closed.commands[0].errors, 1);
     }
 }

@@ -302,7 +302,7 @@ mod tests {
             quota: None,
         };
         let mut pacer = OpenLoop::new(Schedule::new(Arrivals::Even, 1000.0, 1, 0, 0, 1), window);
-        let mut recorder = Recorder::new(1);
+        let mut recorder = Recorder::new(1, false);
         let mut inflight: VecDeque<(InFlight, u64)> = VecDeque::new();
         let mut server_free_ns = 0;
         let mut clock = 0;

@@ -1,13 +1,15 @@
-//! Black-box tests of the `ringline-bench` binary against a real RESP server.
+//! Black-box tests of the `ringline-bench` binary against real RESP servers.
 //!
-//! The server is, in order of preference:
+//! Each test runs against every server it can find:
 //! - the one named by `RINGLINE_BENCH_TEST_TARGET=HOST:PORT` (with
-//!   `RINGLINE_BENCH_TEST_USER`/`RINGLINE_BENCH_TEST_PASSWORD` when it wants AUTH), e.g. a
-//!   running `ringline serve` — this is how to point these tests at ringline;
-//! - otherwise a `redis-server` (`REDIS_SERVER`, or on PATH) that the test starts on a free
-//!   loopback port with a password, and stops when it is done.
+//!   `RINGLINE_BENCH_TEST_USER`/`RINGLINE_BENCH_TEST_PASSWORD` when it wants AUTH);
+//! - ringline, when a `ringline` binary is built (`RINGLINE_BIN`, or next to this test's
+//!   `ringline-bench`, or in `target/release`): started on a free loopback port with a fresh
+//!   data directory and a `bench` user;
+//! - `redis-server` (`REDIS_SERVER`, or on PATH), started with a password.
 //!
-//! Without either the tests say so and pass without checking anything.
+//! The servers the tests start are stopped (by their PID) when the test ends. With none found
+//! the tests say so and pass without checking anything.
 
 use serde_json::Value;
 use std::net::{TcpListener, TcpStream};
@@ -17,10 +19,12 @@ use std::time::{Duration, Instant};
 
 /// A server to run against, stopped on drop when the test started it.
 struct Server {
+    kind: &'static str,
     address: String,
     user: Option<String>,
     password: Option<String>,
     child: Option<Child>,
+    data: Option<PathBuf>,
 }
 
 impl Drop for Server {
@@ -29,18 +33,32 @@ impl Drop for Server {
             let _ = child.kill();
             let _ = child.wait();
         }
+        if let Some(data) = &self.data {
+            let _ = std::fs::remove_dir_all(data);
+        }
     }
 }
 
-fn redis_server_binary() -> Option<PathBuf> {
-    if let Ok(path) = std::env::var("REDIS_SERVER") {
-        return Some(PathBuf::from(path));
-    }
+fn on_path(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
-            .map(|dir| dir.join("redis-server"))
+            .map(|dir| dir.join(name))
             .find(|path| path.is_file())
     })
+}
+
+fn ringline_binary() -> Option<PathBuf> {
+    if let Ok(path) = std::env::var("RINGLINE_BIN") {
+        return Some(PathBuf::from(path));
+    }
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_ringline-bench"));
+    let profile_dir = bench.parent()?;
+    [
+        profile_dir.join("ringline"),
+        profile_dir.parent()?.join("release").join("ringline"),
+    ]
+    .into_iter()
+    .find(|path| path.is_file())
 }
 
 fn free_port() -> u16 {
@@ -48,21 +66,57 @@ fn free_port() -> u16 {
     listener.local_addr().unwrap().port()
 }
 
-fn server() -> Option<Server> {
-    if let Ok(address) = std::env::var("RINGLINE_BENCH_TEST_TARGET") {
-        return Some(Server {
-            address,
-            user: std::env::var("RINGLINE_BENCH_TEST_USER").ok(),
-            password: std::env::var("RINGLINE_BENCH_TEST_PASSWORD").ok(),
-            child: None,
-        });
+fn wait_for(address: &str, child: &mut Child, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(address).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited before listening: {status}");
+        }
+        assert!(Instant::now() < deadline, "{what} did not start listening");
+        std::thread::sleep(Duration::from_millis(20));
     }
-    let Some(binary) = redis_server_binary() else {
-        eprintln!("no RINGLINE_BENCH_TEST_TARGET and no redis-server: skipping");
-        return None;
-    };
+}
+
+fn start_ringline(binary: &Path) -> Server {
+    let data = std::env::temp_dir().join(format!(
+        "ringline-bench-test-data-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    let mut add = Command::new(binary)
+        .args(["user", "add", "bench", "--data"])
+        .arg(&data)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run ringline user add");
+    use std::io::Write;
+    add.stdin.take().unwrap().write_all(b"benchpw\n").unwrap();
+    assert!(add.wait().unwrap().success(), "ringline user add failed");
     let port = free_port();
-    let child = Command::new(binary)
+    let address = format!("127.0.0.1:{port}");
+    let mut child = Command::new(binary)
+        .args(["serve", "--listen", &address, "--data"])
+        .arg(&data)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start ringline");
+    wait_for(&address, &mut child, "ringline");
+    Server {
+        kind: "ringline",
+        address,
+        user: Some("bench".into()),
+        password: Some("benchpw".into()),
+        child: Some(child),
+        data: Some(data),
+    }
+}
+
+fn start_redis(binary: &Path) -> Server {
+    let port = free_port();
+    let mut child = Command::new(binary)
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args([
             "--save",
@@ -77,22 +131,52 @@ fn server() -> Option<Server> {
         .spawn()
         .expect("start redis-server");
     let address = format!("127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(&address).is_err() {
-        assert!(Instant::now() < deadline, "redis-server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Some(Server {
+    wait_for(&address, &mut child, "redis-server");
+    Server {
+        kind: "redis",
         address,
         user: None,
         password: Some("benchpw".into()),
         child: Some(child),
-    })
+        data: None,
+    }
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir =
-        std::env::temp_dir().join(format!("ringline-bench-test-{}-{name}", std::process::id()));
+/// Every server these tests can run against here.
+fn servers() -> Vec<Server> {
+    let mut servers = Vec::new();
+    if let Ok(address) = std::env::var("RINGLINE_BENCH_TEST_TARGET") {
+        servers.push(Server {
+            kind: "given",
+            address,
+            user: std::env::var("RINGLINE_BENCH_TEST_USER").ok(),
+            password: std::env::var("RINGLINE_BENCH_TEST_PASSWORD").ok(),
+            child: None,
+            data: None,
+        });
+    }
+    if let Some(binary) = ringline_binary() {
+        servers.push(start_ringline(&binary));
+    }
+    let redis = std::env::var("REDIS_SERVER")
+        .ok()
+        .map(PathBuf::from)
+        .or_else(|| on_path("redis-server"));
+    if let Some(binary) = redis {
+        servers.push(start_redis(&binary));
+    }
+    if servers.is_empty() {
+        eprintln!("no server to test against (no ringline build, no redis-server): skipping");
+    }
+    servers
+}
+
+fn scratch(server: &Server, name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "ringline-bench-test-{}-{}-{name}",
+        std::process::id(),
+        server.kind
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -136,10 +220,19 @@ fn count(value: &Value) -> u64 {
 
 #[test]
 fn closed_loop_counts_every_request() {
-    let Some(server) = server() else { return };
-    let dir = scratch("closed");
+    for server in servers() {
+        eprintln!(
+            "closed_loop_counts_every_request: {} at {}",
+            server.kind, server.address
+        );
+        check_closed_loop_counts_every_request(&server);
+    }
+}
+
+fn check_closed_loop_counts_every_request(server: &Server) {
+    let dir = scratch(server, "closed");
     let summary = bench_json(
-        &server,
+        server,
         &dir,
         &[
             "-c",
@@ -171,11 +264,20 @@ fn closed_loop_counts_every_request() {
 
 #[test]
 fn open_loop_sends_rate_times_duration() {
-    let Some(server) = server() else { return };
-    let dir = scratch("open");
+    for server in servers() {
+        eprintln!(
+            "open_loop_sends_rate_times_duration: {} at {}",
+            server.kind, server.address
+        );
+        check_open_loop_sends_rate_times_duration(&server);
+    }
+}
+
+fn check_open_loop_sends_rate_times_duration(server: &Server) {
+    let dir = scratch(server, "open");
     let hgrm = dir.join("run.hgrm");
     let summary = bench_json(
-        &server,
+        server,
         &dir,
         &[
             "-c",
@@ -201,8 +303,10 @@ fn open_loop_sends_rate_times_duration() {
         count(&commands["GET"]["requests"]) + count(&commands["SET"]["requests"]),
         2000
     );
+    // Throughput runs to the last reply, so a slow last write (ringline commits durably) may
+    // pull it below the offered rate, never above.
     let rps = run["throughput_rps"].as_f64().unwrap();
-    assert!((1800.0..2200.0).contains(&rps), "{rps}");
+    assert!((1000.0..2050.0).contains(&rps), "{rps}");
     // Latency counts from the intended send time, so it is never below service time.
     assert!(run["latency_us"]["p50"].as_f64() >= run["service_time_us"]["p50"].as_f64());
     assert!(run["send_lag_us"].is_object());
@@ -214,10 +318,19 @@ fn open_loop_sends_rate_times_duration() {
 
 #[test]
 fn error_replies_are_counted_by_kind() {
-    let Some(server) = server() else { return };
-    let dir = scratch("errors");
+    for server in servers() {
+        eprintln!(
+            "error_replies_are_counted_by_kind: {} at {}",
+            server.kind, server.address
+        );
+        check_error_replies_are_counted_by_kind(&server);
+    }
+}
+
+fn check_error_replies_are_counted_by_kind(server: &Server) {
+    let dir = scratch(server, "errors");
     let summary = bench_json(
-        &server,
+        server,
         &dir,
         &[
             "-c",
@@ -239,12 +352,21 @@ fn error_replies_are_counted_by_kind() {
 
 #[test]
 fn idle_sessions_and_sweeps_and_charts() {
-    let Some(server) = server() else { return };
-    let dir = scratch("sweep");
+    for server in servers() {
+        eprintln!(
+            "idle_sessions_and_sweeps_and_charts: {} at {}",
+            server.kind, server.address
+        );
+        check_idle_sessions_and_sweeps_and_charts(&server);
+    }
+}
+
+fn check_idle_sessions_and_sweeps_and_charts(server: &Server) {
+    let dir = scratch(server, "sweep");
     let chart = dir.join("sweep.png");
     let svg = dir.join("latency.svg");
     let summary = bench_json(
-        &server,
+        server,
         &dir,
         &[
             "--sweep",
@@ -272,7 +394,7 @@ fn idle_sessions_and_sweeps_and_charts() {
     assert!(std::fs::metadata(&chart).unwrap().len() > 1000);
     assert!(dir.join("sweep.percentiles.png").is_file());
     let output = bench(
-        &server,
+        server,
         &["--requests", "200", "--plot", svg.to_str().unwrap()],
     );
     assert!(output.status.success());
@@ -282,7 +404,16 @@ fn idle_sessions_and_sweeps_and_charts() {
 
 #[test]
 fn wrong_password_and_unreachable_targets_fail_clearly() {
-    let Some(server) = server() else { return };
+    for server in servers() {
+        eprintln!(
+            "wrong_password_and_unreachable_targets_fail_clearly: {} at {}",
+            server.kind, server.address
+        );
+        check_wrong_password_and_unreachable_targets_fail_clearly(&server);
+    }
+}
+
+fn check_wrong_password_and_unreachable_targets_fail_clearly(server: &Server) {
     if server.password.is_some() {
         let mut wrong = Command::new(env!("CARGO_BIN_EXE_ringline-bench"));
         wrong.args([
