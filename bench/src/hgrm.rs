@@ -210,6 +210,23 @@ mod tests {
     }
 
     #[test]
+    fn levels_are_reached_as_java_reaches_them() {
+        // Java steps in percent (50 + 10 x 2.5 is exactly 75), so the value that brings the
+        // count to exactly 75% is the 75% row. Stepping in quantiles (0.5 + 10 x 0.025 is a
+        // hair above 0.75), as the hdrhistogram crate's iterator does, would report the next one.
+        let mut histogram = new_histogram();
+        for ms in 1..=4 {
+            histogram.record(ms * 1_000_000).unwrap();
+        }
+        let row = percentile_rows(&histogram, 5)
+            .into_iter()
+            .find(|row| row.percentile == 75.0)
+            .unwrap();
+        assert!(histogram.equivalent(row.value, 3_000_000));
+        assert_eq!(row.total_count, 3);
+    }
+
+    #[test]
     fn layout_matches_output_percentile_distribution() {
         // 1..=10 ms, one value each: small enough to check every line by hand.
         let mut histogram = new_histogram();
