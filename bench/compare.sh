@@ -108,7 +108,7 @@ run open --rate "$rate"
   echo "# ringline vs redis-server: ringline-bench"
   echo
   echo "Made by \`bench/compare.sh\` ($(git rev-parse --short HEAD 2>/dev/null || echo '?'))." \
-    "Charts: closed-p1.svg, closed-p16.svg, open.svg (latency by percentile; in open.svg the" \
+    "Charts: closed-p1.svg, closed-p16.svg, open.svg (and .png) (latency by percentile; in open.svg the" \
     "dashed lines are service time, the solid ones latency from the intended send time)."
   for name in closed-p1 closed-p16 open; do
     echo
