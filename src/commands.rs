@@ -14,6 +14,7 @@ use crate::auth;
 use crate::resp::{self, parse_i64, Args, Proto};
 use crate::session::{AfterAuth, AuthOutcome, Conn, KillFilter, Msg, RingHandler, State};
 use crate::store::{Conn as StoreConn, StoreError};
+use std::time::Duration;
 
 /// Where a command runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -447,8 +448,7 @@ fn client_list(h: &mut RingHandler, cx: &Context, s: &mut Session<'_, Conn>, arg
         return err(s.out(), "ERR syntax error");
     }
     let shared = h.shared.clone();
-    let sender = h.sender.clone();
-    let id = s.id();
+    let replier = h.replier(s);
     let proto = s.conn.proto;
     let job = Box::new(move || {
         let (tx, rx) = crossbeam_channel::unbounded();
@@ -466,7 +466,7 @@ fn client_list(h: &mut RingHandler, cx: &Context, s: &mut Session<'_, Conn>, arg
         }
         let mut reply = Vec::with_capacity(text.len() + 16);
         resp::verbatim(&mut reply, b"txt", text.as_bytes(), proto);
-        sender.send(id, Msg::Reply(reply));
+        replier.reply(reply);
     });
     offload_compute(h, cx, s, "client", job);
 }
@@ -505,8 +505,7 @@ fn client_kill(h: &mut RingHandler, cx: &Context, s: &mut Session<'_, Conn>, arg
         }
     }
     let shared = h.shared.clone();
-    let sender = h.sender.clone();
-    let id = s.id();
+    let replier = h.replier(s);
     let job = Box::new(move || {
         let (tx, rx) = crossbeam_channel::unbounded();
         for ring in &shared.ring_senders {
@@ -531,7 +530,7 @@ fn client_kill(h: &mut RingHandler, cx: &Context, s: &mut Session<'_, Conn>, arg
         } else {
             resp::integer(&mut reply, killed as i64);
         }
-        sender.send(id, Msg::Reply(reply));
+        replier.reply(reply);
     });
     offload_compute(h, cx, s, "client", job);
 }
@@ -820,8 +819,7 @@ fn start_auth(
         }
     }
     let shared = h.shared.clone();
-    let sender = h.sender.clone();
-    let id = s.id();
+    let replier = h.replier(s);
     let job = Box::new(move |conn: Result<&mut dyn StoreConn, StoreError>| {
         let record = match conn.and_then(|c| c.user(&user)) {
             Ok(record) => record,
@@ -829,7 +827,7 @@ fn start_auth(
                 shared.store.note_error(&e);
                 let mut reply = Vec::new();
                 resp::error(&mut reply, e.resp_message().as_bytes());
-                sender.send(id, Msg::Auth(AuthOutcome::Failed(reply)));
+                replier.auth(AuthOutcome::Failed(reply));
                 return;
             }
         };
@@ -838,11 +836,11 @@ fn start_auth(
             None => (shared.dummy_hash.clone(), false),
         };
         if usable && shared.auth_cache.contains(&user, &password, &hash) {
-            sender.send(id, Msg::Auth(AuthOutcome::Verified { user, then }));
+            replier.auth(AuthOutcome::Verified { user, then });
             return;
         }
         let verify_shared = shared.clone();
-        let verify_sender = sender.clone();
+        let verify_replier = replier.clone();
         let verify = Box::new(move || {
             let ok = auth::verify_password(&password, &hash) && usable;
             let outcome = if ok {
@@ -851,13 +849,13 @@ fn start_auth(
             } else {
                 AuthOutcome::WrongPass
             };
-            verify_sender.send(id, Msg::Auth(outcome));
+            verify_replier.auth(outcome);
         });
         if shared.compute.submit(verify).is_err() {
-            sender.send(id, Msg::Auth(AuthOutcome::Failed(BUSY.to_vec())));
+            replier.auth(AuthOutcome::Failed(BUSY.to_vec()));
         }
     });
-    offload_store(h, cx, s, "auth", job);
+    offload_store(h, cx, s, "auth", job, Duration::ZERO);
 }
 
 /// Applies an authentication outcome on the ring.
@@ -930,12 +928,11 @@ fn hash(h: &mut RingHandler, cx: &Context, s: &mut Session<'_, Conn>, args: &Arg
         None => return err(s.out(), NOT_INTEGER),
     };
     let data = args[2].to_vec();
-    let sender = h.sender.clone();
-    let id = s.id();
+    let replier = h.replier(s);
     let job = Box::new(move || {
         let mut reply = Vec::with_capacity(72);
         resp::bulk(&mut reply, hash_rounds(&data, rounds).as_bytes());
-        sender.send(id, Msg::Reply(reply));
+        replier.reply(reply);
     });
     offload_compute(h, cx, s, "hash", job);
 }
@@ -948,11 +945,19 @@ fn offload_store(
     s: &mut Session<'_, Conn>,
     name: &'static str,
     job: StoreJob,
+    allowance: Duration,
 ) {
-    match h.shared.store.submit(job) {
-        Ok(()) => {
+    match h.shared.store.submit(job, allowance) {
+        Ok(ticket) => {
             s.conn.state = State::Waiting;
             s.conn.pending = Some((name, cx.now));
+            // Watch for a store that stops answering: the first look comes after the store
+            // timeout plus the job's own allowance.
+            s.conn.store_ticket = Some(ticket);
+            let at = cx.now + h.shared.config.store_timeout + allowance;
+            if s.deadline().is_none_or(|d| at < d) {
+                s.set_deadline(Some(at));
+            }
         }
         Err(_) => s.out().extend_from_slice(BUSY),
     }
@@ -986,9 +991,13 @@ fn store_command(
         _ => {}
     }
     let shared = h.shared.clone();
-    let sender = h.sender.clone();
-    let id = s.id();
+    let replier = h.replier(s);
     let name = spec.name;
+    let allowance = if name == "sleep" {
+        Duration::from_millis(parse_i64(&argv[1]).unwrap_or(0).max(0) as u64)
+    } else {
+        Duration::ZERO
+    };
     let job = Box::new(move |conn: Result<&mut dyn StoreConn, StoreError>| {
         let mut reply = Vec::with_capacity(64);
         let result = conn.and_then(|c| run_store(c, name, &owner, &argv, proto, &mut reply));
@@ -997,9 +1006,9 @@ fn store_command(
             reply.clear();
             resp::error(&mut reply, e.resp_message().as_bytes());
         }
-        sender.send(id, Msg::Reply(reply));
+        replier.reply(reply);
     });
-    offload_store(h, cx, s, spec.name, job);
+    offload_store(h, cx, s, spec.name, job, allowance);
 }
 
 fn run_store(

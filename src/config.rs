@@ -105,6 +105,13 @@ pub struct ServeArgs {
     /// Store worker threads, one store connection each (default: 2 x cores).
     #[arg(long)]
     pub store_threads: Option<usize>,
+    /// A store command whose store call has not answered after this long (plus SLEEP's own
+    /// time), or that waits in the queue while every worker is stuck that long, answers
+    /// `-ERR store unavailable` (a paused or wedged PostgreSQL keeps its connections open, so
+    /// nothing else would notice).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[serde(serialize_with = "duration_text")]
+    pub store_timeout: Duration,
     /// Store jobs queued at most before commands get -BUSY.
     #[arg(long, default_value_t = 65536)]
     pub store_queue: usize,

@@ -137,10 +137,11 @@ fn write_section(shared: &Shared, section: &str, out: &mut String) {
             let p = shared.compute.stats();
             let _ = write!(
                 out,
-                "compute_threads:{}\r\ncompute_queue_capacity:{}\r\ncompute_queue_depth:{}\r\ncompute_jobs_completed:{}\r\ncompute_jobs_rejected:{}\r\ncompute_busy_us:{}\r\n",
+                "compute_threads:{}\r\ncompute_queue_capacity:{}\r\ncompute_queue_depth:{}\r\ncompute_jobs_running:{}\r\ncompute_jobs_completed:{}\r\ncompute_jobs_rejected:{}\r\ncompute_busy_us:{}\r\n",
                 shared.compute.threads(),
                 shared.compute.capacity(),
                 p.depth.load(Ordering::Relaxed),
+                p.running.load(Ordering::Relaxed),
                 p.completed.load(Ordering::Relaxed),
                 p.rejected.load(Ordering::Relaxed),
                 p.busy_us.load(Ordering::Relaxed),
@@ -152,12 +153,13 @@ fn write_section(shared: &Shared, section: &str, out: &mut String) {
             let backend = shared.store.backend();
             let _ = write!(
                 out,
-                "store_backend:{}\r\nstore_location:{}\r\nstore_threads:{}\r\nstore_queue_capacity:{}\r\nstore_queue_depth:{}\r\nstore_jobs_completed:{}\r\nstore_jobs_rejected:{}\r\nstore_unavailable_errors:{}\r\nstore_other_errors:{}\r\nstore_reconnects:{}\r\n",
+                "store_backend:{}\r\nstore_location:{}\r\nstore_threads:{}\r\nstore_queue_capacity:{}\r\nstore_queue_depth:{}\r\nstore_jobs_running:{}\r\nstore_jobs_completed:{}\r\nstore_jobs_rejected:{}\r\nstore_unavailable_errors:{}\r\nstore_other_errors:{}\r\nstore_reconnects:{}\r\n",
                 backend.kind(),
                 backend.describe(),
                 shared.store.threads(),
                 shared.store.capacity(),
                 p.depth.load(Ordering::Relaxed),
+                p.running.load(Ordering::Relaxed),
                 p.completed.load(Ordering::Relaxed),
                 p.rejected.load(Ordering::Relaxed),
                 st.unavailable.load(Ordering::Relaxed),

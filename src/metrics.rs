@@ -373,6 +373,20 @@ impl Collector for ServerCollector {
                 })
                 .collect::<Vec<_>>(),
         )?;
+        gauge_family(
+            &mut e,
+            "ringline_pool_jobs_running",
+            "Jobs running now, per pool",
+            &pools
+                .iter()
+                .map(|(n, p)| {
+                    (
+                        vec![("pool", n.to_string())],
+                        p.running.load(Ordering::Relaxed) as i64,
+                    )
+                })
+                .collect::<Vec<_>>(),
+        )?;
         counter_family(
             &mut e,
             "ringline_pool_busy_rejections",

@@ -2,8 +2,9 @@
 //!
 //! Work stealing with crossbeam-deque: rings push jobs into a global injector; each worker takes
 //! a batch from it into its own deque and, when both are empty, steals from a sibling. The pool
-//! is bounded: [`ComputePool::submit`] refuses a job when `capacity` jobs are already queued or
-//! running, and the caller answers `-BUSY` at once instead of queueing without limit.
+//! is bounded: [`ComputePool::submit`] refuses a job when `capacity` jobs are already queued
+//! (jobs a worker took no longer count), and the caller answers `-BUSY` at once instead of
+//! queueing without limit.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -18,8 +19,10 @@ pub type Job = Box<dyn FnOnce() + Send + 'static>;
 /// Counters of a pool, for INFO and metrics.
 #[derive(Debug, Default)]
 pub struct PoolStats {
-    /// Jobs queued or running now.
+    /// Jobs queued now (taken jobs no longer count).
     pub depth: AtomicUsize,
+    /// Jobs running now.
+    pub running: AtomicUsize,
     /// Jobs finished.
     pub completed: AtomicU64,
     /// Jobs refused because the pool was full.
@@ -153,6 +156,11 @@ fn find_job(index: usize, local: &Worker<Job>, shared: &Shared) -> Option<Job> {
 fn run_worker(index: usize, local: Worker<Job>, shared: &Shared) {
     loop {
         if let Some(job) = find_job(index, &local, shared) {
+            // The slot frees when a worker takes the job, not after it ran: a job's last act
+            // is sending its reply, and a client that answers at once must not find the slot
+            // still taken.
+            shared.stats.depth.fetch_sub(1, Ordering::AcqRel);
+            shared.stats.running.fetch_add(1, Ordering::AcqRel);
             let started = Instant::now();
             // A panicking job must not take the worker down with it; its session simply gets
             // no reply for that command, and the panic is logged.
@@ -164,7 +172,7 @@ fn run_worker(index: usize, local: Worker<Job>, shared: &Shared) {
                 .busy_us
                 .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
             shared.stats.completed.fetch_add(1, Ordering::Relaxed);
-            shared.stats.depth.fetch_sub(1, Ordering::AcqRel);
+            shared.stats.running.fetch_sub(1, Ordering::AcqRel);
             continue;
         }
         if shared.shutdown.load(Ordering::Acquire) {
@@ -210,17 +218,25 @@ mod tests {
         let pool = ComputePool::start(1, 2);
         let (release_tx, release_rx) = mpsc::channel::<()>();
         let release_rx = Arc::new(Mutex::new(release_rx));
-        for _ in 0..2 {
-            let rx = release_rx.clone();
-            pool.submit(Box::new(move || {
+        let blocker = |rx: Arc<Mutex<mpsc::Receiver<()>>>| -> Job {
+            Box::new(move || {
                 let _ = rx.lock().unwrap().recv();
-            }))
-            .unwrap();
+            })
+        };
+        // The one worker takes the first job and blocks in it; its slot is free again.
+        pool.submit(blocker(release_rx.clone())).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while pool.stats().depth.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
         }
+        // Two more fill the queue; the next is refused.
+        pool.submit(blocker(release_rx.clone())).unwrap();
+        pool.submit(blocker(release_rx.clone())).unwrap();
         assert_eq!(pool.submit(Box::new(|| {})), Err(Busy));
         assert_eq!(pool.stats().rejected.load(Ordering::Relaxed), 1);
-        release_tx.send(()).unwrap();
-        release_tx.send(()).unwrap();
+        for _ in 0..3 {
+            release_tx.send(()).unwrap();
+        }
         pool.shutdown();
     }
 

@@ -24,6 +24,7 @@ pub struct RuntimeConfig {
     pub auth_timeout: Duration,
     pub idle_timeout: Duration,
     pub request_timeout: Duration,
+    pub store_timeout: Duration,
     pub max_sessions: usize,
     pub proto_max_bulk_len: usize,
     pub max_output_buffer: usize,
@@ -87,13 +88,15 @@ impl Shared {
         cores: usize,
         listen_addr: SocketAddr,
     ) -> Shared {
-        let ring_count = ring_senders.len();
+        // A test server may have no ring at all; statistics still need a slot.
+        let ring_count = ring_senders.len().max(1);
         Shared {
             ring_senders,
             config: RuntimeConfig {
                 auth_timeout: args.auth_timeout,
                 idle_timeout: args.idle_timeout,
                 request_timeout: args.request_timeout,
+                store_timeout: args.store_timeout,
                 max_sessions: args.max_sessions,
                 proto_max_bulk_len: args.proto_max_bulk_len,
                 max_output_buffer: args.max_output_buffer,

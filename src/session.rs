@@ -64,6 +64,10 @@ pub struct Conn {
     pub last_command: &'static str,
     /// Since when a partial command has been waiting for its remaining bytes.
     pub partial_since: Option<Instant>,
+    /// Number of the last job handed to a pool; results for any other number are stale.
+    pub job_seq: u64,
+    /// The store job now pending, watched for a store that stopped answering.
+    pub store_ticket: Option<Arc<crate::storepool::JobTicket>>,
 }
 
 impl Conn {
@@ -73,12 +77,14 @@ impl Conn {
     }
 }
 
-/// Results that pools send back to a session.
+/// Results that pools send back to a session. Session results carry the sequence number of the
+/// job they answer, so a late result for a job the session gave up on (a stuck store) is
+/// dropped instead of answering a later command.
 pub enum Msg {
     /// The encoded reply of the pending command.
-    Reply(Vec<u8>),
+    Reply(u64, Vec<u8>),
     /// The outcome of AUTH or HELLO ... AUTH.
-    Auth(AuthOutcome),
+    Auth(u64, AuthOutcome),
     /// Ring-wide: one `CLIENT LIST` line per session of the ring, sent back on the channel.
     ListClients(crossbeam_channel::Sender<String>),
     /// Ring-wide: close the sessions the filter matches; the count is sent back.
@@ -115,6 +121,26 @@ impl KillFilter {
             }
         }
         true
+    }
+}
+
+/// How a pool job answers its session: the ring's mailbox, the session, and the job's number.
+#[derive(Clone)]
+pub struct Replier {
+    sender: Sender<Msg>,
+    id: SessionId,
+    seq: u64,
+}
+
+impl Replier {
+    /// Sends the job's encoded reply.
+    pub fn reply(&self, bytes: Vec<u8>) {
+        self.sender.send(self.id, Msg::Reply(self.seq, bytes));
+    }
+
+    /// Sends the outcome of an authentication.
+    pub fn auth(&self, outcome: AuthOutcome) {
+        self.sender.send(self.id, Msg::Auth(self.seq, outcome));
     }
 }
 
@@ -160,6 +186,16 @@ impl RingHandler {
             sender,
             limits,
             args: Args::new(),
+        }
+    }
+
+    /// A new job number for the session and the handle its job answers through.
+    pub fn replier(&self, s: &mut Session<'_, Conn>) -> Replier {
+        s.conn.job_seq += 1;
+        Replier {
+            sender: self.sender.clone(),
+            id: s.id(),
+            seq: s.conn.job_seq,
         }
     }
 
@@ -242,10 +278,12 @@ impl RingHandler {
             .partial_since
             .filter(|_| !config.request_timeout.is_zero())
             .map(|since| since + config.request_timeout);
-        match (idle, partial) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let store = conn
+            .store_ticket
+            .as_ref()
+            .and(conn.pending)
+            .map(|(_, at)| at + config.store_timeout);
+        [idle, partial, store].into_iter().flatten().min()
     }
 
     /// Notes whether a partial command waits, and arms the deadline if it must come earlier.
@@ -264,6 +302,41 @@ impl RingHandler {
             (Some(want), None) => s.set_deadline(Some(want)),
             _ => {}
         }
+    }
+
+    /// The store stopped answering for the pending job: answer `store unavailable` now, let the
+    /// job be skipped (or its late result dropped), and go on with the session's input.
+    fn give_up_on_store(
+        &mut self,
+        cx: &Context,
+        s: &mut Session<'_, Conn>,
+        ticket: &crate::storepool::JobTicket,
+    ) {
+        ticket.abandon();
+        s.conn.store_ticket = None;
+        let (command, started) = s.conn.pending.take().unwrap_or(("unknown", cx.now));
+        s.conn.state = if s.conn.authenticated {
+            State::Ready
+        } else {
+            State::Unauthenticated
+        };
+        resp::error(s.out(), b"ERR store unavailable");
+        self.shared
+            .store
+            .note_error(&crate::store::StoreError::Unavailable(
+                "no answer within --store-timeout".into(),
+            ));
+        if let Some(suppressed) = self.shared.log_allowed("store_timeout") {
+            tracing::warn!(
+                command,
+                suppressed,
+                "the store did not answer within --store-timeout; replied store unavailable"
+            );
+        }
+        self.shared.record_command(cx.ring, command, started, true);
+        self.process_inbuf(cx, s);
+        self.arm_deadline(cx, s);
+        self.close_if_done(cx, s);
     }
 
     /// After anything that may have left the session idle: close it if the peer is done or the
@@ -303,6 +376,8 @@ impl Handler for RingHandler {
             commands: 0,
             last_command: "NULL",
             partial_since: None,
+            job_seq: 0,
+            store_ticket: None,
         }
     }
 
@@ -345,11 +420,15 @@ impl Handler for RingHandler {
     }
 
     fn on_message(&mut self, cx: &Context, s: &mut Session<'_, Conn>, msg: Msg) {
-        debug_assert_eq!(
-            s.conn.state,
-            State::Waiting,
-            "a result arrived for a session not waiting"
-        );
+        let seq = match &msg {
+            Msg::Reply(seq, _) | Msg::Auth(seq, _) => *seq,
+            Msg::ListClients(_) | Msg::Kill(..) => 0,
+        };
+        if s.conn.state != State::Waiting || seq != s.conn.job_seq {
+            // The session gave up on this job (the store stopped answering) and moved on.
+            return;
+        }
+        s.conn.store_ticket = None;
         let (command, started) = s.conn.pending.take().unwrap_or(("unknown", cx.now));
         s.conn.state = if s.conn.authenticated {
             State::Ready
@@ -357,11 +436,11 @@ impl Handler for RingHandler {
             State::Unauthenticated
         };
         let failed = match msg {
-            Msg::Reply(bytes) => {
+            Msg::Reply(_, bytes) => {
                 s.out().extend_from_slice(&bytes);
                 bytes.first() == Some(&b'-')
             }
-            Msg::Auth(outcome) => {
+            Msg::Auth(_, outcome) => {
                 let failed = !matches!(outcome, AuthOutcome::Verified { .. });
                 commands::finish_auth(self, cx, s, outcome);
                 failed
@@ -389,6 +468,12 @@ impl Handler for RingHandler {
         use std::sync::atomic::Ordering::Relaxed;
         let config = &self.shared.config;
         let counters = &self.shared.counters;
+        if let Some(ticket) = s.conn.store_ticket.clone() {
+            if self.shared.store.stuck(&ticket, config.store_timeout) {
+                self.give_up_on_store(cx, s, &ticket);
+                return;
+            }
+        }
         if !s.conn.authenticated {
             if s.conn.state == State::Waiting {
                 // AUTH is being verified: let it finish, then look again.
@@ -464,7 +549,7 @@ impl Handler for RingHandler {
                     .fetch_add(killed, std::sync::atomic::Ordering::Relaxed);
                 let _ = reply.send(killed);
             }
-            Msg::Reply(_) | Msg::Auth(_) => {
+            Msg::Reply(..) | Msg::Auth(..) => {
                 debug_assert!(false, "a session's result was sent to a whole ring");
             }
         }

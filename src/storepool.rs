@@ -15,6 +15,34 @@ use crate::store::{Backend, Conn, StoreError};
 /// A store job: it gets the worker's connection, or the reason there is none right now.
 pub type StoreJob = Box<dyn FnOnce(Result<&mut dyn Conn, StoreError>) + Send + 'static>;
 
+/// What the ring knows about one store job it is waiting for, so that a store that stops
+/// answering (a paused or wedged PostgreSQL keeps its connections open, so no timeout of the
+/// client library fires) is noticed and the session answered without waiting for it.
+#[derive(Debug)]
+pub struct JobTicket {
+    /// When a worker took the job, in µs since the pool started; 0 while queued.
+    started_us: AtomicU64,
+    /// How long the job may legitimately run beyond the store timeout (SLEEP's own duration).
+    allowance: Duration,
+    /// Set by the ring when it gave up; a worker that has not started the job skips it.
+    abandoned: AtomicBool,
+    /// Set by the worker when the store call returned (the job may go on elsewhere, e.g. AUTH
+    /// continues on the compute pool, which is not the store's doing).
+    finished: AtomicBool,
+}
+
+impl JobTicket {
+    /// Marks the job as given up: a worker skips it if it has not started it yet.
+    pub fn abandon(&self) {
+        self.abandoned.store(true, Ordering::Release);
+    }
+}
+
+struct Queued {
+    job: StoreJob,
+    ticket: Arc<JobTicket>,
+}
+
 /// Store counters beyond the pool's.
 #[derive(Debug, Default)]
 pub struct StoreStats {
@@ -29,7 +57,12 @@ pub struct StoreStats {
 /// The pool handle; cheap to clone.
 #[derive(Clone)]
 pub struct StorePool {
-    sender: Sender<StoreJob>,
+    sender: Sender<Queued>,
+    /// Last time a worker started or finished a job, in µs since `epoch`.
+    progress_us: Arc<AtomicU64>,
+    /// Workers running a job now.
+    busy: Arc<AtomicU64>,
+    epoch: Instant,
     backend: Arc<dyn Backend>,
     pool: Arc<PoolStats>,
     store: Arc<StoreStats>,
@@ -43,7 +76,10 @@ impl StorePool {
     /// Starts `threads` workers over `backend` with a queue of `capacity` jobs.
     pub fn start(backend: Arc<dyn Backend>, threads: usize, capacity: usize) -> StorePool {
         let threads = threads.max(1);
-        let (sender, receiver) = bounded::<StoreJob>(capacity.max(1));
+        let (sender, receiver) = bounded::<Queued>(capacity.max(1));
+        let epoch = Instant::now();
+        let progress_us = Arc::new(AtomicU64::new(0));
+        let busy = Arc::new(AtomicU64::new(0));
         let pool = Arc::new(PoolStats::default());
         let store = Arc::new(StoreStats::default());
         let shutdown = Arc::new(AtomicBool::new(false));
@@ -54,16 +90,26 @@ impl StorePool {
                 let pool = pool.clone();
                 let store = store.clone();
                 let shutdown = shutdown.clone();
+                let progress = Progress {
+                    epoch,
+                    progress_us: progress_us.clone(),
+                    busy: busy.clone(),
+                };
                 std::thread::Builder::new()
                     .name(format!("store-{index}"))
                     .spawn(move || {
-                        run_worker(index, &*backend, &receiver, &pool, &store, &shutdown)
+                        run_worker(
+                            index, &*backend, &receiver, &pool, &store, &shutdown, &progress,
+                        )
                     })
                     .expect("spawn store worker")
             })
             .collect();
         StorePool {
             sender,
+            progress_us,
+            busy,
+            epoch,
             backend,
             pool,
             store,
@@ -74,20 +120,48 @@ impl StorePool {
         }
     }
 
-    /// Queues a job, or refuses it when the queue is full.
-    pub fn submit(&self, job: StoreJob) -> Result<(), Busy> {
+    /// Queues a job, or refuses it when the queue is full. `allowance` is how long the job may
+    /// run by design (SLEEP's duration), on top of the store timeout.
+    pub fn submit(&self, job: StoreJob, allowance: Duration) -> Result<Arc<JobTicket>, Busy> {
         if self.shutdown.load(Ordering::Acquire) {
             return Err(Busy);
         }
+        let ticket = Arc::new(JobTicket {
+            started_us: AtomicU64::new(0),
+            allowance,
+            abandoned: AtomicBool::new(false),
+            finished: AtomicBool::new(false),
+        });
         self.pool.depth.fetch_add(1, Ordering::AcqRel);
-        match self.sender.try_send(job) {
-            Ok(()) => Ok(()),
+        match self.sender.try_send(Queued {
+            job,
+            ticket: ticket.clone(),
+        }) {
+            Ok(()) => Ok(ticket),
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.pool.depth.fetch_sub(1, Ordering::AcqRel);
                 self.pool.rejected.fetch_add(1, Ordering::Relaxed);
                 Err(Busy)
             }
         }
+    }
+
+    /// Whether the store has stopped answering for this job: it has run longer than `timeout`
+    /// plus its allowance, or it is still queued while no worker has made progress for
+    /// `timeout` although some are busy (every worker stuck on the store).
+    pub fn stuck(&self, ticket: &JobTicket, timeout: Duration) -> bool {
+        if ticket.finished.load(Ordering::Acquire) {
+            return false;
+        }
+        let now_us = self.epoch.elapsed().as_micros() as u64;
+        let started = ticket.started_us.load(Ordering::Acquire);
+        if started != 0 {
+            return now_us.saturating_sub(started)
+                > (timeout + ticket.allowance).as_micros() as u64;
+        }
+        let progress = self.progress_us.load(Ordering::Acquire);
+        self.busy.load(Ordering::Acquire) > 0
+            && now_us.saturating_sub(progress) > timeout.as_micros() as u64
     }
 
     /// Records the outcome of a store call (jobs call this so INFO can show errors).
@@ -134,13 +208,28 @@ impl StorePool {
     }
 }
 
+/// Where workers report progress, for `StorePool::stuck`.
+struct Progress {
+    epoch: Instant,
+    progress_us: Arc<AtomicU64>,
+    busy: Arc<AtomicU64>,
+}
+
+impl Progress {
+    fn now_us(&self) -> u64 {
+        // Never 0, which means "not started" in a ticket.
+        (self.epoch.elapsed().as_micros() as u64).max(1)
+    }
+}
+
 fn run_worker(
     index: usize,
     backend: &dyn Backend,
-    receiver: &Receiver<StoreJob>,
+    receiver: &Receiver<Queued>,
     pool: &PoolStats,
     store: &StoreStats,
     shutdown: &AtomicBool,
+    progress: &Progress,
 ) {
     let mut conn: Option<Box<dyn Conn>> = None;
     let mut last_attempt: Option<Instant> = None;
@@ -148,8 +237,8 @@ fn run_worker(
     let mut failed_before = false;
     loop {
         // Queued jobs are finished before a shutdown takes effect.
-        let job = match receiver.recv_timeout(Duration::from_millis(100)) {
-            Ok(job) => job,
+        let Queued { job, ticket } = match receiver.recv_timeout(Duration::from_millis(100)) {
+            Ok(queued) => queued,
             Err(_) if shutdown.load(Ordering::Acquire) => return,
             Err(_) => continue,
         };
@@ -176,6 +265,16 @@ fn run_worker(
                 }
             }
         }
+        pool.depth.fetch_sub(1, Ordering::AcqRel);
+        if ticket.abandoned.load(Ordering::Acquire) {
+            // The session already answered "store unavailable" for this one.
+            continue;
+        }
+        let now = progress.now_us();
+        ticket.started_us.store(now, Ordering::Release);
+        progress.progress_us.store(now, Ordering::Release);
+        progress.busy.fetch_add(1, Ordering::AcqRel);
+        pool.running.fetch_add(1, Ordering::AcqRel);
         let started = Instant::now();
         let result =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match conn.as_mut() {
@@ -192,6 +291,11 @@ fn run_worker(
         pool.busy_us
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         pool.completed.fetch_add(1, Ordering::Relaxed);
-        pool.depth.fetch_sub(1, Ordering::AcqRel);
+        ticket.finished.store(true, Ordering::Release);
+        progress.busy.fetch_sub(1, Ordering::AcqRel);
+        pool.running.fetch_sub(1, Ordering::AcqRel);
+        progress
+            .progress_us
+            .store(progress.now_us(), Ordering::Release);
     }
 }

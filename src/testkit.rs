@@ -17,12 +17,11 @@ use crate::session::{Msg, RingHandler};
 use crate::store::{self, StoreSpec, UserRecord};
 use crate::storepool::StorePool;
 
-/// One server's shared state and the mailbox its sessions' results come back through.
+/// One server's shared state; each session gets a mailbox of its own (there is no ring, so
+/// ring-wide queries such as CLIENT LIST see no sessions).
 pub struct TestServer {
     /// The shared state, as a ring would see it.
     pub shared: Arc<Shared>,
-    sender: ringline_ring::Sender<Msg>,
-    receiver: std::sync::Mutex<Option<ringline_ring::Receiver<Msg>>>,
 }
 
 impl TestServer {
@@ -52,32 +51,22 @@ impl TestServer {
             .expect("create alice");
         let compute = ComputePool::start(1, args.compute_queue);
         let store_pool = StorePool::start(backend, 2, args.store_queue);
-        let (sender, receiver) = ringline_ring::mailbox::<Msg>().expect("mailbox");
         let shared = Arc::new(Shared::new(
             &args,
             compute,
             store_pool,
-            vec![sender.clone()],
+            Vec::new(),
             None,
             1,
             "127.0.0.1:6380".parse().expect("an address"),
         ));
-        TestServer {
-            shared,
-            sender,
-            receiver: std::sync::Mutex::new(Some(receiver)),
-        }
+        TestServer { shared }
     }
 
-    /// Opens the one session this server drives (a server has one mailbox, so one session).
+    /// Opens a new session.
     pub fn session(&self) -> Harness<RingHandler> {
-        let receiver = self
-            .receiver
-            .lock()
-            .expect("lock")
-            .take()
-            .expect("one session per TestServer");
-        let handler = RingHandler::new(self.shared.clone(), self.sender.clone());
+        let (sender, receiver) = ringline_ring::mailbox::<Msg>().expect("mailbox");
+        let handler = RingHandler::new(self.shared.clone(), sender);
         let peer: SocketAddr = "127.0.0.1:40000".parse().expect("an address");
         Harness::new(handler, receiver, Some(peer))
     }

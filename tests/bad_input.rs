@@ -505,10 +505,10 @@ fn running_out_of_descriptors_on_accept_is_survived() {
     assert_alive(&mut other);
 }
 
-/// `INFO <pool>`'s `<pool>_queue_depth`: jobs queued or running on the `store` or `compute` pool.
-fn pool_depth(conn: &mut redis::Connection, pool: &str) -> u64 {
+/// A field of `INFO <pool>` (`store` or `compute`), e.g. `queue_depth` or `jobs_running`.
+fn pool_field(conn: &mut redis::Connection, pool: &str, name: &str) -> u64 {
     let info: String = redis::cmd("INFO").arg(pool).query(conn).unwrap();
-    let field = format!("{pool}_queue_depth:");
+    let field = format!("{pool}_{name}:");
     info.lines()
         .find_map(|l| l.strip_prefix(field.as_str()))
         .unwrap_or_else(|| panic!("{field} in INFO {pool}"))
@@ -517,31 +517,25 @@ fn pool_depth(conn: &mut redis::Connection, pool: &str) -> u64 {
         .unwrap()
 }
 
-fn store_depth(conn: &mut redis::Connection) -> u64 {
-    pool_depth(conn, "store")
-}
-
-/// Waits until `pool` holds no job: a job's place is freed just after it sent its reply.
-fn wait_for_idle_pool(conn: &mut redis::Connection, pool: &str) {
+fn wait_for_field(conn: &mut redis::Connection, pool: &str, name: &str, value: u64) {
     let deadline = std::time::Instant::now() + CLOSE_TIMEOUT;
-    while pool_depth(conn, pool) > 0 {
+    while pool_field(conn, pool, name) != value {
         assert!(
             std::time::Instant::now() < deadline,
-            "the {pool} pool never idled"
+            "INFO {pool} never showed {name} = {value}"
         );
         std::thread::sleep(Duration::from_millis(5));
     }
 }
 
-fn wait_for_store_depth(conn: &mut redis::Connection, at_least: u64) {
-    let deadline = std::time::Instant::now() + CLOSE_TIMEOUT;
-    while store_depth(conn) < at_least {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the store pool never held {at_least} jobs"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+/// Waits until `pool` runs `n` jobs.
+fn wait_for_running(conn: &mut redis::Connection, pool: &str, n: u64) {
+    wait_for_field(conn, pool, "jobs_running", n);
+}
+
+/// Waits until `n` jobs wait in `pool`'s queue.
+fn wait_for_depth(conn: &mut redis::Connection, pool: &str, n: u64) {
+    wait_for_field(conn, pool, "queue_depth", n);
 }
 
 #[test]
@@ -549,6 +543,7 @@ fn full_pools_answer_busy_at_once() {
     let server = Server::builder()
         .flag("--store-threads", "1")
         .flag("--store-queue", "1")
+        .flag("--compute-threads", "1")
         .flag("--compute-queue", "1")
         .start();
     let mut other = server.client();
@@ -557,28 +552,12 @@ fn full_pools_answer_busy_at_once() {
     let mut third = server.raw_authed();
     let busy = Reply::Error("BUSY server overloaded, try again".into());
 
-    // One store worker, one queued job: a SLEEP runs, a GET waits, the next GET is refused.
-    // (An AUTH job may still count for a moment after its reply: wait for an idle pool.)
-    let deadline = std::time::Instant::now() + CLOSE_TIMEOUT;
-    while store_depth(&mut other) > 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the store pool never idled"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    // One store worker and room for one queued job: a SLEEP runs, a GET waits in the queue,
+    // the next store command is refused at once.
     first.send_cmd(&[b"SLEEP", b"1000"]);
-    wait_for_store_depth(&mut other, 1);
-    // Until the worker has taken the SLEEP off the queue, the GET itself may be refused.
-    loop {
-        second.send_cmd(&[b"GET", b"k"]);
-        match second.try_read_reply(Duration::from_millis(200)) {
-            Err(common::ReadEnd::TimedOut) => break, // queued behind the SLEEP
-            Ok(reply) if reply == busy => std::thread::sleep(Duration::from_millis(5)),
-            other => panic!("GET behind a SLEEP: {other:?}"),
-        }
-    }
-    wait_for_store_depth(&mut other, 2);
+    wait_for_running(&mut other, "store", 1);
+    second.send_cmd(&[b"GET", b"k"]);
+    wait_for_depth(&mut other, "store", 1);
     assert_eq!(third.cmd(&[b"GET", b"k"]), busy);
     assert_eq!(third.cmd(&[b"SET", b"k", b"v"]), busy);
     // Other pools and inline commands are unaffected.
@@ -590,51 +569,29 @@ fn full_pools_answer_busy_at_once() {
     assert_alive(&mut other);
     assert_eq!(first.read_reply(), Reply::ok());
     assert_eq!(second.read_reply(), Reply::Nil);
-    assert_eq!(
-        retry_busy(&mut third, &[b"GET", b"k"]),
-        Reply::Nil,
-        "room again"
-    );
+    assert_eq!(third.cmd(&[b"GET", b"k"]), Reply::Nil, "room again");
 
-    // The compute pool holds one job, running or queued: a long HASH fills it.
-    wait_for_idle_pool(&mut other, "compute");
+    // The same for the compute pool: a long HASH runs, a second one waits, a third is refused.
     first.send_cmd(&[b"HASH", b"300000", b"slow"]);
-    let deadline = std::time::Instant::now() + CLOSE_TIMEOUT;
-    loop {
-        match second.cmd(&[b"HASH", b"1", b"x"]) {
-            reply if reply == busy => break,
-            Reply::Bulk(_) => {
-                assert!(std::time::Instant::now() < deadline, "HASH never got BUSY");
-            }
-            reply => panic!("HASH with a full compute pool: {reply:?}"),
-        }
-    }
-    assert_eq!(second.cmd(&[b"PING"]), Reply::Simple("PONG".into()));
+    wait_for_running(&mut other, "compute", 1);
+    second.send_cmd(&[b"HASH", b"1", b"x"]);
+    wait_for_depth(&mut other, "compute", 1);
+    assert_eq!(third.cmd(&[b"HASH", b"1", b"x"]), busy);
+    assert_eq!(third.cmd(&[b"PING"]), Reply::Simple("PONG".into()));
     assert_alive(&mut other);
     assert_eq!(
         first.read_reply(),
         Reply::bulk(common::sha256_rounds(b"slow", 300_000))
     );
     assert_eq!(
-        retry_busy(&mut second, &[b"HASH", b"1", b"x"]),
+        second.read_reply(),
+        Reply::bulk(common::sha256_rounds(b"x", 1))
+    );
+    assert_eq!(
+        third.cmd(&[b"HASH", b"1", b"x"]),
         Reply::bulk(common::sha256_rounds(b"x", 1)),
         "room again"
     );
-}
-
-/// Sends `args` until the reply is not BUSY: a pool frees a job's place just after the job
-/// sent its reply, so a client that waited for that reply may still be refused for a moment.
-fn retry_busy(conn: &mut common::RawConn, args: &[&[u8]]) -> Reply {
-    let deadline = std::time::Instant::now() + CLOSE_TIMEOUT;
-    loop {
-        match conn.cmd(args) {
-            Reply::Error(e) if e.starts_with("BUSY") => {
-                assert!(std::time::Instant::now() < deadline, "BUSY for good");
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            reply => return reply,
-        }
-    }
 }
 
 #[test]

@@ -467,18 +467,21 @@ fn acknowledged_writes_survive_kill_9(backend: Backend) {
     );
 }
 
-/// `store_queue_depth` from `INFO store`: store jobs queued or running.
+/// Store jobs queued or running, from `INFO store` (`store_queue_depth` + `store_jobs_running`).
 fn store_depth(conn: &mut RawConn) -> u64 {
     let Reply::Bulk(info) = conn.cmd(&[b"INFO", b"store"]) else {
         panic!("INFO store is a bulk string")
     };
     let info = String::from_utf8(info).unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("store_queue_depth:"))
-        .unwrap_or_else(|| panic!("no store_queue_depth in\n{info}"))
-        .trim()
-        .parse()
-        .unwrap()
+    let field = |name: &str| -> u64 {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in\n{info}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    field("store_queue_depth:") + field("store_jobs_running:")
 }
 
 /// Polls until the store pool holds `wanted(depth)` jobs.
