@@ -1,0 +1,584 @@
+//! The embedded store: redb, one file `DIR/ringline.redb`.
+//!
+//! Reads run on the calling worker's thread, each in its own read transaction (redb is MVCC, so
+//! they never wait for a writer). Writes go to one committer thread that applies everything queued
+//! since its last commit in one write transaction and commits it with `Durability::Immediate`
+//! (group commit): one fsync covers every write of the batch, and each caller gets its answer
+//! only after that commit returned. A write that fails (INCR of a non-integer) writes nothing and
+//! does not disturb the others of its batch.
+//!
+//! Tables:
+//!
+//! | table | key | value |
+//! | --- | --- | --- |
+//! | `kv` | [`kv_key`]: owner length (u16, big-endian), owner, key | the value |
+//! | `users` | name | [`encode_user`]: disabled flag (one byte), argon2id PHC hash |
+//! | `meta` | `"schema_version"` | [`SCHEMA_VERSION`] |
+//!
+//! Architecture invariant: only the committer thread opens write transactions.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+use redb::{
+    Database, DatabaseError, Durability, ReadableDatabase, ReadableTable, TableDefinition,
+    WriteTransaction,
+};
+
+use super::{incremented, Backend, Conn, StoreError, UserRecord};
+
+/// The file inside the data directory.
+pub const FILE_NAME: &str = "ringline.redb";
+
+/// The layout this code reads and writes; stored in `meta` at creation.
+pub const SCHEMA_VERSION: u64 = 1;
+
+const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
+const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// Most writes one commit covers, so that one batch cannot grow without bound.
+const BATCH_JOBS_MAX: usize = 256;
+
+/// The embedded backend: the open database plus its committer thread.
+pub struct Embedded {
+    shared: Arc<Shared>,
+}
+
+/// What the backend and every connection share. Dropping the last `Arc` stops the committer
+/// thread and waits for it, so the file is closed (and may be reopened) once it is gone.
+struct Shared {
+    db: Arc<Database>,
+    path: PathBuf,
+    jobs: Option<Sender<Job>>,
+    committer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Closing the channel ends the committer's loop.
+        self.jobs = None;
+        let handle = self
+            .committer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Embedded {
+    /// Opens (creating if needed) `dir/ringline.redb` and its tables.
+    pub fn open(dir: &Path) -> Result<Embedded, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|error| {
+            StoreError::Other(format!(
+                "cannot create the data directory {}: {error}",
+                dir.display()
+            ))
+        })?;
+        let path = dir.join(FILE_NAME);
+        let db = Database::builder().create(&path).map_err(|error| match error {
+            DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
+                StoreError::Other(format!(
+                    "the data directory {} is in use by another ringline process (stop it, or pass another --data)",
+                    dir.display()
+                ))
+            }
+            other => StoreError::Other(format!("cannot open {}: {other}", path.display())),
+        })?;
+        create_tables(&db).map_err(|error| {
+            StoreError::Other(format!("cannot prepare {}: {error}", path.display()))
+        })??;
+        let db = Arc::new(db);
+        let (jobs, queue) = crossbeam_channel::unbounded::<Job>();
+        let committer_db = Arc::clone(&db);
+        let committer = std::thread::Builder::new()
+            .name("store-commit".into())
+            .spawn(move || run_committer(&committer_db, &queue))
+            .map_err(|error| {
+                StoreError::Other(format!("cannot start the store committer thread: {error}"))
+            })?;
+        Ok(Embedded {
+            shared: Arc::new(Shared {
+                db,
+                path,
+                jobs: Some(jobs),
+                committer: Mutex::new(Some(committer)),
+            }),
+        })
+    }
+}
+
+/// Creates the tables and the schema version on first open; refuses a file of a newer layout.
+fn create_tables(db: &Database) -> Result<Result<(), StoreError>, redb::Error> {
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate)?;
+    let version = {
+        txn.open_table(KV)?;
+        txn.open_table(USERS)?;
+        let mut meta = txn.open_table(META)?;
+        let stored = meta.get("schema_version")?.map(|guard| guard.value());
+        match stored {
+            Some(version) => version,
+            None => {
+                meta.insert("schema_version", SCHEMA_VERSION)?;
+                SCHEMA_VERSION
+            }
+        }
+    };
+    if version > SCHEMA_VERSION {
+        txn.abort()?;
+        return Ok(Err(StoreError::Other(format!(
+            "the embedded store has schema version {version}, newer than this ringline's {SCHEMA_VERSION}: upgrade ringline"
+        ))));
+    }
+    txn.commit()?;
+    Ok(Ok(()))
+}
+
+impl Backend for Embedded {
+    fn kind(&self) -> &'static str {
+        "embedded"
+    }
+
+    fn describe(&self) -> String {
+        format!("redb at {}", self.shared.path.display())
+    }
+
+    fn connect(&self) -> Result<Box<dyn Conn>, StoreError> {
+        Ok(Box::new(EmbeddedConn {
+            shared: Arc::clone(&self.shared),
+        }))
+    }
+}
+
+/// One worker's handle on the embedded store.
+struct EmbeddedConn {
+    shared: Arc<Shared>,
+}
+
+/// The key of `key` owned by `owner` in the `kv` table: the owner's length as a big-endian u16,
+/// the owner, then the key. The length prefix makes the encoding injective: no (owner, key) pair
+/// can produce another pair's bytes, whatever bytes either holds.
+pub fn kv_key(owner: &str, key: &[u8]) -> Result<Vec<u8>, StoreError> {
+    let owner_length = u16::try_from(owner.len())
+        .map_err(|_| StoreError::Other("user name longer than 65535 bytes".into()))?;
+    let mut encoded = Vec::with_capacity(2 + owner.len() + key.len());
+    encoded.extend_from_slice(&owner_length.to_be_bytes());
+    encoded.extend_from_slice(owner.as_bytes());
+    encoded.extend_from_slice(key);
+    Ok(encoded)
+}
+
+/// The inverse of [`kv_key`]: `(owner, key)`, or `None` for bytes it cannot have produced.
+pub fn split_kv_key(encoded: &[u8]) -> Option<(&str, &[u8])> {
+    let (length, rest) = encoded.split_first_chunk::<2>()?;
+    let owner_length = usize::from(u16::from_be_bytes(*length));
+    if rest.len() < owner_length {
+        return None;
+    }
+    let (owner, key) = rest.split_at(owner_length);
+    Some((std::str::from_utf8(owner).ok()?, key))
+}
+
+/// A user's row in the `users` table: one byte (1 = disabled), then the hash.
+pub fn encode_user(user: &UserRecord) -> Vec<u8> {
+    let mut encoded = Vec::with_capacity(1 + user.hash.len());
+    encoded.push(u8::from(user.disabled));
+    encoded.extend_from_slice(user.hash.as_bytes());
+    encoded
+}
+
+/// The inverse of [`encode_user`].
+pub fn decode_user(name: &str, encoded: &[u8]) -> Result<UserRecord, StoreError> {
+    let corrupt = || StoreError::Other(format!("corrupt user record for '{name}'"));
+    let (&flag, hash) = encoded.split_first().ok_or_else(corrupt)?;
+    let disabled = match flag {
+        0 => false,
+        1 => true,
+        _ => return Err(corrupt()),
+    };
+    let hash = std::str::from_utf8(hash).map_err(|_| corrupt())?;
+    Ok(UserRecord {
+        name: name.to_string(),
+        hash: hash.to_string(),
+        disabled,
+    })
+}
+
+fn storage_error(error: impl Into<redb::Error>) -> StoreError {
+    StoreError::Other(format!("embedded store: {}", error.into()))
+}
+
+impl EmbeddedConn {
+    /// Queues `op` for the committer and waits until its batch is durably committed.
+    fn write(&self, op: WriteOp) -> Result<Outcome, StoreError> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        let stopped = || StoreError::Other("the embedded store's committer thread stopped".into());
+        let jobs = self.shared.jobs.as_ref().ok_or_else(stopped)?;
+        jobs.send(Job { op, reply }).map_err(|_| stopped())?;
+        answer.recv().map_err(|_| stopped())?
+    }
+
+    /// Runs `read` on the `kv` table in a fresh read transaction.
+    fn read_kv<T>(
+        &self,
+        read: impl FnOnce(&redb::ReadOnlyTable<&'static [u8], &'static [u8]>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let txn = self.shared.db.begin_read().map_err(storage_error)?;
+        let table = txn.open_table(KV).map_err(storage_error)?;
+        read(&table)
+    }
+}
+
+impl Conn for EmbeddedConn {
+    fn get(&mut self, owner: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = kv_key(owner, key)?;
+        self.read_kv(|table| {
+            let value = table.get(key.as_slice()).map_err(storage_error)?;
+            Ok(value.map(|guard| guard.value().to_vec()))
+        })
+    }
+
+    fn mget(&mut self, owner: &str, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let keys = keys
+            .iter()
+            .map(|key| kv_key(owner, key))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.read_kv(|table| {
+            keys.iter()
+                .map(|key| {
+                    let value = table.get(key.as_slice()).map_err(storage_error)?;
+                    Ok(value.map(|guard| guard.value().to_vec()))
+                })
+                .collect()
+        })
+    }
+
+    fn set(&mut self, owner: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
+        let op = WriteOp::Set {
+            key: kv_key(owner, key)?,
+            value: value.to_vec(),
+        };
+        self.write(op).map(|_| ())
+    }
+
+    fn mset(&mut self, owner: &str, pairs: &[(&[u8], &[u8])]) -> Result<(), StoreError> {
+        if pairs.is_empty() {
+            return Ok(());
+        }
+        let pairs = pairs
+            .iter()
+            .map(|(key, value)| Ok((kv_key(owner, key)?, value.to_vec())))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        self.write(WriteOp::Mset { pairs }).map(|_| ())
+    }
+
+    fn del(&mut self, owner: &str, keys: &[&[u8]]) -> Result<i64, StoreError> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let keys = keys
+            .iter()
+            .map(|key| kv_key(owner, key))
+            .collect::<Result<Vec<_>, _>>()?;
+        match self.write(WriteOp::Del { keys })? {
+            Outcome::Count(removed) => Ok(removed),
+            other => unreachable!("del answered {other:?}"),
+        }
+    }
+
+    fn exists(&mut self, owner: &str, keys: &[&[u8]]) -> Result<i64, StoreError> {
+        let keys = keys
+            .iter()
+            .map(|key| kv_key(owner, key))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.read_kv(|table| {
+            let mut count = 0;
+            for key in &keys {
+                if table.get(key.as_slice()).map_err(storage_error)?.is_some() {
+                    count += 1;
+                }
+            }
+            Ok(count)
+        })
+    }
+
+    fn incr_by(&mut self, owner: &str, key: &[u8], delta: i64) -> Result<i64, StoreError> {
+        let op = WriteOp::IncrBy {
+            key: kv_key(owner, key)?,
+            delta,
+        };
+        match self.write(op)? {
+            Outcome::Integer(value) => Ok(value),
+            other => unreachable!("incr_by answered {other:?}"),
+        }
+    }
+
+    fn sleep(&mut self, ms: u64) -> Result<(), StoreError> {
+        std::thread::sleep(Duration::from_millis(ms));
+        Ok(())
+    }
+
+    fn user(&mut self, name: &str) -> Result<Option<UserRecord>, StoreError> {
+        let txn = self.shared.db.begin_read().map_err(storage_error)?;
+        let table = txn.open_table(USERS).map_err(storage_error)?;
+        let row = table.get(name).map_err(storage_error)?;
+        row.map(|guard| decode_user(name, guard.value()))
+            .transpose()
+    }
+
+    fn put_user(&mut self, user: &UserRecord) -> Result<(), StoreError> {
+        let op = WriteOp::PutUser {
+            name: user.name.clone(),
+            row: encode_user(user),
+        };
+        self.write(op).map(|_| ())
+    }
+
+    fn del_user(&mut self, name: &str) -> Result<bool, StoreError> {
+        match self.write(WriteOp::DelUser {
+            name: name.to_string(),
+        })? {
+            Outcome::Existed(existed) => Ok(existed),
+            other => unreachable!("del_user answered {other:?}"),
+        }
+    }
+
+    fn users(&mut self) -> Result<Vec<UserRecord>, StoreError> {
+        let txn = self.shared.db.begin_read().map_err(storage_error)?;
+        let table = txn.open_table(USERS).map_err(storage_error)?;
+        let mut users = Vec::new();
+        for row in table.iter().map_err(storage_error)? {
+            let (name, encoded) = row.map_err(storage_error)?;
+            users.push(decode_user(name.value(), encoded.value())?);
+        }
+        Ok(users)
+    }
+}
+
+/// One write, with its keys already encoded by [`kv_key`].
+#[derive(Debug)]
+enum WriteOp {
+    Set { key: Vec<u8>, value: Vec<u8> },
+    Mset { pairs: Vec<(Vec<u8>, Vec<u8>)> },
+    Del { keys: Vec<Vec<u8>> },
+    IncrBy { key: Vec<u8>, delta: i64 },
+    PutUser { name: String, row: Vec<u8> },
+    DelUser { name: String },
+}
+
+/// What a committed write answers.
+#[derive(Debug)]
+enum Outcome {
+    Done,
+    Count(i64),
+    Integer(i64),
+    Existed(bool),
+}
+
+/// A write queued for the committer, with where its answer goes.
+struct Job {
+    op: WriteOp,
+    reply: Sender<Result<Outcome, StoreError>>,
+}
+
+/// The committer thread: takes everything queued (up to [`BATCH_JOBS_MAX`]), commits it as one
+/// transaction, answers each job, repeats until every sender is gone.
+fn run_committer(db: &Database, queue: &Receiver<Job>) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        while batch.len() < BATCH_JOBS_MAX {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        commit_batch(db, batch);
+    }
+}
+
+/// Commits `batch` in one durable transaction and answers every job.
+///
+/// A job that fails with a storage error (a value too large for redb) is answered with its error
+/// and the batch is retried without it, so one bad write never takes the others down. A job that
+/// fails its own check (INCR of a non-integer) wrote nothing and is answered with its error.
+fn commit_batch(db: &Database, mut batch: Vec<Job>) {
+    loop {
+        let attempt = apply_batch(db, &batch);
+        match attempt {
+            Ok(outcomes) => {
+                for (job, outcome) in batch.into_iter().zip(outcomes) {
+                    let _ = job.reply.send(outcome);
+                }
+                return;
+            }
+            Err(BatchError::Job(index, error)) => {
+                let job = batch.remove(index);
+                let _ = job.reply.send(Err(error));
+                if batch.is_empty() {
+                    return;
+                }
+            }
+            Err(BatchError::Commit(error)) => {
+                tracing::error!(%error, jobs = batch.len(), "embedded store commit failed");
+                for job in batch {
+                    let _ = job.reply.send(Err(error.clone()));
+                }
+                return;
+            }
+        }
+    }
+}
+
+enum BatchError {
+    /// Job `index` failed inside the transaction; the transaction was abandoned.
+    Job(usize, StoreError),
+    /// The transaction as a whole could not begin or commit.
+    Commit(StoreError),
+}
+
+fn apply_batch(
+    db: &Database,
+    batch: &[Job],
+) -> Result<Vec<Result<Outcome, StoreError>>, BatchError> {
+    let mut txn = db
+        .begin_write()
+        .map_err(|error| BatchError::Commit(storage_error(error)))?;
+    txn.set_durability(Durability::Immediate)
+        .map_err(|error| BatchError::Commit(storage_error(error)))?;
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for (index, job) in batch.iter().enumerate() {
+        match apply(&txn, &job.op) {
+            Ok(outcome) => outcomes.push(outcome),
+            Err(error) => return Err(BatchError::Job(index, storage_error(error))),
+        }
+    }
+    txn.commit()
+        .map_err(|error| BatchError::Commit(storage_error(error)))?;
+    Ok(outcomes)
+}
+
+/// Applies one write inside `txn`. The outer error is a storage error (abandon the
+/// transaction); the inner one is the job's own answer (nothing written).
+fn apply(txn: &WriteTransaction, op: &WriteOp) -> Result<Result<Outcome, StoreError>, redb::Error> {
+    match op {
+        WriteOp::Set { key, value } => {
+            txn.open_table(KV)?
+                .insert(key.as_slice(), value.as_slice())?;
+            Ok(Ok(Outcome::Done))
+        }
+        WriteOp::Mset { pairs } => {
+            let mut table = txn.open_table(KV)?;
+            for (key, value) in pairs {
+                table.insert(key.as_slice(), value.as_slice())?;
+            }
+            Ok(Ok(Outcome::Done))
+        }
+        WriteOp::Del { keys } => {
+            let mut table = txn.open_table(KV)?;
+            let mut removed = 0;
+            for key in keys {
+                if table.remove(key.as_slice())?.is_some() {
+                    removed += 1;
+                }
+            }
+            Ok(Ok(Outcome::Count(removed)))
+        }
+        WriteOp::IncrBy { key, delta } => {
+            let mut table = txn.open_table(KV)?;
+            let next = {
+                let current = table.get(key.as_slice())?;
+                incremented(current.as_ref().map(|guard| guard.value()), *delta)
+            };
+            match next {
+                Ok(next) => {
+                    table.insert(key.as_slice(), next.to_string().as_bytes())?;
+                    Ok(Ok(Outcome::Integer(next)))
+                }
+                Err(error) => Ok(Err(error)),
+            }
+        }
+        WriteOp::PutUser { name, row } => {
+            txn.open_table(USERS)?
+                .insert(name.as_str(), row.as_slice())?;
+            Ok(Ok(Outcome::Done))
+        }
+        WriteOp::DelUser { name } => {
+            let existed = txn.open_table(USERS)?.remove(name.as_str())?.is_some();
+            Ok(Ok(Outcome::Existed(existed)))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kv_key_round_trips() {
+        for (owner, key) in [
+            ("alice", &b"k"[..]),
+            ("", b""),
+            ("bob", b"\0\r\n\xff"),
+            ("\u{e9}t\u{e9}", b"x"),
+        ] {
+            let encoded = kv_key(owner, key).unwrap();
+            assert_eq!(split_kv_key(&encoded), Some((owner, key)));
+        }
+    }
+
+    #[test]
+    fn kv_key_never_collides_across_owners() {
+        // Without the length prefix "ab"+"c" and "a"+"bc" would both be "abc".
+        let pairs: &[(&str, &[u8])] = &[
+            ("ab", b"c"),
+            ("a", b"bc"),
+            ("abc", b""),
+            ("", b"abc"),
+            ("a\0", b"bc"),
+            ("a", b"\0bc"),
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for (owner, key) in pairs {
+            assert!(
+                seen.insert(kv_key(owner, key).unwrap()),
+                "{owner:?} {key:?} collides"
+            );
+        }
+    }
+
+    #[test]
+    fn kv_key_refuses_an_owner_too_long_to_prefix() {
+        let owner = "x".repeat(65_536);
+        assert!(kv_key(&owner, b"k").is_err());
+        assert!(kv_key(&owner[..65_535], b"k").is_ok());
+    }
+
+    #[test]
+    fn split_kv_key_rejects_what_kv_key_cannot_produce() {
+        assert_eq!(split_kv_key(b""), None);
+        assert_eq!(split_kv_key(b"\0"), None);
+        assert_eq!(split_kv_key(b"\0\x05ab"), None);
+        assert_eq!(split_kv_key(b"\0\x01\xff"), None);
+    }
+
+    #[test]
+    fn user_rows_round_trip() {
+        for disabled in [false, true] {
+            let user = UserRecord {
+                name: "alice".into(),
+                hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+                disabled,
+            };
+            assert_eq!(decode_user("alice", &encode_user(&user)), Ok(user));
+        }
+        assert!(decode_user("x", b"").is_err());
+        assert!(decode_user("x", b"\x02h").is_err());
+    }
+}

@@ -1,0 +1,411 @@
+//! The store: where users and their key-values live.
+//!
+//! Two backends sit behind one pair of traits:
+//!
+//! - [`Backend`]: opened once at start-up by [`open`], shared by every store worker through an
+//!   `Arc`. It knows where the store is and hands out connections.
+//! - [`Conn`]: one store worker's connection. Every key-value call is scoped by `owner`, the
+//!   authenticated user name, so alice's `k` is not bob's `k`. Keys and values are arbitrary bytes.
+//!
+//! The backends:
+//!
+//! - embedded ([`embedded`]): redb, one file `DIR/ringline.redb`, the default so that
+//!   `ringline serve` works with nothing installed;
+//! - PostgreSQL ([`postgres`]): tokio-postgres behind blocking calls, each with a deadline; one
+//!   connection per [`Conn`], prepared statements, schema created and migrated by [`open`].
+//!
+//! Contract of every write (`set`, `mset`, `del`, `incr_by`, `put_user`, `del_user`): it returns
+//! `Ok` only after the store committed it durably (redb: a `Durability::Immediate` commit;
+//! PostgreSQL: a committed transaction under the server's default `synchronous_commit`), so a
+//! `+OK` the client saw survives `kill -9` of the server.
+//!
+//! Contract of an outage: when the store cannot be reached or does not answer (down, unreachable,
+//! hung), every call returns [`StoreError::Unavailable`] within about a second, and the same
+//! [`Conn`] works again by itself once the store is back (see [`postgres`] for how).
+
+use std::borrow::Cow;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub mod embedded;
+pub mod postgres;
+
+/// Why a store call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// The backend cannot be reached (PostgreSQL down, connection lost, reconnect refused).
+    /// The client's reply is `-ERR store unavailable`; the text says why, for logs.
+    Unavailable(String),
+    /// INCR/INCRBY on a value that is not a canonical decimal i64, as Redis words it.
+    NotInteger,
+    /// INCR/INCRBY whose result does not fit an i64, as Redis words it.
+    Overflow,
+    /// Anything else: a configuration error, a file that cannot be opened, a limit of the backend.
+    Other(String),
+}
+
+impl StoreError {
+    /// The error line for a RESP reply, without the leading `-` and the trailing CRLF.
+    ///
+    /// Internals (the text of `Unavailable` and `Other`) stay in the logs, not on the wire.
+    pub fn resp_message(&self) -> Cow<'static, str> {
+        match self {
+            StoreError::Unavailable(_) => Cow::Borrowed("ERR store unavailable"),
+            StoreError::NotInteger => Cow::Borrowed("ERR value is not an integer or out of range"),
+            StoreError::Overflow => Cow::Borrowed("ERR increment or decrement would overflow"),
+            StoreError::Other(_) => Cow::Borrowed("ERR store error"),
+        }
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreError::Unavailable(why) => write!(f, "store unavailable: {why}"),
+            StoreError::NotInteger => f.write_str("value is not an integer or out of range"),
+            StoreError::Overflow => f.write_str("increment or decrement would overflow"),
+            StoreError::Other(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// One user as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    /// The user name, the `owner` of that user's keys.
+    pub name: String,
+    /// The argon2id password hash, a PHC string (`$argon2id$v=19$...`).
+    pub hash: String,
+    /// A disabled user cannot authenticate.
+    pub disabled: bool,
+}
+
+/// Where the store lives.
+#[derive(Debug, Clone)]
+pub enum StoreSpec {
+    /// redb at `dir/ringline.redb`.
+    Embedded { dir: PathBuf },
+    /// PostgreSQL, as a `postgres://` URL or a libpq `key=value` string. May hold a password:
+    /// never log it; log [`Backend::describe`] instead.
+    Postgres { url: String },
+}
+
+impl StoreSpec {
+    /// Reads `--store`: absent or `embedded` means redb under `data_dir`; a `postgres://` or
+    /// `postgresql://` URL, or a libpq `key=value` string with `host=`, means PostgreSQL.
+    /// Anything else is an error naming the value (with any password masked).
+    pub fn parse(store: Option<&str>, data_dir: &Path) -> Result<StoreSpec, StoreError> {
+        let value = match store {
+            None => {
+                return Ok(StoreSpec::Embedded {
+                    dir: data_dir.to_path_buf(),
+                })
+            }
+            Some(value) => value.trim(),
+        };
+        if value == "embedded" {
+            return Ok(StoreSpec::Embedded {
+                dir: data_dir.to_path_buf(),
+            });
+        }
+        let is_url = value.starts_with("postgres://") || value.starts_with("postgresql://");
+        let is_key_value = value
+            .split_whitespace()
+            .any(|word| word.starts_with("host="));
+        if !is_url && !is_key_value {
+            return Err(StoreError::Other(format!(
+                "unknown store '{}': expected 'embedded', a postgres:// URL, or a libpq string such as 'host=/run/postgresql dbname=ringline'",
+                redact_password(value)
+            )));
+        }
+        if let Err(error) = value.parse::<tokio_postgres::Config>() {
+            return Err(StoreError::Other(format!(
+                "invalid PostgreSQL store '{}': {error}",
+                redact_password(value)
+            )));
+        }
+        Ok(StoreSpec::Postgres {
+            url: value.to_string(),
+        })
+    }
+}
+
+/// Opens the store once at start-up: creates the directory or the schema and migrates it.
+/// Running it twice changes nothing. The errors say what to do.
+pub fn open(spec: &StoreSpec) -> Result<Arc<dyn Backend>, StoreError> {
+    match spec {
+        StoreSpec::Embedded { dir } => Ok(Arc::new(embedded::Embedded::open(dir)?)),
+        StoreSpec::Postgres { url } => Ok(Arc::new(postgres::Postgres::open(url)?)),
+    }
+}
+
+/// An opened store, shared by every store worker.
+pub trait Backend: Send + Sync + 'static {
+    /// `"embedded"` or `"postgres"`.
+    fn kind(&self) -> &'static str;
+    /// Where the store is, for logs and INFO; never contains a password.
+    fn describe(&self) -> String;
+    /// A new connection, one per store worker thread. Fails within about a second with
+    /// [`StoreError::Unavailable`] when the store cannot be reached.
+    fn connect(&self) -> Result<Box<dyn Conn>, StoreError>;
+}
+
+/// One store worker's connection. Key-value calls are scoped by `owner`.
+pub trait Conn: Send {
+    /// The value of `key`, or `None`.
+    fn get(&mut self, owner: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+    /// The values of `keys`, in order, `None` for each missing one.
+    fn mget(&mut self, owner: &str, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StoreError>;
+    /// Sets `key` to `value`, committed durably.
+    fn set(&mut self, owner: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
+    /// Sets every pair in one transaction; of duplicate keys the later pair wins.
+    fn mset(&mut self, owner: &str, pairs: &[(&[u8], &[u8])]) -> Result<(), StoreError>;
+    /// Removes `keys`; returns how many existed (a key named twice counts once), as Redis.
+    fn del(&mut self, owner: &str, keys: &[&[u8]]) -> Result<i64, StoreError>;
+    /// How many of `keys` exist, counting repeats, as Redis.
+    fn exists(&mut self, owner: &str, keys: &[&[u8]]) -> Result<i64, StoreError>;
+    /// Adds `delta` to the integer at `key` (missing = 0) and returns the result, stored as its
+    /// decimal text. The value must be a canonical decimal i64 as Redis parses it
+    /// ([`parse_redis_i64`]) else [`StoreError::NotInteger`]; a result outside i64 is
+    /// [`StoreError::Overflow`]. Atomic under concurrent calls from other connections and processes.
+    fn incr_by(&mut self, owner: &str, key: &[u8], delta: i64) -> Result<i64, StoreError>;
+    /// A store call that takes `ms` (PostgreSQL: `pg_sleep`; embedded: a timed wait).
+    fn sleep(&mut self, ms: u64) -> Result<(), StoreError>;
+    /// The user named `name`, or `None`.
+    fn user(&mut self, name: &str) -> Result<Option<UserRecord>, StoreError>;
+    /// Inserts or replaces a user.
+    fn put_user(&mut self, user: &UserRecord) -> Result<(), StoreError>;
+    /// Removes a user; `true` if it existed. The user's keys stay.
+    fn del_user(&mut self, name: &str) -> Result<bool, StoreError>;
+    /// Every user, sorted by name (byte order).
+    fn users(&mut self) -> Result<Vec<UserRecord>, StoreError>;
+}
+
+/// Parses an integer the way Redis's `string2ll` does for INCR: canonical decimal only.
+///
+/// Accepted: `0`, or an optional `-` then a digit 1-9 then digits, fitting i64. Rejected: empty,
+/// spaces anywhere, a leading `+`, leading zeros (`01`, `-0`), anything longer than 20 bytes.
+/// Checked against redis-server 7: `"01"`, `"+1"`, `" 1"`, `"-0"`, `"9223372036854775808"` all
+/// answer "value is not an integer or out of range".
+pub fn parse_redis_i64(bytes: &[u8]) -> Option<i64> {
+    let (negative, digits) = match bytes {
+        [b'0'] => return Some(0),
+        [b'-', rest @ ..] => (true, rest),
+        rest => (false, rest),
+    };
+    match digits.first() {
+        Some(b'1'..=b'9') => {}
+        _ => return None,
+    }
+    if digits.len() > 19 {
+        return None;
+    }
+    // Accumulate as a negative number so that i64::MIN parses.
+    let mut value: i64 = 0;
+    for &digit in digits {
+        if !digit.is_ascii_digit() {
+            return None;
+        }
+        value = value
+            .checked_mul(10)?
+            .checked_sub(i64::from(digit - b'0'))?;
+    }
+    if negative {
+        Some(value)
+    } else {
+        value.checked_neg()
+    }
+}
+
+/// The INCRBY arithmetic shared by both backends: `current` is the stored value or `None`.
+pub(crate) fn incremented(current: Option<&[u8]>, delta: i64) -> Result<i64, StoreError> {
+    let base = match current {
+        None => 0,
+        Some(bytes) => parse_redis_i64(bytes).ok_or(StoreError::NotInteger)?,
+    };
+    base.checked_add(delta).ok_or(StoreError::Overflow)
+}
+
+/// Masks the password of a PostgreSQL URL (`user:secret@`) or libpq string (`password=secret`),
+/// for error messages and logs.
+pub fn redact_password(value: &str) -> String {
+    if let Some(scheme_end) = value.find("://") {
+        let rest = &value[scheme_end + 3..];
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        let authority = &rest[..authority_end];
+        if let Some(at) = authority.rfind('@') {
+            let userinfo = &authority[..at];
+            if let Some(colon) = userinfo.find(':') {
+                return format!(
+                    "{}{}:***{}",
+                    &value[..scheme_end + 3],
+                    &userinfo[..colon],
+                    &value[scheme_end + 3 + at..]
+                );
+            }
+        }
+        // A password can also ride in the query string.
+        if let Some(position) = value.find("password=") {
+            let end = value[position..]
+                .find('&')
+                .map_or(value.len(), |offset| position + offset);
+            return format!("{}password=***{}", &value[..position], &value[end..]);
+        }
+        return value.to_string();
+    }
+    value
+        .split_whitespace()
+        .map(|word| {
+            if word.starts_with("password=") {
+                "password=***"
+            } else {
+                word
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_defaults_to_embedded_in_the_data_dir() {
+        let dir = Path::new("some/dir");
+        for store in [None, Some("embedded"), Some(" embedded ")] {
+            match StoreSpec::parse(store, dir).unwrap() {
+                StoreSpec::Embedded { dir } => assert_eq!(dir, Path::new("some/dir")),
+                other => panic!("{store:?} gave {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn parse_recognises_postgres_urls_and_libpq_strings() {
+        for value in [
+            "postgres://user@localhost:5432/ringline",
+            "postgresql://user:secret@db.example/ringline",
+            "host=/tmp/sock port=5432 user=postgres dbname=ringline",
+            "dbname=ringline host=localhost",
+        ] {
+            match StoreSpec::parse(Some(value), Path::new("d")).unwrap() {
+                StoreSpec::Postgres { url } => assert_eq!(url, value),
+                other => panic!("{value} gave {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn parse_rejects_anything_else_naming_the_value() {
+        for value in ["", "redis://localhost", "mysql://x", "sqlite", "dbname=x"] {
+            let error = StoreSpec::parse(Some(value), Path::new("d")).unwrap_err();
+            let StoreError::Other(message) = error else {
+                panic!("{value}: {error:?}")
+            };
+            assert!(message.contains(&format!("'{value}'")), "{message}");
+        }
+    }
+
+    #[test]
+    fn parse_errors_never_show_a_password() {
+        let error = StoreSpec::parse(
+            Some("host=x port=notaport password=hunter2"),
+            Path::new("d"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(!error.contains("hunter2"), "{error}");
+        assert!(error.contains("password=***"), "{error}");
+    }
+
+    #[test]
+    fn redact_password_masks_every_form() {
+        assert_eq!(
+            redact_password("postgres://bob:hunter2@db:5432/x"),
+            "postgres://bob:***@db:5432/x"
+        );
+        assert_eq!(
+            redact_password("postgres://bob@db/x?password=hunter2&sslmode=disable"),
+            "postgres://bob@db/x?password=***&sslmode=disable"
+        );
+        assert_eq!(
+            redact_password("host=db password=hunter2 user=bob"),
+            "host=db password=*** user=bob"
+        );
+        assert_eq!(redact_password("postgres://db/x"), "postgres://db/x");
+    }
+
+    #[test]
+    fn parse_redis_i64_accepts_what_redis_accepts() {
+        let cases: &[(&[u8], Option<i64>)] = &[
+            (b"0", Some(0)),
+            (b"1", Some(1)),
+            (b"-1", Some(-1)),
+            (b"10", Some(10)),
+            (b"9223372036854775807", Some(i64::MAX)),
+            (b"-9223372036854775808", Some(i64::MIN)),
+            (b"9223372036854775808", None),
+            (b"-9223372036854775809", None),
+            (b"99999999999999999999", None),
+            (b"", None),
+            (b"-", None),
+            (b"+1", None),
+            (b" 1", None),
+            (b"1 ", None),
+            (b"01", None),
+            (b"00", None),
+            (b"-0", None),
+            (b"-01", None),
+            (b"1.0", None),
+            (b"1e3", None),
+            (b"0x10", None),
+            (b"1\n", None),
+            (b"\x001", None),
+            (b"000000000000000000001", None),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(
+                parse_redis_i64(input),
+                *expected,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+        }
+    }
+
+    #[test]
+    fn incremented_follows_redis() {
+        assert_eq!(incremented(None, 5), Ok(5));
+        assert_eq!(incremented(None, i64::MIN), Ok(i64::MIN));
+        assert_eq!(incremented(Some(b"41"), 1), Ok(42));
+        assert_eq!(incremented(Some(b"x"), 1), Err(StoreError::NotInteger));
+        assert_eq!(
+            incremented(Some(b"9223372036854775807"), 1),
+            Err(StoreError::Overflow)
+        );
+        assert_eq!(
+            incremented(Some(b"-9223372036854775808"), -1),
+            Err(StoreError::Overflow)
+        );
+    }
+
+    #[test]
+    fn resp_messages_match_redis_wording() {
+        assert_eq!(
+            StoreError::Unavailable("connection refused".into()).resp_message(),
+            "ERR store unavailable"
+        );
+        assert_eq!(
+            StoreError::NotInteger.resp_message(),
+            "ERR value is not an integer or out of range"
+        );
+        assert_eq!(
+            StoreError::Overflow.resp_message(),
+            "ERR increment or decrement would overflow"
+        );
+    }
+}
