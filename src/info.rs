@@ -48,11 +48,19 @@ fn write_section(shared: &Shared, section: &str, out: &mut String) {
     match section {
         "server" => {
             let uptime = shared.started.elapsed().as_secs();
+            let fell_back = shared
+                .rings
+                .iter()
+                .any(|r| r.recv_fallback.load(Ordering::Relaxed) != 0);
             let (kernel, accept, recv, flags) = match &shared.features {
                 Some(f) => (
                     f.kernel_release.clone(),
                     format!("{:?}", f.accept),
-                    format!("{:?}", f.recv),
+                    if fell_back {
+                        "PollThenRecv (the kernel refused the buffer ring)".to_string()
+                    } else {
+                        format!("{:?}", f.recv)
+                    },
                     setup_flags(f),
                 ),
                 None => (

@@ -163,7 +163,13 @@ pub type StartError = String;
 
 fn init_logging(args: &ServeArgs) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_new(&args.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    // The PostgreSQL client logs statement parameters (values, password hashes) at debug level:
+    // keep it at info whatever the operator asks for, so no secret reaches a log.
+    let directives = format!("{},tokio_postgres=info,postgres=info", args.log_level);
+    let filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| {
+        eprintln!("ringline: invalid --log-level '{}'; using info", args.log_level);
+        EnvFilter::new("info,tokio_postgres=info,postgres=info")
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -45,6 +45,8 @@ pub struct RingStats {
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     pub messages: AtomicU64,
+    /// 1 when this ring fell back to poll-then-recv because the kernel refused the buffer ring.
+    pub recv_fallback: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -175,6 +177,7 @@ impl<H: Handler> Ring<H> {
                         "the kernel refused the provided-buffer ring; falling back to poll-then-recv"
                     );
                     config.features.recv = RecvPath::PollThenRecv;
+                    config.stats.recv_fallback.store(1, Ordering::Relaxed);
                     None
                 }
             }

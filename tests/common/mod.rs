@@ -33,6 +33,15 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long SIGTERM may take before the harness SIGKILLs.
 const TERM_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// Extra `serve` flags for every server of the run, from `RINGLINE_TEST_FLAGS` (split on
+/// whitespace): `ci/test` runs the suite again under each kernel profile and on epoll this way.
+/// A test's own flags come after, so they win.
+pub fn profile_flags() -> Vec<String> {
+    std::env::var("RINGLINE_TEST_FLAGS")
+        .map(|v| v.split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
 fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_ringline")
 }
@@ -45,6 +54,7 @@ pub struct ServerBuilder {
     users: Vec<(String, String)>,
     data: Option<Arc<tempfile::TempDir>>,
     nofile: Option<u64>,
+    deny_io_uring: bool,
 }
 
 impl ServerBuilder {
@@ -52,6 +62,19 @@ impl ServerBuilder {
     /// execs it (the pid stays the server's).
     pub fn nofile_limit(mut self, limit: u64) -> Self {
         self.nofile = Some(limit);
+        self
+    }
+
+    /// Starts the server under a seccomp filter that makes io_uring_setup fail with EPERM, as
+    /// Docker's default profile does (`ringline deny-io-uring -- ringline serve ...`).
+    pub fn deny_io_uring(mut self) -> Self {
+        self.deny_io_uring = true;
+        self
+    }
+
+    /// Adds a switch (a flag without a value) to `ringline serve`.
+    pub fn switch(mut self, name: &str) -> Self {
+        self.flags.push(name.to_string());
         self
     }
 
@@ -156,6 +179,7 @@ impl Server {
             users: vec![(USER.to_string(), PASSWORD.to_string())],
             data: None,
             nofile: None,
+            deny_io_uring: false,
         }
     }
 
@@ -175,11 +199,17 @@ impl Server {
                     .arg(binary());
                 command
             }
+            None if self.builder.deny_io_uring => {
+                let mut command = Command::new(binary());
+                command.args(["deny-io-uring", "--", binary()]);
+                command
+            }
             None => Command::new(binary()),
         };
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(self.data_path())
+            .args(profile_flags())
             .args(&self.builder.flags)
             .env_remove("RINGLINE_STORE_URL")
             .stdin(Stdio::null())
@@ -735,24 +765,7 @@ pub fn assert_alive(conn: &mut redis::Connection) {
 }
 
 /// Raises this process's soft RLIMIT_NOFILE to its hard limit (children inherit it); returns
-/// the new soft limit.
+/// the new soft limit. The `unsafe` syscall lives in the ring crate, with the rest.
 pub fn raise_nofile_limit() -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes one rlimit into the struct we own; setrlimit only reads it.
-    // Neither touches other memory.
-    let ok = unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
-        }
-    };
-    assert!(
-        ok,
-        "raise RLIMIT_NOFILE: {}",
-        std::io::Error::last_os_error()
-    );
-    limit.rlim_cur
+    ringline_ring::raise_nofile_limit(u64::MAX).expect("raise RLIMIT_NOFILE")
 }
