@@ -30,6 +30,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Reads take up to this much at once; replies are scanned straight out of it.
 const READ_BUFFER_BYTES: usize = 256 * 1024;
+/// The loop wakes at least this often (to see [`Progress::stop`]).
+const HEARTBEAT_NS: u64 = 100_000_000;
 /// epoll data of the timer; connections use their index.
 const TIMER_TOKEN: u64 = u64::MAX;
 
@@ -88,14 +90,43 @@ impl Plan {
     }
 }
 
-/// Counters the main thread reads for the progress line.
-#[derive(Debug, Default)]
+/// Counters the main thread reads for the progress line and the stall check.
+#[derive(Debug)]
 pub struct Progress {
+    /// One slot per load thread, written only by that thread.
+    pub threads: Vec<ThreadProgress>,
+    /// Set by the main thread to stop sending (the server stopped answering).
+    pub stop: AtomicBool,
+}
+
+/// One load thread's counters.
+#[derive(Debug, Default)]
+pub struct ThreadProgress {
     /// Replies received, warm-up included.
     pub replies: AtomicU64,
     pub errors: AtomicU64,
-    /// Set by the main thread to stop sending early (Ctrl-C is not caught; this is for errors).
-    pub stop: AtomicBool,
+    /// Requests sent and not yet answered.
+    pub outstanding: AtomicU64,
+}
+
+impl Progress {
+    pub fn new(threads: usize) -> Progress {
+        Progress {
+            threads: (0..threads).map(|_| ThreadProgress::default()).collect(),
+            stop: AtomicBool::new(false),
+        }
+    }
+
+    /// (replies, errors, outstanding) over all threads.
+    pub fn totals(&self) -> (u64, u64, u64) {
+        self.threads.iter().fold((0, 0, 0), |(r, e, o), t| {
+            (
+                r + t.replies.load(Ordering::Relaxed),
+                e + t.errors.load(Ordering::Relaxed),
+                o + t.outstanding.load(Ordering::Relaxed),
+            )
+        })
+    }
 }
 
 /// What one thread brings back.
@@ -158,7 +189,8 @@ pub fn run_thread(
 
 struct Loop<'a> {
     plan: &'a Plan,
-    progress: &'a Progress,
+    progress: &'a ThreadProgress,
+    stop: &'a AtomicBool,
     epoll: rustix::fd::OwnedFd,
     timer: rustix::fd::OwnedFd,
     timer_armed_ns: u64,
@@ -244,7 +276,8 @@ impl<'a> Loop<'a> {
         let sending = connections.len();
         Ok(Loop {
             plan,
-            progress,
+            progress: &progress.threads[thread_index],
+            stop: &progress.stop,
             epoll,
             timer,
             timer_armed_ns: 0,
@@ -285,7 +318,7 @@ impl<'a> Loop<'a> {
         let mut events: Vec<epoll::Event> = Vec::with_capacity(1024);
         loop {
             let mut now = now_ns();
-            if self.progress.stop.load(Ordering::Relaxed) {
+            if self.stop.load(Ordering::Relaxed) {
                 self.stop_sending();
             }
             if matches!(self.plan.model, Model::Open { .. }) {
@@ -304,7 +337,12 @@ impl<'a> Loop<'a> {
                     break;
                 }
             }
-            let wake_ns = self.next_wake_ns(send_end_ns, drain_deadline_ns);
+            // Wake at least on a 100 ms grid, to notice `Progress::stop` even when nothing is
+            // due and the server has gone quiet (a grid, so the timer is re-armed rarely).
+            let heartbeat_ns = (now / HEARTBEAT_NS + 1) * HEARTBEAT_NS;
+            let wake_ns = self
+                .next_wake_ns(send_end_ns, drain_deadline_ns)
+                .min(heartbeat_ns);
             // Close to the next due request, poll instead of sleeping (`--spin`): a wake-up
             // from sleep can be tens of microseconds late, and that lateness is latency.
             let spin = wake_ns.saturating_sub(now) <= self.plan.spin_ns;
@@ -315,7 +353,7 @@ impl<'a> Loop<'a> {
                 })
             } else {
                 // With spinning, wake early and poll the rest of the way.
-                self.arm_timer(wake_ns - self.plan.spin_ns)?;
+                self.arm_timer(wake_ns - self.plan.spin_ns.min(wake_ns))?;
                 None
             };
             events.clear();
@@ -346,18 +384,27 @@ impl<'a> Loop<'a> {
                     self.on_readable(slot);
                 }
             }
-            self.progress.replies.store(self.replies, Ordering::Relaxed);
-            self.progress
-                .errors
-                .store(self.recorder.errors, Ordering::Relaxed);
+            self.publish_progress();
         }
         // Whatever is still outstanding was recorded work that never got its reply.
         for connection in &mut self.connections {
             self.unanswered += connection.inflight.iter().filter(|r| r.recorded).count() as u64;
             connection.inflight.clear();
         }
-        self.progress.replies.store(self.replies, Ordering::Relaxed);
+        self.outstanding = 0;
+        self.publish_progress();
         Ok(())
+    }
+
+    fn publish_progress(&self) {
+        let progress = self.progress;
+        progress.replies.store(self.replies, Ordering::Relaxed);
+        progress
+            .errors
+            .store(self.recorder.errors, Ordering::Relaxed);
+        progress
+            .outstanding
+            .store(self.outstanding as u64, Ordering::Relaxed);
     }
 
     /// When sending stops for every connection (the latest window end).

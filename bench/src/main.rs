@@ -146,6 +146,10 @@ struct Cli {
     #[arg(long, value_name = "MICROSECONDS", default_value_t = 0)]
     spin: u64,
 
+    /// Stop sending when no reply at all has arrived for this long (then drain and report).
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    stall_timeout: Duration,
+
     /// Seed for keys, command picks and Poisson arrivals (default: from the clock).
     #[arg(long)]
     seed: Option<u64>,
@@ -162,9 +166,6 @@ Examples:
       --mix 'GET=90,SET=10' --hgrm out.hgrm --json out.json --plot out.svg
   ringline-bench -t redis=127.0.0.1:6379 -t ringline=bench:pw@127.0.0.1:6380 \\
       --sweep connections=1,10,100,1000 --plot sweep.png";
-
-/// How long the main thread lets a run go without a single reply before it stops sending.
-const NO_PROGRESS_LIMIT: Duration = Duration::from_secs(30);
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -395,7 +396,7 @@ fn run_load(cli: &Cli, parameter: Option<SweepParameter>, value: Option<f64>) ->
     }
 }
 
-fn load_settings(cli: &Cli, load: RunLoad) -> LoadSettings {
+fn load_settings(cli: &Cli, target: &Target, load: RunLoad) -> LoadSettings {
     let (model, pipeline, rate, arrivals, max_inflight) = match load.model {
         Model::Closed { pipeline } => ("closed", Some(pipeline), None, None, None),
         Model::Open {
@@ -420,7 +421,7 @@ fn load_settings(cli: &Cli, load: RunLoad) -> LoadSettings {
         value_size: cli.value_size,
         idle: cli.idle,
         resp3: cli.resp3,
-        authenticated: cli.password.is_some(),
+        authenticated: target.password.is_some(),
     }
 }
 
@@ -487,7 +488,7 @@ fn run_target(
         spin_ns: cli.spin.saturating_mul(1000),
         seed: seed ^ fnv(&target.name),
     };
-    let progress = Progress::default();
+    let progress = Progress::new(load.threads);
     let cpu_before = process_cpu_seconds();
     let wall = Instant::now();
     let outputs: Vec<std::io::Result<ThreadOutput>> = std::thread::scope(|scope| {
@@ -572,7 +573,7 @@ fn run_target(
         address: target.address.clone(),
         started,
         server,
-        load: load_settings(cli, load),
+        load: load_settings(cli, target, load),
         sweep: match (parameter, value) {
             (Some(p), Some(v)) => Some(BTreeMap::from([(p.name().to_string(), v)])),
             _ => None,
@@ -634,15 +635,16 @@ fn watch(cli: &Cli, label: &str, plan: &Plan, progress: &Progress, finished: imp
     let (mut last_change, mut change_replies) = (Instant::now(), 0);
     while !finished() {
         std::thread::sleep(Duration::from_millis(50));
-        let replies = progress.replies.load(Ordering::Relaxed);
-        if replies != change_replies {
+        let (replies, errors, outstanding) = progress.totals();
+        // Stalled: requests wait and nothing comes back (a slow open loop may idle legitimately).
+        if replies != change_replies || outstanding == 0 {
             (last_change, change_replies) = (Instant::now(), replies);
-        } else if last_change.elapsed() > NO_PROGRESS_LIMIT
+        } else if last_change.elapsed() > cli.stall_timeout
             && !progress.stop.load(Ordering::Relaxed)
         {
             eprintln!(
-                "[{label}] no reply for {} s: stopping this run",
-                NO_PROGRESS_LIMIT.as_secs()
+                "[{label}] no reply for {:.1} s: stopping this run",
+                cli.stall_timeout.as_secs_f64()
             );
             progress.stop.store(true, Ordering::Relaxed);
         }
@@ -652,7 +654,7 @@ fn watch(cli: &Cli, label: &str, plan: &Plan, progress: &Progress, finished: imp
             let line = format!(
                 "[{label}] {:.0} s  {replies} replies  {rate:.0} req/s  {} errors",
                 started.elapsed().as_secs_f64(),
-                progress.errors.load(Ordering::Relaxed)
+                errors
             );
             if terminal {
                 eprint!("\r{line}\x1b[K");

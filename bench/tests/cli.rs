@@ -454,3 +454,58 @@ fn check_wrong_password_and_unreachable_targets_fail_clearly(server: &Server) {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("cannot connect"), "{stderr}");
 }
+
+/// A server that answers `INFO` and then never answers again: the run must still end, after
+/// `--stall-timeout` and `--drain`, and report what went unanswered.
+#[test]
+fn a_silent_server_ends_the_run_with_unanswered_requests() {
+    use std::io::{Read, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut buffer = [0u8; 4096];
+                while let Ok(read) = stream.read(&mut buffer) {
+                    if read == 0 {
+                        return;
+                    }
+                    if buffer[..read].windows(4).any(|w| w == b"INFO") {
+                        let _ = stream.write_all(b"$0\r\n\r\n");
+                    }
+                }
+            });
+        }
+    });
+    let dir =
+        std::env::temp_dir().join(format!("ringline-bench-test-{}-silent", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("summary.json");
+    let started = Instant::now();
+    let output = Command::new(env!("CARGO_BIN_EXE_ringline-bench"))
+        .args([
+            "--target",
+            &address,
+            "-c",
+            "2",
+            "--requests",
+            "100",
+            "--quiet",
+        ])
+        .args(["--stall-timeout", "500ms", "--drain", "300ms", "--json"])
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let summary: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let run = &summary["targets"][0];
+    assert_eq!(count(&run["requests"]), 0);
+    assert_eq!(count(&run["unanswered"]), 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
