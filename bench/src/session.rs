@@ -374,6 +374,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn connects_from_the_next_loopback_source_when_asked() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let mut sources = SourceAddresses::default();
+        assert_eq!(sources.source(), None);
+        assert!(sources.advance());
+        let _stream = connect_from(address, sources.source()).unwrap();
+        let (_, peer) = listener.accept().unwrap();
+        assert_eq!(peer.ip(), IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)));
+        sources.octet = 254;
+        assert!(!sources.advance());
+    }
+
+    #[test]
     fn parses_targets() {
         let t = Target::parse("redis=127.0.0.1:6379", None, None).unwrap();
         assert_eq!(
