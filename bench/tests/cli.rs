@@ -260,6 +260,7 @@ fn check_closed_loop_counts_every_request(server: &Server) {
     assert_eq!(run["load"]["model"], "closed");
     assert!(!summary["kernel"].as_str().unwrap().is_empty());
     assert!(!summary["date"].as_str().unwrap().is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -314,6 +315,7 @@ fn check_open_loop_sends_rate_times_duration(server: &Server) {
     assert!(text.starts_with("       Value     Percentile TotalCount 1/(1-Percentile)\n\n"));
     assert!(text.contains("Total count    =         2000]"), "{text}");
     assert!(dir.join("run.service.hgrm").is_file());
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -348,6 +350,7 @@ fn check_error_replies_are_counted_by_kind(server: &Server) {
     assert_eq!(count(&run["errors"]), failing);
     assert_eq!(count(&run["errors_by_kind"]["ERR"]), failing);
     assert_eq!(count(&run["commands"]["NOSUCHCOMMAND"]["errors"]), failing);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -400,6 +403,7 @@ fn check_idle_sessions_and_sweeps_and_charts(server: &Server) {
     assert!(output.status.success());
     let text = std::fs::read_to_string(&svg).unwrap();
     assert!(text.contains("<svg") && text.contains("Latency by percentile"));
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
