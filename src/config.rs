@@ -245,30 +245,10 @@ fn duration_text<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     }
 }
 
-/// Hides a password in a store URL (`postgres://u:secret@h/db`, `password=secret`).
+/// Hides a password in a store URL (`postgres://u:secret@h/db`, `...?password=secret`,
+/// `password=secret`): the store layer's masking, so `config check` and the logs agree.
 pub fn redact_store_url(url: &str) -> String {
-    let mut out = url.to_string();
-    if let Some(scheme_end) = out.find("://") {
-        let rest = &out[scheme_end + 3..];
-        if let Some(at) = rest.find('@') {
-            if let Some(colon) = rest[..at].find(':') {
-                let start = scheme_end + 3 + colon + 1;
-                let end = scheme_end + 3 + at;
-                out.replace_range(start..end, "***");
-            }
-        }
-    }
-    let words: Vec<String> = out
-        .split(' ')
-        .map(|w| {
-            if w.to_ascii_lowercase().starts_with("password=") {
-                "password=***".to_string()
-            } else {
-                w.to_string()
-            }
-        })
-        .collect();
-    words.join(" ")
+    crate::store::redact_password(url)
 }
 
 fn redacted_store<S: Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
@@ -284,9 +264,18 @@ fn redacted_store<S: Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S:
 pub fn config_file_flags(path: &std::path::Path) -> Result<Vec<String>, String> {
     let where_ = path.display();
     let text = std::fs::read_to_string(path).map_err(|e| format!("{where_}: cannot read: {e}"))?;
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| format!("{where_}: not valid TOML: {}", e.message()))?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let at = e
+            .span()
+            .map(|span| {
+                let before = &text[..span.start.min(text.len())];
+                let line = before.matches('\n').count() + 1;
+                let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                format!(" (line {line}, column {column})")
+            })
+            .unwrap_or_default();
+        format!("{where_}: not valid TOML{at}: {}", e.message())
+    })?;
     let command = Cli::command();
     let serve = command
         .find_subcommand("serve")
@@ -323,8 +312,8 @@ pub fn config_file_flags(path: &std::path::Path) -> Result<Vec<String>, String> 
                 "{where_}: key '{raw_key}' is a switch: give true or false"
             ));
         }
-        flags.push(format!("--{key}"));
-        flags.push(text);
+        // One `--key=value` word, so a value that starts with '-' (`-1`) stays a value.
+        flags.push(format!("--{key}={text}"));
     }
     Ok(flags)
 }
@@ -499,6 +488,16 @@ mod file_tests {
         assert!(parse_config_file(f.path())
             .unwrap_err()
             .contains("not valid TOML"));
+        // The line of a syntax error.
+        let f = write("rings = 2\nlisten = 127.0.0.1:1\n");
+        let e = parse_config_file(f.path()).unwrap_err();
+        assert!(e.contains("not valid TOML (line 2, column"), "{e}");
+        // A value that starts with '-' is still the key's value, not a flag of its own.
+        let f = write("max-sessions = -1\n");
+        let e = parse_config_file(f.path()).unwrap_err();
+        assert!(e.contains("--max-sessions") && e.contains("'-1'"), "{e}");
+        let f = write("log-level = \"-x\"\n");
+        assert_eq!(parse_config_file(f.path()).unwrap().log_level, "-x");
     }
 
     #[test]
@@ -512,5 +511,9 @@ mod file_tests {
             "host=/tmp password=*** dbname=x"
         );
         assert_eq!(redact_store_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(
+            redact_store_url("postgres://u@h/db?sslmode=disable&password=secret"),
+            "postgres://u@h/db?sslmode=disable&password=***"
+        );
     }
 }

@@ -128,7 +128,7 @@ const BUCKETS_S: [f64; 19] = [
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
-/// Non-cumulative bucket counts of an HDR histogram (µs) at `BUCKETS_S`, plus +Inf.
+/// Non-cumulative bucket counts of an HDR histogram (µs) at `BUCKETS_S`, plus +Inf (`f64::MAX`).
 fn buckets(h: &Histogram<u64>) -> Vec<(f64, u64)> {
     let mut out = Vec::with_capacity(BUCKETS_S.len() + 1);
     let mut below = 0u64;
@@ -142,7 +142,9 @@ fn buckets(h: &Histogram<u64>) -> Vec<(f64, u64)> {
         out.push((bound, cumulative - below));
         below = cumulative;
     }
-    out.push((f64::INFINITY, h.len() - below));
+    // prometheus-client writes the last bucket as `le="+Inf"` only for f64::MAX (INFINITY would
+    // come out as `le="inf"`, which OpenMetrics does not allow).
+    out.push((f64::MAX, h.len() - below));
     out
 }
 
@@ -492,7 +494,8 @@ mod tests {
         assert_eq!(b[0], (0.00001, 1));
         let half_ms = b.iter().position(|(bound, _)| *bound == 0.0005).unwrap();
         assert_eq!(b[half_ms].1, 1);
-        assert_eq!(b.last().unwrap().1, 1);
+        // The last bucket is the one prometheus-client writes as le="+Inf".
+        assert_eq!(*b.last().unwrap(), (f64::MAX, 1));
         assert_eq!(b.iter().map(|(_, n)| n).sum::<u64>(), 3);
     }
 

@@ -55,9 +55,17 @@ pub struct ServerBuilder {
     data: Option<Arc<tempfile::TempDir>>,
     nofile: Option<u64>,
     deny_io_uring: bool,
+    envs: Vec<(String, String)>,
 }
 
 impl ServerBuilder {
+    /// Sets an environment variable for `ringline serve` (after the harness clears
+    /// `RINGLINE_STORE_URL`, so this can set it).
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.envs.push((name.to_string(), value.to_string()));
+        self
+    }
+
     /// Starts the server with this RLIMIT_NOFILE (soft and hard), through `prlimit(1)`, which
     /// execs it (the pid stays the server's).
     pub fn nofile_limit(mut self, limit: u64) -> Self {
@@ -123,6 +131,7 @@ impl ServerBuilder {
             addr: "127.0.0.1:0".parse().unwrap(),
             builder: self,
             log: Arc::new(Mutex::new(Vec::new())),
+            stdout: Arc::new(Mutex::new(Vec::new())),
             data,
         };
         server.spawn();
@@ -167,6 +176,8 @@ pub struct Server {
     pub addr: SocketAddr,
     builder: ServerBuilder,
     log: Arc<Mutex<Vec<u8>>>,
+    /// Every line the server printed on stdout.
+    stdout: Arc<Mutex<Vec<String>>>,
     data: Arc<tempfile::TempDir>,
 }
 
@@ -180,6 +191,7 @@ impl Server {
             data: None,
             nofile: None,
             deny_io_uring: false,
+            envs: Vec::new(),
         }
     }
 
@@ -212,6 +224,7 @@ impl Server {
             .args(profile_flags())
             .args(&self.builder.flags)
             .env_remove("RINGLINE_STORE_URL")
+            .envs(self.builder.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -239,10 +252,15 @@ impl Server {
             }
         });
         let (tx, rx) = mpsc::channel();
+        let printed = self.stdout.clone();
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
+                printed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(line.clone());
                 if let Some(addr) = line.strip_prefix("ringline listening on ") {
                     if !sent {
                         let _ = tx.send(addr.trim().to_string());
@@ -289,6 +307,30 @@ impl Server {
     pub fn log(&self) -> String {
         let log = self.log.lock().unwrap_or_else(|p| p.into_inner());
         String::from_utf8_lossy(&log).into_owned()
+    }
+
+    /// Every line the server printed on stdout so far (lines printed before the listening line
+    /// are all there once [`ServerBuilder::start`] returns).
+    pub fn stdout(&self) -> Vec<String> {
+        self.stdout
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Where `--metrics-addr` serves, from the latest `metrics on http://ADDR/metrics` line
+    /// (printed before the listening line); panics if the server printed none.
+    pub fn metrics_addr(&self) -> SocketAddr {
+        self.stdout()
+            .iter()
+            .rev()
+            .find_map(|line| {
+                line.strip_prefix("metrics on http://")?
+                    .strip_suffix("/metrics")?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no 'metrics on' line; stdout: {:?}", self.stdout()))
     }
 
     /// The server's resident memory in KiB (`VmRSS` of /proc/PID/status).
