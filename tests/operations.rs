@@ -1248,6 +1248,41 @@ fn idle_timeout_closes_an_idle_session_but_not_a_busy_one() {
     assert_eq!(stats["idle_timeouts"], "2");
 }
 
+/// A session whose one command runs longer than `--idle-timeout` is busy, not idle: it must
+/// survive the command, its idle clock must restart when the reply goes out, and once it is
+/// quiet the idle timeout must still close it.
+///
+/// Found by this test: the session's deadline, re-armed after the reply at `last_active +
+/// idle_timeout` (already in the past, since `last_active` is the command's parse time), went
+/// into the ring's timer wheel clamped to the wheel's next tick while the session kept the
+/// unclamped tick, so the entry was dropped as stale when it came due and the session was never
+/// closed for idleness again.
+#[test]
+fn a_command_longer_than_the_idle_timeout_keeps_its_session_until_it_is_quiet() {
+    let server = Server::builder().flag("--idle-timeout", "1s").start();
+    let mut busy = server.raw_authed();
+    // Twice the idle timeout on the store pool.
+    assert_eq!(busy.cmd(&[b"SLEEP", b"2000"]), Reply::ok());
+    // Well inside the idle timeout counted from the reply.
+    std::thread::sleep(Duration::from_millis(300));
+    busy.send_cmd(&[b"PING"]);
+    assert_eq!(
+        busy.try_read_reply(REPLY_TIMEOUT),
+        Ok(Reply::Simple("PONG".into())),
+        "a session was closed 300 ms after the reply to its long command"
+    );
+
+    let quiet_since = Instant::now();
+    assert!(
+        busy.closes_within(Duration::from_secs(10)),
+        "a session quiet for 10 s after a command longer than --idle-timeout was never closed"
+    );
+    assert!(quiet_since.elapsed() >= Duration::from_millis(950));
+    let mut control = server.raw_authed();
+    let stats = info_fields(&info(&mut control, "stats"));
+    assert_eq!(stats["idle_timeouts"], "1");
+}
+
 /// Authenticated raw sessions with their `CLIENT ID` and ring, opened one at a time (INFO rings
 /// from `control` tells which ring each landed on) until every ring holds at least `per_ring`.
 fn sessions_on_every_ring(
