@@ -314,6 +314,9 @@ impl RingHandler {
     ) {
         ticket.abandon();
         s.conn.store_ticket = None;
+        // A reply is activity too: a command that ran longer than the idle timeout must not
+        // leave its session looking idle the moment it answers.
+        s.conn.last_active = cx.now;
         let (command, started) = s.conn.pending.take().unwrap_or(("unknown", cx.now));
         s.conn.state = if s.conn.authenticated {
             State::Ready
@@ -429,6 +432,9 @@ impl Handler for RingHandler {
             return;
         }
         s.conn.store_ticket = None;
+        // A reply is activity too: a command that ran longer than the idle timeout must not
+        // leave its session looking idle the moment it answers.
+        s.conn.last_active = cx.now;
         let (command, started) = s.conn.pending.take().unwrap_or(("unknown", cx.now));
         s.conn.state = if s.conn.authenticated {
             State::Ready

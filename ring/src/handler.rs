@@ -242,11 +242,12 @@ impl SlotIo {
             self.deadline_dirty = false;
             match self.deadline {
                 Some(at) => {
-                    self.deadline_tick = tick(at) + 1;
-                    wheel.insert(Entry {
+                    // The wheel may move a deadline already in the past to its next tick; the
+                    // entry is recognised later by the tick it really has.
+                    self.deadline_tick = wheel.insert(Entry {
                         slot,
                         generation: self.generation,
-                        tick: self.deadline_tick,
+                        tick: tick(at) + 1,
                     });
                 }
                 None => self.deadline_tick = 0,
@@ -284,8 +285,7 @@ impl SlotIo {
                 true
             }
             Some(_) => {
-                self.deadline_tick = now_tick + 1;
-                wheel.insert(Entry {
+                self.deadline_tick = wheel.insert(Entry {
                     tick: now_tick + 1,
                     ..entry
                 });

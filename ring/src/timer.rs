@@ -36,13 +36,15 @@ impl TimerWheel {
         }
     }
 
-    /// Arms an entry. A tick in the past fires on the next advance.
-    pub fn insert(&mut self, mut entry: Entry) {
+    /// Arms an entry and returns the tick it will fire at: a tick in the past is moved to the
+    /// next advance, and the caller must remember the returned tick, not the one it asked for.
+    pub fn insert(&mut self, mut entry: Entry) -> u64 {
         if entry.tick < self.next_tick {
             entry.tick = self.next_tick;
         }
         self.buckets[(entry.tick & self.mask) as usize].push(entry);
         self.armed += 1;
+        entry.tick
     }
 
     /// Entries (possibly stale) still in the wheel.
@@ -133,7 +135,11 @@ mod tests {
     #[test]
     fn past_deadline_fires_on_next_advance() {
         let mut wheel = TimerWheel::new(4, 10);
-        wheel.insert(entry(1, 3));
+        assert_eq!(
+            wheel.insert(entry(1, 3)),
+            10,
+            "moved to the next tick, and says so"
+        );
         let mut due = Vec::new();
         wheel.advance(10, &mut due);
         assert_eq!(due.len(), 1);
