@@ -167,7 +167,10 @@ fn init_logging(args: &ServeArgs) {
     // keep it at info whatever the operator asks for, so no secret reaches a log.
     let directives = format!("{},tokio_postgres=info,postgres=info", args.log_level);
     let filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| {
-        eprintln!("ringline: invalid --log-level '{}'; using info", args.log_level);
+        eprintln!(
+            "ringline: invalid --log-level '{}'; using info",
+            args.log_level
+        );
         EnvFilter::new("info,tokio_postgres=info,postgres=info")
     });
     let builder = tracing_subscriber::fmt()
@@ -429,6 +432,7 @@ fn epoll_features() -> Features {
         ext_arg: false,
         nodrop: false,
         opcodes: Vec::new(),
+        poll_wait: false,
         accept: AcceptPath::SingleShot,
         recv: RecvPath::PollThenRecv,
     }

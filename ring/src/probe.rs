@@ -30,11 +30,16 @@ pub struct Disable {
     pub coop_taskrun: bool,
     /// Wait with a timeout op instead of `IORING_FEAT_EXT_ARG`.
     pub ext_arg: bool,
+    /// Never block inside `io_uring_enter`: submit without waiting, then block in `poll(2)` on
+    /// the ring's fd. For tools that cannot follow a blocking `io_uring_enter` (valgrind 3.19
+    /// holds its thread lock across it and deadlocks); implies no DEFER_TASKRUN, whose
+    /// completions only appear inside `io_uring_enter`.
+    pub enter_wait: bool,
 }
 
 impl Disable {
     /// The names accepted by [`Disable::parse_list`].
-    pub const NAMES: [&'static str; 7] = [
+    pub const NAMES: [&'static str; 8] = [
         "multishot-accept",
         "multishot-recv",
         "buf-ring",
@@ -42,6 +47,7 @@ impl Disable {
         "defer-taskrun",
         "coop-taskrun",
         "ext-arg",
+        "enter-wait",
     ];
 
     /// Parses a comma-separated list such as `multishot-recv,buf-ring`.
@@ -56,6 +62,7 @@ impl Disable {
                 "defer-taskrun" => disable.defer_taskrun = true,
                 "coop-taskrun" => disable.coop_taskrun = true,
                 "ext-arg" => disable.ext_arg = true,
+                "enter-wait" => disable.enter_wait = true,
                 other => {
                     return Err(format!(
                         "unknown fast path '{other}' (known: {})",
@@ -100,6 +107,7 @@ impl Disable {
             defer_taskrun: self.defer_taskrun || other.defer_taskrun,
             coop_taskrun: self.coop_taskrun || other.coop_taskrun,
             ext_arg: self.ext_arg || other.ext_arg,
+            enter_wait: self.enter_wait || other.enter_wait,
         }
     }
 }
@@ -137,6 +145,9 @@ pub struct Features {
     pub coop_taskrun: bool,
     /// `IORING_FEAT_EXT_ARG` (5.11).
     pub ext_arg: bool,
+    /// Block in `poll(2)` on the ring fd instead of inside `io_uring_enter` (see
+    /// [`Disable::enter_wait`]).
+    pub poll_wait: bool,
     /// `IORING_FEAT_NODROP` (5.5): the kernel buffers overflowing completions instead of dropping.
     pub nodrop: bool,
     /// Opcodes the kernel reports in `IORING_REGISTER_PROBE`.
@@ -218,6 +229,7 @@ pub fn probe(disable: Disable) -> Result<Features, Unavailable> {
         .is_ok();
     let defer_taskrun = single_issuer
         && !disable.defer_taskrun
+        && !disable.enter_wait
         && try_setup(|b| {
             b.setup_single_issuer().setup_defer_taskrun();
         })
@@ -258,6 +270,7 @@ pub fn probe(disable: Disable) -> Result<Features, Unavailable> {
         defer_taskrun,
         coop_taskrun,
         ext_arg,
+        poll_wait: disable.enter_wait,
         nodrop,
         opcodes,
         accept: if multishot_accept {

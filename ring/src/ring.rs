@@ -443,7 +443,9 @@ impl<H: Handler> Ring<H> {
             .submissions
             .fetch_add(self.uring.submission().len() as u64, Ordering::Relaxed);
         bump(&self.stats.enters);
-        let result = if want == 1 && timeout && self.config.features.ext_arg {
+        let result = if self.config.features.poll_wait {
+            self.submit_then_poll(want == 1, timeout)
+        } else if want == 1 && timeout && self.config.features.ext_arg {
             let args = types::SubmitArgs::new().timespec(&self.timeout_spec);
             self.uring.submitter().submit_with_args(1, &args)
         } else {
@@ -461,6 +463,30 @@ impl<H: Handler> Ring<H> {
                 _ => Err(e),
             },
         }
+    }
+
+    /// The `enter-wait` fallback: submit without waiting, then block in `poll(2)` on the ring
+    /// fd, which is readable once a completion is posted.
+    fn submit_then_poll(&mut self, block: bool, timeout: bool) -> io::Result<usize> {
+        let submitted = self.uring.submitter().submit()?;
+        if !block || !self.uring.completion().is_empty() {
+            return Ok(submitted);
+        }
+        let mut pollfd = libc::pollfd {
+            fd: self.uring.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let timeout_ms = if timeout {
+            self.config.tick.as_millis().max(1) as i32
+        } else {
+            -1
+        };
+        // SAFETY: poll reads and writes one pollfd we own for the duration of the call.
+        if unsafe { libc::poll(&mut pollfd, 1, timeout_ms) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(submitted)
     }
 
     fn reap(&mut self) {
