@@ -42,10 +42,36 @@ pub fn random_password() -> String {
         .collect()
 }
 
-/// Remembers credentials that verified, so repeats skip argon2id. Bounded: when full it is
-/// cleared, which costs a few extra verifications and never correctness.
+/// The result of one argon2id verification, shared by everyone who asked for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The password matches.
+    Valid,
+    /// It does not.
+    Invalid,
+    /// The compute pool was full; nobody verified.
+    Busy,
+}
+
+/// Called with the verdict of a verification this caller joined.
+pub type Waiter = Box<dyn FnOnce(Verdict) + Send>;
+
+/// Whether a caller must run the verification itself.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Joined {
+    /// Nobody was verifying this triple: the caller runs argon2id, then calls `finish`.
+    Leader,
+    /// Someone already is: the caller's waiter gets their verdict.
+    Follower,
+}
+
+/// Remembers credentials that verified, so repeats skip argon2id, and coalesces concurrent
+/// verifications of the same credentials into one (a reconnect storm of one user costs one
+/// argon2id run, not one per connection). Bounded: when full it is cleared, which costs a few
+/// extra verifications and never correctness.
 pub struct VerifiedCache {
     entries: Mutex<HashSet<[u8; 32]>>,
+    in_flight: Mutex<HashMap<[u8; 32], Vec<Waiter>>>,
     capacity: usize,
 }
 
@@ -54,6 +80,7 @@ impl VerifiedCache {
     pub fn new(capacity: usize) -> VerifiedCache {
         VerifiedCache {
             entries: Mutex::new(HashSet::new()),
+            in_flight: Mutex::new(HashMap::new()),
             capacity: capacity.max(1),
         }
     }
@@ -82,6 +109,41 @@ impl VerifiedCache {
             entries.clear();
         }
         entries.insert(key);
+    }
+
+    /// Joins the verification of (user, password, stored hash): `waiter` gets the verdict once
+    /// it is known. The first caller is the `Leader` and must verify and call [`Self::finish`].
+    pub fn join(&self, user: &str, password: &[u8], phc: &str, waiter: Waiter) -> Joined {
+        let key = Self::key(user, password, phc);
+        let mut in_flight = self.in_flight.lock().expect("cache lock");
+        match in_flight.get_mut(&key) {
+            Some(waiters) => {
+                waiters.push(waiter);
+                Joined::Follower
+            }
+            None => {
+                in_flight.insert(key, vec![waiter]);
+                Joined::Leader
+            }
+        }
+    }
+
+    /// Ends a verification started by a `Leader`: remembers a valid one, and hands the verdict
+    /// to every waiter that joined it.
+    pub fn finish(&self, user: &str, password: &[u8], phc: &str, verdict: Verdict) {
+        if verdict == Verdict::Valid {
+            self.insert(user, password, phc);
+        }
+        let key = Self::key(user, password, phc);
+        let waiters = self
+            .in_flight
+            .lock()
+            .expect("cache lock")
+            .remove(&key)
+            .unwrap_or_default();
+        for waiter in waiters {
+            waiter(verdict);
+        }
     }
 
     /// Entries held now.
@@ -204,6 +266,36 @@ mod tests {
         cache.insert("b", b"1", "x");
         cache.insert("c", b"1", "x"); // over capacity: cleared, then inserted
         assert_eq!(cache.len(), 1);
+    }
+
+    #[test]
+    fn concurrent_verifications_of_one_triple_are_coalesced() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let cache = VerifiedCache::new(10);
+        let got = Arc::new(AtomicUsize::new(0));
+        let waiter = |got: &Arc<AtomicUsize>| -> Waiter {
+            let got = got.clone();
+            Box::new(move |v| {
+                assert_eq!(v, Verdict::Valid);
+                got.fetch_add(1, Ordering::SeqCst);
+            })
+        };
+        assert_eq!(cache.join("a", b"pw", "$h", waiter(&got)), Joined::Leader);
+        assert_eq!(cache.join("a", b"pw", "$h", waiter(&got)), Joined::Follower);
+        assert_eq!(cache.join("a", b"pw", "$h", waiter(&got)), Joined::Follower);
+        assert_eq!(
+            cache.join("a", b"other", "$h", Box::new(|_| {})),
+            Joined::Leader,
+            "another password is another verification"
+        );
+        cache.finish("a", b"pw", "$h", Verdict::Valid);
+        assert_eq!(got.load(Ordering::SeqCst), 3);
+        assert!(cache.contains("a", b"pw", "$h"));
+        assert_eq!(
+            cache.join("a", b"pw", "$h", Box::new(|_| {})),
+            Joined::Leader
+        );
     }
 
     #[test]

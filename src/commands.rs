@@ -839,20 +839,50 @@ fn start_auth(
             replier.auth(AuthOutcome::Verified { user, then });
             return;
         }
+        if !usable {
+            // Unknown or disabled: the same argon2id cost as a real check, then no.
+            let verify_replier = replier.clone();
+            let verify = Box::new(move || {
+                let _ = auth::verify_password(&password, &hash);
+                verify_replier.auth(AuthOutcome::WrongPass);
+            });
+            if shared.compute.submit(verify).is_err() {
+                replier.auth(AuthOutcome::Failed(BUSY.to_vec()));
+            }
+            return;
+        }
+        // Every session asking with the same credentials at once shares one verification.
+        let waiter_user = user.clone();
+        let waiter: auth::Waiter = Box::new(move |verdict| {
+            replier.auth(match verdict {
+                auth::Verdict::Valid => AuthOutcome::Verified {
+                    user: waiter_user,
+                    then,
+                },
+                auth::Verdict::Invalid => AuthOutcome::WrongPass,
+                auth::Verdict::Busy => AuthOutcome::Failed(BUSY.to_vec()),
+            })
+        });
+        if shared.auth_cache.join(&user, &password, &hash, waiter) == auth::Joined::Follower {
+            return;
+        }
         let verify_shared = shared.clone();
-        let verify_replier = replier.clone();
+        let (verify_user, verify_password, verify_hash) =
+            (user.clone(), password.clone(), hash.clone());
         let verify = Box::new(move || {
-            let ok = auth::verify_password(&password, &hash) && usable;
-            let outcome = if ok {
-                verify_shared.auth_cache.insert(&user, &password, &hash);
-                AuthOutcome::Verified { user, then }
+            let verdict = if auth::verify_password(&verify_password, &verify_hash) {
+                auth::Verdict::Valid
             } else {
-                AuthOutcome::WrongPass
+                auth::Verdict::Invalid
             };
-            verify_replier.auth(outcome);
+            verify_shared
+                .auth_cache
+                .finish(&verify_user, &verify_password, &verify_hash, verdict);
         });
         if shared.compute.submit(verify).is_err() {
-            replier.auth(AuthOutcome::Failed(BUSY.to_vec()));
+            shared
+                .auth_cache
+                .finish(&user, &password, &hash, auth::Verdict::Busy);
         }
     });
     offload_store(h, cx, s, "auth", job, Duration::ZERO);
