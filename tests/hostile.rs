@@ -1,0 +1,1086 @@
+//! Hostile clients over real TCP (issue 8, items 3-5): floods of connections, slowloris before
+//! and after AUTH, password guessing. In each, authenticated sessions ("chatter") keep issuing
+//! commands and checking every reply while the attack runs, and the attack must be bounded:
+//! descriptors come back, memory stays put, refusals are counted.
+//!
+//! - Floods run `ringline-flood` (`bench/src/bin/ringline-flood.rs`) in several processes, each
+//!   binding its connections to its own 127.0.x.y source addresses. The test builds the tool
+//!   with the ringline binary's profile (a no-op when `cargo test --workspace` already did), or
+//!   runs `RINGLINE_FLOOD_BIN`.
+//! - Knobs for longer local runs (defaults keep this file well under two minutes on two cores):
+//!   `RINGLINE_FLOOD_SECONDS` (per round, 4), `RINGLINE_FLOOD_PROCESSES` (3),
+//!   `RINGLINE_FLOOD_ROUNDS` (2), `RINGLINE_SLOWLORIS_CONNECTIONS` (2,500 before AUTH),
+//!   `RINGLINE_SLOWLORIS_AUTHED` (500 after AUTH).
+//!
+//! Every test raises its own RLIMIT_NOFILE to the hard limit (the server, a child, inherits it):
+//! the box caps it at 20,000, and a flood holds thousands of connections at each end.
+//!
+//! Found here: a peer that sends part of a command and then closes was held until the auth or
+//! request timeout (`a_peer_that_closes_after_a_partial_command_is_closed_at_once` tells the
+//! story); under a descriptor limit that pinned every descriptor for those timeouts.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use common::{encode, sha256_rounds, RawConn, Reply, Server, PASSWORD, USER};
+
+/// How long the server may take to give every descriptor back once an attack ends (liveness).
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn env_number(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Ok(value) => value
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={value:?} is not a number")),
+        Err(_) => default,
+    }
+}
+
+// ---- reading the server ----
+
+/// Descriptors the process holds now (`/proc/PID/fd`).
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/fd: {e}"))
+        .count()
+}
+
+/// The server's TCP connections on `port` in CLOSE-WAIT (the peer closed, the server has not),
+/// from /proc/net/tcp: what a descriptor count that does not come back is made of.
+fn close_wait(port: u16) -> usize {
+    const CLOSE_WAIT: &str = "08";
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields
+                .get(1)
+                .and_then(|a| a.rsplit_once(':'))
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            local_port == Some(port) && fields.get(3) == Some(&CLOSE_WAIT)
+        })
+        .count()
+}
+
+/// The server's descriptors once an attack is over.
+struct Settled {
+    /// Descriptors it holds (`before` once settled).
+    fds: usize,
+    /// How long they took to come back (or the whole wait).
+    took: Duration,
+    /// Its connections in CLOSE-WAIT at the end: closed by the peer, still held.
+    close_wait: usize,
+}
+
+/// Waits until the server holds no more than `before` descriptors, up to [`SETTLE_TIMEOUT`].
+fn settle_fds(server: &Server, before: usize) -> Settled {
+    let started = Instant::now();
+    loop {
+        let fds = open_fds(server.pid());
+        if fds <= before || started.elapsed() >= SETTLE_TIMEOUT {
+            return Settled {
+                fds,
+                took: started.elapsed(),
+                close_wait: close_wait(server.port()),
+            };
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Asserts the descriptors came back to exactly `before`.
+fn assert_settled(settled: &Settled, before: usize, after_what: &str) {
+    assert_eq!(
+        settled.fds, before,
+        "the server holds {} descriptors {:?} after {after_what}, {before} before it; {} of its \
+         connections are in CLOSE-WAIT (closed by the peer, still held by the server)",
+        settled.fds, settled.took, settled.close_wait
+    );
+}
+
+fn info(conn: &mut RawConn, section: &str) -> String {
+    match conn.cmd(&[b"INFO", section.as_bytes()]) {
+        Reply::Bulk(text) => String::from_utf8(text).expect("INFO is text"),
+        other => panic!("INFO {section}: {other:?}"),
+    }
+}
+
+/// A numeric `name:value` line of an INFO section.
+fn info_field(info: &str, name: &str) -> u64 {
+    info.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} in INFO:\n{info}"))
+}
+
+/// A `name=value` field of `INFO rings`, summed over the rings.
+fn ring_field_sum(info: &str, name: &str) -> u64 {
+    let key = format!("{name}=");
+    info.split([',', ':', '\r', '\n'])
+        .filter_map(|field| field.strip_prefix(key.as_str()))
+        .map(|n| n.parse::<u64>().expect("a number"))
+        .sum()
+}
+
+/// The server's log without the colour codes its text format puts around field names.
+fn plain_log(server: &Server) -> String {
+    let log = server.log();
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ parameters, ended by a letter.
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Polls the server's RSS and descriptor count until stopped; keeps the maxima.
+struct Watcher {
+    stop: Arc<AtomicBool>,
+    max_rss_kib: Arc<AtomicU64>,
+    max_fds: Arc<AtomicU64>,
+    thread: JoinHandle<()>,
+}
+
+impl Watcher {
+    fn start(pid: u32) -> Watcher {
+        let stop = Arc::new(AtomicBool::new(false));
+        let max_rss_kib = Arc::new(AtomicU64::new(0));
+        let max_fds = Arc::new(AtomicU64::new(0));
+        let (s, r, f) = (stop.clone(), max_rss_kib.clone(), max_fds.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                if let Some(rss) = common::rss_kib(pid) {
+                    r.fetch_max(rss, Ordering::Relaxed);
+                }
+                if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+                    f.fetch_max(dir.count() as u64, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        Watcher {
+            stop,
+            max_rss_kib,
+            max_fds,
+            thread,
+        }
+    }
+
+    /// (max RSS in KiB, max descriptors).
+    fn finish(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("the watcher thread");
+        (
+            self.max_rss_kib.load(Ordering::Relaxed),
+            self.max_fds.load(Ordering::Relaxed),
+        )
+    }
+}
+
+// ---- legitimate sessions ----
+
+/// Authenticated sessions that keep issuing commands (PING, ECHO, HASH, SET then GET) and check
+/// every reply until stopped. A wrong reply or one that takes longer than
+/// [`common::REPLY_TIMEOUT`] panics its thread, which [`Chatter::finish`] reports.
+struct Chatter {
+    stop: Arc<AtomicBool>,
+    replies: Vec<Arc<AtomicU64>>,
+    threads: Vec<JoinHandle<Duration>>,
+}
+
+impl Chatter {
+    fn start(server: &Server, sessions: usize) -> Chatter {
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut replies = Vec::new();
+        let mut threads = Vec::new();
+        for session in 0..sessions {
+            let mut conn = server.raw_authed();
+            let (stop, count) = (stop.clone(), Arc::new(AtomicU64::new(0)));
+            replies.push(count.clone());
+            threads.push(std::thread::spawn(move || {
+                let mut slowest = Duration::ZERO;
+                let key = format!("chatter:{session}");
+                let mut i: u64 = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let started = Instant::now();
+                    let tag = format!("{session}-{i}");
+                    match i % 4 {
+                        0 => assert_eq!(conn.cmd(&[b"PING"]), Reply::Simple("PONG".into())),
+                        1 => assert_eq!(
+                            conn.cmd(&[b"ECHO", tag.as_bytes()]),
+                            Reply::bulk(&tag),
+                            "ECHO on chatter session {session}"
+                        ),
+                        2 => assert_eq!(
+                            conn.cmd(&[b"HASH", b"100", tag.as_bytes()]),
+                            Reply::bulk(sha256_rounds(tag.as_bytes(), 100)),
+                            "HASH on chatter session {session}"
+                        ),
+                        _ => {
+                            assert_eq!(
+                                conn.cmd(&[b"SET", key.as_bytes(), tag.as_bytes()]),
+                                Reply::ok(),
+                                "SET on chatter session {session}"
+                            );
+                            assert_eq!(
+                                conn.cmd(&[b"GET", key.as_bytes()]),
+                                Reply::bulk(&tag),
+                                "GET on chatter session {session}"
+                            );
+                        }
+                    }
+                    slowest = slowest.max(started.elapsed());
+                    count.fetch_add(1, Ordering::Relaxed);
+                    i += 1;
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                slowest
+            }));
+        }
+        let chatter = Chatter {
+            stop,
+            replies,
+            threads,
+        };
+        // Every session is under way before the attack starts.
+        let before = chatter.counts();
+        let deadline = Instant::now() + common::REPLY_TIMEOUT;
+        while chatter.counts().iter().zip(&before).any(|(a, b)| a == b) {
+            assert!(
+                Instant::now() < deadline,
+                "a chatter session never got going"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        chatter
+    }
+
+    /// Commands answered so far, per session.
+    fn counts(&self) -> Vec<u64> {
+        self.replies
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// Asserts every session got replies since `before` (it kept being served during the
+    /// attack, not only after it).
+    fn assert_progress_since(&self, before: &[u64], during: &str) {
+        for (session, (now, then)) in self.counts().iter().zip(before).enumerate() {
+            assert!(
+                now > then,
+                "chatter session {session} got no reply {during} ({then} before, {now} after)"
+            );
+        }
+    }
+
+    /// Stops the sessions; the slowest reply any of them saw. Panics if any session panicked.
+    fn finish(self) -> (u64, Duration) {
+        self.stop.store(true, Ordering::Relaxed);
+        let total = self.counts().iter().sum();
+        let mut slowest = Duration::ZERO;
+        for (session, thread) in self.threads.into_iter().enumerate() {
+            match thread.join() {
+                Ok(s) => slowest = slowest.max(s),
+                Err(panic) => {
+                    let why = panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default();
+                    panic!("chatter session {session} failed: {why}");
+                }
+            }
+        }
+        (total, slowest)
+    }
+}
+
+// ---- the flood tool ----
+
+/// The `ringline-flood` binary, built once per test process with the profile (and target) the
+/// ringline binary was built with, so a test never runs a stale tool.
+fn flood_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        if let Some(path) = std::env::var_os("RINGLINE_FLOOD_BIN") {
+            return PathBuf::from(path);
+        }
+        let ringline = Path::new(env!("CARGO_BIN_EXE_ringline"));
+        let profile_dir = ringline.parent().expect("the ringline binary's directory");
+        let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+            Some("debug") => "dev",
+            Some(name) => name,
+            None => panic!("no profile directory above {}", ringline.display()),
+        };
+        let mut build = Command::new(env!("CARGO"));
+        build
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .args(["build", "--quiet", "-p", "ringline-bench", "--bin"])
+            .args(["ringline-flood", "--profile", profile]);
+        // target/<profile>/ringline, or target/<triple>/<profile>/ringline under --target.
+        let above = profile_dir.parent().expect("the target directory");
+        if above.join("CACHEDIR.TAG").exists() {
+            build.arg("--target-dir").arg(above);
+        } else {
+            let triple = above.file_name().and_then(|n| n.to_str()).expect("triple");
+            build
+                .args(["--target", triple, "--target-dir"])
+                .arg(above.parent().expect("the target directory"));
+        }
+        let output = build.output().expect("run cargo build for ringline-flood");
+        assert!(
+            output.status.success(),
+            "cargo build -p ringline-bench --bin ringline-flood failed ({}): {}\n(or point \
+             RINGLINE_FLOOD_BIN at a built ringline-flood)",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let binary = profile_dir.join("ringline-flood");
+        assert!(binary.is_file(), "{} was not built", binary.display());
+        binary
+    })
+}
+
+/// One `ringline-flood` run's summary line, as numbers.
+#[derive(Debug, Default)]
+struct FloodSummary {
+    fields: Vec<(String, u64)>,
+}
+
+impl FloodSummary {
+    fn parse(line: &str) -> FloodSummary {
+        let rest = line
+            .trim()
+            .strip_prefix("ringline-flood ")
+            .unwrap_or_else(|| panic!("not a ringline-flood summary: {line:?}"));
+        let fields = rest
+            .split_whitespace()
+            .map(|pair| {
+                let (key, value) = pair.split_once('=').expect("key=value");
+                (key.to_string(), value.parse().expect("a number"))
+            })
+            .collect();
+        FloodSummary { fields }
+    }
+
+    fn get(&self, key: &str) -> u64 {
+        self.fields
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| *v)
+            .unwrap_or_else(|| panic!("no {key} in {:?}", self.fields))
+    }
+
+    /// Adds another run's counts (runs at once: elapsed_ms is the longest run's).
+    fn add(&mut self, other: &FloodSummary) {
+        for (key, value) in &other.fields {
+            match self.fields.iter_mut().find(|(k, _)| k == key) {
+                Some((_, longest)) if key == "elapsed_ms" => *longest = (*longest).max(*value),
+                Some((_, total)) => *total += value,
+                None => self.fields.push((key.clone(), *value)),
+            }
+        }
+    }
+}
+
+/// A running `ringline-flood` process.
+struct Flood {
+    child: Child,
+    /// When it must have exited (its own --duration, plus slack for the last connects).
+    deadline: Instant,
+}
+
+impl Flood {
+    fn start(addr: SocketAddr, duration: Duration, args: &[&str]) -> Flood {
+        let child = Command::new(flood_binary())
+            .arg("--target")
+            .arg(addr.to_string())
+            .arg("--duration")
+            .arg(format!("{}ms", duration.as_millis()))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start ringline-flood");
+        Flood {
+            child,
+            deadline: Instant::now() + duration + Duration::from_secs(30),
+        }
+    }
+
+    /// Waits for it (killing it past its deadline) and parses its summary.
+    fn finish(mut self) -> FloodSummary {
+        loop {
+            if self
+                .child
+                .try_wait()
+                .expect("wait for ringline-flood")
+                .is_some()
+            {
+                break;
+            }
+            if Instant::now() >= self.deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!("ringline-flood ran past its --duration by 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let output = self
+            .child
+            .wait_with_output()
+            .expect("ringline-flood output");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "ringline-flood failed ({}): {stdout}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let line = stdout
+            .lines()
+            .rfind(|l| l.starts_with("ringline-flood "))
+            .unwrap_or_else(|| panic!("no summary line from ringline-flood: {stdout}"));
+        FloodSummary::parse(line)
+    }
+}
+
+/// Runs ringline-flood once to completion.
+fn flood_once(addr: SocketAddr, args: &[&str]) -> FloodSummary {
+    Flood::start(addr, Duration::from_secs(10), args).finish()
+}
+
+// ---- floods ----
+
+/// Runs `processes` flood processes at once, process `p` from source addresses
+/// 127.0.`p+1`.1-8, and waits for them; their summed counts.
+fn flood(server: &Server, processes: u64, duration: Duration, args: &[&str]) -> FloodSummary {
+    let floods: Vec<Flood> = (0..processes)
+        .map(|p| {
+            let sources = format!("127.0.{}.1-8", p + 1);
+            let mut all = vec!["--sources", sources.as_str()];
+            all.extend_from_slice(args);
+            Flood::start(server.addr, duration, &all)
+        })
+        .collect();
+    let mut total = FloodSummary::default();
+    for flood in floods {
+        total.add(&flood.finish());
+    }
+    total
+}
+
+/// Issue 8, item 3: several processes open connections as fast as they can from many source
+/// addresses (some send nothing, some half an AUTH, some a full AUTH they never read, some a
+/// full AUTH they do read; half close with a reset), holding a few hundred each at a time,
+/// while four authenticated sessions keep issuing commands.
+///
+/// The sessions keep getting correct replies throughout; the server's descriptor count returns
+/// to exactly where it was; its RSS stays within a bound while the flood runs, and a second
+/// round of the same flood does not raise it further (no per-connection leak); accept errors,
+/// if the kernel gave any, are counted in `INFO rings` and survived.
+#[test]
+fn a_connection_flood_leaves_sessions_served_and_gives_back_every_descriptor() {
+    common::raise_nofile_limit();
+    let processes = env_number("RINGLINE_FLOOD_PROCESSES", 3);
+    let seconds = env_number("RINGLINE_FLOOD_SECONDS", 4);
+    let rounds = env_number("RINGLINE_FLOOD_ROUNDS", 2).max(1);
+    let server = Server::builder().flag("--auth-timeout", "2s").start();
+    let pid = server.pid();
+    let mut admin = server.raw_authed();
+    let chatter = Chatter::start(&server, 4);
+    let fds_before = open_fds(pid);
+    let rss_before_kib = server.rss_kib();
+    let duration = Duration::from_secs(seconds);
+
+    let mut rss_after_round_kib = Vec::new();
+    let mut total = FloodSummary::default();
+    let mut max_rss_kib = 0;
+    let mut max_fds = 0;
+    for round in 0..rounds {
+        let progress = chatter.counts();
+        let watcher = Watcher::start(pid);
+        let summary = flood(
+            &server,
+            processes,
+            duration,
+            &[
+                "--threads",
+                "3",
+                "--connections",
+                "40000",
+                "--payload",
+                "mix",
+                "--user",
+                USER,
+                "--password",
+                PASSWORD,
+                "--hold",
+                "150",
+                "--close",
+                "mix",
+            ],
+        );
+        let (round_rss, round_fds) = watcher.finish();
+        chatter.assert_progress_since(&progress, &format!("during flood round {round}"));
+        eprintln!("flood round {round}: {summary:?}");
+        assert!(
+            summary.get("connected") > 1000,
+            "the flood hardly connected: {summary:?}"
+        );
+        assert_settled(
+            &settle_fds(&server, fds_before),
+            fds_before,
+            &format!("flood round {round}"),
+        );
+        rss_after_round_kib.push(server.rss_kib());
+        max_rss_kib = max_rss_kib.max(round_rss);
+        max_fds = max_fds.max(round_fds);
+        total.add(&summary);
+    }
+    let (replies, slowest) = chatter.finish();
+    let rings = info(&mut admin, "rings");
+    let stats = info(&mut admin, "stats");
+    eprintln!(
+        "{rounds} flood rounds of {processes} processes x {seconds} s: {} connections made \
+         ({} AUTH OK, {} refused, {} connect timeouts, {} out of ports); server: {fds_before} \
+         descriptors before, {max_fds} at most, {} after; RSS {} MiB before, {} MiB at most, \
+         after each round {:?} MiB; accept_errors={} rejected={} auth_timeouts={}; chatter: \
+         {replies} replies, slowest {slowest:?}",
+        total.get("connected"),
+        total.get("auth_ok"),
+        total.get("refused"),
+        total.get("connect_timeouts"),
+        total.get("ports_exhausted"),
+        open_fds(pid),
+        rss_before_kib >> 10,
+        max_rss_kib >> 10,
+        rss_after_round_kib
+            .iter()
+            .map(|k| k >> 10)
+            .collect::<Vec<_>>(),
+        ring_field_sum(&rings, "accept_errors"),
+        ring_field_sum(&rings, "rejected"),
+        info_field(&stats, "auth_timeouts"),
+    );
+    assert!(
+        max_rss_kib < rss_before_kib + 512 * 1024,
+        "server RSS grew from {rss_before_kib} KiB to {max_rss_kib} KiB during the flood"
+    );
+    let (first, last) = (rss_after_round_kib[0], *rss_after_round_kib.last().unwrap());
+    assert!(
+        last < first + 32 * 1024,
+        "server RSS kept growing round after round: {rss_after_round_kib:?} KiB"
+    );
+    // The server counted what it accepted, and still serves new sessions.
+    assert!(ring_field_sum(&rings, "accepted") >= 1000, "{rings}");
+    let mut late = server.raw_authed();
+    assert_eq!(late.cmd(&[b"PING"]), Reply::Simple("PONG".into()));
+}
+
+/// Issue 8, item 3, past the descriptor limit: a server with RLIMIT_NOFILE 256 is flooded by
+/// connections that stay open, so accept fails with EMFILE. The failures are counted
+/// (`accept_errors` in `INFO rings`, and logged), accepting pauses and resumes, the
+/// authenticated sessions keep being served, and every descriptor comes back afterwards.
+#[test]
+fn a_flood_past_the_descriptor_limit_is_counted_and_survived() {
+    common::raise_nofile_limit();
+    let seconds = env_number("RINGLINE_FLOOD_SECONDS", 4);
+    let server = Server::builder()
+        .nofile_limit(256)
+        .flag("--auth-timeout", "2s")
+        .start();
+    let pid = server.pid();
+    let mut admin = server.raw_authed();
+    let chatter = Chatter::start(&server, 3);
+    let fds_before = open_fds(pid);
+    let progress = chatter.counts();
+    let watcher = Watcher::start(pid);
+    let summary = flood(
+        &server,
+        2,
+        Duration::from_secs(seconds),
+        &[
+            "--threads",
+            "2",
+            "--connections",
+            "20000",
+            "--payload",
+            "partial-auth",
+            "--hold",
+            "300",
+            "--connect-timeout",
+            "1s",
+        ],
+    );
+    let (max_rss_kib, max_fds) = watcher.finish();
+    chatter.assert_progress_since(&progress, "during the flood past the descriptor limit");
+    let accept_errors = ring_field_sum(&info(&mut admin, "rings"), "accept_errors");
+    let settled = settle_fds(&server, fds_before);
+    let (replies, slowest) = chatter.finish();
+    eprintln!(
+        "flood past RLIMIT_NOFILE 256: {summary:?}; server: {fds_before} descriptors before, \
+         {max_fds} at most, {} {:?} after it; RSS at most {} MiB; \
+         accept_errors={accept_errors}; chatter: {replies} replies, slowest {slowest:?}",
+        settled.fds,
+        settled.took,
+        max_rss_kib >> 10
+    );
+    assert!(
+        max_fds >= 250,
+        "the server never came near its limit ({max_fds} descriptors)"
+    );
+    assert!(
+        accept_errors > 0,
+        "no accept error counted, at {max_fds} descriptors of 256"
+    );
+    assert!(
+        plain_log(&server).contains("accept failed; pausing accepts"),
+        "the accept failures were not logged"
+    );
+    assert_settled(&settled, fds_before, "the flood past the descriptor limit");
+    let mut late = server.raw_authed();
+    assert_eq!(late.cmd(&[b"PING"]), Reply::Simple("PONG".into()));
+}
+
+// ---- slowloris ----
+
+/// A connection that sends its bytes one at a time and notes when the server closed it.
+struct Drip {
+    stream: TcpStream,
+    /// What it sends, a byte per round; never a complete command.
+    payload: Vec<u8>,
+    sent: usize,
+    /// When the slow part started (connect, or the first byte after AUTH).
+    since: Instant,
+    received: Vec<u8>,
+    closed_after: Option<Duration>,
+}
+
+impl Drip {
+    fn new(stream: TcpStream, payload: Vec<u8>) -> Drip {
+        stream.set_nonblocking(true).expect("non-blocking");
+        Drip {
+            stream,
+            payload,
+            sent: 0,
+            since: Instant::now(),
+            received: Vec::new(),
+            closed_after: None,
+        }
+    }
+
+    /// Reads what arrived (noting a close), then sends the next byte.
+    fn step(&mut self) {
+        if self.closed_after.is_some() {
+            return;
+        }
+        let mut chunk = [0u8; 512];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return self.close(),
+                Ok(n) => self.received.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => return self.close(),
+            }
+        }
+        assert!(self.sent < self.payload.len(), "a drip ran out of bytes");
+        match self.stream.write(&self.payload[self.sent..self.sent + 1]) {
+            Ok(_) => self.sent += 1,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(_) => self.close(),
+        }
+    }
+
+    fn close(&mut self) {
+        self.closed_after = Some(self.since.elapsed());
+    }
+}
+
+/// Drips a byte per connection every 100 ms until the server closed every one or `limit`
+/// passed, while nothing else is asked of the caller.
+fn drip_until_closed(drips: &mut [Drip], limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while drips.iter().any(|d| d.closed_after.is_none()) && Instant::now() < deadline {
+        let round = Instant::now();
+        for drip in drips.iter_mut() {
+            drip.step();
+        }
+        std::thread::sleep(Duration::from_millis(100).saturating_sub(round.elapsed()));
+    }
+}
+
+/// Checks that every drip was closed by the server after `timeout` (not before, and within
+/// the liveness bound) and got nothing but `error`; returns (earliest, latest) close.
+fn assert_closed_by_timeout(
+    drips: &[Drip],
+    timeout: Duration,
+    error: &str,
+) -> (Duration, Duration) {
+    let open = drips.iter().filter(|d| d.closed_after.is_none()).count();
+    assert_eq!(
+        open,
+        0,
+        "{open} of {} slow connections are still open",
+        drips.len()
+    );
+    let wanted = format!("-{error}\r\n");
+    for (i, drip) in drips.iter().enumerate() {
+        assert!(
+            drip.received.is_empty() || drip.received == wanted.as_bytes(),
+            "slow connection {i} got {:?}",
+            String::from_utf8_lossy(&drip.received)
+        );
+    }
+    let closes = drips.iter().filter_map(|d| d.closed_after);
+    let earliest = closes.clone().min().unwrap();
+    let latest = closes.max().unwrap();
+    // The server's clock for a connection starts after ours did, so no close comes earlier
+    // than the timeout (less a little for the coarse timer wheel).
+    assert!(
+        earliest + Duration::from_millis(250) >= timeout,
+        "a slow connection was closed after {earliest:?}, before the {timeout:?} timeout"
+    );
+    (earliest, latest)
+}
+
+/// Issue 8, item 4, before AUTH: thousands of connections each send a partial AUTH one byte at
+/// a time (half inline, half multibulk with a long bulk), never finishing it. `--auth-timeout
+/// 2s` closes every one of them with its error, after 2 s and not before, and counts them
+/// (`auth_timeouts`); the authenticated sessions keep being served meanwhile, and every
+/// descriptor comes back.
+#[test]
+fn slowloris_before_auth_is_closed_by_the_auth_timeout() {
+    common::raise_nofile_limit();
+    let count = env_number("RINGLINE_SLOWLORIS_CONNECTIONS", 2500) as usize;
+    let timeout = Duration::from_secs(2);
+    let server = Server::builder().flag("--auth-timeout", "2s").start();
+    let pid = server.pid();
+    let mut admin = server.raw_authed();
+    let chatter = Chatter::start(&server, 3);
+    let fds_before = open_fds(pid);
+    let timeouts_before = info_field(&info(&mut admin, "stats"), "auth_timeouts");
+
+    let mut inline = format!("AUTH {USER} ").into_bytes();
+    inline.resize(4096, b'x');
+    let mut multibulk = b"*3\r\n$4\r\nAUTH\r\n$5\r\nalice\r\n$4096\r\n".to_vec();
+    multibulk.resize(4096, b'y');
+    let started = Instant::now();
+    let mut drips: Vec<Drip> = (0..count)
+        .map(|i| {
+            let stream = TcpStream::connect(server.addr).expect("connect a slow client");
+            let payload = if i % 2 == 0 { &inline } else { &multibulk };
+            let mut drip = Drip::new(stream, payload.clone());
+            drip.step();
+            drip
+        })
+        .collect();
+    let connected_in = started.elapsed();
+    let progress = chatter.counts();
+    drip_until_closed(&mut drips, timeout + Duration::from_secs(30));
+    chatter.assert_progress_since(&progress, "while the slow connections dripped");
+    let (earliest, latest) = assert_closed_by_timeout(
+        &drips,
+        timeout,
+        "ERR authentication timeout, closing the connection",
+    );
+    let timeouts = info_field(&info(&mut admin, "stats"), "auth_timeouts") - timeouts_before;
+    let settled = settle_fds(&server, fds_before);
+    let (replies, slowest) = chatter.finish();
+    eprintln!(
+        "{count} slow AUTHs connected in {connected_in:?}, closed between {earliest:?} and \
+         {latest:?} after connecting ({timeouts} auth timeouts counted); server descriptors \
+         {fds_before} before, {} after; RSS {} MiB; chatter: {replies} replies, \
+         slowest {slowest:?}",
+        settled.fds,
+        server.rss_kib() >> 10
+    );
+    assert!(
+        timeouts >= count as u64,
+        "auth_timeouts rose by {timeouts} for {count} slow connections"
+    );
+    assert_settled(&settled, fds_before, "the slow connections");
+}
+
+/// Issue 8, item 4, after AUTH: authenticated connections that send a command one byte at a
+/// time (a SET whose value never finishes) are closed by `--request-timeout 2s` with its error,
+/// counted (`request_timeouts`); an authenticated session that merely sits idle for longer is
+/// not (that is `--idle-timeout`'s job, off by default), and the chatter keeps being served.
+#[test]
+fn slowloris_after_auth_is_closed_by_the_request_timeout() {
+    common::raise_nofile_limit();
+    let count = env_number("RINGLINE_SLOWLORIS_AUTHED", 500) as usize;
+    let timeout = Duration::from_secs(2);
+    let server = Server::builder().flag("--request-timeout", "2s").start();
+    let pid = server.pid();
+    let mut admin = server.raw_authed();
+    let mut idle = server.raw_authed();
+    let chatter = Chatter::start(&server, 3);
+    let fds_before = open_fds(pid);
+
+    // Authenticate them all (the first AUTH above filled the verified-credential cache).
+    let auth = encode(&[b"AUTH", USER.as_bytes(), PASSWORD.as_bytes()]);
+    let mut conns: Vec<RawConn> = (0..count)
+        .map(|_| {
+            let mut conn = server.raw();
+            conn.send(&auth);
+            conn
+        })
+        .collect();
+    for (i, conn) in conns.iter_mut().enumerate() {
+        assert_eq!(conn.read_reply(), Reply::ok(), "AUTH of slow session {i}");
+    }
+    let mut payload = b"*3\r\n$3\r\nSET\r\n$4\r\nslow\r\n$4096\r\n".to_vec();
+    payload.resize(4096, b'z');
+    let mut drips: Vec<Drip> = conns
+        .into_iter()
+        .map(|conn| {
+            let mut drip = Drip::new(conn.stream, payload.clone());
+            drip.step();
+            drip
+        })
+        .collect();
+    let progress = chatter.counts();
+    drip_until_closed(&mut drips, timeout + Duration::from_secs(30));
+    chatter.assert_progress_since(&progress, "while the slow sessions dripped");
+    let (earliest, latest) = assert_closed_by_timeout(
+        &drips,
+        timeout,
+        "ERR request timeout: an incomplete command waited too long, closing the connection",
+    );
+    // Idle all along, past the request timeout: still open and served.
+    assert_eq!(idle.cmd(&[b"PING"]), Reply::Simple("PONG".into()));
+    let stats = info(&mut admin, "stats");
+    let settled = settle_fds(&server, fds_before);
+    let (replies, slowest) = chatter.finish();
+    eprintln!(
+        "{count} slow commands after AUTH closed between {earliest:?} and {latest:?} after \
+         their first byte (request_timeouts={}); server descriptors {fds_before} before, \
+         {} after; chatter: {replies} replies, slowest {slowest:?}",
+        info_field(&stats, "request_timeouts"),
+        settled.fds
+    );
+    assert!(
+        info_field(&stats, "request_timeouts") >= count as u64,
+        "{stats}"
+    );
+    assert_settled(&settled, fds_before, "the slow connections");
+    // The slow SETs never ran.
+    assert_eq!(admin.cmd(&[b"GET", b"slow"]), Reply::Nil);
+}
+
+/// A peer that sends part of a command and then closes its side (or the whole socket) can never
+/// finish that command, so the session is over: the server answers what came complete and
+/// closes at once, as Redis does. It must not hold the session, its descriptor and its
+/// partial input until `--auth-timeout` or `--request-timeout` ends it: a flood of
+/// "half a command, then close" would otherwise pin descriptors for those timeouts without the
+/// attacker holding a single socket (found by the flood past the descriptor limit above, whose
+/// listen backlog then drained at only RLIMIT_NOFILE connections per auth timeout).
+#[test]
+fn a_peer_that_closes_after_a_partial_command_is_closed_at_once() {
+    let server = Server::builder()
+        .flag("--auth-timeout", "60s")
+        .flag("--request-timeout", "60s")
+        .start();
+    // A liveness bound far below the 60 s timeouts (closing takes milliseconds).
+    let limit = Duration::from_secs(5);
+
+    // Before AUTH: half an AUTH line, then FIN.
+    let mut raw = server.raw();
+    raw.send(b"AUTH alice sec");
+    raw.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    assert!(
+        raw.closes_within(limit),
+        "a half-closed connection with a partial AUTH is still open after {limit:?} (it waits \
+         for --auth-timeout)"
+    );
+
+    // After AUTH: a complete command is answered, the partial one after it ends the session.
+    let mut raw = server.raw_authed();
+    raw.send(b"PING\r\n*2\r\n$4\r\nECHO\r\n$5\r\nhel");
+    raw.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(
+        raw.replies_to_eof(limit),
+        vec![Reply::Simple("PONG".into())],
+        "a half-closed session with a partial command (it waits for --request-timeout)"
+    );
+}
+
+// ---- brute force ----
+
+/// The metrics address from the server's log line "serving Prometheus metrics at /metrics".
+fn metrics_addr(server: &Server) -> SocketAddr {
+    let log = plain_log(server);
+    let line = log
+        .lines()
+        .find(|l| l.contains("serving Prometheus metrics"))
+        .unwrap_or_else(|| panic!("no metrics line in the log:\n{log}"));
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix("bound="))
+        .unwrap_or_else(|| panic!("no bound= in {line:?}"))
+        .parse()
+        .expect("a socket address")
+}
+
+/// `GET /metrics`, the body.
+fn scrape(addr: SocketAddr) -> String {
+    let mut stream = TcpStream::connect(addr).expect("connect to the metrics endpoint");
+    stream
+        .set_read_timeout(Some(common::REPLY_TIMEOUT))
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read /metrics");
+    response
+}
+
+/// An unlabelled sample (`name 2`, or `name{} 2` as the encoder writes it).
+fn metric(text: &str, name: &str) -> u64 {
+    text.lines()
+        .find_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            rest.strip_prefix("{} ").or_else(|| rest.strip_prefix(' '))
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in the metrics"))
+}
+
+/// Issue 8, item 5: with `--auth-failures-per-minute 20`, twenty wrong passwords from
+/// 127.0.0.1 over four connections (five each, under `--max-auth-failures`) use up that
+/// address's minute: the next AUTH from it, on a fresh connection and with the right password,
+/// gets the clear error unchecked, as does the one after. Another address (127.0.0.2, bound
+/// before connect by ringline-flood) still authenticates and still gets plain WRONGPASS; a
+/// session from 127.0.0.1 that authenticated before keeps working. The server logs the address
+/// once and counts every refusal (`INFO stats` `auth_rate_limited`, metrics
+/// `ringline_auth_rate_limited_total`).
+#[test]
+fn failed_auth_from_one_address_is_limited_across_connections() {
+    let server = Server::builder()
+        .flag("--auth-failures-per-minute", "20")
+        .flag("--metrics-addr", "127.0.0.1:0")
+        .start();
+    let mut admin = server.raw_authed();
+    let wrongpass =
+        Reply::Error("WRONGPASS invalid username-password pair or user is disabled.".into());
+    let limited = Reply::Error(
+        "ERR too many failed authentication attempts from your address; try again later".into(),
+    );
+
+    for connection in 0..4 {
+        let mut raw = server.raw();
+        for attempt in 0..5 {
+            assert_eq!(
+                raw.cmd(&[b"AUTH", USER.as_bytes(), b"guess"]),
+                wrongpass,
+                "wrong password {attempt} on connection {connection}"
+            );
+        }
+    }
+    let mut raw = server.raw();
+    let refused = raw.cmd(&[b"AUTH", USER.as_bytes(), PASSWORD.as_bytes()]);
+    let uptime = info_field(&info(&mut admin, "server"), "uptime_in_seconds");
+    assert_eq!(
+        refused, limited,
+        "the right password after 20 failures from this address (server up {uptime} s: the \
+         limit counts per minute of uptime)"
+    );
+    assert_eq!(raw.cmd(&[b"AUTH", USER.as_bytes(), b"guess"]), limited);
+    assert_eq!(
+        raw.cmd(&[b"PING"]),
+        Reply::Error("NOAUTH Authentication required.".into()),
+        "a refused AUTH authenticates nothing"
+    );
+    assert_eq!(admin.cmd(&[b"PING"]), Reply::Simple("PONG".into()));
+
+    // 127.0.0.2 has its own allowance.
+    let other = flood_once(
+        server.addr,
+        &[
+            "--sources",
+            "127.0.0.2",
+            "--threads",
+            "1",
+            "--connections",
+            "1",
+            "--payload",
+            "auth",
+            "--user",
+            USER,
+            "--password",
+            PASSWORD,
+        ],
+    );
+    assert_eq!(
+        (other.get("auth_ok"), other.get("auth_limited")),
+        (1, 0),
+        "AUTH from 127.0.0.2: {other:?}"
+    );
+    let other = flood_once(
+        server.addr,
+        &[
+            "--sources",
+            "127.0.0.2",
+            "--threads",
+            "1",
+            "--connections",
+            "1",
+            "--payload",
+            "auth",
+            "--auths",
+            "3",
+            "--password",
+            "guess",
+        ],
+    );
+    assert_eq!(
+        (other.get("auth_wrongpass"), other.get("auth_limited")),
+        (3, 0),
+        "wrong passwords from 127.0.0.2: {other:?}"
+    );
+
+    let stats = info(&mut admin, "stats");
+    assert_eq!(info_field(&stats, "auth_rate_limited"), 2, "{stats}");
+    assert_eq!(info_field(&stats, "auth_failures"), 23, "{stats}");
+    let metrics = scrape(metrics_addr(&server));
+    assert_eq!(metric(&metrics, "ringline_auth_rate_limited_total"), 2);
+    let log = plain_log(&server);
+    let logged: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("reached --auth-failures-per-minute"))
+        .collect();
+    assert_eq!(
+        logged.len(),
+        1,
+        "logged once per address and minute:\n{log}"
+    );
+    assert!(logged[0].contains("127.0.0.1"), "{}", logged[0]);
+    eprintln!(
+        "20 failures from 127.0.0.1 then 2 refusals; 127.0.0.2 unaffected; logged: {}",
+        logged[0].trim()
+    );
+}
