@@ -345,7 +345,10 @@ impl RingHandler {
     /// After anything that may have left the session idle: close it if the peer is done or the
     /// server is draining.
     fn close_if_done(&self, cx: &Context, s: &mut Session<'_, Conn>) {
-        if s.conn.idle() && (s.conn.peer_eof || cx.draining) {
+        // After the peer's EOF, input left unparsed once nothing runs is a command that can
+        // never complete: close at once rather than hold the descriptor until a timeout.
+        let peer_done = s.conn.peer_eof && s.conn.state != State::Waiting;
+        if peer_done || (cx.draining && s.conn.idle()) {
             s.close_after_flush();
         }
     }

@@ -15,7 +15,11 @@ fn server() -> &'static TestServer {
     &SERVER
         .get_or_init(|| {
             let dir = tempfile::tempdir().expect("a temp dir");
-            let server = TestServer::start(dir.path(), &["--proto-max-bulk-len", "4096"]);
+            // Every fuzzed session comes from one address: no per-address AUTH limit here.
+            let server = TestServer::start(
+                dir.path(),
+                &["--proto-max-bulk-len", "4096", "--auth-failures-per-minute", "0"],
+            );
             (dir, server)
         })
         .1
