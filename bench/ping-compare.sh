@@ -30,7 +30,9 @@ for _ in $(seq 50); do
   sleep 0.2
 done
 
+rss() { awk '/VmRSS/ {print $2 " kB"}' "/proc/$1/status"; }
 echo "machine: $(nproc) cores, kernel $(uname -r), $(date -u +%F)"
+echo "RSS idle, before any load: ringline $(rss $ringline_pid), redis-server $(rss $redis_pid)"
 echo
 for pipeline in 1 16; do
   for target in ringline redis; do
@@ -48,9 +50,8 @@ for pipeline in 1 16; do
   done
 done
 
-rss() { awk '/VmRSS/ {print $2 " kB"}' "/proc/$1/status"; }
 echo
-echo "RSS idle: ringline $(rss $ringline_pid), redis-server $(rss $redis_pid)"
+echo "RSS after the load: ringline $(rss $ringline_pid), redis-server $(rss $redis_pid)"
 cat >"$work/hold.py" <<'PY'
 import resource, socket, sys, time
 port, user, count, out = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
