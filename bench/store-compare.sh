@@ -4,6 +4,7 @@
 #   redis-benchmark -t get,set -c 16 -n 200000  through ringline on PostgreSQL
 #   redis-benchmark -t get,set -c 16 -n 200000  through ringline on the embedded store
 # Usage: bench/store-compare.sh [REQUESTS] [PGBENCH_SECONDS]   (defaults 200000, 20)
+# Extra serve flags: RINGLINE_FLAGS="--store-threads 16" bench/store-compare.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-200000}
@@ -39,12 +40,13 @@ as_pg "$bindir/pgbench" -h "$work/sock" -p 5499 -U postgres -S -M prepared -c 16
 run_ringline() {
   local name=$1 port=$2; shift 2
   echo secret | target/release/ringline user add bench "$@" >/dev/null
-  target/release/ringline serve --listen 127.0.0.1:$port --log-level warn "$@" >"$work/$name.out" 2>&1 &
+  # shellcheck disable=SC2086
+  target/release/ringline serve --listen 127.0.0.1:$port --log-level warn "$@" ${RINGLINE_FLAGS:-} >"$work/$name.out" 2>&1 &
   local pid=$!
   pids+=($pid)
   for _ in $(seq 100); do grep -q listening "$work/$name.out" && break; sleep 0.1; done
   echo
-  echo "ringline on $name: redis-benchmark -t get,set -c 16 -n $n"
+  echo "ringline on $name ${RINGLINE_FLAGS:-}: redis-benchmark -t get,set -c 16 -n $n"
   redis-benchmark -h 127.0.0.1 -p "$port" --user bench -a secret -t set,get -c 16 -n "$n" -r 100000 -q 2>/dev/null |
     tr '\r' '\n' | grep -E "requests per second" | sed 's/^ */  /'
 }
