@@ -342,8 +342,8 @@ pub fn parse_config_file(path: &std::path::Path) -> Result<ServeArgs, String> {
     }
 }
 
-/// Parses the process arguments, folding in `serve --config FILE` (file first, so flags on
-/// the command line override it).
+/// Parses the process arguments, folding in `serve --config FILE`: flags on the command line
+/// win over `RINGLINE_STORE_URL`, which wins over the file.
 pub fn parse_args() -> Result<Cli, String> {
     let cli = Cli::parse();
     let Command::Serve(args) = &cli.command else {
@@ -353,7 +353,12 @@ pub fn parse_args() -> Result<Cli, String> {
         return Ok(cli);
     };
     parse_config_file(&path)?;
-    let flags = config_file_flags(&path)?;
+    let mut flags = config_file_flags(&path)?;
+    // Precedence: command line, then environment, then file. The file's values travel as flags,
+    // which would outrank RINGLINE_STORE_URL, so a file `store` gives way to the variable.
+    if std::env::var_os("RINGLINE_STORE_URL").is_some_and(|v| !v.is_empty()) {
+        flags.retain(|f| !f.starts_with("--store=") && f != "--store");
+    }
     let mut argv: Vec<String> = std::env::args().collect();
     let serve_at = argv
         .iter()

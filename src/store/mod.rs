@@ -256,22 +256,73 @@ pub fn redact_password(value: &str) -> String {
         }
         return value.to_string();
     }
-    value
-        .split_whitespace()
-        .map(|word| {
-            if word.starts_with("password=") {
-                "password=***"
-            } else {
-                word
+    redact_keyword_value(value)
+}
+
+/// Masks the value of `password` in a libpq key/value string, in every form libpq accepts:
+/// `password=x`, `password = x`, `password='a b'` (with `\'` escapes).
+fn redact_keyword_value(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = String::with_capacity(value.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let at_word_start = i == 0 || bytes[i - 1].is_ascii_whitespace();
+        if at_word_start && value[i..].starts_with("password") {
+            let mut j = i + "password".len();
+            while j < bytes.len() && bytes[j].is_ascii_whitespace() {
+                j += 1;
             }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
+            if j < bytes.len() && bytes[j] == b'=' {
+                j += 1;
+                while j < bytes.len() && bytes[j].is_ascii_whitespace() {
+                    j += 1;
+                }
+                // Skip the value: quoted (with backslash escapes) or up to whitespace.
+                if j < bytes.len() && bytes[j] == b'\'' {
+                    j += 1;
+                    while j < bytes.len() && bytes[j] != b'\'' {
+                        j += if bytes[j] == b'\\' { 2 } else { 1 };
+                    }
+                    j = (j + 1).min(bytes.len());
+                } else {
+                    while j < bytes.len() && !bytes[j].is_ascii_whitespace() {
+                        j += 1;
+                    }
+                }
+                out.push_str("password=***");
+                i = j;
+                continue;
+            }
+        }
+        let ch = value[i..].chars().next().expect("in bounds");
+        out.push(ch);
+        i += ch.len_utf8();
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_libpq_password_form_is_masked() {
+        for (given, want) in [
+            (
+                "host=/tmp password=secret dbname=x",
+                "host=/tmp password=*** dbname=x",
+            ),
+            (
+                "host=/tmp password = secret dbname=x",
+                "host=/tmp password=*** dbname=x",
+            ),
+            ("password='a b' host=h", "password=*** host=h"),
+            ("password='it\\'s secret' host=h", "password=*** host=h"),
+            ("host=h user=passwordless", "host=h user=passwordless"),
+        ] {
+            assert_eq!(redact_password(given), want, "{given}");
+        }
+    }
 
     #[test]
     fn parse_defaults_to_embedded_in_the_data_dir() {
