@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use slab::Slab;
 
 use crate::handler::{
-    CloseReason, Closing, Context, Handler, LogLimiter, Session, Sessions, Settled, Slot, SlotIo,
+    CloseReason, Closing, Context, Handler, LogLimiter, Sessions, Settled, Slot, SlotIo,
 };
 use crate::mailbox::{Envelope, Receiver};
 use crate::ring::{RingConfig, RingStats};
@@ -313,11 +313,7 @@ impl<H: Handler> EpollLoop<H> {
             io: SlotIo::new(fd, generation, peer),
             conn: Some(conn),
         });
-        let mut session = Session {
-            id: SessionId { slot, generation },
-            conn: slot_ref.conn.as_mut().expect("open session has state"),
-            io: &mut slot_ref.io,
-        };
+        let mut session = slot_ref.session(slot);
         self.handler.on_start(&cx, &mut session);
         let events = (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
         if let Err(e) = self.ctl(
@@ -376,11 +372,7 @@ impl<H: Handler> EpollLoop<H> {
                 self.stats.bytes_in.fetch_add(len as u64, Ordering::Relaxed);
                 let cx = self.context();
                 let s = &mut self.slab[slot as usize];
-                let mut session = Session {
-                    id: SessionId { slot, generation },
-                    conn: s.conn.as_mut().expect("open session has state"),
-                    io: &mut s.io,
-                };
+                let mut session = s.session(slot);
                 self.handler
                     .on_data(&cx, &mut session, &self.scratch[..len]);
                 if len < self.scratch.len() {
@@ -391,11 +383,7 @@ impl<H: Handler> EpollLoop<H> {
             if n == 0 {
                 let cx = self.context();
                 let s = &mut self.slab[slot as usize];
-                let mut session = Session {
-                    id: SessionId { slot, generation },
-                    conn: s.conn.as_mut().expect("open session has state"),
-                    io: &mut s.io,
-                };
+                let mut session = s.session(slot);
                 self.handler.on_eof(&cx, &mut session);
                 s.io.close_reason = CloseReason::PeerGone;
                 // Level-triggered EOF would fire forever: stop watching for input.
@@ -556,11 +544,7 @@ impl<H: Handler> EpollLoop<H> {
             }
             let cx = self.context();
             let s = &mut self.slab[id.slot as usize];
-            let mut session = Session {
-                id,
-                conn: s.conn.as_mut().expect("open session has state"),
-                io: &mut s.io,
-            };
+            let mut session = s.session(id.slot);
             self.handler.on_message(&cx, &mut session, msg);
             self.after_callback(id.slot);
         }
@@ -589,14 +573,7 @@ impl<H: Handler> EpollLoop<H> {
             if !s.io.due(entry, self.now, now_tick, &mut self.wheel) {
                 continue;
             }
-            let mut session = Session {
-                id: SessionId {
-                    slot: entry.slot,
-                    generation: entry.generation,
-                },
-                conn: s.conn.as_mut().expect("open session has state"),
-                io: &mut s.io,
-            };
+            let mut session = s.session(entry.slot);
             self.handler.on_deadline(&cx, &mut session);
             self.after_callback(entry.slot);
         }
@@ -640,14 +617,7 @@ impl<H: Handler> EpollLoop<H> {
         for slot in slots {
             let cx = self.context();
             let s = &mut self.slab[slot as usize];
-            let mut session = Session {
-                id: SessionId {
-                    slot,
-                    generation: s.io.generation,
-                },
-                conn: s.conn.as_mut().expect("open session has state"),
-                io: &mut s.io,
-            };
+            let mut session = s.session(slot);
             self.handler.on_drain(&cx, &mut session);
             self.after_callback(slot);
         }

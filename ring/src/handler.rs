@@ -105,6 +105,20 @@ pub(crate) struct Slot<C> {
     pub(crate) conn: Option<C>,
 }
 
+impl<C> Slot<C> {
+    /// The callback view of this open session, which lives at `slot`.
+    pub(crate) fn session(&mut self, slot: u32) -> Session<'_, C> {
+        Session {
+            id: SessionId {
+                slot,
+                generation: self.io.generation,
+            },
+            conn: self.conn.as_mut().expect("open session has state"),
+            io: &mut self.io,
+        }
+    }
+}
+
 /// A session as a callback sees it: its state, its output buffer and its controls.
 pub struct Session<'a, C> {
     pub(crate) id: SessionId,
@@ -178,15 +192,7 @@ impl<C> Sessions<'_, C> {
             if s.io.closed {
                 continue;
             }
-            let id = SessionId {
-                slot: slot as u32,
-                generation: s.io.generation,
-            };
-            let mut session = Session {
-                id,
-                conn: s.conn.as_mut().expect("open session has state"),
-                io: &mut s.io,
-            };
+            let mut session = s.session(slot as u32);
             f(&mut session);
         }
     }

@@ -18,7 +18,7 @@ use slab::Slab;
 
 use crate::bufring::BufRing;
 use crate::handler::{
-    CloseReason, Closing, Context, Handler, LogLimiter, Session, Sessions, Settled, Slot, SlotIo,
+    CloseReason, Closing, Context, Handler, LogLimiter, Sessions, Settled, Slot, SlotIo,
 };
 use crate::mailbox::{Envelope, Receiver};
 use crate::probe::{AcceptPath, Features, RecvPath};
@@ -628,11 +628,7 @@ impl<H: Handler> Ring<H> {
             io: SlotIo::new(fd, generation, peer),
             conn: Some(conn),
         });
-        let mut session = Session {
-            id: SessionId { slot, generation },
-            conn: slot_ref.conn.as_mut().expect("open session has state"),
-            io: &mut slot_ref.io,
-        };
+        let mut session = slot_ref.session(slot);
         self.handler.on_start(&cx, &mut session);
         self.submit_recv(slot);
         self.after_callback(slot);
@@ -680,11 +676,7 @@ impl<H: Handler> Ring<H> {
             let s = &mut self.slab[slot as usize];
             if !s.io.closed {
                 let data = ring.buffer(bid, len);
-                let mut session = Session {
-                    id: SessionId { slot, generation },
-                    conn: s.conn.as_mut().expect("open session has state"),
-                    io: &mut s.io,
-                };
+                let mut session = s.session(slot);
                 self.handler.on_data(&cx, &mut session, data);
             }
             ring.recycle(bid);
@@ -695,7 +687,7 @@ impl<H: Handler> Ring<H> {
             return;
         }
         if c.result == 0 {
-            self.peer_eof(slot, generation);
+            self.peer_eof(slot);
             return;
         }
         let errno = -c.result;
@@ -784,11 +776,7 @@ impl<H: Handler> Ring<H> {
                 self.stats.bytes_in.fetch_add(len as u64, Ordering::Relaxed);
                 let cx = self.context();
                 let s = &mut self.slab[slot as usize];
-                let mut session = Session {
-                    id: SessionId { slot, generation },
-                    conn: s.conn.as_mut().expect("open session has state"),
-                    io: &mut s.io,
-                };
+                let mut session = s.session(slot);
                 self.handler
                     .on_data(&cx, &mut session, &self.scratch[..len]);
                 if len < self.scratch.len() || self.slab[slot as usize].io.closing != Closing::No {
@@ -797,7 +785,7 @@ impl<H: Handler> Ring<H> {
                 continue;
             }
             if n == 0 {
-                self.peer_eof(slot, generation);
+                self.peer_eof(slot);
                 return;
             }
             let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
@@ -822,15 +810,11 @@ impl<H: Handler> Ring<H> {
         self.after_callback(slot);
     }
 
-    fn peer_eof(&mut self, slot: u32, generation: u32) {
+    fn peer_eof(&mut self, slot: u32) {
         let cx = self.context();
         let s = &mut self.slab[slot as usize];
         if !s.io.closed {
-            let mut session = Session {
-                id: SessionId { slot, generation },
-                conn: s.conn.as_mut().expect("open session has state"),
-                io: &mut s.io,
-            };
+            let mut session = s.session(slot);
             self.handler.on_eof(&cx, &mut session);
             self.slab[slot as usize].io.close_reason = CloseReason::PeerGone;
         }
@@ -947,11 +931,7 @@ impl<H: Handler> Ring<H> {
                     if s.io.closed {
                         continue;
                     }
-                    let mut session = Session {
-                        id,
-                        conn: s.conn.as_mut().expect("open session has state"),
-                        io: &mut s.io,
-                    };
+                    let mut session = s.session(id.slot);
                     self.handler.on_message(&cx, &mut session, msg);
                     self.after_callback(id.slot);
                 }
@@ -994,14 +974,7 @@ impl<H: Handler> Ring<H> {
             if !s.io.due(entry, self.now, now_tick, &mut self.wheel) {
                 continue;
             }
-            let mut session = Session {
-                id: SessionId {
-                    slot: entry.slot,
-                    generation: entry.generation,
-                },
-                conn: s.conn.as_mut().expect("open session has state"),
-                io: &mut s.io,
-            };
+            let mut session = s.session(entry.slot);
             self.handler.on_deadline(&cx, &mut session);
             self.after_callback(entry.slot);
         }
@@ -1082,14 +1055,7 @@ impl<H: Handler> Ring<H> {
             if s.io.closed {
                 continue;
             }
-            let mut session = Session {
-                id: SessionId {
-                    slot,
-                    generation: s.io.generation,
-                },
-                conn: s.conn.as_mut().expect("open session has state"),
-                io: &mut s.io,
-            };
+            let mut session = s.session(slot);
             self.handler.on_drain(&cx, &mut session);
             self.after_callback(slot);
         }
