@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the same loads against redis-server and ringline on loopback with ringline-bench, and
+# Runs the same loads against redis-server and ringport on loopback with ringport-bench, and
 # leaves the charts (.svg and .png), the .hgrm files, the JSON summaries and one Markdown table
 # (table.md) in one folder.
 #
@@ -10,8 +10,8 @@
 #
 # Usage: bench/compare.sh [OUT_DIR]          (default bench/results/<UTC date>)
 # Settings (environment): DURATION=10s WARMUP=2s CONNECTIONS=50 RATE=20000 MIX=PING IDLE=0
-#   REDIS_ONLY=1 skips ringline; REDIS_PORT=16479 RINGLINE_PORT=16480;
-#   RINGLINE_FLAGS='--rings 1' adds flags to `ringline serve`; NO_BUILD=1 uses the binaries
+#   REDIS_ONLY=1 skips ringport; REDIS_PORT=16479 RINGPORT_PORT=16480;
+#   RINGPORT_FLAGS='--rings 1' adds flags to `ringport serve`; NO_BUILD=1 uses the binaries
 #   already in target/release.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +23,7 @@ rate=${RATE:-20000}
 mix=${MIX:-PING}
 idle=${IDLE:-0}
 redis_port=${REDIS_PORT:-16479}
-ringline_port=${RINGLINE_PORT:-16480}
+ringport_port=${RINGPORT_PORT:-16480}
 out=${1:-bench/results/$(date -u +%Y-%m-%d)}
 
 if ! command -v redis-server >/dev/null; then
@@ -37,12 +37,12 @@ if ! fc-list 2>/dev/null | grep -qi dejavu; then
 fi
 
 if [ -z "${NO_BUILD:-}" ]; then
-  cargo build --release -q -p ringline-bench
+  cargo build --release -q -p ringport-bench
   if [ -z "${REDIS_ONLY:-}" ]; then
-    cargo build --release -q -p ringline
+    cargo build --release -q -p ringport
   fi
 fi
-bench=target/release/ringline-bench
+bench=target/release/ringport-bench
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 wait_listening() {
@@ -67,8 +67,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-for port in "$redis_port" $([ -z "${REDIS_ONLY:-}" ] && echo "$ringline_port"); do
-  port_free "$port" || { echo "port $port is in use; set REDIS_PORT / RINGLINE_PORT"; exit 1; }
+for port in "$redis_port" $([ -z "${REDIS_ONLY:-}" ] && echo "$ringport_port"); do
+  port_free "$port" || { echo "port $port is in use; set REDIS_PORT / RINGPORT_PORT"; exit 1; }
 done
 
 redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
@@ -79,14 +79,14 @@ wait_listening "$redis_port" "$redis_pid" redis-server "$work/redis.log"
 targets=(--target "redis=secret@127.0.0.1:$redis_port")
 
 if [ -z "${REDIS_ONLY:-}" ]; then
-  echo secret | target/release/ringline user add bench --data "$work/data" >/dev/null
+  echo secret | target/release/ringport user add bench --data "$work/data" >/dev/null
   # shellcheck disable=SC2086
-  target/release/ringline serve --listen "127.0.0.1:$ringline_port" --data "$work/data" \
-    --log-level warn ${RINGLINE_FLAGS:-} >"$work/ringline.log" 2>&1 &
-  ringline_pid=$!
-  pids+=("$ringline_pid")
-  wait_listening "$ringline_port" "$ringline_pid" ringline "$work/ringline.log"
-  targets+=(--target "ringline=bench:secret@127.0.0.1:$ringline_port")
+  target/release/ringport serve --listen "127.0.0.1:$ringport_port" --data "$work/data" \
+    --log-level warn ${RINGPORT_FLAGS:-} >"$work/ringport.log" 2>&1 &
+  ringport_pid=$!
+  pids+=("$ringport_pid")
+  wait_listening "$ringport_port" "$ringport_pid" ringport "$work/ringport.log"
+  targets+=(--target "ringport=bench:secret@127.0.0.1:$ringport_port")
 fi
 
 mkdir -p "$out"
@@ -105,7 +105,7 @@ run closed-p16 --pipeline 16
 run open --rate "$rate"
 
 {
-  echo "# ringline vs redis-server: ringline-bench"
+  echo "# ringport vs redis-server: ringport-bench"
   echo
   echo "Made by \`bench/compare.sh\` ($(git rev-parse --short HEAD 2>/dev/null || echo '?'))." \
     "Charts: closed-p1.svg, closed-p16.svg, open.svg (and .png) (latency by percentile; in open.svg the" \

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# What each fast path buys: redis-benchmark PING (-c 50, -P 1 and -P 16) against ringline under
+# What each fast path buys: redis-benchmark PING (-c 50, -P 1 and -P 16) against ringport under
 # every kernel profile and on the epoll backend, side by side in one run, with the server's CPU
 # time, syscalls and io_uring_enter calls per request (../shared/tools/server-cost if present).
 # Usage: bench/profile-compare.sh [REQUESTS]   (default 500000)
@@ -9,17 +9,17 @@ n=${1:-500000}
 cost=../shared/tools/server-cost
 [ -x "$cost" ] || cost=""
 command -v redis-benchmark >/dev/null || apt-get install -y -qq redis-tools >/dev/null
-cargo build --release -q -p ringline
+cargo build --release -q -p ringport
 work=$(mktemp -d)
 pid=""
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
-echo secret | target/release/ringline user add bench --data "$work/data" >/dev/null
+echo secret | target/release/ringport user add bench --data "$work/data" >/dev/null
 echo "machine: $(nproc) cores, kernel $(uname -r), $(date -u +%F); $n requests, -c 50"
 printf '%-22s %-3s %s\n' "profile" "-P" "redis-benchmark ping_mbulk | server cost"
 for profile in "newest" "6.1" "5.15" "5.10" "epoll"; do
   if [ "$profile" = epoll ]; then flags=(--backend epoll); else flags=(--kernel-profile "$profile"); fi
-  target/release/ringline serve --listen 127.0.0.1:16397 --data "$work/data" --log-level warn "${flags[@]}" >"$work/out" 2>&1 &
+  target/release/ringport serve --listen 127.0.0.1:16397 --data "$work/data" --log-level warn "${flags[@]}" >"$work/out" 2>&1 &
   pid=$!
   for _ in $(seq 100); do grep -q listening "$work/out" && break; sleep 0.1; done
   for pipeline in 1 16; do

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use ringline_ring::{Context, Session};
+use ringport_ring::{Context, Session};
 use sha2::{Digest, Sha256};
 
 use crate::auth;
@@ -65,7 +65,7 @@ const fn spec(
     }
 }
 
-/// Every command ringline knows.
+/// Every command ringport knows.
 pub static COMMANDS: &[Spec] = &[
     Spec {
         before_auth: true,
@@ -706,7 +706,7 @@ pub fn hello_reply(h: &RingHandler, s: &mut Session<'_, Conn>) {
     resp::bulk(out, b"master");
     resp::bulk(out, b"modules");
     resp::array_len(out, 0);
-    resp::bulk(out, b"ringline");
+    resp::bulk(out, b"ringport");
     resp::bulk(out, h.shared.version_line.as_bytes());
 }
 

@@ -7,9 +7,9 @@ use std::time::Duration;
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use serde::{Serialize, Serializer};
 
-/// ringline: a RESP session server on per-core io_uring rings.
+/// ringport: a RESP session server on per-core io_uring rings.
 #[derive(Debug, Parser)]
-#[command(name = "ringline", version, about)]
+#[command(name = "ringport", version, about)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -31,7 +31,7 @@ pub enum Command {
         action: ConfigAction,
     },
     /// Run a command with io_uring_setup denied (EPERM), as under Docker 25+'s default seccomp
-    /// profile: `ringline deny-io-uring -- ringline serve` shows the epoll fallback.
+    /// profile: `ringport deny-io-uring -- ringport serve` shows the epoll fallback.
     DenyIoUring {
         /// The command and its arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
@@ -39,7 +39,7 @@ pub enum Command {
     },
 }
 
-/// `ringline config ...`.
+/// `ringport config ...`.
 #[derive(Debug, Subcommand)]
 pub enum ConfigAction {
     /// Validate a TOML config file and print the effective `serve` settings.
@@ -53,11 +53,11 @@ pub enum ConfigAction {
 #[derive(Debug, Clone, Args, Serialize)]
 pub struct StoreArgs {
     /// Directory of the embedded store.
-    #[arg(long, default_value = "./ringline-data", global = true)]
+    #[arg(long, default_value = "./ringport-data", global = true)]
     pub data: PathBuf,
     /// `embedded` (default) or a PostgreSQL URL (`postgres://user@host:port/db` or
-    /// `host=/path/to/socket ...`); also read from RINGLINE_STORE_URL.
-    #[arg(long, env = "RINGLINE_STORE_URL", global = true)]
+    /// `host=/path/to/socket ...`); also read from RINGPORT_STORE_URL.
+    #[arg(long, env = "RINGPORT_STORE_URL", global = true)]
     #[serde(serialize_with = "redacted_store")]
     pub store: Option<String>,
 }
@@ -84,7 +84,7 @@ pub enum LogFormat {
     Json,
 }
 
-/// `ringline serve`. Every flag can also be given in the `--config` file, under the flag's name
+/// `ringport serve`. Every flag can also be given in the `--config` file, under the flag's name
 /// (`listen = "0.0.0.0:6380"`, `auth-timeout = "5s"`); flags on the command line win.
 #[derive(Debug, Clone, Args, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -190,7 +190,7 @@ pub struct ServeArgs {
     pub log_format: LogFormat,
 }
 
-/// `ringline user ...`.
+/// `ringport user ...`.
 #[derive(Debug, Args)]
 pub struct UserArgs {
     #[command(subcommand)]
@@ -222,7 +222,7 @@ pub enum UserAction {
     },
 }
 
-/// `ringline probe`.
+/// `ringport probe`.
 #[derive(Debug, Args)]
 pub struct ProbeArgs {
     /// Print JSON instead of text.
@@ -287,7 +287,7 @@ pub fn config_file_flags(path: &std::path::Path) -> Result<Vec<String>, String> 
             .get_arguments()
             .find(|a| a.get_long() == Some(key.as_str()) && !a.is_hide_set())
             .filter(|_| key != "config" && key != "help")
-            .ok_or_else(|| format!("{where_}: unknown key '{raw_key}' (keys are `ringline serve` flag names, e.g. listen, rings, auth-timeout)"))?;
+            .ok_or_else(|| format!("{where_}: unknown key '{raw_key}' (keys are `ringport serve` flag names, e.g. listen, rings, auth-timeout)"))?;
         let takes_value = arg.get_action().takes_values();
         let text = match value {
             toml::Value::String(v) => v.clone(),
@@ -318,11 +318,11 @@ pub fn config_file_flags(path: &std::path::Path) -> Result<Vec<String>, String> 
     Ok(flags)
 }
 
-/// Parses `ringline serve` settings from a config file alone (for `config check`), with errors
+/// Parses `ringport serve` settings from a config file alone (for `config check`), with errors
 /// naming the file.
 pub fn parse_config_file(path: &std::path::Path) -> Result<ServeArgs, String> {
     let flags = config_file_flags(path)?;
-    let argv = ["ringline".to_string(), "serve".to_string()]
+    let argv = ["ringport".to_string(), "serve".to_string()]
         .into_iter()
         .chain(flags);
     match Cli::try_parse_from(argv) {
@@ -343,7 +343,7 @@ pub fn parse_config_file(path: &std::path::Path) -> Result<ServeArgs, String> {
 }
 
 /// Parses the process arguments, folding in `serve --config FILE`: flags on the command line
-/// win over `RINGLINE_STORE_URL`, which wins over the file.
+/// win over `RINGPORT_STORE_URL`, which wins over the file.
 pub fn parse_args() -> Result<Cli, String> {
     let cli = Cli::parse();
     let Command::Serve(args) = &cli.command else {
@@ -355,8 +355,8 @@ pub fn parse_args() -> Result<Cli, String> {
     parse_config_file(&path)?;
     let mut flags = config_file_flags(&path)?;
     // Precedence: command line, then environment, then file. The file's values travel as flags,
-    // which would outrank RINGLINE_STORE_URL, so a file `store` gives way to the variable.
-    if std::env::var_os("RINGLINE_STORE_URL").is_some_and(|v| !v.is_empty()) {
+    // which would outrank RINGPORT_STORE_URL, so a file `store` gives way to the variable.
+    if std::env::var_os("RINGPORT_STORE_URL").is_some_and(|v| !v.is_empty()) {
         flags.retain(|f| !f.starts_with("--store=") && f != "--store");
     }
     let mut argv: Vec<String> = std::env::args().collect();

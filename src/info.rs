@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 
 use crate::server::Shared;
 
-/// The Redis version ringline answers as in HELLO and INFO, for clients that gate features on it.
+/// The Redis version ringport answers as in HELLO and INFO, for clients that gate features on it.
 pub const REDIS_COMPAT_VERSION: &str = "7.2.0";
 
 const SECTIONS: [&str; 9] = [
@@ -64,7 +64,7 @@ fn write_section(shared: &Shared, section: &str, out: &mut String) {
                     setup_flags(f),
                 ),
                 None => (
-                    ringline_ring::probe::kernel_release(),
+                    ringport_ring::probe::kernel_release(),
                     "epoll".into(),
                     "epoll".into(),
                     "none".into(),
@@ -72,7 +72,7 @@ fn write_section(shared: &Shared, section: &str, out: &mut String) {
             };
             let _ = write!(
                 out,
-                "redis_version:{REDIS_COMPAT_VERSION}\r\nringline_version:{}\r\nredis_mode:standalone\r\nos:Linux {}\r\narch_bits:64\r\nprocess_id:{}\r\ntcp_port:{}\r\nlisten:{}\r\nuptime_in_seconds:{uptime}\r\nuptime_in_days:{}\r\ncores:{}\r\nrings:{}\r\nbackend:{}\r\naccept_path:{}\r\nrecv_path:{}\r\nsetup_flags:{}\r\n",
+                "redis_version:{REDIS_COMPAT_VERSION}\r\nringport_version:{}\r\nredis_mode:standalone\r\nos:Linux {}\r\narch_bits:64\r\nprocess_id:{}\r\ntcp_port:{}\r\nlisten:{}\r\nuptime_in_seconds:{uptime}\r\nuptime_in_days:{}\r\ncores:{}\r\nrings:{}\r\nbackend:{}\r\naccept_path:{}\r\nrecv_path:{}\r\nsetup_flags:{}\r\n",
                 env!("CARGO_PKG_VERSION"),
                 kernel,
                 std::process::id(),
@@ -122,7 +122,7 @@ fn write_section(shared: &Shared, section: &str, out: &mut String) {
             }
         }
         "stats" => {
-            let sum = |f: fn(&ringline_ring::RingStats) -> u64| -> u64 {
+            let sum = |f: fn(&ringport_ring::RingStats) -> u64| -> u64 {
                 shared.rings.iter().map(|r| f(r)).sum()
             };
             let c = &shared.counters;
@@ -212,7 +212,7 @@ fn write_section(shared: &Shared, section: &str, out: &mut String) {
     }
 }
 
-fn setup_flags(f: &ringline_ring::Features) -> String {
+fn setup_flags(f: &ringport_ring::Features) -> String {
     let mut flags = Vec::new();
     if f.single_issuer {
         flags.push("single_issuer");

@@ -1,8 +1,8 @@
-//! ringline: a RESP session server on per-core io_uring rings.
+//! ringport: a RESP session server on per-core io_uring rings.
 //!
 //! The server side: configuration, the RESP protocol, sessions and their state machine, the
 //! command table, authentication, the compute and store pools, the store backends, INFO. All
-//! io_uring code (and all `unsafe`) lives in the `ringline-ring` crate.
+//! io_uring code (and all `unsafe`) lives in the `ringport-ring` crate.
 #![forbid(unsafe_code)]
 
 pub mod auth;

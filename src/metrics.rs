@@ -200,7 +200,7 @@ impl Collector for ServerCollector {
     fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
         let s = &self.0;
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let ring_rows = |f: &dyn Fn(&ringline_ring::RingStats) -> u64| -> Vec<(Labels, u64)> {
+        let ring_rows = |f: &dyn Fn(&ringport_ring::RingStats) -> u64| -> Vec<(Labels, u64)> {
             s.rings
                 .iter()
                 .enumerate()
@@ -209,7 +209,7 @@ impl Collector for ServerCollector {
         };
         gauge_family(
             &mut e,
-            "ringline_sessions",
+            "ringport_sessions",
             "Open sessions, per ring",
             &s.rings
                 .iter()
@@ -219,17 +219,17 @@ impl Collector for ServerCollector {
         )?;
         counter_family(
             &mut e,
-            "ringline_sessions_accepted",
+            "ringport_sessions_accepted",
             "Connections accepted, per ring",
             &ring_rows(&|r| load(&r.accepted)),
         )?;
         let c = &s.counters;
-        let rejected = |f: &dyn Fn(&ringline_ring::RingStats) -> u64| {
+        let rejected = |f: &dyn Fn(&ringport_ring::RingStats) -> u64| {
             s.rings.iter().map(|r| f(r)).sum::<u64>()
         };
         counter_family(
             &mut e,
-            "ringline_sessions_rejected",
+            "ringport_sessions_rejected",
             "Connections refused or closed by the server, by reason",
             &[
                 (
@@ -269,19 +269,19 @@ impl Collector for ServerCollector {
         )?;
         counter_family(
             &mut e,
-            "ringline_accept_errors",
+            "ringport_accept_errors",
             "Failed accepts (EMFILE, ENFILE, ENOMEM...), per ring",
             &ring_rows(&|r| load(&r.accept_errors)),
         )?;
         counter_family(
             &mut e,
-            "ringline_auth_failures",
+            "ringport_auth_failures",
             "Wrong passwords",
             &[(vec![], load(&c.auth_failures))],
         )?;
         counter_family(
             &mut e,
-            "ringline_auth_rate_limited",
+            "ringport_auth_rate_limited",
             "AUTH attempts refused by --auth-failures-per-minute",
             &[(vec![], load(&c.auth_rate_limited))],
         )?;
@@ -291,7 +291,7 @@ impl Collector for ServerCollector {
             summaries.iter().filter(|c| c.calls > 0).collect();
         counter_family(
             &mut e,
-            "ringline_commands",
+            "ringport_commands",
             "Commands executed, per command",
             &used
                 .iter()
@@ -300,7 +300,7 @@ impl Collector for ServerCollector {
         )?;
         counter_family(
             &mut e,
-            "ringline_command_errors",
+            "ringport_command_errors",
             "Commands answered with an error, per command",
             &used
                 .iter()
@@ -309,7 +309,7 @@ impl Collector for ServerCollector {
         )?;
         {
             let mut metric = e.encode_descriptor(
-                "ringline_command_latency_seconds",
+                "ringport_command_latency_seconds",
                 "Time from a command's parse to its reply being queued, per command",
                 None,
                 MetricType::Histogram,
@@ -325,37 +325,37 @@ impl Collector for ServerCollector {
 
         counter_family(
             &mut e,
-            "ringline_ring_completions",
+            "ringport_ring_completions",
             "Completions reaped, per ring",
             &ring_rows(&|r| load(&r.completions)),
         )?;
         counter_family(
             &mut e,
-            "ringline_ring_submissions",
+            "ringport_ring_submissions",
             "Submissions made, per ring",
             &ring_rows(&|r| load(&r.submissions)),
         )?;
         counter_family(
             &mut e,
-            "ringline_ring_enters",
+            "ringport_ring_enters",
             "io_uring_enter (or epoll_wait) calls, per ring",
             &ring_rows(&|r| load(&r.enters)),
         )?;
         counter_family(
             &mut e,
-            "ringline_ring_bufring_exhausted",
+            "ringport_ring_bufring_exhausted",
             "Receives that found the buffer ring empty (ENOBUFS), per ring",
             &ring_rows(&|r| load(&r.bufring_exhausted)),
         )?;
         counter_family(
             &mut e,
-            "ringline_ring_cq_overflow",
+            "ringport_ring_cq_overflow",
             "Completion queue overflows seen, per ring",
             &ring_rows(&|r| load(&r.cq_overflow)),
         )?;
         counter_family(
             &mut e,
-            "ringline_ring_messages",
+            "ringport_ring_messages",
             "Pool results delivered, per ring",
             &ring_rows(&|r| load(&r.messages)),
         )?;
@@ -363,7 +363,7 @@ impl Collector for ServerCollector {
         let pools = [("compute", s.compute.stats()), ("store", s.store.stats())];
         gauge_family(
             &mut e,
-            "ringline_pool_queue_depth",
+            "ringport_pool_queue_depth",
             "Jobs queued or running, per pool",
             &pools
                 .iter()
@@ -377,7 +377,7 @@ impl Collector for ServerCollector {
         )?;
         gauge_family(
             &mut e,
-            "ringline_pool_jobs_running",
+            "ringport_pool_jobs_running",
             "Jobs running now, per pool",
             &pools
                 .iter()
@@ -391,7 +391,7 @@ impl Collector for ServerCollector {
         )?;
         counter_family(
             &mut e,
-            "ringline_pool_busy_rejections",
+            "ringport_pool_busy_rejections",
             "Jobs refused with -BUSY because the pool was full, per pool",
             &pools
                 .iter()
@@ -400,7 +400,7 @@ impl Collector for ServerCollector {
         )?;
         counter_family(
             &mut e,
-            "ringline_pool_jobs",
+            "ringport_pool_jobs",
             "Jobs finished, per pool",
             &pools
                 .iter()
@@ -409,7 +409,7 @@ impl Collector for ServerCollector {
         )?;
         counter_family(
             &mut e,
-            "ringline_pool_job_microseconds",
+            "ringport_pool_job_microseconds",
             "Time jobs spent running, per pool",
             &pools
                 .iter()
@@ -419,7 +419,7 @@ impl Collector for ServerCollector {
         let st = s.store.store_stats();
         counter_family(
             &mut e,
-            "ringline_store_errors",
+            "ringport_store_errors",
             "Store calls that failed, by kind",
             &[
                 (vec![("kind", "unavailable".into())], load(&st.unavailable)),
@@ -428,7 +428,7 @@ impl Collector for ServerCollector {
         )?;
         counter_family(
             &mut e,
-            "ringline_store_reconnects",
+            "ringport_store_reconnects",
             "Store connections re-established after a failure",
             &[(vec![], load(&st.reconnects))],
         )?;

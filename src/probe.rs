@@ -1,15 +1,15 @@
-//! `ringline probe`: what this kernel supports and which path each operation will take.
+//! `ringport probe`: what this kernel supports and which path each operation will take.
 
 use crate::config::ProbeArgs;
-use ringline_ring::{AcceptPath, Disable, RecvPath};
+use ringport_ring::{AcceptPath, Disable, RecvPath};
 
 /// Prints the probe as text or JSON.
 pub fn run(args: ProbeArgs) -> Result<(), String> {
     let disable = Disable::parse_list(&args.uring_disable)?
         .union(Disable::for_kernel_profile(&args.kernel_profile)?);
-    let release = ringline_ring::probe::kernel_release();
+    let release = ringport_ring::probe::kernel_release();
     let memlock = memlock_limit();
-    match ringline_ring::probe(disable) {
+    match ringport_ring::probe(disable) {
         Ok(f) => {
             let accept = match f.accept {
                 AcceptPath::Multishot => "multishot",

@@ -4,7 +4,7 @@
 //! the two forms Redis accepts: a multibulk array (`*2\r\n$4\r\nPING\r\n$2\r\nhi\r\n`, what programs
 //! send) or an inline line (`PING hi\r\n`, what a person types into telnet). It follows Redis 7's
 //! `processMultibulkBuffer`, `processInlineBuffer` and `sdssplitargs` closely, down to the wording of
-//! every protocol error, so clients see the same answers from ringline as from Redis. It keeps no
+//! every protocol error, so clients see the same answers from ringport as from Redis. It keeps no
 //! state between calls: a session calls it again on the same, longer buffer after every receive,
 //! and it walks the argument headers again (a few bytes each) but copies nothing until the whole
 //! command is there, so a 16 MiB bulk that arrives in a thousand pieces is copied once.
@@ -37,7 +37,7 @@ const ERR_TOO_BIG_MBULK_COUNT: &str = "Protocol error: too big mbulk count strin
 const ERR_INVALID_MBULK_LEN: &str = "Protocol error: invalid multibulk length";
 const ERR_TOO_BIG_BULK_COUNT: &str = "Protocol error: too big bulk count string";
 const ERR_INVALID_BULK_LEN: &str = "Protocol error: invalid bulk length";
-/// Redis skips the two bytes after a bulk body unchecked; ringline refuses anything but CRLF there,
+/// Redis skips the two bytes after a bulk body unchecked; ringport refuses anything but CRLF there,
 /// since anything else means the client and server disagree on where the argument ended.
 const ERR_BULK_NOT_CRLF: &str = "Protocol error: bulk argument not followed by CRLF";
 
@@ -1775,7 +1775,7 @@ mod tests {
             Value::Map(vec![
                 (
                     Value::Bulk(b"server".to_vec()),
-                    Value::Bulk(b"ringline".to_vec()),
+                    Value::Bulk(b"ringport".to_vec()),
                 ),
                 (Value::Simple(b"proto".to_vec()), Value::Integer(3)),
             ]),

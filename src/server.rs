@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ringline_ring::{AcceptPath, EpollLoop, Features, RecvPath, Ring, RingConfig, RingStats};
+use ringport_ring::{AcceptPath, EpollLoop, Features, RecvPath, Ring, RingConfig, RingStats};
 
 use crate::auth::{self, FailureLimiter, VerifiedCache};
 use crate::commands::COMMANDS;
@@ -69,10 +69,10 @@ pub struct Shared {
     pub counters: Counters,
     pub version_line: String,
     /// Every ring's mailbox, for ring-wide queries (CLIENT LIST, CLIENT KILL).
-    pub ring_senders: Vec<ringline_ring::Sender<Msg>>,
+    pub ring_senders: Vec<ringport_ring::Sender<Msg>>,
     /// Rate limits for log lines about refused or closed sessions, per reason.
     log_limiters:
-        std::sync::Mutex<std::collections::HashMap<&'static str, ringline_ring::LogLimiter>>,
+        std::sync::Mutex<std::collections::HashMap<&'static str, ringport_ring::LogLimiter>>,
     /// Per ring, per command calls, errors and latency.
     pub commands: CommandBook,
 }
@@ -83,7 +83,7 @@ impl Shared {
         args: &ServeArgs,
         compute: ComputePool,
         store: StorePool,
-        ring_senders: Vec<ringline_ring::Sender<Msg>>,
+        ring_senders: Vec<ringport_ring::Sender<Msg>>,
         features: Option<Features>,
         cores: usize,
         listen_addr: SocketAddr,
@@ -120,7 +120,7 @@ impl Shared {
             started: Instant::now(),
             next_client_id: AtomicU64::new(1),
             counters: Counters::default(),
-            version_line: format!("ringline {}", env!("CARGO_PKG_VERSION")),
+            version_line: format!("ringport {}", env!("CARGO_PKG_VERSION")),
             commands: CommandBook::new(ring_count),
             log_limiters: Default::default(),
         }
@@ -168,7 +168,7 @@ fn init_logging(args: &ServeArgs) {
     let directives = format!("{},tokio_postgres=info,postgres=info", args.log_level);
     let filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| {
         eprintln!(
-            "ringline: invalid --log-level '{}'; using info",
+            "ringport: invalid --log-level '{}'; using info",
             args.log_level
         );
         EnvFilter::new("info,tokio_postgres=info,postgres=info")
@@ -201,7 +201,7 @@ pub fn open_store(spec: &StoreSpec) -> Result<Arc<dyn store::Backend>, StartErro
         })
         .map_err(|e| format!("cannot create the first user: {e}"))?;
         println!("No users existed: created user 'admin' with password {password}");
-        println!("(shown once; change it with `ringline user passwd admin`)");
+        println!("(shown once; change it with `ringport user passwd admin`)");
     }
     Ok(backend)
 }
@@ -209,24 +209,24 @@ pub fn open_store(spec: &StoreSpec) -> Result<Arc<dyn store::Backend>, StartErro
 /// Runs the server until SIGTERM/SIGINT, then drains. Returns once every ring has stopped.
 pub fn serve(args: ServeArgs) -> Result<(), StartError> {
     init_logging(&args);
-    let disable = ringline_ring::Disable::parse_list(&args.uring_disable)
+    let disable = ringport_ring::Disable::parse_list(&args.uring_disable)
         .map_err(|e| format!("--uring-disable: {e}"))?
         .union(
-            ringline_ring::Disable::for_kernel_profile(&args.kernel_profile)
+            ringport_ring::Disable::for_kernel_profile(&args.kernel_profile)
                 .map_err(|e| format!("--kernel-profile: {e}"))?,
         );
-    let cores = ringline_ring::usable_cores();
+    let cores = ringport_ring::usable_cores();
     let core_count = cores.len().max(1);
     let ring_count = args.rings.unwrap_or(core_count).max(1);
     let features = match args.backend {
         BackendChoice::Epoll => None,
-        BackendChoice::Uring => Some(ringline_ring::probe(disable).map_err(|u| {
+        BackendChoice::Uring => Some(ringport_ring::probe(disable).map_err(|u| {
             format!(
                 "io_uring is not available (and --backend uring was asked for): {}",
                 u.advice()
             )
         })?),
-        BackendChoice::Auto => match ringline_ring::probe(disable) {
+        BackendChoice::Auto => match ringport_ring::probe(disable) {
             Ok(f) => Some(f),
             Err(unavailable) => {
                 tracing::warn!(
@@ -251,7 +251,7 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
             "backend io_uring"
         ),
         None => tracing::info!(
-            kernel = %ringline_ring::probe::kernel_release(),
+            kernel = %ringport_ring::probe::kernel_release(),
             rings = ring_count,
             cores = core_count,
             "backend epoll"
@@ -284,7 +284,7 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
     let activated = crate::systemd::activated_listeners()?;
     let mut listeners = Vec::new();
     let listen_addr = if let Some(first) = activated.into_iter().next() {
-        let addr = ringline_ring::local_addr(&first).map_err(|e| e.to_string())?;
+        let addr = ringport_ring::local_addr(&first).map_err(|e| e.to_string())?;
         tracing::info!(%addr, "using the listener passed by the service manager (socket activation)");
         for _ in 1..ring_count {
             listeners.push(
@@ -296,13 +296,13 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
         listeners.insert(0, first);
         addr
     } else {
-        let first = ringline_ring::listen(args.listen, 65535)
+        let first = ringport_ring::listen(args.listen, 65535)
             .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-        let addr = ringline_ring::local_addr(&first).map_err(|e| e.to_string())?;
+        let addr = ringport_ring::local_addr(&first).map_err(|e| e.to_string())?;
         listeners.push(first);
         for _ in 1..ring_count {
             listeners.push(
-                ringline_ring::listen(addr, 65535)
+                ringport_ring::listen(addr, 65535)
                     .map_err(|e| format!("cannot listen on {addr}: {e}"))?,
             );
         }
@@ -313,7 +313,7 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
     let mut receivers = Vec::new();
     for _ in 0..ring_count {
         let (sender, receiver) =
-            ringline_ring::mailbox::<Msg>().map_err(|e| format!("cannot create a mailbox: {e}"))?;
+            ringport_ring::mailbox::<Msg>().map_err(|e| format!("cannot create a mailbox: {e}"))?;
         senders.push(sender);
         receivers.push(receiver);
     }
@@ -352,7 +352,7 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
             drain_timeout: args.drain_timeout,
             features: features.clone().unwrap_or_else(epoll_features),
             stats: stats[index].clone(),
-            faults: ringline_ring::Faults {
+            faults: ringport_ring::Faults {
                 bufring_register_einval: args.inject_bufring_einval,
             },
         };
@@ -364,7 +364,7 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
             .name(format!("ring-{index}"))
             .spawn(move || {
                 if let Some(core) = core {
-                    if !ringline_ring::pin_current_thread(core) {
+                    if !ringport_ring::pin_current_thread(core) {
                         tracing::warn!(ring = index, core, "could not pin the ring thread");
                     }
                 }
@@ -401,7 +401,7 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
         }
     }
     tracing::info!(%listen_addr, rings = ring_count, "ready");
-    println!("ringline listening on {listen_addr}");
+    println!("ringport listening on {listen_addr}");
     crate::systemd::notify(&format!(
         "READY=1\nSTATUS=listening on {listen_addr}, {ring_count} rings"
     ));
@@ -424,7 +424,7 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
 /// What the epoll loop is described as (it does not consult these).
 fn epoll_features() -> Features {
     Features {
-        kernel_release: ringline_ring::probe::kernel_release(),
+        kernel_release: ringport_ring::probe::kernel_release(),
         kernel_version: (0, 0),
         single_issuer: false,
         defer_taskrun: false,

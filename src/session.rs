@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use ringline_ring::{CloseReason, Context, Handler, Sender, Session, SessionId, Sessions};
+use ringport_ring::{CloseReason, Context, Handler, Sender, Session, SessionId, Sessions};
 
 use crate::commands;
 use crate::resp::{self, Args, Limits, Proto};

@@ -46,7 +46,7 @@ pub fn activated_listeners() -> Result<Vec<OwnedFd>, String> {
     const SD_LISTEN_FDS_START: i32 = 3;
     (SD_LISTEN_FDS_START..SD_LISTEN_FDS_START + count)
         .map(|fd| {
-            ringline_ring::inherited_listener(fd)
+            ringport_ring::inherited_listener(fd)
                 .map_err(|e| format!("socket activation: fd {fd}: {e}"))
         })
         .collect()

@@ -1,6 +1,6 @@
 //! A server without sockets, for tests and fuzzing: the real `Shared` (pools, embedded store,
 //! limits) and the real session handler, driven one session at a time through
-//! [`ringline_ring::harness::Harness`].
+//! [`ringport_ring::harness::Harness`].
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use ringline_ring::harness::Harness;
+use ringport_ring::harness::Harness;
 
 use crate::config::{Cli, Command, ServeArgs};
 use crate::pool::ComputePool;
@@ -28,7 +28,7 @@ impl TestServer {
     /// A server on an embedded store in `data` with user `alice` (password `secret`) and the
     /// given extra `serve` flags (e.g. `["--auth-timeout", "1s"]`).
     pub fn start(data: &Path, flags: &[&str]) -> TestServer {
-        let argv = ["ringline", "serve"]
+        let argv = ["ringport", "serve"]
             .into_iter()
             .chain(flags.iter().copied());
         let Command::Serve(args) = Cli::parse_from(argv).command else {
@@ -65,7 +65,7 @@ impl TestServer {
 
     /// Opens a new session.
     pub fn session(&self) -> Harness<RingHandler> {
-        let (sender, receiver) = ringline_ring::mailbox::<Msg>().expect("mailbox");
+        let (sender, receiver) = ringport_ring::mailbox::<Msg>().expect("mailbox");
         let handler = RingHandler::new(self.shared.clone(), sender);
         let peer: SocketAddr = "127.0.0.1:40000".parse().expect("an address");
         Harness::new(handler, receiver, Some(peer))

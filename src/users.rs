@@ -1,4 +1,4 @@
-//! `ringline user add|del|list|passwd`: user management against the configured store.
+//! `ringport user add|del|list|passwd`: user management against the configured store.
 
 use std::io::{BufRead, IsTerminal, Write};
 
@@ -20,7 +20,7 @@ fn read_password(prompt: &str) -> Result<String, String> {
     let password = line.trim_end_matches(['\r', '\n']).to_string();
     if password.is_empty() {
         return Err(
-            "empty password: give one on stdin (echo secret | ringline user add NAME)".into(),
+            "empty password: give one on stdin (echo secret | ringport user add NAME)".into(),
         );
     }
     Ok(password)
@@ -47,7 +47,7 @@ pub fn run(args: UserArgs) -> Result<(), String> {
             }
             if conn.user(&name).map_err(|e| e.to_string())?.is_some() {
                 return Err(format!(
-                    "user '{name}' already exists (use `ringline user passwd {name}`)"
+                    "user '{name}' already exists (use `ringport user passwd {name}`)"
                 ));
             }
             let password = read_password("password: ")?;

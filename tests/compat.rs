@@ -9,21 +9,21 @@ use std::process::Command;
 
 use common::{Reply, Server};
 
-fn ringline(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_ringline"))
+fn ringport(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_ringport"))
         .args(args)
         .output()
-        .expect("run ringline");
+        .expect("run ringport");
     assert!(
         out.status.success(),
-        "ringline {args:?}: {}",
+        "ringport {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).expect("utf-8 output")
 }
 
 fn probe_json(args: &[&str]) -> serde_json::Value {
-    serde_json::from_str(&ringline(args)).expect("probe --json prints JSON")
+    serde_json::from_str(&ringport(args)).expect("probe --json prints JSON")
 }
 
 fn info_server(server: &Server) -> String {
@@ -66,7 +66,7 @@ fn probe_names_the_paths_for_each_profile() {
     assert_eq!(old["setup_flags"]["defer_taskrun"], false);
     let forced = probe_json(&["probe", "--json", "--uring-disable", "multishot-accept"]);
     assert_eq!(forced["paths"]["accept"], "single-shot");
-    let text = ringline(&["probe"]);
+    let text = ringport(&["probe"]);
     assert!(text.contains("accept:") && text.contains("recv:"), "{text}");
 }
 
@@ -120,10 +120,10 @@ fn a_refused_buffer_ring_falls_back_to_poll_then_recv() {
 
 #[test]
 fn denied_io_uring_serves_on_epoll_and_probe_says_why() {
-    let probe = ringline(&[
+    let probe = ringport(&[
         "deny-io-uring",
         "--",
-        env!("CARGO_BIN_EXE_ringline"),
+        env!("CARGO_BIN_EXE_ringport"),
         "probe",
         "--json",
     ]);

@@ -34,8 +34,8 @@
 //! of the next round: rounds go on against the same store. Replies are checked as they arrive
 //! too: every SET answers `+OK`, every INCR of an owned counter answers exactly the count so far.
 //!
-//! Each backend runs [`ITERATIONS_DEFAULT`] rounds in the normal suite (`RINGLINE_CRASH_ITERATIONS`
-//! for more); `RINGLINE_CRASH_SEED` replays one run's kill moments and command mix (the seed is
+//! Each backend runs [`ITERATIONS_DEFAULT`] rounds in the normal suite (`RINGPORT_CRASH_ITERATIONS`
+//! for more); `RINGPORT_CRASH_SEED` replays one run's kill moments and command mix (the seed is
 //! printed). The server runs with `--store-timeout 30s`: on a loaded two-core box an fsync can
 //! take longer than the 1 s default, and a command answered "store unavailable" while its write
 //! may still land would make the model uncertain (item 7 checks that case).
@@ -373,15 +373,15 @@ fn read_all(conn: &mut RawConn) -> HashMap<String, Vec<u8>> {
 
 /// The crash checker on one server: rounds of load, SIGKILL at a random moment, restart, check.
 fn crash_rounds(mut server: Server, backend: &str) {
-    let rounds = env_number("RINGLINE_CRASH_ITERATIONS", ITERATIONS_DEFAULT);
+    let rounds = env_number("RINGPORT_CRASH_ITERATIONS", ITERATIONS_DEFAULT);
     let seed = env_number(
-        "RINGLINE_CRASH_SEED",
+        "RINGPORT_CRASH_SEED",
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_nanos() as u64,
     );
-    eprintln!("{backend}: {rounds} crash rounds, RINGLINE_CRASH_SEED={seed}");
+    eprintln!("{backend}: {rounds} crash rounds, RINGPORT_CRASH_SEED={seed}");
     let mut rng = StdRng::seed_from_u64(seed);
     let mut base = read_all(&mut server.raw_authed());
     for round in 0..rounds {
@@ -426,7 +426,7 @@ fn embedded_store_keeps_every_acknowledged_write_across_kill_9() {
     crash_rounds(server, "embedded");
 }
 
-/// Issue 8, item 6, PostgreSQL: ringline is killed, PostgreSQL keeps running; see the module doc.
+/// Issue 8, item 6, PostgreSQL: ringport is killed, PostgreSQL keeps running; see the module doc.
 #[test]
 fn postgres_store_keeps_every_acknowledged_write_across_kill_9() {
     let url = pg::PgCluster::shared().fresh_url("crash");
@@ -630,7 +630,7 @@ fn wait_until(limit: Duration, what: &str, done: impl Fn() -> bool) {
 /// doc for what must hold.
 #[test]
 fn postgres_outage_under_load_fails_store_commands_fast_and_loses_nothing() {
-    let outage = Duration::from_secs(env_number("RINGLINE_OUTAGE_SECONDS", 3));
+    let outage = Duration::from_secs(env_number("RINGPORT_OUTAGE_SECONDS", 3));
     let cluster = pg::PgCluster::start_own();
     let server = Server::builder().store(&cluster.url()).start();
     let phase = Arc::new(AtomicU8::new(BEFORE));

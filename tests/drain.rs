@@ -59,7 +59,7 @@ fn sigterm_with_a_pipelined_batch_in_flight_delivers_every_reply() {
     assert_eq!(idle.replies_to_eof(DRAIN_TIMEOUT), Vec::<Reply>::new());
     let status = server
         .wait_exit(DRAIN_TIMEOUT)
-        .expect("ringline exits after draining");
+        .expect("ringport exits after draining");
     assert!(status.success(), "drained server exited with {status}");
     if let Some(mut late) = late {
         assert_eq!(

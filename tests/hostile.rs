@@ -3,14 +3,14 @@
 //! commands and checking every reply while the attack runs, and the attack must be bounded:
 //! descriptors come back, memory stays put, refusals are counted.
 //!
-//! - Floods run `ringline-flood` (`bench/src/bin/ringline-flood.rs`) in several processes, each
+//! - Floods run `ringport-flood` (`bench/src/bin/ringport-flood.rs`) in several processes, each
 //!   binding its connections to its own 127.0.x.y source addresses. The test builds the tool
-//!   with the ringline binary's profile (a no-op when `cargo test --workspace` already did), or
-//!   runs `RINGLINE_FLOOD_BIN`.
+//!   with the ringport binary's profile (a no-op when `cargo test --workspace` already did), or
+//!   runs `RINGPORT_FLOOD_BIN`.
 //! - Knobs for longer local runs (defaults keep this file well under two minutes on two cores):
-//!   `RINGLINE_FLOOD_SECONDS` (per round, 4), `RINGLINE_FLOOD_PROCESSES` (3),
-//!   `RINGLINE_FLOOD_ROUNDS` (2), `RINGLINE_SLOWLORIS_CONNECTIONS` (2,500 before AUTH),
-//!   `RINGLINE_SLOWLORIS_AUTHED` (500 after AUTH).
+//!   `RINGPORT_FLOOD_SECONDS` (per round, 4), `RINGPORT_FLOOD_PROCESSES` (3),
+//!   `RINGPORT_FLOOD_ROUNDS` (2), `RINGPORT_SLOWLORIS_CONNECTIONS` (2,500 before AUTH),
+//!   `RINGPORT_SLOWLORIS_AUTHED` (500 after AUTH).
 //!
 //! Every test raises its own RLIMIT_NOFILE to the hard limit (the server, a child, inherits it):
 //! the box caps it at 20,000, and a flood holds thousands of connections at each end.
@@ -318,27 +318,27 @@ impl Chatter {
 
 // ---- the flood tool ----
 
-/// The `ringline-flood` binary, built once per test process with the profile (and target) the
-/// ringline binary was built with, so a test never runs a stale tool.
+/// The `ringport-flood` binary, built once per test process with the profile (and target) the
+/// ringport binary was built with, so a test never runs a stale tool.
 fn flood_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
-        if let Some(path) = std::env::var_os("RINGLINE_FLOOD_BIN") {
+        if let Some(path) = std::env::var_os("RINGPORT_FLOOD_BIN") {
             return PathBuf::from(path);
         }
-        let ringline = Path::new(env!("CARGO_BIN_EXE_ringline"));
-        let profile_dir = ringline.parent().expect("the ringline binary's directory");
+        let ringport = Path::new(env!("CARGO_BIN_EXE_ringport"));
+        let profile_dir = ringport.parent().expect("the ringport binary's directory");
         let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
             Some("debug") => "dev",
             Some(name) => name,
-            None => panic!("no profile directory above {}", ringline.display()),
+            None => panic!("no profile directory above {}", ringport.display()),
         };
         let mut build = Command::new(env!("CARGO"));
         build
             .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args(["build", "--quiet", "-p", "ringline-bench", "--bin"])
-            .args(["ringline-flood", "--profile", profile]);
-        // target/<profile>/ringline, or target/<triple>/<profile>/ringline under --target.
+            .args(["build", "--quiet", "-p", "ringport-bench", "--bin"])
+            .args(["ringport-flood", "--profile", profile]);
+        // target/<profile>/ringport, or target/<triple>/<profile>/ringport under --target.
         let above = profile_dir.parent().expect("the target directory");
         if above.join("CACHEDIR.TAG").exists() {
             build.arg("--target-dir").arg(above);
@@ -348,21 +348,21 @@ fn flood_binary() -> &'static Path {
                 .args(["--target", triple, "--target-dir"])
                 .arg(above.parent().expect("the target directory"));
         }
-        let output = build.output().expect("run cargo build for ringline-flood");
+        let output = build.output().expect("run cargo build for ringport-flood");
         assert!(
             output.status.success(),
-            "cargo build -p ringline-bench --bin ringline-flood failed ({}): {}\n(or point \
-             RINGLINE_FLOOD_BIN at a built ringline-flood)",
+            "cargo build -p ringport-bench --bin ringport-flood failed ({}): {}\n(or point \
+             RINGPORT_FLOOD_BIN at a built ringport-flood)",
             output.status,
             String::from_utf8_lossy(&output.stderr)
         );
-        let binary = profile_dir.join("ringline-flood");
+        let binary = profile_dir.join("ringport-flood");
         assert!(binary.is_file(), "{} was not built", binary.display());
         binary
     })
 }
 
-/// One `ringline-flood` run's summary line, as numbers.
+/// One `ringport-flood` run's summary line, as numbers.
 #[derive(Debug, Default)]
 struct FloodSummary {
     fields: Vec<(String, u64)>,
@@ -372,8 +372,8 @@ impl FloodSummary {
     fn parse(line: &str) -> FloodSummary {
         let rest = line
             .trim()
-            .strip_prefix("ringline-flood ")
-            .unwrap_or_else(|| panic!("not a ringline-flood summary: {line:?}"));
+            .strip_prefix("ringport-flood ")
+            .unwrap_or_else(|| panic!("not a ringport-flood summary: {line:?}"));
         let fields = rest
             .split_whitespace()
             .map(|pair| {
@@ -404,7 +404,7 @@ impl FloodSummary {
     }
 }
 
-/// A running `ringline-flood` process.
+/// A running `ringport-flood` process.
 struct Flood {
     child: Child,
     /// When it must have exited (its own --duration, plus slack for the last connects).
@@ -423,7 +423,7 @@ impl Flood {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("start ringline-flood");
+            .expect("start ringport-flood");
         Flood {
             child,
             deadline: Instant::now() + duration + Duration::from_secs(30),
@@ -436,7 +436,7 @@ impl Flood {
             if self
                 .child
                 .try_wait()
-                .expect("wait for ringline-flood")
+                .expect("wait for ringport-flood")
                 .is_some()
             {
                 break;
@@ -444,30 +444,30 @@ impl Flood {
             if Instant::now() >= self.deadline {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
-                panic!("ringline-flood ran past its --duration by 30 s");
+                panic!("ringport-flood ran past its --duration by 30 s");
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         let output = self
             .child
             .wait_with_output()
-            .expect("ringline-flood output");
+            .expect("ringport-flood output");
         let stdout = String::from_utf8_lossy(&output.stdout);
         assert!(
             output.status.success(),
-            "ringline-flood failed ({}): {stdout}{}",
+            "ringport-flood failed ({}): {stdout}{}",
             output.status,
             String::from_utf8_lossy(&output.stderr)
         );
         let line = stdout
             .lines()
-            .rfind(|l| l.starts_with("ringline-flood "))
-            .unwrap_or_else(|| panic!("no summary line from ringline-flood: {stdout}"));
+            .rfind(|l| l.starts_with("ringport-flood "))
+            .unwrap_or_else(|| panic!("no summary line from ringport-flood: {stdout}"));
         FloodSummary::parse(line)
     }
 }
 
-/// Runs ringline-flood once to completion.
+/// Runs ringport-flood once to completion.
 fn flood_once(addr: SocketAddr, args: &[&str]) -> FloodSummary {
     Flood::start(addr, Duration::from_secs(10), args).finish()
 }
@@ -504,9 +504,9 @@ fn flood(server: &Server, processes: u64, duration: Duration, args: &[&str]) -> 
 #[test]
 fn a_connection_flood_leaves_sessions_served_and_gives_back_every_descriptor() {
     common::raise_nofile_limit();
-    let processes = env_number("RINGLINE_FLOOD_PROCESSES", 3);
-    let seconds = env_number("RINGLINE_FLOOD_SECONDS", 4);
-    let rounds = env_number("RINGLINE_FLOOD_ROUNDS", 2).max(1);
+    let processes = env_number("RINGPORT_FLOOD_PROCESSES", 3);
+    let seconds = env_number("RINGPORT_FLOOD_SECONDS", 4);
+    let rounds = env_number("RINGPORT_FLOOD_ROUNDS", 2).max(1);
     let server = Server::builder().flag("--auth-timeout", "2s").start();
     let pid = server.pid();
     let mut admin = server.raw_authed();
@@ -607,7 +607,7 @@ fn a_connection_flood_leaves_sessions_served_and_gives_back_every_descriptor() {
 #[test]
 fn a_flood_past_the_descriptor_limit_is_counted_and_survived() {
     common::raise_nofile_limit();
-    let seconds = env_number("RINGLINE_FLOOD_SECONDS", 4);
+    let seconds = env_number("RINGPORT_FLOOD_SECONDS", 4);
     let server = Server::builder()
         .nofile_limit(256)
         .flag("--auth-timeout", "2s")
@@ -775,7 +775,7 @@ fn assert_closed_by_timeout(
 #[test]
 fn slowloris_before_auth_is_closed_by_the_auth_timeout() {
     common::raise_nofile_limit();
-    let count = env_number("RINGLINE_SLOWLORIS_CONNECTIONS", 2500) as usize;
+    let count = env_number("RINGPORT_SLOWLORIS_CONNECTIONS", 2500) as usize;
     let timeout = Duration::from_secs(2);
     let server = Server::builder().flag("--auth-timeout", "2s").start();
     let pid = server.pid();
@@ -832,7 +832,7 @@ fn slowloris_before_auth_is_closed_by_the_auth_timeout() {
 #[test]
 fn slowloris_after_auth_is_closed_by_the_request_timeout() {
     common::raise_nofile_limit();
-    let count = env_number("RINGLINE_SLOWLORIS_AUTHED", 500) as usize;
+    let count = env_number("RINGPORT_SLOWLORIS_AUTHED", 500) as usize;
     let timeout = Duration::from_secs(2);
     let server = Server::builder().flag("--request-timeout", "2s").start();
     let pid = server.pid();
@@ -974,10 +974,10 @@ fn metric(text: &str, name: &str) -> u64 {
 /// 127.0.0.1 over four connections (five each, under `--max-auth-failures`) use up that
 /// address's minute: the next AUTH from it, on a fresh connection and with the right password,
 /// gets the clear error unchecked, as does the one after. Another address (127.0.0.2, bound
-/// before connect by ringline-flood) still authenticates and still gets plain WRONGPASS; a
+/// before connect by ringport-flood) still authenticates and still gets plain WRONGPASS; a
 /// session from 127.0.0.1 that authenticated before keeps working. The server logs the address
 /// once and counts every refusal (`INFO stats` `auth_rate_limited`, metrics
-/// `ringline_auth_rate_limited_total`).
+/// `ringport_auth_rate_limited_total`).
 #[test]
 fn failed_auth_from_one_address_is_limited_across_connections() {
     let server = Server::builder()
@@ -1067,7 +1067,7 @@ fn failed_auth_from_one_address_is_limited_across_connections() {
     assert_eq!(info_field(&stats, "auth_rate_limited"), 2, "{stats}");
     assert_eq!(info_field(&stats, "auth_failures"), 23, "{stats}");
     let metrics = scrape(metrics_addr(&server));
-    assert_eq!(metric(&metrics, "ringline_auth_rate_limited_total"), 2);
+    assert_eq!(metric(&metrics, "ringport_auth_rate_limited_total"), 2);
     let log = plain_log(&server);
     let logged: Vec<&str> = log
         .lines()

@@ -1,4 +1,4 @@
-//! Operating ringline (issue 7), black-box over real TCP: the Prometheus endpoint scraped during
+//! Operating ringport (issue 7), black-box over real TCP: the Prometheus endpoint scraped during
 //! a mixed load and parsed as OpenMetrics, `INFO latencystats` / `INFO commandstats` after known
 //! traffic, the TOML config file (round trip, flags win, every kind of bad file), idle sessions,
 //! `CLIENT LIST` / `CLIENT KILL` across rings, systemd readiness (`READY=1` before the first
@@ -25,7 +25,7 @@ use common::{
 };
 
 fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_ringline")
+    env!("CARGO_BIN_EXE_ringport")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -673,36 +673,36 @@ fn mixed_expected(sessions: usize, rounds: usize) -> BTreeMap<&'static str, (u64
 fn assert_command_metrics(scrape: &Scrape, expected: &BTreeMap<&'static str, (u64, u64)>) {
     let names: BTreeSet<String> = expected.keys().map(|k| k.to_string()).collect();
     assert_eq!(
-        scrape.label_values("ringline_commands_total", "command"),
+        scrape.label_values("ringport_commands_total", "command"),
         names,
         "commands with samples"
     );
     for (command, (calls, errors)) in expected {
         let labels = [("command", *command)];
         assert_eq!(
-            scrape.value("ringline_commands_total", &labels),
+            scrape.value("ringport_commands_total", &labels),
             *calls as f64,
-            "ringline_commands_total{{command={command}}}"
+            "ringport_commands_total{{command={command}}}"
         );
         assert_eq!(
-            scrape.value("ringline_command_errors_total", &labels),
+            scrape.value("ringport_command_errors_total", &labels),
             *errors as f64,
-            "ringline_command_errors_total{{command={command}}}"
+            "ringport_command_errors_total{{command={command}}}"
         );
         assert_eq!(
-            scrape.value("ringline_command_latency_seconds_count", &labels),
+            scrape.value("ringport_command_latency_seconds_count", &labels),
             *calls as f64,
             "latency histogram count of {command}"
         );
         assert_eq!(
             scrape.value(
-                "ringline_command_latency_seconds_bucket",
+                "ringport_command_latency_seconds_bucket",
                 &[("command", command), ("le", "+Inf")]
             ),
             *calls as f64,
             "+Inf bucket of {command}"
         );
-        let sum = scrape.value("ringline_command_latency_seconds_sum", &labels);
+        let sum = scrape.value("ringport_command_latency_seconds_sum", &labels);
         assert!(
             sum > 0.0,
             "{command}: {calls} calls take more than no time (sum {sum})"
@@ -721,30 +721,30 @@ fn metrics_scraped_during_a_mixed_load_count_the_commands_sent() {
 
     // Before any session: every family is there, counts are zero, and unknown paths are 404.
     let empty = scrape(metrics);
-    assert_eq!(empty.sum("ringline_sessions"), 0.0);
+    assert_eq!(empty.sum("ringport_sessions"), 0.0);
     assert_eq!(
-        empty.label_values("ringline_sessions", "ring"),
+        empty.label_values("ringport_sessions", "ring"),
         BTreeSet::from(["0".to_string(), "1".to_string()])
     );
-    assert_eq!(empty.sum("ringline_sessions_accepted_total"), 0.0);
-    assert!(empty.all("ringline_commands_total").is_empty());
+    assert_eq!(empty.sum("ringport_sessions_accepted_total"), 0.0);
+    assert!(empty.all("ringport_commands_total").is_empty());
     for family in [
-        "ringline_sessions",
-        "ringline_sessions_accepted",
-        "ringline_sessions_rejected",
-        "ringline_commands",
-        "ringline_command_errors",
-        "ringline_command_latency_seconds",
-        "ringline_ring_completions",
-        "ringline_ring_submissions",
-        "ringline_ring_enters",
-        "ringline_ring_bufring_exhausted",
-        "ringline_ring_cq_overflow",
-        "ringline_pool_queue_depth",
-        "ringline_pool_busy_rejections",
-        "ringline_pool_jobs",
-        "ringline_store_errors",
-        "ringline_store_reconnects",
+        "ringport_sessions",
+        "ringport_sessions_accepted",
+        "ringport_sessions_rejected",
+        "ringport_commands",
+        "ringport_command_errors",
+        "ringport_command_latency_seconds",
+        "ringport_ring_completions",
+        "ringport_ring_submissions",
+        "ringport_ring_enters",
+        "ringport_ring_bufring_exhausted",
+        "ringport_ring_cq_overflow",
+        "ringport_pool_queue_depth",
+        "ringport_pool_busy_rejections",
+        "ringport_pool_jobs",
+        "ringport_store_errors",
+        "ringport_store_reconnects",
     ] {
         assert!(empty.types.contains_key(family), "no family {family}");
     }
@@ -781,9 +781,9 @@ fn metrics_scraped_during_a_mixed_load_count_the_commands_sent() {
     }
     let middle = scrape(metrics);
     assert_command_metrics(&middle, &mixed_expected(SESSIONS, 1));
-    assert_eq!(middle.sum("ringline_sessions"), SESSIONS as f64);
+    assert_eq!(middle.sum("ringport_sessions"), SESSIONS as f64);
     assert_eq!(
-        middle.sum("ringline_sessions_accepted_total"),
+        middle.sum("ringport_sessions_accepted_total"),
         SESSIONS as f64
     );
 
@@ -795,12 +795,12 @@ fn metrics_scraped_during_a_mixed_load_count_the_commands_sent() {
             let mut last: HashMap<String, f64> = HashMap::new();
             while !done.load(Ordering::Relaxed) || scrapes == 0 {
                 let now = scrape(metrics);
-                for sample in now.all("ringline_commands_total") {
+                for sample in now.all("ringport_commands_total") {
                     let command = sample.labels["command"].clone();
                     let before = last.insert(command.clone(), sample.value).unwrap_or(0.0);
                     assert!(sample.value >= before, "{command} went down");
                 }
-                let open = now.sum("ringline_sessions");
+                let open = now.sum("ringport_sessions");
                 assert!(
                     (0.0..=SESSIONS as f64).contains(&open),
                     "sessions gauge {open} with {SESSIONS} sessions"
@@ -824,14 +824,14 @@ fn metrics_scraped_during_a_mixed_load_count_the_commands_sent() {
     let after = scrape(metrics);
     let expected = mixed_expected(SESSIONS, 2);
     assert_command_metrics(&after, &expected);
-    assert_eq!(after.sum("ringline_sessions"), SESSIONS as f64);
+    assert_eq!(after.sum("ringport_sessions"), SESSIONS as f64);
     assert_eq!(
-        after.sum("ringline_sessions_accepted_total"),
+        after.sum("ringport_sessions_accepted_total"),
         SESSIONS as f64
     );
-    assert_eq!(after.sum("ringline_sessions_rejected_total"), 0.0);
+    assert_eq!(after.sum("ringport_sessions_rejected_total"), 0.0);
     assert_eq!(
-        after.label_values("ringline_ring_completions_total", "ring"),
+        after.label_values("ringport_ring_completions_total", "ring"),
         BTreeSet::from(["0".to_string(), "1".to_string()])
     );
     // Every HASH with valid rounds is a compute job; every SET, GET and INCR is a store job (a
@@ -841,13 +841,13 @@ fn metrics_scraped_during_a_mixed_load_count_the_commands_sent() {
         expected["set"].0 + (expected["get"].0 - expected["get"].1) + expected["incr"].0;
     eventually("the pools count every job", || {
         let now = scrape(metrics);
-        now.value("ringline_pool_jobs_total", &[("pool", "compute")])
+        now.value("ringport_pool_jobs_total", &[("pool", "compute")])
             >= (hash_calls - hash_errors) as f64
-            && now.value("ringline_pool_jobs_total", &[("pool", "store")]) >= store_jobs as f64
+            && now.value("ringport_pool_jobs_total", &[("pool", "store")]) >= store_jobs as f64
     });
     assert_eq!(
         after.value(
-            "ringline_pool_busy_rejections_total",
+            "ringport_pool_busy_rejections_total",
             &[("pool", "compute")]
         ),
         0.0
@@ -857,7 +857,7 @@ fn metrics_scraped_during_a_mixed_load_count_the_commands_sent() {
     drop(conns);
     eventually(
         "the sessions gauge drops to 0 once every client closed",
-        || scrape(metrics).sum("ringline_sessions") == 0.0,
+        || scrape(metrics).sum("ringport_sessions") == 0.0,
     );
 }
 
@@ -1005,7 +1005,7 @@ fn config_file_settings_take_effect_and_flags_override_them() {
     let dir = tempfile::tempdir().unwrap();
     let file = write_file(
         dir.path(),
-        "ringline.toml",
+        "ringport.toml",
         "# a config file as an operator writes it\n\
          rings = 3\n\
          max-sessions = 3\n\
@@ -1059,7 +1059,7 @@ fn config_file_settings_take_effect_and_flags_override_them() {
     assert_eq!(fields["maxclients"], "3", "max-sessions from the file");
     // metrics-addr from the file.
     let metrics = scrape(server.metrics_addr());
-    assert_eq!(metrics.label_values("ringline_sessions", "ring").len(), 2);
+    assert_eq!(metrics.label_values("ringport_sessions", "ring").len(), 2);
     // proto-max-bulk-len from the file: a 2 MB bulk is refused.
     let mut big = server.raw_authed();
     big.send(b"*2\r\n$4\r\nECHO\r\n$2097152\r\n");
@@ -1163,7 +1163,7 @@ fn bad_config_files_fail_naming_the_key_and_the_file() {
                 .arg(&data)
                 .arg("--config")
                 .arg(path)
-                .env_remove("RINGLINE_STORE_URL"),
+                .env_remove("RINGPORT_STORE_URL"),
             REPLY_TIMEOUT,
         );
         for (what, output) in [("config check", &check), ("serve --config", &serve)] {
@@ -1526,7 +1526,7 @@ fn socket_activation_serves_on_the_passed_listener() {
     let data = dir.path().join("data");
     add_user(&data, None, USER, PASSWORD);
     // An abstract notify socket (systemd's own form, '@name').
-    let name = format!("ringline-test-notify-{}", std::process::id());
+    let name = format!("ringport-test-notify-{}", std::process::id());
     let notify = UnixDatagram::bind_addr(
         &std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap(),
     )
@@ -1546,7 +1546,7 @@ fn socket_activation_serves_on_the_passed_listener() {
                 .args(["serve", "--rings", "2", "--listen", "127.0.0.1:1", "--data"])
                 .arg(&data)
                 .args(profile_flags())
-                .env_remove("RINGLINE_STORE_URL"),
+                .env_remove("RINGPORT_STORE_URL"),
         );
         if proc.wait_for_output("Listening on", REPLY_TIMEOUT) {
             break (proc, port);
@@ -1622,11 +1622,11 @@ fn store_passwords_never_reach_logs_or_config_check() {
     const SECRET: &str = "hunter2-sekrit";
     let dir = tempfile::tempdir().unwrap();
 
-    // config check: from the file and from RINGLINE_STORE_URL, in each way a URL carries one.
+    // config check: from the file and from RINGPORT_STORE_URL, in each way a URL carries one.
     for url in [
-        format!("postgres://ringline:{SECRET}@db.example:5432/ringline"),
-        format!("postgresql://ringline@db.example/ringline?sslmode=disable&password={SECRET}"),
-        format!("host=/run/postgresql dbname=ringline password={SECRET}"),
+        format!("postgres://ringport:{SECRET}@db.example:5432/ringport"),
+        format!("postgresql://ringport@db.example/ringport?sslmode=disable&password={SECRET}"),
+        format!("host=/run/postgresql dbname=ringport password={SECRET}"),
     ] {
         let file = write_file(
             dir.path(),
@@ -1638,7 +1638,7 @@ fn store_passwords_never_reach_logs_or_config_check() {
                 .arg("config")
                 .arg("check")
                 .arg(&file)
-                .env_remove("RINGLINE_STORE_URL"),
+                .env_remove("RINGPORT_STORE_URL"),
             REPLY_TIMEOUT,
         );
         assert_no_secret(&output, SECRET, &url);
@@ -1648,19 +1648,19 @@ fn store_passwords_never_reach_logs_or_config_check() {
                 .arg("config")
                 .arg("check")
                 .arg(&empty)
-                .env("RINGLINE_STORE_URL", &url),
+                .env("RINGPORT_STORE_URL", &url),
             REPLY_TIMEOUT,
         );
         assert_no_secret(&output, SECRET, &url);
     }
 
     // A store that cannot be reached: the start-up error names it without the password.
-    let unreachable = format!("postgres://ringline:{SECRET}@127.0.0.1:1/ringline");
+    let unreachable = format!("postgres://ringport:{SECRET}@127.0.0.1:1/ringport");
     let output = run_with_timeout(
         Command::new(binary())
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(dir.path().join("data"))
-            .env("RINGLINE_STORE_URL", &unreachable),
+            .env("RINGPORT_STORE_URL", &unreachable),
         Duration::from_secs(60),
     );
     assert!(!output.status.success());
@@ -1668,7 +1668,7 @@ fn store_passwords_never_reach_logs_or_config_check() {
     assert!(stderr.contains("127.0.0.1"), "{stderr}");
     assert!(!stderr.contains(SECRET), "the password leaked: {stderr}");
 
-    // A running server on PostgreSQL, the URL with its password in RINGLINE_STORE_URL, then
+    // A running server on PostgreSQL, the URL with its password in RINGPORT_STORE_URL, then
     // in --store, logging at debug level.
     let cluster = pg::PgCluster::shared();
     for via_env in [true, false] {
@@ -1679,7 +1679,7 @@ fn store_passwords_never_reach_logs_or_config_check() {
             .data_dir(Arc::new(data))
             .flag("--log-level", "debug");
         let mut server = if via_env {
-            builder.env("RINGLINE_STORE_URL", &url).start()
+            builder.env("RINGPORT_STORE_URL", &url).start()
         } else {
             builder.store(&url).start()
         };

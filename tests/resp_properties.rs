@@ -4,7 +4,7 @@
 //! - encoding a reply value then parsing it returns the same value, in RESP2 and RESP3.
 
 use proptest::prelude::*;
-use ringline::resp::{encode_value, parse_command, parse_value, Args, Limits, Proto, Value};
+use ringport::resp::{encode_value, parse_command, parse_value, Args, Limits, Proto, Value};
 
 fn encode_command(args: &[Vec<u8>]) -> Vec<u8> {
     let mut out = format!("*{}\r\n", args.len()).into_bytes();

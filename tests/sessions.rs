@@ -59,7 +59,7 @@ fn hash_equals_sha256_applied_rounds_times() {
         (2, &b"x"[..]),
         (1, &b""[..]),
         (7, &data[..]),
-        (1000, &b"ringline"[..]),
+        (1000, &b"ringport"[..]),
         (100_000, &b"a longer run"[..]),
     ] {
         let reply: String = redis::cmd("HASH")

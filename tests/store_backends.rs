@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use ringline::store::{self, Backend, Conn, StoreError, StoreSpec, UserRecord};
+use ringport::store::{self, Backend, Conn, StoreError, StoreSpec, UserRecord};
 
 /// An open store plus whatever keeps it alive (its temp dir).
 struct Store {
@@ -86,7 +86,7 @@ fn describes_itself(store: &Store) {
     let description = store.backend.describe();
     match store.backend.kind() {
         "embedded" => assert!(
-            description.starts_with("redb at ") && description.ends_with("ringline.redb"),
+            description.starts_with("redb at ") && description.ends_with("ringport.redb"),
             "{description}"
         ),
         "postgres" => assert!(description.starts_with("postgres host="), "{description}"),
@@ -381,7 +381,7 @@ fn embedded_reopen_sees_committed_data() {
         conn.incr_by("alice", b"n", 7).unwrap();
         conn.put_user(&user("alice", "$argon2id$h", false)).unwrap();
     }
-    assert!(dir.path().join("nested/data/ringline.redb").is_file());
+    assert!(dir.path().join("nested/data/ringport.redb").is_file());
     let backend = store::open(&spec).expect("reopen after the first handle is gone");
     let mut conn = backend.connect().unwrap();
     assert_eq!(conn.get("alice", b"k").unwrap(), Some(b"v".to_vec()));
@@ -400,7 +400,7 @@ fn embedded_open_twice_in_one_process_is_refused() {
     let error = store::open(&spec).err().expect("second open must fail");
     assert!(
         error.to_string().contains(&format!(
-            "the data directory {} is in use by another ringline process",
+            "the data directory {} is in use by another ringport process",
             dir.path().display()
         )),
         "{error}"
@@ -408,10 +408,10 @@ fn embedded_open_twice_in_one_process_is_refused() {
 }
 
 /// The child side of the two tests below: started by them as this same test binary with
-/// `RINGLINE_STORE_CHILD` set; without it (a normal test run) it does nothing.
+/// `RINGPORT_STORE_CHILD` set; without it (a normal test run) it does nothing.
 #[test]
 fn embedded_child_process() {
-    let Ok(dir) = std::env::var("RINGLINE_STORE_CHILD") else {
+    let Ok(dir) = std::env::var("RINGPORT_STORE_CHILD") else {
         return;
     };
     let spec = StoreSpec::parse(None, Path::new(&dir)).unwrap();
@@ -442,7 +442,7 @@ impl Child {
                 "--nocapture",
                 "--test-threads=1",
             ])
-            .env("RINGLINE_STORE_CHILD", dir)
+            .env("RINGPORT_STORE_CHILD", dir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -528,7 +528,7 @@ fn embedded_data_dir_in_use_by_another_process_is_refused() {
     assert!(
         error
             .to_string()
-            .contains("is in use by another ringline process"),
+            .contains("is in use by another ringport process"),
         "{error}"
     );
 }
@@ -539,7 +539,7 @@ fn schema_versions(url: &str) -> Vec<i32> {
     let mut client = ::postgres::Client::connect(url, ::postgres::NoTls).unwrap();
     client
         .query(
-            "SELECT version FROM ringline_schema_version ORDER BY version",
+            "SELECT version FROM ringport_schema_version ORDER BY version",
             &[],
         )
         .unwrap()
@@ -581,7 +581,7 @@ fn postgres_concurrent_opens_migrate_once() {
 
 #[test]
 fn postgres_incr_is_atomic_across_backends() {
-    // Two opens stand in for two ringline processes on one database.
+    // Two opens stand in for two ringport processes on one database.
     let url = pg::PgCluster::shared().fresh_url("incr_two_backends");
     let backends = [open_postgres(&url), open_postgres(&url)];
     let threads: Vec<_> = backends

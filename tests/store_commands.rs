@@ -1,7 +1,7 @@
 //! Store commands over real TCP (issue 3), one suite run against both backends: `embedded::*`
 //! on redb in a temp dir, `postgres::*` on a throwaway PostgreSQL cluster (one per test binary,
 //! a schema per test; `DATABASE_URL` when set). Then what only PostgreSQL has: an outage and
-//! its recovery, and two ringline processes sharing one database.
+//! its recovery, and two ringport processes sharing one database.
 
 #[path = "common/pg.rs"]
 mod pg;
@@ -598,7 +598,7 @@ fn postgres_outage_answers_store_unavailable_then_recovers_without_restart() {
 
     cluster.start_again();
 
-    // The server reconnects by itself: no restart of ringline.
+    // The server reconnects by itself: no restart of ringport.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         match store_session.cmd(&[b"GET", b"k"]) {

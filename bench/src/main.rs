@@ -1,4 +1,4 @@
-//! `ringline-bench`: open- and closed-loop load and latency measurement for any RESP server.
+//! `ringport-bench`: open- and closed-loop load and latency measurement for any RESP server.
 //!
 //! A run: open the sessions (authenticated, plus `--idle` ones held open), ask the server what it
 //! is, then split the connections over `--threads` load threads ([`engine`]), each driving its
@@ -34,10 +34,10 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use workload::Mix;
 
-/// Load and latency benchmarking for RESP servers (ringline, Redis, ...): closed loop or open
+/// Load and latency benchmarking for RESP servers (ringport, Redis, ...): closed loop or open
 /// loop with coordinated-omission-corrected latency, HDR histograms, .hgrm / JSON / charts.
 #[derive(Debug, Parser)]
-#[command(name = "ringline-bench", version, after_help = AFTER_HELP)]
+#[command(name = "ringport-bench", version, after_help = AFTER_HELP)]
 struct Cli {
     /// Server to load, as [NAME=][USER[:PASSWORD]@]HOST:PORT. Give it several times to run the
     /// same load against each in turn and compare them in one table and chart.
@@ -45,11 +45,11 @@ struct Cli {
     targets: Vec<String>,
 
     /// User to AUTH as on every connection (needs --password).
-    #[arg(long, env = "RINGLINE_BENCH_USER")]
+    #[arg(long, env = "RINGPORT_BENCH_USER")]
     user: Option<String>,
 
     /// Password to AUTH with on every connection (alone: AUTH password, user "default").
-    #[arg(long, env = "RINGLINE_BENCH_PASSWORD", hide_env_values = true)]
+    #[arg(long, env = "RINGPORT_BENCH_PASSWORD", hide_env_values = true)]
     password: Option<String>,
 
     /// Open every connection with HELLO 3 (RESP3 replies); AUTH goes in the HELLO.
@@ -161,10 +161,10 @@ struct Cli {
 
 const AFTER_HELP: &str = "\
 Examples:
-  ringline-bench -t 127.0.0.1:6379 -c 50 -P 16 -d 10s
-  ringline-bench -t ringline=127.0.0.1:6380 --user bench --password pw --rate 20000 \\
+  ringport-bench -t 127.0.0.1:6379 -c 50 -P 16 -d 10s
+  ringport-bench -t ringport=127.0.0.1:6380 --user bench --password pw --rate 20000 \\
       --mix 'GET=90,SET=10' --hgrm out.hgrm --json out.json --plot out.svg
-  ringline-bench -t redis=127.0.0.1:6379 -t ringline=bench:pw@127.0.0.1:6380 \\
+  ringport-bench -t redis=127.0.0.1:6379 -t ringport=bench:pw@127.0.0.1:6380 \\
       --sweep connections=1,10,100,1000 --plot sweep.png";
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -256,11 +256,11 @@ fn main() -> ExitCode {
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Setup(message)) => {
-            eprintln!("ringline-bench: error: {message}");
+            eprintln!("ringport-bench: error: {message}");
             ExitCode::from(2)
         }
         Err(Failure::Other(message)) => {
-            eprintln!("ringline-bench: error: {message}");
+            eprintln!("ringport-bench: error: {message}");
             ExitCode::FAILURE
         }
     }
@@ -347,7 +347,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
     }
 
     let summary = Summary {
-        tool: "ringline-bench",
+        tool: "ringport-bench",
         version: env!("CARGO_PKG_VERSION"),
         date,
         kernel,

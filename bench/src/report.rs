@@ -276,7 +276,7 @@ pub fn trim_float(value: f64) -> String {
 pub fn table(summary: &Summary) -> String {
     let mut out = String::new();
     out.push_str(&format!(
-        "ringline-bench {} · {} · kernel {} · {} ({} CPUs)\n\n",
+        "ringport-bench {} · {} · kernel {} · {} ({} CPUs)\n\n",
         summary.version, summary.date, summary.kernel, summary.host.name, summary.host.cpus
     ));
     let mut loads: Vec<String> = Vec::new();

@@ -21,7 +21,7 @@ pub fn encode_command<A: AsRef<[u8]>>(out: &mut Vec<u8>, args: &[A]) {
     }
 }
 
-/// The longest error word kept; longer words are cut (never seen from Redis or ringline).
+/// The longest error word kept; longer words are cut (never seen from Redis or ringport).
 pub const ERROR_WORD_MAX: usize = 32;
 
 /// What one complete top-level reply was.

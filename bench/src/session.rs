@@ -1,7 +1,7 @@
 //! Opening sessions: connect, authenticate, ask the server what it is, and hold idle sessions.
 //!
 //! Set-up is blocking and batched (connect a batch, write every handshake, then read every
-//! reply), so thousands of sessions open quickly even when AUTH is slow (ringline verifies
+//! reply), so thousands of sessions open quickly even when AUTH is slow (ringport verifies
 //! argon2id hashes). Errors say which target and what to do.
 
 use crate::resp::{encode_command, Reply, ReplyScanner};
@@ -313,7 +313,7 @@ pub fn server_info(
         let wanted = matches!(
             key,
             "redis_version"
-                | "ringline_version"
+                | "ringport_version"
                 | "valkey_version"
                 | "server_name"
                 | "version"

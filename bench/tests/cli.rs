@@ -1,10 +1,10 @@
-//! Black-box tests of the `ringline-bench` binary against real RESP servers.
+//! Black-box tests of the `ringport-bench` binary against real RESP servers.
 //!
 //! Each test runs against every server it can find:
-//! - the one named by `RINGLINE_BENCH_TEST_TARGET=HOST:PORT` (with
-//!   `RINGLINE_BENCH_TEST_USER`/`RINGLINE_BENCH_TEST_PASSWORD` when it wants AUTH);
-//! - ringline, when a `ringline` binary is built (`RINGLINE_BIN`, or next to this test's
-//!   `ringline-bench`, or in `target/release`): started on a free loopback port with a fresh
+//! - the one named by `RINGPORT_BENCH_TEST_TARGET=HOST:PORT` (with
+//!   `RINGPORT_BENCH_TEST_USER`/`RINGPORT_BENCH_TEST_PASSWORD` when it wants AUTH);
+//! - ringport, when a `ringport` binary is built (`RINGPORT_BIN`, or next to this test's
+//!   `ringport-bench`, or in `target/release`): started on a free loopback port with a fresh
 //!   data directory and a `bench` user;
 //! - `redis-server` (`REDIS_SERVER`, or on PATH), started with a password.
 //!
@@ -47,15 +47,15 @@ fn on_path(name: &str) -> Option<PathBuf> {
     })
 }
 
-fn ringline_binary() -> Option<PathBuf> {
-    if let Ok(path) = std::env::var("RINGLINE_BIN") {
+fn ringport_binary() -> Option<PathBuf> {
+    if let Ok(path) = std::env::var("RINGPORT_BIN") {
         return Some(PathBuf::from(path));
     }
-    let bench = PathBuf::from(env!("CARGO_BIN_EXE_ringline-bench"));
+    let bench = PathBuf::from(env!("CARGO_BIN_EXE_ringport-bench"));
     let profile_dir = bench.parent()?;
     [
-        profile_dir.join("ringline"),
-        profile_dir.parent()?.join("release").join("ringline"),
+        profile_dir.join("ringport"),
+        profile_dir.parent()?.join("release").join("ringport"),
     ]
     .into_iter()
     .find(|path| path.is_file())
@@ -77,9 +77,9 @@ fn wait_for(address: &str, child: &mut Child, what: &str) {
     }
 }
 
-fn start_ringline(binary: &Path) -> Server {
+fn start_ringport(binary: &Path) -> Server {
     let data = std::env::temp_dir().join(format!(
-        "ringline-bench-test-data-{}-{}",
+        "ringport-bench-test-data-{}-{}",
         std::process::id(),
         free_port()
     ));
@@ -90,10 +90,10 @@ fn start_ringline(binary: &Path) -> Server {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("run ringline user add");
+        .expect("run ringport user add");
     use std::io::Write;
     add.stdin.take().unwrap().write_all(b"benchpw\n").unwrap();
-    assert!(add.wait().unwrap().success(), "ringline user add failed");
+    assert!(add.wait().unwrap().success(), "ringport user add failed");
     let port = free_port();
     let address = format!("127.0.0.1:{port}");
     let mut child = Command::new(binary)
@@ -102,10 +102,10 @@ fn start_ringline(binary: &Path) -> Server {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("start ringline");
-    wait_for(&address, &mut child, "ringline");
+        .expect("start ringport");
+    wait_for(&address, &mut child, "ringport");
     Server {
-        kind: "ringline",
+        kind: "ringport",
         address,
         user: Some("bench".into()),
         password: Some("benchpw".into()),
@@ -145,18 +145,18 @@ fn start_redis(binary: &Path) -> Server {
 /// Every server these tests can run against here.
 fn servers() -> Vec<Server> {
     let mut servers = Vec::new();
-    if let Ok(address) = std::env::var("RINGLINE_BENCH_TEST_TARGET") {
+    if let Ok(address) = std::env::var("RINGPORT_BENCH_TEST_TARGET") {
         servers.push(Server {
             kind: "given",
             address,
-            user: std::env::var("RINGLINE_BENCH_TEST_USER").ok(),
-            password: std::env::var("RINGLINE_BENCH_TEST_PASSWORD").ok(),
+            user: std::env::var("RINGPORT_BENCH_TEST_USER").ok(),
+            password: std::env::var("RINGPORT_BENCH_TEST_PASSWORD").ok(),
             child: None,
             data: None,
         });
     }
-    if let Some(binary) = ringline_binary() {
-        servers.push(start_ringline(&binary));
+    if let Some(binary) = ringport_binary() {
+        servers.push(start_ringport(&binary));
     }
     let redis = std::env::var("REDIS_SERVER")
         .ok()
@@ -166,14 +166,14 @@ fn servers() -> Vec<Server> {
         servers.push(start_redis(&binary));
     }
     if servers.is_empty() {
-        eprintln!("no server to test against (no ringline build, no redis-server): skipping");
+        eprintln!("no server to test against (no ringport build, no redis-server): skipping");
     }
     servers
 }
 
 fn scratch(server: &Server, name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!(
-        "ringline-bench-test-{}-{}-{name}",
+        "ringport-bench-test-{}-{}-{name}",
         std::process::id(),
         server.kind
     ));
@@ -184,7 +184,7 @@ fn scratch(server: &Server, name: &str) -> PathBuf {
 
 /// Runs the bench against `server` with `args`; returns its output.
 fn bench(server: &Server, args: &[&str]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ringline-bench"));
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ringport-bench"));
     command.args(["--target", &format!("test={}", server.address), "--quiet"]);
     if let Some(user) = &server.user {
         command.args(["--user", user]);
@@ -193,9 +193,9 @@ fn bench(server: &Server, args: &[&str]) -> Output {
         command.args(["--password", password]);
     }
     command.args(args);
-    command.env_remove("RINGLINE_BENCH_USER");
-    command.env_remove("RINGLINE_BENCH_PASSWORD");
-    command.output().expect("run ringline-bench")
+    command.env_remove("RINGPORT_BENCH_USER");
+    command.env_remove("RINGPORT_BENCH_PASSWORD");
+    command.output().expect("run ringport-bench")
 }
 
 fn bench_json(server: &Server, dir: &Path, args: &[&str]) -> Value {
@@ -206,7 +206,7 @@ fn bench_json(server: &Server, dir: &Path, args: &[&str]) -> Value {
     let output = bench(server, &all);
     assert!(
         output.status.success(),
-        "ringline-bench {args:?} failed: {}",
+        "ringport-bench {args:?} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
     serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap()
@@ -304,7 +304,7 @@ fn check_open_loop_sends_rate_times_duration(server: &Server) {
         count(&commands["GET"]["requests"]) + count(&commands["SET"]["requests"]),
         2000
     );
-    // Throughput runs to the last reply, so a slow last write (ringline commits durably) may
+    // Throughput runs to the last reply, so a slow last write (ringport commits durably) may
     // pull it below the offered rate, never above.
     let rps = run["throughput_rps"].as_f64().unwrap();
     assert!((1000.0..2050.0).contains(&rps), "{rps}");
@@ -419,7 +419,7 @@ fn wrong_password_and_unreachable_targets_fail_clearly() {
 
 fn check_wrong_password_and_unreachable_targets_fail_clearly(server: &Server) {
     if server.password.is_some() {
-        let mut wrong = Command::new(env!("CARGO_BIN_EXE_ringline-bench"));
+        let mut wrong = Command::new(env!("CARGO_BIN_EXE_ringport-bench"));
         wrong.args([
             "--target",
             &server.address,
@@ -440,9 +440,9 @@ fn check_wrong_password_and_unreachable_targets_fail_clearly(server: &Server) {
             "{stderr}"
         );
 
-        let output = Command::new(env!("CARGO_BIN_EXE_ringline-bench"))
+        let output = Command::new(env!("CARGO_BIN_EXE_ringport-bench"))
             .args(["--target", &server.address, "--requests", "10", "--quiet"])
-            .env_remove("RINGLINE_BENCH_PASSWORD")
+            .env_remove("RINGPORT_BENCH_PASSWORD")
             .output()
             .unwrap();
         assert_eq!(output.status.code(), Some(2));
@@ -450,7 +450,7 @@ fn check_wrong_password_and_unreachable_targets_fail_clearly(server: &Server) {
         assert!(stderr.contains("requires authentication"), "{stderr}");
     }
     let closed = format!("127.0.0.1:{}", free_port());
-    let output = Command::new(env!("CARGO_BIN_EXE_ringline-bench"))
+    let output = Command::new(env!("CARGO_BIN_EXE_ringport-bench"))
         .args(["--target", &closed, "--requests", "10", "--quiet"])
         .output()
         .unwrap();
@@ -483,11 +483,11 @@ fn a_silent_server_ends_the_run_with_unanswered_requests() {
         }
     });
     let dir =
-        std::env::temp_dir().join(format!("ringline-bench-test-{}-silent", std::process::id()));
+        std::env::temp_dir().join(format!("ringport-bench-test-{}-silent", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let json = dir.join("summary.json");
     let started = Instant::now();
-    let output = Command::new(env!("CARGO_BIN_EXE_ringline-bench"))
+    let output = Command::new(env!("CARGO_BIN_EXE_ringport-bench"))
         .args([
             "--target",
             &address,

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ringline::resp::{parse_command, Args, Limits};
+use ringport::resp::{parse_command, Args, Limits};
 
 /// Parses a complete buffer into commands until it is exhausted, incomplete or invalid.
 fn parse_all(buf: &[u8], limits: &Limits) -> (Vec<Vec<Vec<u8>>>, Option<String>, usize) {

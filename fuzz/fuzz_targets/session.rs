@@ -7,8 +7,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use ringline::resp::parse_value;
-use ringline::testkit::{exchange, TestServer};
+use ringport::resp::parse_value;
+use ringport::testkit::{exchange, TestServer};
 
 fn server() -> &'static TestServer {
     static SERVER: OnceLock<(tempfile::TempDir, TestServer)> = OnceLock::new();

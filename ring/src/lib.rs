@@ -1,4 +1,4 @@
-//! ringline-ring: the proactor. One io_uring ring per core owns a listener and the sessions it
+//! ringport-ring: the proactor. One io_uring ring per core owns a listener and the sessions it
 //! accepted, does all their socket I/O as completions, and hands bytes to a [`Handler`] that
 //! knows the protocol. Results computed on other threads come back through a per-ring
 //! [`Sender`] (a queue plus an eventfd wake-up).
@@ -12,7 +12,7 @@
 //! - A [`SessionId`] may outlive its session; messages for a session that has gone are dropped,
 //!   never applied to whoever reuses the slot.
 //!
-//! All `unsafe` io_uring code of ringline lives in this crate; each block says why it is sound.
+//! All `unsafe` io_uring code of ringport lives in this crate; each block says why it is sound.
 #![deny(missing_docs)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![allow(missing_docs)] // fields of plain stat structs are self-describing
@@ -105,7 +105,7 @@ pub fn raise_nofile_limit(want: u64) -> io::Result<u64> {
 
 /// Installs a seccomp filter on the calling thread, inherited across `exec`, that makes
 /// `io_uring_setup` fail with `EPERM` — what Docker 25+'s default seccomp profile does. Used to
-/// check the epoll fallback (`ringline deny-io-uring -- ringline serve`). Everything else is
+/// check the epoll fallback (`ringport deny-io-uring -- ringport serve`). Everything else is
 /// allowed. Sets `no_new_privs`, as unprivileged seccomp requires.
 pub fn deny_io_uring() -> io::Result<()> {
     const IO_URING_SETUP: u32 = 425; // the same number on every architecture since 5.1

@@ -181,7 +181,7 @@ impl Unavailable {
                 LimitMEMLOCK= in the systemd unit."
                 .into(),
             Some(libc::EINVAL) => "io_uring_setup returned EINVAL: the kernel rejects even a \
-                plain ring; it is too old for ringline's io_uring backend."
+                plain ring; it is too old for ringport's io_uring backend."
                 .into(),
             _ => format!("io_uring_setup failed: {}", self.error),
         }

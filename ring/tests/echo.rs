@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use ringline_ring::{
+use ringport_ring::{
     listen, local_addr, mailbox, probe, CloseReason, Context, Disable, EpollLoop, Faults, Handler,
     RecvPath, Ring, RingConfig, RingStats, Sender, Session, SessionId,
 };
@@ -84,9 +84,9 @@ fn start_on(disable: Disable, epoll: bool, faults: Faults) -> Running {
     let (ids_tx, ids) = mpsc::channel();
     let closed = Arc::new(AtomicUsize::new(0));
     let stats = Arc::new(RingStats::default());
-    // Under valgrind (ci/test sets RINGLINE_RING_ENTER_WAIT=0) the ring must not block inside
+    // Under valgrind (ci/test sets RINGPORT_RING_ENTER_WAIT=0) the ring must not block inside
     // io_uring_enter, which valgrind cannot follow.
-    let disable = if std::env::var("RINGLINE_RING_ENTER_WAIT").as_deref() == Ok("0") {
+    let disable = if std::env::var("RINGPORT_RING_ENTER_WAIT").as_deref() == Ok("0") {
         disable.union(Disable {
             enter_wait: true,
             ..Disable::default()

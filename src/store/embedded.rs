@@ -1,4 +1,4 @@
-//! The embedded store: redb, one file `DIR/ringline.redb`.
+//! The embedded store: redb, one file `DIR/ringport.redb`.
 //!
 //! Reads run on the calling worker's thread, each in its own read transaction (redb is MVCC, so
 //! they never wait for a writer). Writes go to one committer thread that applies everything queued
@@ -31,7 +31,7 @@ use redb::{
 use super::{incremented, Backend, Conn, StoreError, UserRecord};
 
 /// The file inside the data directory.
-pub const FILE_NAME: &str = "ringline.redb";
+pub const FILE_NAME: &str = "ringport.redb";
 
 /// The layout this code reads and writes; stored in `meta` at creation.
 pub const SCHEMA_VERSION: u64 = 1;
@@ -73,7 +73,7 @@ impl Drop for Shared {
 }
 
 impl Embedded {
-    /// Opens (creating if needed) `dir/ringline.redb` and its tables.
+    /// Opens (creating if needed) `dir/ringport.redb` and its tables.
     pub fn open(dir: &Path) -> Result<Embedded, StoreError> {
         std::fs::create_dir_all(dir).map_err(|error| {
             StoreError::Other(format!(
@@ -85,7 +85,7 @@ impl Embedded {
         let db = Database::builder().create(&path).map_err(|error| match error {
             DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
                 StoreError::Other(format!(
-                    "the data directory {} is in use by another ringline process (stop it, or pass another --data)",
+                    "the data directory {} is in use by another ringport process (stop it, or pass another --data)",
                     dir.display()
                 ))
             }
@@ -134,7 +134,7 @@ fn create_tables(db: &Database) -> Result<Result<(), StoreError>, redb::Error> {
     if version > SCHEMA_VERSION {
         txn.abort()?;
         return Ok(Err(StoreError::Other(format!(
-            "the embedded store has schema version {version}, newer than this ringline's {SCHEMA_VERSION}: upgrade ringline"
+            "the embedded store has schema version {version}, newer than this ringport's {SCHEMA_VERSION}: upgrade ringport"
         ))));
     }
     txn.commit()?;

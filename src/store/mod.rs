@@ -9,8 +9,8 @@
 //!
 //! The backends:
 //!
-//! - embedded ([`embedded`]): redb, one file `DIR/ringline.redb`, the default so that
-//!   `ringline serve` works with nothing installed;
+//! - embedded ([`embedded`]): redb, one file `DIR/ringport.redb`, the default so that
+//!   `ringport serve` works with nothing installed;
 //! - PostgreSQL ([`postgres`]): tokio-postgres behind blocking calls, each with a deadline; one
 //!   connection per [`Conn`], prepared statements, schema created and migrated by [`open`].
 //!
@@ -86,7 +86,7 @@ pub struct UserRecord {
 /// Where the store lives.
 #[derive(Debug, Clone)]
 pub enum StoreSpec {
-    /// redb at `dir/ringline.redb`.
+    /// redb at `dir/ringport.redb`.
     Embedded { dir: PathBuf },
     /// PostgreSQL, as a `postgres://` URL or a libpq `key=value` string. May hold a password:
     /// never log it; log [`Backend::describe`] instead.
@@ -117,7 +117,7 @@ impl StoreSpec {
             .any(|word| word.starts_with("host="));
         if !is_url && !is_key_value {
             return Err(StoreError::Other(format!(
-                "unknown store '{}': expected 'embedded', a postgres:// URL, or a libpq string such as 'host=/run/postgresql dbname=ringline'",
+                "unknown store '{}': expected 'embedded', a postgres:// URL, or a libpq string such as 'host=/run/postgresql dbname=ringport'",
                 redact_password(value)
             )));
         }
@@ -338,10 +338,10 @@ mod tests {
     #[test]
     fn parse_recognises_postgres_urls_and_libpq_strings() {
         for value in [
-            "postgres://user@localhost:5432/ringline",
-            "postgresql://user:secret@db.example/ringline",
-            "host=/tmp/sock port=5432 user=postgres dbname=ringline",
-            "dbname=ringline host=localhost",
+            "postgres://user@localhost:5432/ringport",
+            "postgresql://user:secret@db.example/ringport",
+            "host=/tmp/sock port=5432 user=postgres dbname=ringport",
+            "dbname=ringport host=localhost",
         ] {
             match StoreSpec::parse(Some(value), Path::new("d")).unwrap() {
                 StoreSpec::Postgres { url } => assert_eq!(url, value),

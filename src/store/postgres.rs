@@ -4,9 +4,9 @@
 //! Schema (created and migrated by [`Postgres::open`], see [`MIGRATIONS`]):
 //!
 //! ```sql
-//! ringline_schema_version(version integer primary key, applied_at timestamptz)
-//! ringline_users(name text primary key, hash text not null, disabled boolean not null default false)
-//! ringline_kv(owner text, key bytea, value bytea not null, primary key (owner, key))
+//! ringport_schema_version(version integer primary key, applied_at timestamptz)
+//! ringport_users(name text primary key, hash text not null, disabled boolean not null default false)
+//! ringport_kv(owner text, key bytea, value bytea not null, primary key (owner, key))
 //! ```
 //!
 //! Outage handling, per connection:
@@ -62,7 +62,7 @@ const TCP_USER_TIMEOUT: Duration = Duration::from_millis(1500);
 /// libpq's and tokio-postgres's default keepalive idle time: "not set by the URL".
 const KEEPALIVE_IDLE_DEFAULT: Duration = Duration::from_secs(2 * 60 * 60);
 
-/// The advisory lock that serialises migrations across processes ("ringline" in ASCII).
+/// The advisory lock that serialises migrations across processes ("ringport" in ASCII).
 const MIGRATION_LOCK: i64 = 0x7269_6e67_6c69_6e65;
 
 /// Optimistic INCR attempts (read, then compare-and-set) before taking the row lock.
@@ -72,12 +72,12 @@ const INCR_OPTIMISTIC_ATTEMPTS: usize = 3;
 /// a database at version n runs the steps after n. Never edit a step that has shipped: add one.
 pub const MIGRATIONS: &[(i32, &str)] = &[(
     1,
-    "CREATE TABLE IF NOT EXISTS ringline_users (
+    "CREATE TABLE IF NOT EXISTS ringport_users (
          name text PRIMARY KEY,
          hash text NOT NULL,
          disabled boolean NOT NULL DEFAULT false
      );
-     CREATE TABLE IF NOT EXISTS ringline_kv (
+     CREATE TABLE IF NOT EXISTS ringport_kv (
          owner text NOT NULL,
          key bytea NOT NULL,
          value bytea NOT NULL,
@@ -123,7 +123,7 @@ impl Postgres {
             .map_err(|failure| match failure {
                 Failure::Store(error) => error,
                 other => StoreError::Other(format!(
-                    "cannot create or migrate the ringline schema on {description}: {}",
+                    "cannot create or migrate the ringport schema on {description}: {}",
                     other.text()
                 )),
             })?;
@@ -165,7 +165,7 @@ fn apply_defaults(config: &mut Config) {
         config.tcp_user_timeout(TCP_USER_TIMEOUT);
     }
     if config.get_application_name().is_none() {
-        config.application_name("ringline");
+        config.application_name("ringport");
     }
 }
 
@@ -206,7 +206,7 @@ async fn migrate(client: &mut Client) -> Result<i32, Failure> {
         .await?;
     transaction
         .batch_execute(
-            "CREATE TABLE IF NOT EXISTS ringline_schema_version (
+            "CREATE TABLE IF NOT EXISTS ringport_schema_version (
                  version integer PRIMARY KEY,
                  applied_at timestamptz NOT NULL DEFAULT now()
              )",
@@ -214,21 +214,21 @@ async fn migrate(client: &mut Client) -> Result<i32, Failure> {
         .await?;
     let current: i32 = transaction
         .query_one(
-            "SELECT coalesce(max(version), 0) FROM ringline_schema_version",
+            "SELECT coalesce(max(version), 0) FROM ringport_schema_version",
             &[],
         )
         .await?
         .get(0);
     if current > latest {
         return Err(Failure::Store(StoreError::Other(format!(
-            "the PostgreSQL schema is at version {current}, newer than this ringline's {latest}: upgrade ringline"
+            "the PostgreSQL schema is at version {current}, newer than this ringport's {latest}: upgrade ringport"
         ))));
     }
     for (version, sql) in MIGRATIONS.iter().filter(|(version, _)| *version > current) {
         transaction.batch_execute(sql).await?;
         transaction
             .execute(
-                "INSERT INTO ringline_schema_version (version) VALUES ($1)",
+                "INSERT INTO ringport_schema_version (version) VALUES ($1)",
                 &[version],
             )
             .await?;
@@ -380,46 +380,46 @@ impl Session {
 /// Prepares every statement the calls use.
 async fn prepare(client: &Client) -> Result<Statements, tokio_postgres::Error> {
     Ok(Statements {
-            get: client.prepare("SELECT value FROM ringline_kv WHERE owner = $1 AND key = $2").await?,
+            get: client.prepare("SELECT value FROM ringport_kv WHERE owner = $1 AND key = $2").await?,
             mget: client.prepare(
-                "SELECT key, value FROM ringline_kv WHERE owner = $1 AND key = ANY($2::bytea[])",
+                "SELECT key, value FROM ringport_kv WHERE owner = $1 AND key = ANY($2::bytea[])",
             ).await?,
             set: client.prepare(
-                "INSERT INTO ringline_kv (owner, key, value) VALUES ($1, $2, $3)
+                "INSERT INTO ringport_kv (owner, key, value) VALUES ($1, $2, $3)
                  ON CONFLICT (owner, key) DO UPDATE SET value = EXCLUDED.value",
             ).await?,
             mset: client.prepare(
-                "INSERT INTO ringline_kv (owner, key, value)
+                "INSERT INTO ringport_kv (owner, key, value)
                  SELECT $1, pair.key, pair.value FROM unnest($2::bytea[], $3::bytea[]) AS pair(key, value)
                  ON CONFLICT (owner, key) DO UPDATE SET value = EXCLUDED.value",
             ).await?,
             del: client
-                .prepare("DELETE FROM ringline_kv WHERE owner = $1 AND key = ANY($2::bytea[])").await?,
+                .prepare("DELETE FROM ringport_kv WHERE owner = $1 AND key = ANY($2::bytea[])").await?,
             exists: client.prepare(
-                "SELECT key FROM ringline_kv WHERE owner = $1 AND key = ANY($2::bytea[])",
+                "SELECT key FROM ringport_kv WHERE owner = $1 AND key = ANY($2::bytea[])",
             ).await?,
             insert_if_absent: client.prepare(
-                "INSERT INTO ringline_kv (owner, key, value) VALUES ($1, $2, $3)
+                "INSERT INTO ringport_kv (owner, key, value) VALUES ($1, $2, $3)
                  ON CONFLICT (owner, key) DO NOTHING",
             ).await?,
             compare_and_set: client.prepare(
-                "UPDATE ringline_kv SET value = $4 WHERE owner = $1 AND key = $2 AND value = $3",
+                "UPDATE ringport_kv SET value = $4 WHERE owner = $1 AND key = $2 AND value = $3",
             ).await?,
             get_for_update: client.prepare(
-                "SELECT value FROM ringline_kv WHERE owner = $1 AND key = $2 FOR UPDATE",
+                "SELECT value FROM ringport_kv WHERE owner = $1 AND key = $2 FOR UPDATE",
             ).await?,
             update: client
-                .prepare("UPDATE ringline_kv SET value = $3 WHERE owner = $1 AND key = $2").await?,
+                .prepare("UPDATE ringport_kv SET value = $3 WHERE owner = $1 AND key = $2").await?,
             sleep: client.prepare("SELECT pg_sleep($1::float8)").await?,
             user: client
-                .prepare("SELECT name, hash, disabled FROM ringline_users WHERE name = $1").await?,
+                .prepare("SELECT name, hash, disabled FROM ringport_users WHERE name = $1").await?,
             put_user: client.prepare(
-                "INSERT INTO ringline_users (name, hash, disabled) VALUES ($1, $2, $3)
+                "INSERT INTO ringport_users (name, hash, disabled) VALUES ($1, $2, $3)
                  ON CONFLICT (name) DO UPDATE SET hash = EXCLUDED.hash, disabled = EXCLUDED.disabled",
             ).await?,
-            del_user: client.prepare("DELETE FROM ringline_users WHERE name = $1").await?,
+            del_user: client.prepare("DELETE FROM ringport_users WHERE name = $1").await?,
             users: client.prepare(
-                "SELECT name, hash, disabled FROM ringline_users ORDER BY name COLLATE \"C\"",
+                "SELECT name, hash, disabled FROM ringport_users ORDER BY name COLLATE \"C\"",
             ).await?,
     })
 }
@@ -851,13 +851,13 @@ mod tests {
 
     #[test]
     fn describe_names_where_but_never_the_password() {
-        let mut config: Config = "postgresql://bob:hunter2@db.example:6543/ringline"
+        let mut config: Config = "postgresql://bob:hunter2@db.example:6543/ringport"
             .parse()
             .unwrap();
         apply_defaults(&mut config);
         assert_eq!(
             describe(&config),
-            "postgres host=db.example port=6543 dbname=ringline user=bob"
+            "postgres host=db.example port=6543 dbname=ringport user=bob"
         );
         let config: Config = "host=/tmp/pg port=5432 user=postgres dbname=x password=hunter2"
             .parse()

@@ -1,8 +1,8 @@
-//! The black-box harness: a real `ringline serve` process on a temp data dir, clients over real
+//! The black-box harness: a real `ringport serve` process on a temp data dir, clients over real
 //! TCP.
 //!
-//! - [`Server::start`] / [`Server::builder`]: users are created first (`ringline user add`), then
-//!   the server starts on `127.0.0.1:0`; its port comes from the `ringline listening on ADDR`
+//! - [`Server::start`] / [`Server::builder`]: users are created first (`ringport user add`), then
+//!   the server starts on `127.0.0.1:0`; its port comes from the `ringport listening on ADDR`
 //!   line on stdout. Extra flags and a store URL go through [`ServerBuilder`].
 //! - Dropping a [`Server`] sends SIGTERM, waits, then SIGKILLs; a failing test gets the tail of
 //!   the server's log on stderr.
@@ -33,17 +33,17 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long SIGTERM may take before the harness SIGKILLs.
 const TERM_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Extra `serve` flags for every server of the run, from `RINGLINE_TEST_FLAGS` (split on
+/// Extra `serve` flags for every server of the run, from `RINGPORT_TEST_FLAGS` (split on
 /// whitespace): `ci/test` runs the suite again under each kernel profile and on epoll this way.
 /// A test's own flags come after, so they win.
 pub fn profile_flags() -> Vec<String> {
-    std::env::var("RINGLINE_TEST_FLAGS")
+    std::env::var("RINGPORT_TEST_FLAGS")
         .map(|v| v.split_whitespace().map(str::to_string).collect())
         .unwrap_or_default()
 }
 
 fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_ringline")
+    env!("CARGO_BIN_EXE_ringport")
 }
 
 /// What to start: flags, store, users. Kept by the [`Server`] so it can start again.
@@ -59,8 +59,8 @@ pub struct ServerBuilder {
 }
 
 impl ServerBuilder {
-    /// Sets an environment variable for `ringline serve` (after the harness clears
-    /// `RINGLINE_STORE_URL`, so this can set it).
+    /// Sets an environment variable for `ringport serve` (after the harness clears
+    /// `RINGPORT_STORE_URL`, so this can set it).
     pub fn env(mut self, name: &str, value: &str) -> Self {
         self.envs.push((name.to_string(), value.to_string()));
         self
@@ -74,19 +74,19 @@ impl ServerBuilder {
     }
 
     /// Starts the server under a seccomp filter that makes io_uring_setup fail with EPERM, as
-    /// Docker's default profile does (`ringline deny-io-uring -- ringline serve ...`).
+    /// Docker's default profile does (`ringport deny-io-uring -- ringport serve ...`).
     pub fn deny_io_uring(mut self) -> Self {
         self.deny_io_uring = true;
         self
     }
 
-    /// Adds a switch (a flag without a value) to `ringline serve`.
+    /// Adds a switch (a flag without a value) to `ringport serve`.
     pub fn switch(mut self, name: &str) -> Self {
         self.flags.push(name.to_string());
         self
     }
 
-    /// Adds `--name value` to `ringline serve`.
+    /// Adds `--name value` to `ringport serve`.
     pub fn flag(mut self, name: &str, value: &str) -> Self {
         self.flags.push(name.to_string());
         self.flags.push(value.to_string());
@@ -139,7 +139,7 @@ impl ServerBuilder {
     }
 }
 
-/// `echo PASSWORD | ringline user add NAME --data DIR [--store URL]`; "already exists" is fine.
+/// `echo PASSWORD | ringport user add NAME --data DIR [--store URL]`; "already exists" is fine.
 pub fn add_user(data: &std::path::Path, store: Option<&str>, name: &str, password: &str) {
     let mut command = Command::new(binary());
     command.args(["user", "add", name, "--data"]).arg(data);
@@ -147,12 +147,12 @@ pub fn add_user(data: &std::path::Path, store: Option<&str>, name: &str, passwor
         command.args(["--store", url]);
     }
     let mut child = command
-        .env_remove("RINGLINE_STORE_URL")
+        .env_remove("RINGPORT_STORE_URL")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("run ringline user add");
+        .expect("run ringport user add");
     child
         .stdin
         .take()
@@ -163,13 +163,13 @@ pub fn add_user(data: &std::path::Path, store: Option<&str>, name: &str, passwor
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success() || stderr.contains("already exists"),
-        "ringline user add {name} failed ({}): {}{stderr}",
+        "ringport user add {name} failed ({}): {}{stderr}",
         output.status,
         String::from_utf8_lossy(&output.stdout)
     );
 }
 
-/// A running `ringline serve`, stopped on drop.
+/// A running `ringport serve`, stopped on drop.
 pub struct Server {
     child: Option<Child>,
     /// Where it listens (changes on [`Server::restart`]).
@@ -223,7 +223,7 @@ impl Server {
             .arg(self.data_path())
             .args(profile_flags())
             .args(&self.builder.flags)
-            .env_remove("RINGLINE_STORE_URL")
+            .env_remove("RINGPORT_STORE_URL")
             .envs(self.builder.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -231,7 +231,7 @@ impl Server {
         if let Some(url) = &self.builder.store {
             command.args(["--store", url]);
         }
-        let mut child = command.spawn().expect("start ringline serve");
+        let mut child = command.spawn().expect("start ringport serve");
         let stdout = child.stdout.take().unwrap();
         let stderr = child.stderr.take().unwrap();
         let log = self.log.clone();
@@ -261,7 +261,7 @@ impl Server {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .push(line.clone());
-                if let Some(addr) = line.strip_prefix("ringline listening on ") {
+                if let Some(addr) = line.strip_prefix("ringport listening on ") {
                     if !sent {
                         let _ = tx.send(addr.trim().to_string());
                         sent = true;
@@ -275,7 +275,7 @@ impl Server {
             Err(_) => {
                 let status = self.child.as_mut().unwrap().try_wait().ok().flatten();
                 panic!(
-                    "ringline serve printed no listening line (exit status {status:?}); log:\n{}",
+                    "ringport serve printed no listening line (exit status {status:?}); log:\n{}",
                     self.log()
                 );
             }
@@ -370,7 +370,7 @@ impl Server {
         match self.wait_exit(TERM_TIMEOUT) {
             Some(status) => status,
             None => panic!(
-                "ringline did not exit within {TERM_TIMEOUT:?} of SIGTERM; log:\n{}",
+                "ringport did not exit within {TERM_TIMEOUT:?} of SIGTERM; log:\n{}",
                 self.log()
             ),
         }
@@ -466,7 +466,7 @@ impl Drop for Server {
             let log = self.log();
             let tail = &log[log.len().saturating_sub(8192)..];
             eprintln!(
-                "---- ringline log (tail) for {} ----\n{tail}\n----",
+                "---- ringport log (tail) for {} ----\n{tail}\n----",
                 self.addr
             );
         }
@@ -809,5 +809,5 @@ pub fn assert_alive(conn: &mut redis::Connection) {
 /// Raises this process's soft RLIMIT_NOFILE to its hard limit (children inherit it); returns
 /// the new soft limit. The `unsafe` syscall lives in the ring crate, with the rest.
 pub fn raise_nofile_limit() -> u64 {
-    ringline_ring::raise_nofile_limit(u64::MAX).expect("raise RLIMIT_NOFILE")
+    ringport_ring::raise_nofile_limit(u64::MAX).expect("raise RLIMIT_NOFILE")
 }

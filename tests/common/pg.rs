@@ -26,8 +26,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-/// Where clusters live: `/tmp/ringline-pg-XXXX/{data,sock,log,owner.pid}`.
-const DIR_PREFIX: &str = "ringline-pg-";
+/// Where clusters live: `/tmp/ringport-pg-XXXX/{data,sock,log,owner.pid}`.
+const DIR_PREFIX: &str = "ringport-pg-";
 
 /// A PostgreSQL server for one test (or one test binary).
 pub struct PgCluster {
@@ -319,7 +319,7 @@ impl Owned {
             .expect("run initdb");
         check("initdb", &output, None);
         let settings = format!(
-            "\n# ringline test cluster\n\
+            "\n# ringport test cluster\n\
              listen_addresses = ''\n\
              unix_socket_directories = '{}'\n\
              port = {}\n\

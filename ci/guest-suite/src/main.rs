@@ -1,4 +1,4 @@
-//! `ringline-guest-suite`: the protocol suite that `ci/kernel-matrix` runs against `ringline
+//! `ringport-guest-suite`: the protocol suite that `ci/kernel-matrix` runs against `ringport
 //! serve` inside each guest kernel, over loopback.
 //!
 //! Black-box and std only, so it links static and needs nothing in the guest but itself. It checks
@@ -21,7 +21,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 const USAGE: &str =
-    "usage: ringline-guest-suite [--addr 127.0.0.1:6380] --user USER --password PASS \
+    "usage: ringport-guest-suite [--addr 127.0.0.1:6380] --user USER --password PASS \
 [--sessions 2000] [--timeout-s 30]";
 
 /// What the suite runs against.

@@ -1,4 +1,4 @@
-//! `ringline-flood`: opens TCP connections to a RESP server as fast as it can, for hostile-load
+//! `ringport-flood`: opens TCP connections to a RESP server as fast as it can, for hostile-load
 //! tests (issue 8, floods). Not a benchmark: it measures nothing but what happened to its own
 //! connections.
 //!
@@ -19,12 +19,12 @@
 //! exhausted local ports, descriptors the tool itself ran out of. It raises its own
 //! RLIMIT_NOFILE to the hard limit first.
 //!
-//! At the end it prints one line on stdout, `ringline-flood key=value ...` (fields in
+//! At the end it prints one line on stdout, `ringport-flood key=value ...` (fields in
 //! [`Totals::line`]), for people and for tests to parse. Exit status: 0 when any connection was
 //! made, 1 when none was (the server is not there), 2 for a usage error.
 //!
 //! ```sh
-//! ringline-flood --target 127.0.0.1:6380 --threads 4 --connections 20000 --duration 10s \
+//! ringport-flood --target 127.0.0.1:6380 --threads 4 --connections 20000 --duration 10s \
 //!     --sources 127.0.0.2-9 --payload mix --user alice --password secret --hold 200
 //! ```
 
@@ -39,7 +39,7 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 const USAGE: &str = "\
-usage: ringline-flood --target HOST:PORT [options]
+usage: ringport-flood --target HOST:PORT [options]
 
   --target HOST:PORT     server to flood (required)
   --threads N            worker threads (default 4)
@@ -62,7 +62,7 @@ usage: ringline-flood --target HOST:PORT [options]
   --connect-timeout D    per connect (default 2s)
   --reply-timeout D      per AUTH reply (default 5s)
 
-Prints one line at the end: ringline-flood attempted=N connected=N ... elapsed_ms=N.
+Prints one line at the end: ringport-flood attempted=N connected=N ... elapsed_ms=N.
 Exit status 0 when any connection was made, 1 when none was, 2 for a usage error.";
 
 /// What a connection sends before it closes.
@@ -288,7 +288,7 @@ struct Totals {
 }
 
 impl Totals {
-    /// The summary line: `ringline-flood key=value ...`.
+    /// The summary line: `ringport-flood key=value ...`.
     fn line(&self, elapsed: Duration) -> String {
         let fields: [(&str, &AtomicU64); 15] = [
             ("attempted", &self.attempted),
@@ -307,7 +307,7 @@ impl Totals {
             ("closed_by_server", &self.closed_by_server),
             ("peak_open", &self.peak_open),
         ];
-        let mut line = String::from("ringline-flood");
+        let mut line = String::from("ringport-flood");
         for (name, value) in fields {
             line.push_str(&format!(" {name}={}", value.load(Ordering::Relaxed)));
         }
@@ -544,7 +544,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(message) => {
-            eprintln!("ringline-flood: {message}\n\n{USAGE}");
+            eprintln!("ringport-flood: {message}\n\n{USAGE}");
             return ExitCode::from(2);
         }
     };
@@ -563,7 +563,7 @@ fn main() -> ExitCode {
     if totals.connected.load(Ordering::Relaxed) == 0 && totals.attempted.load(Ordering::Relaxed) > 0
     {
         eprintln!(
-            "ringline-flood: no connection to {} succeeded (is the server running?)",
+            "ringport-flood: no connection to {} succeeded (is the server running?)",
             options.target
         );
         return ExitCode::from(1);
