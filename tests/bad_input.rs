@@ -553,7 +553,10 @@ fn full_pools_answer_busy_at_once() {
     let busy = Reply::Error("BUSY server overloaded, try again".into());
 
     // One store worker and room for one queued job: a SLEEP runs, a GET waits in the queue,
-    // the next store command is refused at once.
+    // the next store command is refused at once. A job's reply can reach the client before its
+    // worker counts it finished (AUTH's user lookup replies from inside its store job), so wait
+    // for an idle pool first: then `jobs_running = 1` can only be the SLEEP.
+    wait_for_running(&mut other, "store", 0);
     first.send_cmd(&[b"SLEEP", b"1000"]);
     wait_for_running(&mut other, "store", 1);
     second.send_cmd(&[b"GET", b"k"]);
@@ -572,6 +575,7 @@ fn full_pools_answer_busy_at_once() {
     assert_eq!(third.cmd(&[b"GET", b"k"]), Reply::Nil, "room again");
 
     // The same for the compute pool: a long HASH runs, a second one waits, a third is refused.
+    wait_for_running(&mut other, "compute", 0);
     first.send_cmd(&[b"HASH", b"300000", b"slow"]);
     wait_for_running(&mut other, "compute", 1);
     second.send_cmd(&[b"HASH", b"1", b"x"]);

@@ -19,23 +19,25 @@
 
 pub mod bufring;
 mod epoll;
+mod event_loop;
 mod handler;
 pub mod harness;
 pub mod mailbox;
 pub mod probe;
-mod ring;
 pub mod timer;
 pub mod token;
+mod uring;
 
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 
 pub use epoll::EpollLoop;
+pub use event_loop::{Faults, RingConfig, RingStats};
 pub use handler::{CloseReason, Context, Handler, LogLimiter, Session, Sessions};
 pub use mailbox::{mailbox, Receiver, Sender};
 pub use probe::{probe, AcceptPath, Disable, Features, RecvPath, Unavailable};
-pub use ring::{Faults, Ring, RingConfig, RingStats};
+pub use uring::Ring;
 
 /// Names one session: its slab slot and the generation the slot had when the session began.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

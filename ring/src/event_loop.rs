@@ -1,0 +1,618 @@
+//! The one event loop both I/O backends run. Everything that does not depend on how bytes reach
+//! the kernel lives here, once: the slab and its generations, admission, the mailbox, the timer
+//! wheel, settling what a callback asked for, closing, drain and cut. A [`Backend`] supplies the
+//! rest: arm a session's input, hand its output to the kernel, release its socket, wait for
+//! events and dispatch them.
+//!
+//! Reading order: [`EventLoop::run`] (one turn: messages, timers, output, drain, wait, dispatch),
+//! then [`EventLoop::admit`], [`EventLoop::after_callback`] and [`EventLoop::begin_close`], which
+//! every backend event funnels into. The io_uring backend is `uring.rs`, the epoll one
+//! `epoll.rs`.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use slab::Slab;
+
+use crate::handler::{
+    CloseReason, Closing, Context, Handler, LogLimiter, Sessions, Settled, Slot, SlotIo,
+};
+use crate::mailbox::{Envelope, Receiver};
+use crate::probe::Features;
+use crate::timer::{Entry, TimerWheel};
+use crate::token;
+use crate::SessionId;
+
+/// Counters of one ring, readable from any thread (INFO, metrics). Relaxed: they are statistics.
+#[derive(Debug, Default)]
+pub struct RingStats {
+    pub sessions: AtomicU64,
+    pub accepted: AtomicU64,
+    pub closed: AtomicU64,
+    pub rejected_max_sessions: AtomicU64,
+    pub accept_errors: AtomicU64,
+    pub peer_resets: AtomicU64,
+    pub completions: AtomicU64,
+    pub submissions: AtomicU64,
+    pub enters: AtomicU64,
+    pub bufring_exhausted: AtomicU64,
+    pub cq_overflow: AtomicU64,
+    pub sq_backlogged: AtomicU64,
+    pub stale_completions: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    pub messages: AtomicU64,
+    /// 1 when this ring fell back to poll-then-recv because the kernel refused the buffer ring.
+    pub recv_fallback: AtomicU64,
+}
+
+pub(crate) fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+pub(crate) fn errno_name(errno: i32) -> String {
+    io::Error::from_raw_os_error(errno).to_string()
+}
+
+/// How one ring is set up.
+pub struct RingConfig {
+    /// This ring's index (0-based), for logs and stats.
+    pub index: usize,
+    /// The ring's own `SO_REUSEPORT` listener (see [`crate::listen`]).
+    pub listener: OwnedFd,
+    /// Submission queue entries; the completion queue gets 8x as many.
+    pub sq_entries: u32,
+    /// Provided buffers in the buffer ring (power of two) and their size.
+    pub recv_buffers: u16,
+    pub recv_buffer_size: usize,
+    /// Sessions above this, counted over every ring sharing `global_sessions`, are refused with
+    /// `reject_message`.
+    pub max_sessions: usize,
+    /// The session count shared by all rings of the server.
+    pub global_sessions: Arc<AtomicUsize>,
+    /// Sent (best effort) to a connection refused because of `max_sessions`.
+    pub reject_message: Vec<u8>,
+    /// Timer resolution.
+    pub tick: Duration,
+    /// How long a drain may take before remaining sessions are cut.
+    pub drain_timeout: Duration,
+    /// The probed features and chosen paths.
+    pub features: Features,
+    /// This ring's counters.
+    pub stats: Arc<RingStats>,
+    /// Faults to inject, for tests of the fallbacks.
+    pub faults: Faults,
+}
+
+/// Set-up failures a test can force, to prove each fast path falls back instead of aborting.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// Make buffer-ring registration fail with EINVAL, as some distribution kernels do for every
+    /// valid registration (Ubuntu 24.04's 6.8.0-136 and later).
+    pub bufring_register_einval: bool,
+}
+
+/// What a backend does for the shared loop. Each function gets the whole loop, so a backend can
+/// reach both its own state (`lp.io`) and the sessions (`lp.core`).
+pub(crate) trait Backend<H: Handler>: Sized {
+    /// Starts watching a freshly admitted session's input.
+    fn watch(lp: &mut EventLoop<H, Self>, slot: u32) -> io::Result<()>;
+    /// Hands a session's queued output to the kernel. Called only when output is queued and no
+    /// send is outstanding.
+    fn send(lp: &mut EventLoop<H, Self>, slot: u32);
+    /// The handler has let go of a closed session: stop its I/O, and free the slot (with
+    /// [`Core::free_slot`]) once the kernel holds nothing of it.
+    fn release(lp: &mut EventLoop<H, Self>, slot: u32);
+    /// Closes a descriptor that never became a session.
+    fn discard(lp: &mut EventLoop<H, Self>, fd: RawFd);
+    /// Stops taking connections from the listener (drain, or a pause after EMFILE).
+    fn stop_accepting(lp: &mut EventLoop<H, Self>);
+    /// Takes connections again after a pause.
+    fn resume_accepting(lp: &mut EventLoop<H, Self>);
+    /// Last work before the loop may sleep (re-armed receives, recycled buffers).
+    fn prepare(_lp: &mut EventLoop<H, Self>) {}
+    /// False while the backend has queued work that must not wait for an event.
+    fn may_sleep(lp: &EventLoop<H, Self>) -> bool;
+    /// Hands queued work to the kernel and waits for events: blocking only when `block`, and then
+    /// for at most one tick when `timed`.
+    fn wait(lp: &mut EventLoop<H, Self>, block: bool, timed: bool) -> io::Result<()>;
+    /// Handles every event the last wait returned.
+    fn dispatch(lp: &mut EventLoop<H, Self>);
+    /// The loop is exiting.
+    fn finish(_lp: &mut EventLoop<H, Self>) {}
+}
+
+/// What both backends keep per ring: sessions, handler, mailbox, timers and drain state.
+pub(crate) struct Core<H: Handler> {
+    pub(crate) slab: Slab<Slot<H::Conn>>,
+    /// Generation per slab index, kept across reuse.
+    generations: Vec<u32>,
+    pub(crate) handler: H,
+    pub(crate) mailbox: Receiver<H::Msg>,
+    pub(crate) config: RingConfig,
+    pub(crate) stats: Arc<RingStats>,
+    wheel: TimerWheel,
+    started: Instant,
+    pub(crate) now: Instant,
+    /// Sessions with output queued in this batch, sent once at the end of it.
+    dirty: Vec<u32>,
+    due: Vec<Entry>,
+    /// Readiness-driven reads (epoll, poll-then-recv) land here: one buffer per ring, so an idle
+    /// session holds none.
+    scratch: Vec<u8>,
+    pub(crate) accept_paused_until: Option<Instant>,
+    pub(crate) draining: bool,
+    drain_deadline: Option<Instant>,
+    reject_log: LogLimiter,
+    cut: bool,
+}
+
+/// One ring's event loop over backend `B`.
+pub(crate) struct EventLoop<H: Handler, B> {
+    // Field order is drop order: the backend (the io_uring fd) goes first, so the kernel has let
+    // go of every buffer before the slab that holds the send buffers is freed.
+    pub(crate) io: B,
+    pub(crate) core: Core<H>,
+}
+
+/// What reading a readable socket until it would block ended with.
+pub(crate) enum Drained {
+    /// The session is still open (it may have asked to close).
+    Open,
+    /// The peer sent EOF.
+    Eof,
+    /// A read failed and the session was closed.
+    Closed,
+}
+
+impl<H: Handler> Core<H> {
+    pub(crate) fn new(config: RingConfig, handler: H, mailbox: Receiver<H::Msg>) -> Core<H> {
+        let now = Instant::now();
+        Core {
+            slab: Slab::with_capacity(1024),
+            generations: Vec::new(),
+            handler,
+            mailbox,
+            stats: config.stats.clone(),
+            wheel: TimerWheel::new(1024, 0),
+            started: now,
+            now,
+            dirty: Vec::new(),
+            due: Vec::new(),
+            scratch: vec![0; config.recv_buffer_size.max(4096)],
+            accept_paused_until: None,
+            draining: false,
+            drain_deadline: None,
+            reject_log: LogLimiter::new(),
+            cut: false,
+            config,
+        }
+    }
+
+    pub(crate) fn context(&self) -> Context {
+        Context {
+            ring: self.config.index,
+            draining: self.draining,
+            now: self.now,
+        }
+    }
+
+    /// Whether `slot` still holds the session of `generation` (closed or not): a completion for
+    /// a slot that moved on is dropped.
+    pub(crate) fn holds(&self, slot: u32, generation: u32) -> bool {
+        self.slab
+            .get(slot as usize)
+            .is_some_and(|s| s.io.generation == generation)
+    }
+
+    /// Whether the session of `generation` at `slot` is open: callbacks run only for those.
+    pub(crate) fn is_open(&self, slot: u32, generation: u32) -> bool {
+        self.slab
+            .get(slot as usize)
+            .is_some_and(|s| s.io.generation == generation && !s.io.closed)
+    }
+
+    /// Hands bytes to the handler for an open session.
+    pub(crate) fn deliver(&mut self, slot: u32, data: &[u8]) {
+        self.stats
+            .bytes_in
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        let cx = self.context();
+        let s = &mut self.slab[slot as usize];
+        if !s.io.closed {
+            let mut session = s.session(slot);
+            self.handler.on_data(&cx, &mut session, data);
+        }
+    }
+
+    /// Tells the handler the peer will send nothing more.
+    pub(crate) fn deliver_eof(&mut self, slot: u32) {
+        let cx = self.context();
+        let s = &mut self.slab[slot as usize];
+        if !s.io.closed {
+            let mut session = s.session(slot);
+            self.handler.on_eof(&cx, &mut session);
+            s.io.close_reason = CloseReason::PeerGone;
+            s.io.peer_eof = true;
+        }
+    }
+
+    /// Counts a failed accept and decides what happens next; true when accepts are paused (out
+    /// of descriptors or memory: keep serving the sessions we have, resume after 100 ms).
+    pub(crate) fn accept_failed(&mut self, errno: i32) -> bool {
+        match errno {
+            libc::EINTR | libc::EAGAIN | libc::ECONNABORTED | libc::EPROTO => false,
+            libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM => {
+                bump(&self.stats.accept_errors);
+                tracing::warn!(ring = self.config.index, error = %errno_name(errno),
+                    "accept failed; pausing accepts for 100 ms");
+                self.accept_paused_until = Some(self.now + Duration::from_millis(100));
+                true
+            }
+            libc::EBADF | libc::EFAULT | libc::ENOTSOCK => {
+                panic!("accept on our own listener failed: {}", errno_name(errno))
+            }
+            _ => {
+                bump(&self.stats.accept_errors);
+                tracing::warn!(ring = self.config.index, error = %errno_name(errno), "accept failed");
+                false
+            }
+        }
+    }
+
+    /// Counts a new connection against `max_sessions`; false (after a best-effort refusal
+    /// message) when the server is full.
+    fn claim_session(&mut self, fd: RawFd) -> bool {
+        if self.config.global_sessions.fetch_add(1, Ordering::AcqRel) < self.config.max_sessions {
+            return true;
+        }
+        self.config.global_sessions.fetch_sub(1, Ordering::AcqRel);
+        bump(&self.stats.rejected_max_sessions);
+        if let Some(suppressed) = self.reject_log.allow(self.now) {
+            tracing::warn!(
+                ring = self.config.index,
+                max_sessions = self.config.max_sessions,
+                suppressed,
+                "refusing a connection: --max-sessions reached"
+            );
+        }
+        // SAFETY: a non-blocking best-effort send of a message we own to a socket we just
+        // accepted and still own.
+        unsafe {
+            libc::send(
+                fd,
+                self.config.reject_message.as_ptr().cast(),
+                self.config.reject_message.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        false
+    }
+
+    /// Gives an accepted socket a slot and a generation, then lets the handler open and start
+    /// the session.
+    fn open_session(&mut self, fd: RawFd) -> u32 {
+        bump(&self.stats.accepted);
+        self.stats.sessions.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: fd was just accepted and is owned by this ring until closed.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        let sock = socket2::SockRef::from(&borrowed);
+        let _ = sock.set_tcp_nodelay(true);
+        let peer = sock.peer_addr().ok().and_then(|a| a.as_socket());
+        let cx = self.context();
+        let entry = self.slab.vacant_entry();
+        let slot = entry.key() as u32;
+        if self.generations.len() <= slot as usize {
+            self.generations.resize(slot as usize + 1, 0);
+        }
+        let generation = self.generations[slot as usize];
+        let conn = self
+            .handler
+            .on_open(&cx, SessionId { slot, generation }, peer);
+        let slot_ref = entry.insert(Slot {
+            io: SlotIo::new(fd, generation, peer),
+            conn: Some(conn),
+        });
+        let mut session = slot_ref.session(slot);
+        self.handler.on_start(&cx, &mut session);
+        slot
+    }
+
+    /// Frees a closed slot whose I/O is over; returns the descriptor for the backend to close.
+    pub(crate) fn free_slot(&mut self, slot: u32) -> RawFd {
+        let s = self.slab.remove(slot as usize);
+        self.generations[slot as usize] =
+            (self.generations[slot as usize] + 1) & token::GENERATION_MASK;
+        self.stats.sessions.fetch_sub(1, Ordering::Relaxed);
+        self.config.global_sessions.fetch_sub(1, Ordering::AcqRel);
+        bump(&self.stats.closed);
+        s.io.fd
+    }
+}
+
+impl<H: Handler, B: Backend<H>> EventLoop<H, B> {
+    /// Runs until a drain completes. Returns the handler.
+    pub(crate) fn run(mut self) -> io::Result<H> {
+        loop {
+            self.core.now = Instant::now();
+            self.apply_messages();
+            self.fire_timers();
+            self.flush_output();
+            B::prepare(&mut self);
+            let core = &self.core;
+            if core.mailbox.draining() && !core.draining {
+                self.start_drain();
+            }
+            let core = &self.core;
+            if core.draining {
+                if core.slab.is_empty() {
+                    break;
+                }
+                if core.drain_deadline.is_some_and(|d| core.now >= d) {
+                    if core.cut {
+                        tracing::warn!(ring = core.config.index, sessions = core.slab.len(),
+                            "sessions still had operations in flight after the drain; exiting anyway");
+                        break;
+                    }
+                    self.cut_all();
+                    continue;
+                }
+            }
+            let core = &self.core;
+            let timed =
+                !core.wheel.is_empty() || core.accept_paused_until.is_some() || core.draining;
+            // A drain asked for but not started yet must be started on the next turn, not after
+            // the next event.
+            let drain_pending = core.mailbox.draining() && !core.draining;
+            let may_sleep = core.dirty.is_empty() && !drain_pending && B::may_sleep(&self);
+            let sleeping = may_sleep && self.core.mailbox.prepare_sleep();
+            let waited = B::wait(&mut self, sleeping, timed);
+            if sleeping {
+                self.core.mailbox.woke();
+            }
+            waited?;
+            self.core.now = Instant::now();
+            B::dispatch(&mut self);
+        }
+        B::finish(&mut self);
+        Ok(self.core.handler)
+    }
+
+    /// A connection was accepted: refuse it (draining, or `max_sessions` reached) or open a
+    /// session for it and start watching its input.
+    pub(crate) fn admit(&mut self, fd: RawFd) {
+        if self.core.draining || !self.core.claim_session(fd) {
+            B::discard(self, fd);
+            return;
+        }
+        let slot = self.core.open_session(fd);
+        if let Err(e) = B::watch(self, slot) {
+            tracing::warn!(ring = self.core.config.index, error = %e, "cannot watch a new session; closing it");
+            self.begin_close(slot, CloseReason::PeerGone);
+            return;
+        }
+        self.after_callback(slot);
+    }
+
+    /// Reads a readable socket into the scratch buffer until it would block, a bounded number of
+    /// times so one session cannot starve the ring.
+    pub(crate) fn drain_socket(&mut self, slot: u32) -> Drained {
+        for _ in 0..4 {
+            let io = &self.core.slab[slot as usize].io;
+            if io.closed || io.closing != Closing::No {
+                return Drained::Open;
+            }
+            let fd = io.fd;
+            let scratch = &mut self.core.scratch;
+            // SAFETY: reads into the ring's own scratch buffer, which lives as long as the ring;
+            // MSG_DONTWAIT keeps the ring from blocking.
+            let n = unsafe {
+                libc::recv(
+                    fd,
+                    scratch.as_mut_ptr().cast(),
+                    scratch.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            if n == 0 {
+                return Drained::Eof;
+            }
+            if n < 0 {
+                let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
+                if errno == libc::EAGAIN || errno == libc::EINTR {
+                    return Drained::Open;
+                }
+                self.io_failed(slot, errno, "recv");
+                return Drained::Closed;
+            }
+            let len = n as usize;
+            let scratch = std::mem::take(&mut self.core.scratch);
+            self.core.deliver(slot, &scratch[..len]);
+            self.core.scratch = scratch;
+            if len < self.core.scratch.len() {
+                return Drained::Open;
+            }
+        }
+        Drained::Open
+    }
+
+    /// A receive or send on a session's socket failed: crash on our own bug, otherwise close.
+    pub(crate) fn io_failed(&mut self, slot: u32, errno: i32, op: &str) {
+        match errno {
+            libc::EBADF | libc::EFAULT | libc::ENOTSOCK => {
+                panic!(
+                    "{op} on our own session socket failed: {}",
+                    errno_name(errno)
+                )
+            }
+            libc::ECONNRESET
+            | libc::ETIMEDOUT
+            | libc::EPIPE
+            | libc::ENOTCONN
+            | libc::EHOSTUNREACH => bump(&self.core.stats.peer_resets),
+            _ => {
+                tracing::warn!(ring = self.core.config.index, error = %errno_name(errno), "{op} failed; closing the session")
+            }
+        }
+        self.begin_close(slot, CloseReason::PeerGone);
+    }
+
+    fn flush_output(&mut self) {
+        let dirty = std::mem::take(&mut self.core.dirty);
+        for &slot in &dirty {
+            let Some(s) = self.core.slab.get_mut(slot as usize) else {
+                continue;
+            };
+            s.io.in_dirty_list = false;
+            if !s.io.closed && !s.io.send_inflight && !s.io.out.is_empty() {
+                B::send(self, slot);
+            }
+        }
+        self.core.dirty = dirty;
+        self.core.dirty.clear();
+    }
+
+    fn apply_messages(&mut self) {
+        let mut applied = 0u64;
+        while let Some(envelope) = self.core.mailbox.pop() {
+            applied += 1;
+            match envelope {
+                Envelope::Session(id, msg) => {
+                    if !self.core.is_open(id.slot, id.generation) {
+                        continue; // the session left while its job ran
+                    }
+                    let core = &mut self.core;
+                    let cx = core.context();
+                    let mut session = core.slab[id.slot as usize].session(id.slot);
+                    core.handler.on_message(&cx, &mut session, msg);
+                    self.after_callback(id.slot);
+                }
+                Envelope::Ring(msg) => {
+                    let core = &mut self.core;
+                    let cx = core.context();
+                    let mut sessions = Sessions {
+                        slab: &mut core.slab,
+                    };
+                    core.handler.on_ring_message(&cx, msg, &mut sessions);
+                    let slots: Vec<u32> = core.slab.iter().map(|(k, _)| k as u32).collect();
+                    for slot in slots {
+                        self.after_callback(slot);
+                    }
+                }
+            }
+        }
+        if applied > 0 {
+            self.core
+                .stats
+                .messages
+                .fetch_add(applied, Ordering::Relaxed);
+        }
+    }
+
+    fn tick_of(&self, at: Instant) -> u64 {
+        let tick_ns = self.core.config.tick.as_nanos().max(1);
+        (at.saturating_duration_since(self.core.started).as_nanos() / tick_ns) as u64
+    }
+
+    fn fire_timers(&mut self) {
+        if let Some(until) = self.core.accept_paused_until {
+            if self.core.now >= until {
+                self.core.accept_paused_until = None;
+                if !self.core.draining {
+                    B::resume_accepting(self);
+                }
+            }
+        }
+        let now_tick = self.tick_of(self.core.now);
+        let mut due = std::mem::take(&mut self.core.due);
+        self.core.wheel.advance(now_tick, &mut due);
+        for entry in due.drain(..) {
+            if !self.core.is_open(entry.slot, entry.generation) {
+                continue;
+            }
+            let core = &mut self.core;
+            let cx = core.context();
+            let s = &mut core.slab[entry.slot as usize];
+            if !s.io.due(entry, core.now, now_tick, &mut core.wheel) {
+                continue;
+            }
+            let mut session = s.session(entry.slot);
+            core.handler.on_deadline(&cx, &mut session);
+            self.after_callback(entry.slot);
+        }
+        self.core.due = due;
+    }
+
+    /// Applies what a callback asked for: close, deadline changes, queued output.
+    pub(crate) fn after_callback(&mut self, slot: u32) {
+        let core = &mut self.core;
+        let Some(s) = core.slab.get_mut(slot as usize) else {
+            return;
+        };
+        let started = core.started;
+        let tick_ns = core.config.tick.as_nanos().max(1);
+        let tick =
+            |at: Instant| (at.saturating_duration_since(started).as_nanos() / tick_ns) as u64;
+        match s.io.settle(slot, &mut core.wheel, tick) {
+            Settled::Idle => {}
+            Settled::Flush => core.dirty.push(slot),
+            Settled::Close(reason) => self.begin_close(slot, reason),
+        }
+    }
+
+    /// Ends the session: hands its state to the handler for the last time, then lets the backend
+    /// stop its I/O and free the slot.
+    pub(crate) fn begin_close(&mut self, slot: u32, reason: CloseReason) {
+        let core = &mut self.core;
+        let cx = core.context();
+        let Some(s) = core.slab.get_mut(slot as usize) else {
+            return;
+        };
+        if s.io.closed {
+            return;
+        }
+        s.io.closed = true;
+        let id = SessionId {
+            slot,
+            generation: s.io.generation,
+        };
+        let conn = s.conn.take().expect("open session has state");
+        core.handler.on_close(&cx, id, conn, reason);
+        B::release(self, slot);
+    }
+
+    fn start_drain(&mut self) {
+        self.core.draining = true;
+        self.core.drain_deadline = Some(self.core.now + self.core.config.drain_timeout);
+        B::stop_accepting(self);
+        // SAFETY: shutting down our own listening socket stops new connections from queueing on
+        // it; the descriptor itself stays open (in `config`) until the ring is dropped.
+        unsafe { libc::shutdown(self.core.config.listener.as_raw_fd(), libc::SHUT_RDWR) };
+        let slots: Vec<u32> = self.core.slab.iter().map(|(k, _)| k as u32).collect();
+        for slot in slots {
+            let core = &mut self.core;
+            let cx = core.context();
+            let s = &mut core.slab[slot as usize];
+            if s.io.closed {
+                continue;
+            }
+            let mut session = s.session(slot);
+            core.handler.on_drain(&cx, &mut session);
+            self.after_callback(slot);
+        }
+    }
+
+    fn cut_all(&mut self) {
+        let slots: Vec<u32> = self.core.slab.iter().map(|(k, _)| k as u32).collect();
+        for slot in slots {
+            self.begin_close(slot, CloseReason::Shutdown);
+        }
+        // Give operations still in flight a moment to complete; after that the loop stops
+        // waiting for them.
+        self.core.cut = true;
+        self.core.drain_deadline = Some(self.core.now + Duration::from_secs(1));
+    }
+}

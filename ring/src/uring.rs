@@ -1,0 +1,637 @@
+//! The io_uring backend of the event loop: every socket operation is a submission, every result a
+//! completion whose `user_data` names the op, the session's generation and its slot.
+//!
+//! Reading order: [`Ring::new`] (setup flags, buffer ring or its fallback), then the
+//! [`Backend`] impl (what the shared loop asks of io_uring), then `dispatch`, one `match` on the
+//! op kind that sends each completion to `on_accept`, `on_recv`, `on_poll`, `on_send` or
+//! `on_wake`. The verbs pair up: `submit_recv` / `on_recv`, `submit_send` / `on_send`,
+//! `release` / `maybe_finish_close`.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::Ordering;
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+
+use crate::bufring::BufRing;
+use crate::event_loop::{bump, errno_name, Backend, Core, Drained, EventLoop, RingConfig};
+use crate::handler::{Closing, Handler};
+use crate::mailbox::Receiver;
+use crate::probe::{AcceptPath, Features, RecvPath};
+use crate::token::{self, Op};
+
+/// One completion, copied out of the completion queue so handlers run after the queue is
+/// released (no recursion through submit/complete).
+#[derive(Clone, Copy)]
+struct Completion {
+    user_data: u64,
+    result: i32,
+    flags: u32,
+}
+
+/// What the io_uring backend keeps besides the shared core.
+pub(crate) struct Uring {
+    // Field order is drop order: the io_uring fd closes first, so the kernel has let go of the
+    // buffer ring and the eventfd word before they are freed.
+    uring: IoUring,
+    bufring: Option<BufRing>,
+    wake_word: Box<u64>,
+    timeout_spec: Box<types::Timespec>,
+    backlog: VecDeque<squeue::Entry>,
+    batch: Vec<Completion>,
+    rearm_recv: Vec<(u32, u32)>,
+    accept_armed: bool,
+    timeout_armed: bool,
+}
+
+/// A proactor ring. Create it on the thread that will run it (`SINGLE_ISSUER`).
+pub struct Ring<H: Handler>(EventLoop<H, Uring>);
+
+impl<H: Handler> Ring<H> {
+    /// Sets up the io_uring instance with the setup flags the probe found, registers the buffer
+    /// ring (falling back to poll-then-recv if the kernel refuses it), and arms accept and the
+    /// wake-up read.
+    pub fn new(mut config: RingConfig, handler: H, mailbox: Receiver<H::Msg>) -> io::Result<Self> {
+        let f = &config.features;
+        let mut builder = IoUring::builder();
+        builder.setup_cqsize(config.sq_entries * 8);
+        if f.single_issuer {
+            builder.setup_single_issuer();
+        }
+        if f.defer_taskrun {
+            builder.setup_defer_taskrun();
+        }
+        if f.coop_taskrun {
+            builder.setup_coop_taskrun();
+        }
+        if f.defer_taskrun || f.coop_taskrun {
+            // With deferred or cooperative task work the kernel raises IORING_SQ_TASKRUN when
+            // work is pending, so even a non-waiting enter carries GETEVENTS and runs it; without
+            // it a ring that never sleeps would never see its completions.
+            builder.setup_taskrun_flag();
+        }
+        let uring = builder.build(config.sq_entries)?;
+        let bufring = if config.features.recv == RecvPath::MultishotBufRing {
+            let ring = BufRing::new(config.recv_buffers, config.recv_buffer_size, 0)?;
+            let registered = if config.faults.bufring_register_einval {
+                Err(io::Error::from_raw_os_error(libc::EINVAL))
+            } else {
+                ring.register(&uring.submitter())
+            };
+            match registered {
+                Ok(()) => Some(ring),
+                Err(e) => {
+                    tracing::warn!(
+                        ring = config.index,
+                        error = %e,
+                        "the kernel refused the provided-buffer ring; falling back to poll-then-recv"
+                    );
+                    config.features.recv = RecvPath::PollThenRecv;
+                    config.stats.recv_fallback.store(1, Ordering::Relaxed);
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let io = Uring {
+            uring,
+            bufring,
+            wake_word: Box::new(0),
+            timeout_spec: Box::new(types::Timespec::from(config.tick)),
+            backlog: VecDeque::new(),
+            batch: Vec::with_capacity(config.sq_entries as usize * 8),
+            rearm_recv: Vec::new(),
+            accept_armed: false,
+            timeout_armed: false,
+        };
+        let mut lp = EventLoop {
+            io,
+            core: Core::new(config, handler, mailbox),
+        };
+        lp.submit_accept();
+        lp.submit_wake_read();
+        Ok(Ring(lp))
+    }
+
+    /// The paths this ring actually took (after any run-time fallback).
+    pub fn features(&self) -> &Features {
+        &self.0.core.config.features
+    }
+
+    /// Access to the handler (tests, final stats).
+    pub fn handler(&self) -> &H {
+        &self.0.core.handler
+    }
+
+    /// Runs until a drain completes. Returns the handler.
+    pub fn run(self) -> io::Result<H> {
+        self.0.run()
+    }
+}
+
+impl<H: Handler> Backend<H> for Uring {
+    fn watch(lp: &mut EventLoop<H, Self>, slot: u32) -> io::Result<()> {
+        lp.submit_recv(slot);
+        Ok(())
+    }
+
+    fn send(lp: &mut EventLoop<H, Self>, slot: u32) {
+        lp.submit_send(slot);
+    }
+
+    /// Shutdown makes any recv or send still in flight on the socket complete; the slot is freed
+    /// when the last of them has.
+    fn release(lp: &mut EventLoop<H, Self>, slot: u32) {
+        let fd = lp.core.slab[slot as usize].io.fd;
+        // SAFETY: shutdown on a socket we own.
+        unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        lp.maybe_finish_close(slot);
+    }
+
+    fn discard(lp: &mut EventLoop<H, Self>, fd: RawFd) {
+        lp.submit_close(fd);
+    }
+
+    fn stop_accepting(lp: &mut EventLoop<H, Self>) {
+        if lp.io.accept_armed {
+            lp.cancel(token::ACCEPT);
+        }
+    }
+
+    fn resume_accepting(lp: &mut EventLoop<H, Self>) {
+        lp.submit_accept();
+    }
+
+    fn prepare(lp: &mut EventLoop<H, Self>) {
+        lp.rearm_receives();
+        if let Some(ring) = lp.io.bufring.as_mut() {
+            ring.commit();
+        }
+        lp.flush_backlog();
+    }
+
+    fn may_sleep(lp: &EventLoop<H, Self>) -> bool {
+        lp.io.backlog.is_empty() && lp.io.rearm_recv.is_empty()
+    }
+
+    fn wait(lp: &mut EventLoop<H, Self>, block: bool, timed: bool) -> io::Result<()> {
+        let ext_arg = lp.core.config.features.ext_arg;
+        if block && timed && !ext_arg && !lp.io.timeout_armed {
+            let entry = opcode::Timeout::new(&*lp.io.timeout_spec as *const types::Timespec)
+                .build()
+                .user_data(token::TIMEOUT);
+            // SAFETY: `timeout_spec` is a Box owned by the ring and outlives the io_uring fd.
+            unsafe { lp.push(entry) };
+            lp.io.timeout_armed = true;
+        }
+        let stats = &lp.core.stats;
+        stats
+            .submissions
+            .fetch_add(lp.io.uring.submission().len() as u64, Ordering::Relaxed);
+        bump(&stats.enters);
+        let result = if lp.core.config.features.poll_wait {
+            lp.submit_then_poll(block, timed)
+        } else if block && timed && ext_arg {
+            let args = types::SubmitArgs::new().timespec(&lp.io.timeout_spec);
+            lp.io.uring.submitter().submit_with_args(1, &args)
+        } else {
+            lp.io.uring.submitter().submit_and_wait(usize::from(block))
+        };
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) => match e.raw_os_error() {
+                // ETIME: the wait timed out; EINTR: a signal; EBUSY: the completion queue is
+                // full and must be reaped first; EAGAIN: the kernel is short of memory for now.
+                Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN) => Ok(()),
+                _ => Err(e),
+            },
+        }
+    }
+
+    fn dispatch(lp: &mut EventLoop<H, Self>) {
+        lp.reap();
+        let batch = std::mem::take(&mut lp.io.batch);
+        for c in &batch {
+            lp.dispatch_completion(*c);
+        }
+        lp.io.batch = batch;
+        lp.io.batch.clear();
+    }
+
+    fn finish(lp: &mut EventLoop<H, Self>) {
+        // Hand in-flight closes to the kernel before the ring goes away.
+        let _ = lp.io.uring.submit();
+    }
+}
+
+impl<H: Handler> EventLoop<H, Uring> {
+    // ---- submission plumbing ----
+
+    /// Pushes one entry; a full submission queue is flushed to the kernel first, and if even that
+    /// leaves no room the entry waits in a backlog that the loop drains. Never dropped.
+    ///
+    /// # Safety
+    /// Every buffer and pointer named by `entry` must stay valid until its completion is reaped.
+    unsafe fn push(&mut self, entry: squeue::Entry) {
+        let io = &mut self.io;
+        if !io.backlog.is_empty() {
+            io.backlog.push_back(entry);
+            bump(&self.core.stats.sq_backlogged);
+            return;
+        }
+        // SAFETY: the caller guarantees the entry's buffers outlive its completion.
+        if unsafe { io.uring.submission().push(&entry) }.is_ok() {
+            return;
+        }
+        let _ = io.uring.submit();
+        bump(&self.core.stats.enters);
+        // SAFETY: as above.
+        if unsafe { io.uring.submission().push(&entry) }.is_err() {
+            bump(&self.core.stats.sq_backlogged);
+            io.backlog.push_back(entry);
+        }
+    }
+
+    fn flush_backlog(&mut self) {
+        let io = &mut self.io;
+        while let Some(entry) = io.backlog.pop_front() {
+            // SAFETY: entries in the backlog were pushed through `push`, whose callers guaranteed
+            // their buffers live until completion; nothing has completed them yet.
+            if unsafe { io.uring.submission().push(&entry) }.is_err() {
+                io.backlog.push_front(entry);
+                break;
+            }
+        }
+    }
+
+    fn submit_accept(&mut self) {
+        if self.io.accept_armed || self.core.draining {
+            return;
+        }
+        let fd = types::Fd(self.core.config.listener.as_raw_fd());
+        let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+        let entry = match self.core.config.features.accept {
+            AcceptPath::Multishot => opcode::AcceptMulti::new(fd).flags(flags).build(),
+            AcceptPath::SingleShot => {
+                opcode::Accept::new(fd, std::ptr::null_mut(), std::ptr::null_mut())
+                    .flags(flags)
+                    .build()
+            }
+        }
+        .user_data(token::ACCEPT);
+        // SAFETY: accept names no memory of ours (null address pointers); the listener fd stays
+        // open until the accept is cancelled and its completion reaped (see `stop_accepting`).
+        unsafe { self.push(entry) };
+        self.io.accept_armed = true;
+    }
+
+    fn submit_wake_read(&mut self) {
+        let entry = opcode::Read::new(
+            types::Fd(self.core.mailbox.eventfd()),
+            (&mut *self.io.wake_word as *mut u64).cast(),
+            8,
+        )
+        .build()
+        .user_data(token::WAKE);
+        // SAFETY: `wake_word` is a Box owned by the ring, freed only after the io_uring fd closes
+        // (field order), so the 8 bytes stay valid until this read completes.
+        unsafe { self.push(entry) };
+    }
+
+    fn submit_recv(&mut self, slot: u32) {
+        let group = self.io.bufring.as_ref().map(BufRing::group);
+        let recv_path = self.core.config.features.recv;
+        let s = &mut self.core.slab[slot as usize];
+        debug_assert!(!s.io.recv_armed && !s.io.closed);
+        let fd = types::Fd(s.io.fd);
+        let entry = match (recv_path, group) {
+            (RecvPath::MultishotBufRing, Some(group)) => opcode::RecvMulti::new(fd, group)
+                .build()
+                .user_data(token::encode(Op::Recv, s.io.generation, slot)),
+            _ => opcode::PollAdd::new(fd, libc::POLLIN as u32)
+                .build()
+                .user_data(token::encode(Op::Poll, s.io.generation, slot)),
+        };
+        s.io.recv_armed = true;
+        s.io.ops_in_flight += 1;
+        // SAFETY: a multishot recv names only the buffer group, whose memory lives as long as the
+        // ring; a poll names no memory at all.
+        unsafe { self.push(entry) };
+    }
+
+    fn submit_send(&mut self, slot: u32) {
+        let s = &mut self.core.slab[slot as usize];
+        debug_assert!(!s.io.send_inflight);
+        if s.io.sent == s.io.sending.len() {
+            s.io.sending.clear();
+            s.io.sent = 0;
+            std::mem::swap(&mut s.io.out, &mut s.io.sending);
+        }
+        if s.io.sending.is_empty() {
+            return;
+        }
+        let remaining = &s.io.sending[s.io.sent..];
+        let entry = opcode::Send::new(
+            types::Fd(s.io.fd),
+            remaining.as_ptr(),
+            remaining.len() as u32,
+        )
+        .flags(libc::MSG_NOSIGNAL)
+        .build()
+        .user_data(token::encode(Op::Send, s.io.generation, slot));
+        s.io.send_inflight = true;
+        s.io.ops_in_flight += 1;
+        // SAFETY: the bytes live in this slot's `sending` Vec, which is not touched while
+        // `send_inflight` is set, and the slot is not freed while ops_in_flight > 0; moving the
+        // Slot inside the slab does not move the Vec's heap buffer.
+        unsafe { self.push(entry) };
+    }
+
+    fn submit_close(&mut self, fd: RawFd) {
+        let entry = opcode::Close::new(types::Fd(fd))
+            .build()
+            .user_data(token::encode(Op::Close, 0, 0));
+        // SAFETY: close names no memory; the fd is ours and no other op on it remains in flight.
+        unsafe { self.push(entry) };
+    }
+
+    fn cancel(&mut self, user_data: u64) {
+        let entry = opcode::AsyncCancel::new(user_data)
+            .build()
+            .user_data(token::encode(Op::Cancel, 0, 0));
+        // SAFETY: a cancel names no memory.
+        unsafe { self.push(entry) };
+    }
+
+    // ---- waiting and reaping ----
+
+    /// The `enter-wait` fallback: submit without waiting, then block in `poll(2)` on the ring
+    /// fd, which is readable once a completion is posted.
+    fn submit_then_poll(&mut self, block: bool, timed: bool) -> io::Result<usize> {
+        let submitted = self.io.uring.submitter().submit()?;
+        if !block || !self.io.uring.completion().is_empty() {
+            return Ok(submitted);
+        }
+        let mut pollfd = libc::pollfd {
+            fd: self.io.uring.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let timeout_ms = if timed {
+            self.core.config.tick.as_millis().max(1) as i32
+        } else {
+            -1
+        };
+        // SAFETY: poll reads and writes one pollfd we own for the duration of the call.
+        if unsafe { libc::poll(&mut pollfd, 1, timeout_ms) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(submitted)
+    }
+
+    fn reap(&mut self) {
+        let io = &mut self.io;
+        let stats = &self.core.stats;
+        let mut cq = io.uring.completion();
+        let overflow = cq.overflow();
+        for cqe in &mut cq {
+            io.batch.push(Completion {
+                user_data: cqe.user_data(),
+                result: cqe.result(),
+                flags: cqe.flags(),
+            });
+        }
+        drop(cq);
+        if overflow > 0 {
+            stats.cq_overflow.store(overflow as u64, Ordering::Relaxed);
+        }
+        if io.uring.submission().cq_overflow() {
+            bump(&stats.cq_overflow);
+        }
+        stats
+            .completions
+            .fetch_add(io.batch.len() as u64, Ordering::Relaxed);
+    }
+
+    fn dispatch_completion(&mut self, c: Completion) {
+        let Some((op, generation, slot)) = token::decode(c.user_data) else {
+            panic!(
+                "completion with a user_data we never submitted: {:#x}",
+                c.user_data
+            );
+        };
+        match op {
+            Op::Accept => self.on_accept(c),
+            Op::Recv => self.on_recv(slot, generation, c),
+            Op::Poll => self.on_poll(slot, generation, c),
+            Op::Send => self.on_send(slot, generation, c),
+            Op::Wake => self.on_wake(c),
+            Op::Timeout => self.io.timeout_armed = false,
+            Op::Close | Op::Cancel => {}
+        }
+    }
+
+    // ---- accept ----
+
+    fn on_accept(&mut self, c: Completion) {
+        let more =
+            self.core.config.features.accept == AcceptPath::Multishot && cqueue::more(c.flags);
+        if !more {
+            self.io.accept_armed = false;
+        }
+        if c.result < 0 {
+            let errno = -c.result;
+            if errno == libc::ECANCELED {
+                return;
+            }
+            if self.core.accept_failed(errno) {
+                if more {
+                    self.cancel(token::ACCEPT);
+                }
+                return;
+            }
+            if !more && self.core.accept_paused_until.is_none() {
+                self.submit_accept();
+            }
+            return;
+        }
+        if !more && self.core.accept_paused_until.is_none() {
+            self.submit_accept();
+        }
+        self.admit(c.result);
+    }
+
+    // ---- receive ----
+
+    fn on_recv(&mut self, slot: u32, generation: u32, c: Completion) {
+        let more = cqueue::more(c.flags);
+        let bid = cqueue::buffer_select(c.flags);
+        if let (Some(bid), Some(ring)) = (bid, self.io.bufring.as_mut()) {
+            ring.taken(bid);
+        }
+        if !self.core.holds(slot, generation) {
+            // Cannot happen while ops_in_flight guards the slot; count it and give the buffer back.
+            bump(&self.core.stats.stale_completions);
+            if let (Some(bid), Some(ring)) = (bid, self.io.bufring.as_mut()) {
+                ring.recycle(bid);
+            }
+            return;
+        }
+        if !more {
+            let s = &mut self.core.slab[slot as usize];
+            s.io.recv_armed = false;
+            s.io.ops_in_flight -= 1;
+        }
+        if c.result > 0 {
+            let bid = bid.expect("a multishot recv completion with data names its buffer");
+            let ring = self.io.bufring.as_mut().expect("buffer ring present");
+            self.core.deliver(slot, ring.buffer(bid, c.result as usize));
+            ring.recycle(bid);
+            if !more && !self.core.slab[slot as usize].io.closed {
+                self.submit_recv(slot);
+            }
+            self.after_callback(slot);
+            return;
+        }
+        if c.result == 0 {
+            self.peer_eof(slot);
+            return;
+        }
+        let closed = self.core.slab[slot as usize].io.closed;
+        match -c.result {
+            libc::ENOBUFS => {
+                // Every provided buffer is in use; re-arm once this batch has recycled some.
+                bump(&self.core.stats.bufring_exhausted);
+                if !more && !closed {
+                    self.io.rearm_recv.push((slot, generation));
+                }
+            }
+            libc::EINTR | libc::EAGAIN => {
+                if !more && !closed {
+                    self.submit_recv(slot);
+                }
+            }
+            libc::ECANCELED => {}
+            errno => self.io_failed(slot, errno, "recv"),
+        }
+        self.maybe_finish_close(slot);
+    }
+
+    /// The poll-then-recv fallback: readiness first, then non-blocking reads into the ring's
+    /// scratch buffer, so an idle session still holds no buffer.
+    fn on_poll(&mut self, slot: u32, generation: u32, c: Completion) {
+        if !self.core.holds(slot, generation) {
+            bump(&self.core.stats.stale_completions);
+            return;
+        }
+        let s = &mut self.core.slab[slot as usize];
+        s.io.recv_armed = false;
+        s.io.ops_in_flight -= 1;
+        if s.io.closed {
+            self.maybe_finish_close(slot);
+            return;
+        }
+        if c.result < 0 {
+            match -c.result {
+                libc::EINTR | libc::EAGAIN => self.submit_recv(slot),
+                libc::ECANCELED => self.maybe_finish_close(slot),
+                errno => self.io_failed(slot, errno, "poll"),
+            }
+            return;
+        }
+        match self.drain_socket(slot) {
+            Drained::Eof => return self.peer_eof(slot),
+            Drained::Closed => return,
+            Drained::Open => {}
+        }
+        if self.core.slab[slot as usize].io.closing == Closing::No {
+            self.submit_recv(slot);
+        }
+        self.after_callback(slot);
+    }
+
+    fn peer_eof(&mut self, slot: u32) {
+        self.core.deliver_eof(slot);
+        self.after_callback(slot);
+        self.maybe_finish_close(slot);
+    }
+
+    fn rearm_receives(&mut self) {
+        let pending = std::mem::take(&mut self.io.rearm_recv);
+        for &(slot, generation) in &pending {
+            if self.core.is_open(slot, generation) && !self.core.slab[slot as usize].io.recv_armed {
+                self.submit_recv(slot);
+            }
+        }
+        self.io.rearm_recv = pending;
+        self.io.rearm_recv.clear();
+    }
+
+    // ---- send ----
+
+    fn on_send(&mut self, slot: u32, generation: u32, c: Completion) {
+        if !self.core.holds(slot, generation) {
+            bump(&self.core.stats.stale_completions);
+            return;
+        }
+        let s = &mut self.core.slab[slot as usize];
+        s.io.send_inflight = false;
+        s.io.ops_in_flight -= 1;
+        if c.result < 0 {
+            match -c.result {
+                libc::EINTR | libc::EAGAIN => {
+                    if !s.io.closed {
+                        self.submit_send(slot);
+                    }
+                }
+                libc::ECANCELED => {}
+                errno => self.io_failed(slot, errno, "send"),
+            }
+            self.maybe_finish_close(slot);
+            return;
+        }
+        self.core
+            .stats
+            .bytes_out
+            .fetch_add(c.result as u64, Ordering::Relaxed);
+        let s = &mut self.core.slab[slot as usize];
+        s.io.sent += c.result as usize;
+        if s.io.sent == s.io.sending.len() {
+            s.io.sending.clear();
+            s.io.sent = 0;
+            // A burst may have grown the buffer; an idle session should not keep it.
+            if s.io.sending.capacity() > 64 * 1024 {
+                s.io.sending = Vec::new();
+            }
+        }
+        if !s.io.closed && (s.io.sent < s.io.sending.len() || !s.io.out.is_empty()) {
+            self.submit_send(slot);
+        }
+        self.after_callback(slot);
+        self.maybe_finish_close(slot);
+    }
+
+    // ---- results from other threads ----
+
+    fn on_wake(&mut self, c: Completion) {
+        if c.result < 0 && -c.result != libc::EAGAIN && -c.result != libc::EINTR {
+            panic!("read of our own eventfd failed: {}", errno_name(-c.result));
+        }
+        self.submit_wake_read();
+    }
+
+    // ---- close ----
+
+    fn maybe_finish_close(&mut self, slot: u32) {
+        let Some(s) = self.core.slab.get(slot as usize) else {
+            return;
+        };
+        if !s.io.closed || s.io.ops_in_flight > 0 {
+            return;
+        }
+        let fd = self.core.free_slot(slot);
+        self.submit_close(fd);
+    }
+}
