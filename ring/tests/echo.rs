@@ -328,3 +328,35 @@ fn late_send_completion_after_close_on_every_path() {
     abort_with_a_send_in_flight(Disable::for_kernel_profile("5.10").unwrap(), false);
     abort_with_a_send_in_flight(Disable::default(), true);
 }
+
+/// A reply larger than the socket takes waits for writability; once it has gone out, the loop
+/// must stop watching for it. On epoll, writability is level-triggered: a watch left armed wakes
+/// the loop on every turn while the session sits idle.
+fn idle_after_a_reply_that_waited(epoll: bool) {
+    let r = start_on(Disable::default(), epoll, Faults::default());
+    let mut a = TcpStream::connect(r.addr).unwrap();
+    a.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    r.ids.recv_timeout(Duration::from_secs(5)).unwrap();
+    a.write_all(b"flood").unwrap();
+    // Let the send fill the socket and wait before the peer starts reading.
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(read_exact(&mut a, 8 << 20).len(), 8 << 20);
+    a.write_all(b"ping").unwrap();
+    assert_eq!(read_exact(&mut a, 4), b"ping");
+    let before = r.stats.enters.load(Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(300));
+    let woken = r.stats.enters.load(Ordering::Relaxed) - before;
+    assert!(
+        woken < 10,
+        "an idle loop woke {woken} times in 300 ms after a reply that waited for writability"
+    );
+    drop(a);
+    r.sender.drain();
+    r.thread.join().unwrap();
+}
+
+#[test]
+fn an_idle_loop_sleeps_after_a_reply_that_waited_for_room() {
+    idle_after_a_reply_that_waited(true);
+    idle_after_a_reply_that_waited(false);
+}
