@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Did a change make a request dearer? Builds ringport at REV (a git revision) and at the working
+# tree, then runs the same redis-benchmark PING loads against each, alternating A, B, A, B so
+# machine noise falls on both, and prints the server's CPU time, syscalls and io_uring_enter
+# calls per request (../shared/tools/server-cost) for each run, on io_uring and on epoll.
+# Usage: bench/before-after.sh REV [REQUESTS] [ROUNDS]   (defaults: 300000 requests, 2 rounds)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rev=${1:?usage: bench/before-after.sh REV [REQUESTS] [ROUNDS]}
+n=${2:-300000}
+rounds=${3:-2}
+cost=../shared/tools/server-cost
+[ -x "$cost" ] || { echo "needs $cost" >&2; exit 2; }
+command -v redis-benchmark >/dev/null || apt-get install -y -qq redis-tools >/dev/null
+root=$(pwd)
+work=$(mktemp -d)
+pid=""
+cleanup() {
+  [ -n "$pid" ] && kill "$pid" 2>/dev/null
+  git -C "$root" worktree remove --force "$work/src" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+# The old revision builds in its own worktree but shares the target folder, so only the
+# project's own crates are compiled twice.
+git worktree add -q --detach "$work/src" "$rev"
+(cd "$work/src" && CARGO_TARGET_DIR="$root/target" cargo build --release -q -p "$(
+  grep -m1 '^name' Cargo.toml | sed 's/.*"\(.*\)"/\1/')")
+old_name=$(grep -m1 '^name' "$work/src/Cargo.toml" | sed 's/.*"\(.*\)"/\1/')
+cp "target/release/$old_name" "$work/before"
+cargo build --release -q -p ringport
+cp target/release/ringport "$work/after"
+echo secret | "$work/after" user add bench --data "$work/data-after" >/dev/null
+echo secret | "$work/before" user add bench --data "$work/data-before" >/dev/null
+echo "machine: $(nproc) cores, kernel $(uname -r), $(date -u +%F); before = $rev ($(git rev-parse --short "$rev")), after = working tree"
+echo "$n requests per run, redis-benchmark ping_mbulk -c 50"
+printf '%-7s %-6s %-3s %s\n' "build" "loop" "-P" "server cost"
+for round in $(seq "$rounds"); do
+  for loop in uring epoll; do
+    for build in before after; do
+      flags=()
+      [ "$loop" = epoll ] && flags=(--backend epoll)
+      "$work/$build" serve --listen 127.0.0.1:16398 --data "$work/data-$build" --log-level warn "${flags[@]}" >"$work/out" 2>&1 &
+      pid=$!
+      for _ in $(seq 100); do grep -q listening "$work/out" && break; sleep 0.1; done
+      for pipeline in 1 16; do
+        load=(redis-benchmark -h 127.0.0.1 -p 16398 --user bench -a secret -t ping_mbulk -c 50 -n "$n" -P "$pipeline" -q)
+        printf '%-7s %-6s %-3s ' "$build" "$loop" "$pipeline"
+        "$cost" "$pid" "$n" -- "${load[@]}" 2>/dev/null | tr '\n' ' ' | sed 's/  */ /g'
+        echo
+      done
+      kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
+    done
+  done
+done
