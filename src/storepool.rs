@@ -2,7 +2,7 @@
 //! slow query or a store outage never blocks a ring. The queue is bounded; when it is full the
 //! command gets `-BUSY` at once.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -80,6 +80,7 @@ impl StorePool {
         let epoch = Instant::now();
         let progress_us = Arc::new(AtomicU64::new(0));
         let busy = Arc::new(AtomicU64::new(0));
+        let up = Arc::new(AtomicUsize::new(0));
         let pool = Arc::new(PoolStats::default());
         let store = Arc::new(StoreStats::default());
         let shutdown = Arc::new(AtomicBool::new(false));
@@ -94,6 +95,7 @@ impl StorePool {
                     epoch,
                     progress_us: progress_us.clone(),
                     busy: busy.clone(),
+                    up: up.clone(),
                 };
                 std::thread::Builder::new()
                     .name(format!("store-{index}"))
@@ -213,6 +215,8 @@ struct Progress {
     epoch: Instant,
     progress_us: Arc<AtomicU64>,
     busy: Arc<AtomicU64>,
+    /// Workers whose store connection is up.
+    up: Arc<AtomicUsize>,
 }
 
 impl Progress {
@@ -232,39 +236,40 @@ fn run_worker(
     progress: &Progress,
 ) {
     let mut conn: Option<Box<dyn Conn>> = None;
-    let mut last_attempt: Option<Instant> = None;
-    let mut last_error = StoreError::Unavailable("not connected yet".into());
-    let mut failed_before = false;
+    let mut reconnect = Reconnect {
+        last_attempt: None,
+        last_error: StoreError::Unavailable("not connected yet".into()),
+        failed_before: false,
+    };
+    let mut counted_up = false;
     loop {
+        connect_if_due(&mut conn, &mut reconnect, backend, index, store);
+        // After an outage connections come back one by one; until this one is back, leave the
+        // jobs to workers that can serve them rather than answer 'store unavailable'. With no
+        // worker up, jobs are taken and fail fast, so an outage is reported at once.
+        let ready = conn.as_mut().is_some_and(|c| c.ready());
+        if ready != counted_up {
+            counted_up = ready;
+            if ready {
+                progress.up.fetch_add(1, Ordering::AcqRel);
+            } else {
+                progress.up.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        if !ready && progress.up.load(Ordering::Acquire) > 0 {
+            if shutdown.load(Ordering::Acquire) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
         // Queued jobs are finished before a shutdown takes effect.
         let Queued { job, ticket } = match receiver.recv_timeout(Duration::from_millis(100)) {
             Ok(queued) => queued,
-            Err(_) if shutdown.load(Ordering::Acquire) => return,
+            Err(_) if shutdown.load(Ordering::Acquire) => break,
             Err(_) => continue,
         };
-        // A worker without a connection retries at most every 250 ms, so during an outage jobs
-        // fail fast instead of each waiting for a connect timeout.
-        if conn.is_none() && last_attempt.is_none_or(|t| t.elapsed() >= Duration::from_millis(250))
-        {
-            last_attempt = Some(Instant::now());
-            match backend.connect() {
-                Ok(c) => {
-                    if failed_before {
-                        store.reconnects.fetch_add(1, Ordering::Relaxed);
-                        tracing::info!(worker = index, "store connection re-established");
-                    }
-                    tracing::debug!(worker = index, "store connection established");
-                    conn = Some(c);
-                }
-                Err(e) => {
-                    if !failed_before {
-                        tracing::warn!(worker = index, error = %e, "store connect failed; retrying every 250 ms");
-                    }
-                    failed_before = true;
-                    last_error = e;
-                }
-            }
-        }
+        connect_if_due(&mut conn, &mut reconnect, backend, index, store);
         pool.depth.fetch_sub(1, Ordering::AcqRel);
         if ticket.abandoned.load(Ordering::Acquire) {
             // The session already answered "store unavailable" for this one.
@@ -279,7 +284,7 @@ fn run_worker(
         let result =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match conn.as_mut() {
                 Some(c) => job(Ok(&mut **c)),
-                None => job(Err(last_error.clone())),
+                None => job(Err(reconnect.last_error.clone())),
             }));
         if result.is_err() {
             tracing::error!(
@@ -297,5 +302,51 @@ fn run_worker(
         progress
             .progress_us
             .store(progress.now_us(), Ordering::Release);
+    }
+    if counted_up {
+        progress.up.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A worker's attempts to get a connection it does not have.
+struct Reconnect {
+    last_attempt: Option<Instant>,
+    last_error: StoreError,
+    failed_before: bool,
+}
+
+/// Connects a worker that has no connection, at most every 250 ms, so during an outage jobs fail
+/// fast instead of each waiting for a connect timeout.
+fn connect_if_due(
+    conn: &mut Option<Box<dyn Conn>>,
+    reconnect: &mut Reconnect,
+    backend: &dyn Backend,
+    index: usize,
+    store: &StoreStats,
+) {
+    if conn.is_some()
+        || reconnect
+            .last_attempt
+            .is_some_and(|t| t.elapsed() < Duration::from_millis(250))
+    {
+        return;
+    }
+    reconnect.last_attempt = Some(Instant::now());
+    match backend.connect() {
+        Ok(c) => {
+            if reconnect.failed_before {
+                store.reconnects.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(worker = index, "store connection re-established");
+            }
+            tracing::debug!(worker = index, "store connection established");
+            *conn = Some(c);
+        }
+        Err(e) => {
+            if !reconnect.failed_before {
+                tracing::warn!(worker = index, error = %e, "store connect failed; retrying every 250 ms");
+            }
+            reconnect.failed_before = true;
+            reconnect.last_error = e;
+        }
     }
 }

@@ -155,6 +155,12 @@ pub trait Backend: Send + Sync + 'static {
 
 /// One store worker's connection. Key-value calls are scoped by `owner`.
 pub trait Conn: Send {
+    /// Whether the connection can serve a call now; a lost one is re-established first, no
+    /// more often than the backend's reconnect interval allows. A worker whose connection is
+    /// down stays off the queue while another worker's is up.
+    fn ready(&mut self) -> bool {
+        true
+    }
     /// The value of `key`, or `None`.
     fn get(&mut self, owner: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// The values of `keys`, in order, `None` for each missing one.

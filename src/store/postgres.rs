@@ -643,6 +643,10 @@ fn statement_error(error: &tokio_postgres::Error) -> StoreError {
 }
 
 impl Conn for PostgresConn {
+    fn ready(&mut self) -> bool {
+        self.ensure_session().is_ok()
+    }
+
     fn get(&mut self, owner: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.run(Duration::ZERO, async |client, statements| {
             let row = client.query_opt(&statements.get, &[&owner, &key]).await?;
