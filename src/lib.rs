@@ -6,18 +6,23 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod cmdstats;
 pub mod commands;
 pub mod config;
+pub mod conn;
 pub mod info;
 pub mod metrics;
+pub mod msg;
 pub mod pool;
 pub mod probe;
 pub mod resp;
 pub mod server;
 pub mod session;
+pub mod shared;
 pub mod store;
 pub mod storepool;
 pub mod systemd;
+pub mod table;
 #[doc(hidden)]
 pub mod testkit;
 pub mod users;

@@ -2,161 +2,20 @@
 //! one `SO_REUSEPORT` listener per ring, run one pinned ring thread per core, and drain on
 //! SIGTERM or SIGINT.
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use ringport_ring::{AcceptPath, EpollLoop, Features, RecvPath, Ring, RingConfig, RingStats};
+use ringport_ring::{AcceptPath, EpollLoop, Features, RecvPath, Ring, RingConfig};
 
-use crate::auth::{self, FailureLimiter, VerifiedCache};
-use crate::commands::COMMANDS;
+use crate::auth;
 use crate::config::{BackendChoice, ServeArgs};
-use crate::metrics::CommandBook;
+use crate::msg::Msg;
 use crate::pool::ComputePool;
-use crate::session::{Msg, RingHandler};
+use crate::session::RingHandler;
+use crate::shared::Shared;
 use crate::store::{self, StoreSpec, UserRecord};
 use crate::storepool::StorePool;
-
-/// Settings the sessions consult at run time.
-#[derive(Debug, Clone)]
-pub struct RuntimeConfig {
-    pub auth_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub request_timeout: Duration,
-    pub store_timeout: Duration,
-    pub max_sessions: usize,
-    pub proto_max_bulk_len: usize,
-    pub max_output_buffer: usize,
-    pub max_query_buffer: usize,
-    pub max_auth_failures: u32,
-}
-
-/// Server-wide counters that are not per ring.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub auth_failures: AtomicU64,
-    pub auth_timeouts: AtomicU64,
-    pub request_timeouts: AtomicU64,
-    pub idle_timeouts: AtomicU64,
-    pub output_limit_closes: AtomicU64,
-    pub query_limit_closes: AtomicU64,
-    pub auth_failure_closes: AtomicU64,
-    pub auth_rate_limited: AtomicU64,
-    pub protocol_errors: AtomicU64,
-    pub killed: AtomicU64,
-    pub unknown_commands: AtomicU64,
-}
-
-/// What every ring and pool job shares, read-mostly.
-pub struct Shared {
-    pub config: RuntimeConfig,
-    pub compute: ComputePool,
-    pub store: StorePool,
-    pub auth_cache: VerifiedCache,
-    /// Failed AUTH attempts per source address per minute.
-    pub auth_limiter: FailureLimiter,
-    /// An argon2id hash of nothing in particular, verified against for unknown users.
-    pub dummy_hash: String,
-    pub rings: Vec<Arc<RingStats>>,
-    /// The probed io_uring features; `None` on the epoll backend.
-    pub features: Option<Features>,
-    pub backend_name: &'static str,
-    pub cores: usize,
-    pub listen_addr: SocketAddr,
-    pub started: Instant,
-    pub next_client_id: AtomicU64,
-    pub counters: Counters,
-    pub version_line: String,
-    /// Every ring's mailbox, for ring-wide queries (CLIENT LIST, CLIENT KILL).
-    pub ring_senders: Vec<ringport_ring::Sender<Msg>>,
-    /// Rate limits for log lines about refused or closed sessions, per reason.
-    log_limiters:
-        std::sync::Mutex<std::collections::HashMap<&'static str, ringport_ring::LogLimiter>>,
-    /// Per ring, per command calls, errors and latency.
-    pub commands: CommandBook,
-}
-
-impl Shared {
-    /// Everything the rings and jobs share, from the `serve` settings. One ring per sender.
-    pub fn new(
-        args: &ServeArgs,
-        compute: ComputePool,
-        store: StorePool,
-        ring_senders: Vec<ringport_ring::Sender<Msg>>,
-        features: Option<Features>,
-        cores: usize,
-        listen_addr: SocketAddr,
-    ) -> Shared {
-        // A test server may have no ring at all; statistics still need a slot.
-        let ring_count = ring_senders.len().max(1);
-        Shared {
-            ring_senders,
-            config: RuntimeConfig {
-                auth_timeout: args.auth_timeout,
-                idle_timeout: args.idle_timeout,
-                request_timeout: args.request_timeout,
-                store_timeout: args.store_timeout,
-                max_sessions: args.max_sessions,
-                proto_max_bulk_len: args.proto_max_bulk_len,
-                max_output_buffer: args.max_output_buffer,
-                max_query_buffer: args.max_query_buffer.max(args.proto_max_bulk_len + 65536),
-                max_auth_failures: args.max_auth_failures.max(1),
-            },
-            compute,
-            store,
-            auth_cache: VerifiedCache::new(100_000),
-            auth_limiter: FailureLimiter::new(args.auth_failures_per_minute, 100_000),
-            dummy_hash: auth::hash_password(auth::random_password().as_bytes()),
-            rings: (0..ring_count).map(|_| Arc::default()).collect(),
-            backend_name: if features.is_some() {
-                "io_uring"
-            } else {
-                "epoll"
-            },
-            features,
-            cores,
-            listen_addr,
-            started: Instant::now(),
-            next_client_id: AtomicU64::new(1),
-            counters: Counters::default(),
-            version_line: format!("ringport {}", env!("CARGO_PKG_VERSION")),
-            commands: CommandBook::new(ring_count),
-            log_limiters: Default::default(),
-        }
-    }
-
-    /// Counts one executed command (its latency runs from parse to reply queued).
-    pub fn record_command(&self, ring: usize, name: &'static str, started: Instant, failed: bool) {
-        if let Some(i) = COMMANDS.iter().position(|c| c.name == name) {
-            self.commands.record(ring, i, started, failed);
-        }
-    }
-
-    /// Counts a command name that is not in the table.
-    pub fn record_unknown(&self, _ring: usize) {
-        self.counters
-            .unknown_commands
-            .fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Whether a line about `reason` may be logged now (at most one per second per reason);
-    /// `Some(n)`: log it, mentioning the `n` suppressed since the last one.
-    pub fn log_allowed(&self, reason: &'static str) -> Option<u64> {
-        let mut limiters = self.log_limiters.lock().ok()?;
-        limiters.entry(reason).or_default().allow(Instant::now())
-    }
-
-    /// The current minute since start, for per-minute limits.
-    pub fn minute(&self, now: Instant) -> u64 {
-        now.saturating_duration_since(self.started).as_secs() / 60
-    }
-
-    /// Commands executed so far.
-    pub fn total_commands(&self) -> u64 {
-        self.commands.total_calls() + self.counters.unknown_commands.load(Ordering::Relaxed)
-    }
-}
 
 /// Errors that stop start-up, with what to do about them.
 pub type StartError = String;

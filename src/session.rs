@@ -15,155 +15,12 @@ use std::time::Instant;
 
 use ringport_ring::{CloseReason, Context, Handler, Sender, Session, SessionId, Sessions};
 
-use crate::commands;
+use crate::commands::{self, Call};
+use crate::conn::{Conn, State};
+use crate::msg::{AuthOutcome, Msg};
 use crate::resp::{self, Args, Limits, Proto};
-use crate::server::Shared;
-
-/// The session's place in its life. Each handler notes which states it expects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
-    /// Connected; only AUTH, HELLO and QUIT are served, and the auth deadline is armed.
-    Unauthenticated,
-    /// Authenticated and not waiting for anything: input is parsed and executed as it arrives.
-    Ready,
-    /// An offloaded command is running on a pool; input waits in `inbuf` until its result.
-    Waiting,
-}
-
-/// What a session remembers between commands.
-pub struct Conn {
-    /// `CLIENT ID`: unique over the server's life.
-    pub client_id: u64,
-    /// Where the session is in its life.
-    pub state: State,
-    /// The authenticated user, owner of the session's keys.
-    pub user: Option<Arc<str>>,
-    /// Reply protocol chosen by HELLO.
-    pub proto: Proto,
-    /// `CLIENT SETNAME`.
-    pub name: Option<Vec<u8>>,
-    /// `CLIENT SETINFO LIB-NAME` / `LIB-VER`.
-    pub lib_name: Option<Vec<u8>>,
-    pub lib_ver: Option<Vec<u8>>,
-    /// Whether an authenticated session was ever seen (Waiting after AUTH returns here).
-    pub authenticated: bool,
-    /// Bytes received but not yet parsed (a partial command, or input behind a pending one).
-    pub inbuf: Vec<u8>,
-    /// Wrong passwords on this connection.
-    pub auth_failures: u32,
-    /// The peer sent EOF: finish what was received, flush, close.
-    pub peer_eof: bool,
-    /// The command now pending on a pool: its name and when it was parsed.
-    pub pending: Option<(&'static str, Instant)>,
-    pub peer: Option<SocketAddr>,
-    pub created: Instant,
-    pub last_active: Instant,
-    /// Commands executed on this session.
-    pub commands: u64,
-    /// The name of the last command executed (`CLIENT LIST`'s `cmd=`).
-    pub last_command: &'static str,
-    /// Since when a partial command has been waiting for its remaining bytes.
-    pub partial_since: Option<Instant>,
-    /// Number of the last job handed to a pool; results for any other number are stale.
-    pub job_seq: u64,
-    /// The store job now pending, watched for a store that stopped answering.
-    pub store_ticket: Option<Arc<crate::storepool::JobTicket>>,
-}
-
-impl Conn {
-    /// True when nothing is pending and no input waits: the session may close on a drain.
-    pub fn idle(&self) -> bool {
-        self.state != State::Waiting && self.inbuf.is_empty()
-    }
-}
-
-/// Results that pools send back to a session. Session results carry the sequence number of the
-/// job they answer, so a late result for a job the session gave up on (a stuck store) is
-/// dropped instead of answering a later command.
-pub enum Msg {
-    /// The encoded reply of the pending command.
-    Reply(u64, Vec<u8>),
-    /// The outcome of AUTH or HELLO ... AUTH.
-    Auth(u64, AuthOutcome),
-    /// Ring-wide: one `CLIENT LIST` line per session of the ring, sent back on the channel.
-    ListClients(crossbeam_channel::Sender<String>),
-    /// Ring-wide: close the sessions the filter matches; the count is sent back.
-    Kill(KillFilter, crossbeam_channel::Sender<u64>),
-}
-
-/// Which sessions `CLIENT KILL` closes: every given criterion must match.
-#[derive(Debug, Clone, Default)]
-pub struct KillFilter {
-    pub id: Option<u64>,
-    pub addr: Option<String>,
-    pub user: Option<String>,
-    /// `SKIPME yes` (the default): never the session that asked.
-    pub skip: Option<u64>,
-}
-
-impl KillFilter {
-    /// True if this filter selects the session.
-    pub fn matches(&self, conn: &Conn) -> bool {
-        if self.skip == Some(conn.client_id) {
-            return false;
-        }
-        if self.id.is_some_and(|id| id != conn.client_id) {
-            return false;
-        }
-        if let Some(addr) = &self.addr {
-            if conn.peer.map(|p| p.to_string()).as_deref() != Some(addr.as_str()) {
-                return false;
-            }
-        }
-        if let Some(user) = &self.user {
-            if conn.user.as_deref() != Some(user.as_str()) {
-                return false;
-            }
-        }
-        true
-    }
-}
-
-/// How a pool job answers its session: the ring's mailbox, the session, and the job's number.
-#[derive(Clone)]
-pub struct Replier {
-    sender: Sender<Msg>,
-    id: SessionId,
-    seq: u64,
-}
-
-impl Replier {
-    /// Sends the job's encoded reply.
-    pub fn reply(&self, bytes: Vec<u8>) {
-        self.sender.send(self.id, Msg::Reply(self.seq, bytes));
-    }
-
-    /// Sends the outcome of an authentication.
-    pub fn auth(&self, outcome: AuthOutcome) {
-        self.sender.send(self.id, Msg::Auth(self.seq, outcome));
-    }
-}
-
-/// What an authentication attempt found.
-pub enum AuthOutcome {
-    /// The password verified; what to reply depends on the command that asked.
-    Verified { user: String, then: AfterAuth },
-    /// Unknown user, disabled user, or wrong password: one answer for all three.
-    WrongPass,
-    /// The reply to send instead (store unavailable, BUSY).
-    Failed(Vec<u8>),
-}
-
-/// The command that asked for authentication.
-pub enum AfterAuth {
-    /// `AUTH`: reply `+OK`.
-    Ok,
-    /// `HELLO proto AUTH u p [SETNAME n]`: switch protocol, set the name, reply HELLO's map.
-    Hello {
-        proto: Proto,
-        setname: Option<Vec<u8>>,
-    },
-}
+use crate::shared::Shared;
+use crate::storepool::JobTicket;
 
 /// One ring's protocol handler. Owns nothing shared but the `Arc<Shared>`.
 pub struct RingHandler {
@@ -189,16 +46,6 @@ impl RingHandler {
         }
     }
 
-    /// A new job number for the session and the handle its job answers through.
-    pub fn replier(&self, s: &mut Session<'_, Conn>) -> Replier {
-        s.conn.job_seq += 1;
-        Replier {
-            sender: self.sender.clone(),
-            id: s.id(),
-            seq: s.conn.job_seq,
-        }
-    }
-
     /// Parses and executes complete commands from `buf` until it runs out, a command goes to a
     /// pool, or the session is closing. Returns how many bytes were consumed.
     fn process_input(&mut self, cx: &Context, s: &mut Session<'_, Conn>, buf: &[u8]) -> usize {
@@ -214,7 +61,7 @@ impl RingHandler {
                     }
                     s.conn.commands += 1;
                     s.conn.last_active = cx.now;
-                    commands::execute(self, cx, s, &args);
+                    commands::execute(&mut Call::new(cx, &self.shared, &self.sender, s), &args);
                     self.enforce_output_limit(s);
                 }
                 Err(error) => {
@@ -306,12 +153,7 @@ impl RingHandler {
 
     /// The store stopped answering for the pending job: answer `store unavailable` now, let the
     /// job be skipped (or its late result dropped), and go on with the session's input.
-    fn give_up_on_store(
-        &mut self,
-        cx: &Context,
-        s: &mut Session<'_, Conn>,
-        ticket: &crate::storepool::JobTicket,
-    ) {
+    fn give_up_on_store(&mut self, cx: &Context, s: &mut Session<'_, Conn>, ticket: &JobTicket) {
         ticket.abandon();
         s.conn.store_ticket = None;
         // A reply is activity too: a command that ran longer than the idle timeout must not
@@ -451,7 +293,7 @@ impl Handler for RingHandler {
             }
             Msg::Auth(_, outcome) => {
                 let failed = !matches!(outcome, AuthOutcome::Verified { .. });
-                commands::finish_auth(self, cx, s, outcome);
+                commands::finish_auth(&mut Call::new(cx, &self.shared, &self.sender, s), outcome);
                 failed
             }
             Msg::ListClients(_) | Msg::Kill(..) => {
@@ -541,7 +383,12 @@ impl Handler for RingHandler {
         match msg {
             Msg::ListClients(reply) => {
                 let mut lines = String::new();
-                sessions.for_each(|s| lines.push_str(&commands::client_info_line(self, s)));
+                sessions.for_each(|s| {
+                    lines.push_str(
+                        &s.conn
+                            .info_line(self.shared.listen_addr, s.pending_output()),
+                    )
+                });
                 let _ = reply.send(lines);
             }
             Msg::Kill(filter, reply) => {

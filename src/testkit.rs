@@ -11,9 +11,10 @@ use clap::Parser;
 use ringport_ring::harness::Harness;
 
 use crate::config::{Cli, Command, ServeArgs};
+use crate::msg::Msg;
 use crate::pool::ComputePool;
-use crate::server::Shared;
-use crate::session::{Msg, RingHandler};
+use crate::session::RingHandler;
+use crate::shared::Shared;
 use crate::store::{self, StoreSpec, UserRecord};
 use crate::storepool::StorePool;
 
@@ -80,7 +81,7 @@ pub fn exchange(session: &mut Harness<RingHandler>, input: &[u8], timeout: Durat
     // waiting for more bytes, which no amount of waiting here completes.
     session.pump_until(timeout, |h| {
         h.conn()
-            .is_none_or(|c| c.state != crate::session::State::Waiting)
+            .is_none_or(|c| c.state != crate::conn::State::Waiting)
     });
     session.take_output()
 }

@@ -11,6 +11,8 @@ mod hgrm;
 mod plot;
 mod record;
 mod report;
+#[path = "../../src/resp/request.rs"]
+mod request;
 mod resp;
 mod schedule;
 mod session;

@@ -1,25 +1,17 @@
-//! RESP on the client side: encoding requests, and counting replies.
+//! RESP on the client side: counting replies. (Requests are encoded by the server crate's own
+//! `src/resp/request.rs`, compiled into this crate as `crate::request`.)
 //!
 //! The load loop never builds a reply value. [`ReplyScanner`] walks reply bytes as they arrive,
 //! in any split across reads, and reports only what the benchmark needs: one event per complete
 //! top-level reply, and for an error reply its first word (`ERR`, `WRONGPASS`, `BUSY`, ...).
 //! It understands RESP2 and RESP3 (maps, sets, attributes, pushes, verbatim strings, doubles,
 //! big numbers, nulls, bulk errors).
-
-/// Appends one command as a RESP multibulk array to `out`.
-pub fn encode_command<A: AsRef<[u8]>>(out: &mut Vec<u8>, args: &[A]) {
-    out.push(b'*');
-    out.extend_from_slice(args.len().to_string().as_bytes());
-    out.extend_from_slice(b"\r\n");
-    for arg in args {
-        let arg = arg.as_ref();
-        out.push(b'$');
-        out.extend_from_slice(arg.len().to_string().as_bytes());
-        out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(arg);
-        out.extend_from_slice(b"\r\n");
-    }
-}
+//!
+//! The server's `resp::parse_value` reads replies too, but it is a different tool: it builds a
+//! whole `Value` tree and, like the command parser, starts again on the longer buffer after each
+//! read. Here the load loop wants no allocation per reply and no re-scan of a reply split over
+//! reads, so this scanner keeps its place in its own state and only counts; the two share no
+//! code beyond the protocol they read.
 
 /// The longest error word kept; longer words are cut (never seen from Redis or ringport).
 pub const ERROR_WORD_MAX: usize = 32;
@@ -401,13 +393,6 @@ mod tests {
                 assert_eq!(seen, expected, "split at {a},{b}");
             }
         }
-    }
-
-    #[test]
-    fn encodes_multibulk() {
-        let mut out = Vec::new();
-        encode_command(&mut out, &["SET", "k", "hello"]);
-        assert_eq!(out, b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nhello\r\n");
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! reply), so thousands of sessions open quickly even when AUTH is slow (ringport verifies
 //! argon2id hashes). Errors say which target and what to do.
 
-use crate::resp::{encode_command, Reply, ReplyScanner};
+use crate::request::encode_command;
+use crate::resp::{Reply, ReplyScanner};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, ToSocketAddrs};

@@ -4,7 +4,7 @@
 //! its template with random key digits written in place, so the load loop never formats or
 //! allocates.
 
-use crate::resp::encode_command;
+use crate::request::encode_command;
 
 /// Placeholder for a random key (`key:` plus zero-padded digits) in a `--mix` command.
 pub const KEY_PLACEHOLDER: &str = "__key__";
@@ -208,7 +208,7 @@ impl Rng {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::resp::encode_command;
+    use crate::request::encode_command;
 
     #[test]
     fn parses_weights_and_defaults() {

@@ -492,12 +492,8 @@ pub fn sha256_rounds(data: &[u8], rounds: u32) -> String {
 
 /// A multibulk command: `*N\r\n$len\r\narg\r\n...`.
 pub fn encode(args: &[&[u8]]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for arg in args {
-        out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-        out.extend_from_slice(arg);
-        out.extend_from_slice(b"\r\n");
-    }
+    let mut out = Vec::new();
+    ringport::resp::encode_command(&mut out, args);
     out
 }
 

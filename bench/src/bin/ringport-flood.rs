@@ -38,6 +38,9 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
+#[path = "../../../src/resp/request.rs"]
+mod request;
+
 const USAGE: &str = "\
 usage: ringport-flood --target HOST:PORT [options]
 
@@ -322,12 +325,8 @@ fn bump(counter: &AtomicU64) {
 
 /// A multibulk command.
 fn encode(args: &[&[u8]]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for arg in args {
-        out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-        out.extend_from_slice(arg);
-        out.extend_from_slice(b"\r\n");
-    }
+    let mut out = Vec::new();
+    request::encode_command(&mut out, args);
     out
 }
 

@@ -20,6 +20,13 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+// The same request encoder as the server's and the bench's: a std-only file, so the suite
+// stays std-only and links static.
+#[path = "../../../src/resp/request.rs"]
+mod request;
+
+use request::encode_command;
+
 const USAGE: &str =
     "usage: ringport-guest-suite [--addr 127.0.0.1:6380] --user USER --password PASS \
 [--sessions 2000] [--timeout-s 30]";
@@ -87,16 +94,6 @@ fn simple(text: &str) -> Reply {
 
 fn bulk(bytes: impl AsRef<[u8]>) -> Reply {
     Reply::Bulk(Some(bytes.as_ref().to_vec()))
-}
-
-/// Appends one command as a RESP multibulk.
-fn encode(out: &mut Vec<u8>, args: &[&[u8]]) {
-    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
-    for arg in args {
-        out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-        out.extend_from_slice(arg);
-        out.extend_from_slice(b"\r\n");
-    }
 }
 
 fn protocol_error(what: String) -> io::Error {
@@ -183,7 +180,7 @@ impl Conn {
     fn send(&mut self, commands: &[Vec<&[u8]>]) -> io::Result<()> {
         let mut out = Vec::new();
         for command in commands {
-            encode(&mut out, command);
+            encode_command(&mut out, command);
         }
         self.writer.write_all(&out)
     }
@@ -622,12 +619,5 @@ mod tests {
             ]
         );
         assert!(read_reply(&mut &b"+trunc"[..]).is_err());
-    }
-
-    #[test]
-    fn encodes_multibulk() {
-        let mut out = Vec::new();
-        encode(&mut out, &[b"ECHO", b"hi"]);
-        assert_eq!(out, b"*2\r\n$4\r\nECHO\r\n$2\r\nhi\r\n");
     }
 }

@@ -1,260 +1,29 @@
-//! The command table and every command's execution.
+//! Every command's execution.
 //!
-//! [`execute`] runs on the ring: it checks the AUTH gate and the arity, then either answers at
-//! once (inline commands) or sends a job to the compute or store pool and marks the session
-//! `Waiting`. Pool jobs build the whole encoded reply off the ring and send it back as a
-//! [`Msg`]. Error wording follows Redis 7.
+//! [`execute`] runs on the ring: it checks the AUTH gate and the arity against the command
+//! table ([`crate::table`]), then either answers at once (inline commands) or sends a job to the
+//! compute or store pool and marks the session `Waiting`. Pool jobs build the whole encoded reply
+//! off the ring and send it back as a [`Msg`]. Error wording follows Redis 7.
+//!
+//! Handlers work through [`Call`] alone; the session calls down into [`execute`] and
+//! [`finish_auth`], never the other way.
+
+mod call;
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use ringport_ring::{Context, Session};
 use sha2::{Digest, Sha256};
 
 use crate::auth;
+use crate::conn::State;
+use crate::msg::{AfterAuth, AuthOutcome, KillFilter, Msg};
 use crate::resp::{self, parse_i64, Args, Proto};
-use crate::session::{AfterAuth, AuthOutcome, Conn, KillFilter, Msg, RingHandler, State};
 use crate::store::{Conn as StoreConn, StoreError};
-use std::time::Duration;
+use crate::table::{arity_ok, lookup, Class, Spec, COMMANDS};
 
-/// Where a command runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Class {
-    /// On the ring, answered at once.
-    Inline,
-    /// On the compute pool.
-    Compute,
-    /// On the store pool.
-    Store,
-}
-
-/// One row of the command table.
-#[derive(Debug)]
-pub struct Spec {
-    /// Lower-case name.
-    pub name: &'static str,
-    /// Redis arity: positive = exactly that many args (name included), negative = at least.
-    pub arity: i32,
-    /// Where it runs.
-    pub class: Class,
-    /// Redis command flags, for COMMAND.
-    pub flags: &'static [&'static str],
-    /// First key, last key, step (0 0 0 for none), for COMMAND.
-    pub keys: (i32, i32, i32),
-    /// One line of help, for COMMAND DOCS.
-    pub summary: &'static str,
-    /// Allowed before AUTH.
-    pub before_auth: bool,
-}
-
-const fn spec(
-    name: &'static str,
-    arity: i32,
-    class: Class,
-    flags: &'static [&'static str],
-    keys: (i32, i32, i32),
-    summary: &'static str,
-) -> Spec {
-    Spec {
-        name,
-        arity,
-        class,
-        flags,
-        keys,
-        summary,
-        before_auth: false,
-    }
-}
-
-/// Every command ringport knows.
-pub static COMMANDS: &[Spec] = &[
-    Spec {
-        before_auth: true,
-        ..spec(
-            "auth",
-            -2,
-            Class::Compute,
-            &["noscript", "loading", "stale", "fast", "no_auth"],
-            (0, 0, 0),
-            "Authenticates the connection.",
-        )
-    },
-    Spec {
-        before_auth: true,
-        ..spec(
-            "hello",
-            -1,
-            Class::Inline,
-            &["noscript", "loading", "stale", "fast", "no_auth"],
-            (0, 0, 0),
-            "Handshakes with the server: protocol version, authentication, client name.",
-        )
-    },
-    Spec {
-        before_auth: true,
-        ..spec(
-            "quit",
-            -1,
-            Class::Inline,
-            &["noscript", "loading", "stale", "fast", "no_auth"],
-            (0, 0, 0),
-            "Closes the connection.",
-        )
-    },
-    spec(
-        "ping",
-        -1,
-        Class::Inline,
-        &["fast"],
-        (0, 0, 0),
-        "Returns PONG, or the message given.",
-    ),
-    spec(
-        "echo",
-        2,
-        Class::Inline,
-        &["fast"],
-        (0, 0, 0),
-        "Returns the message given.",
-    ),
-    spec(
-        "client",
-        -2,
-        Class::Inline,
-        &["noscript", "loading", "stale"],
-        (0, 0, 0),
-        "Connection commands: ID, SETNAME, GETNAME, SETINFO, INFO, LIST, KILL.",
-    ),
-    spec(
-        "select",
-        2,
-        Class::Inline,
-        &["loading", "stale", "fast"],
-        (0, 0, 0),
-        "Selects database 0 (the only one).",
-    ),
-    spec(
-        "command",
-        -1,
-        Class::Inline,
-        &["loading", "stale"],
-        (0, 0, 0),
-        "Describes the commands: COUNT, DOCS, INFO, LIST.",
-    ),
-    spec(
-        "info",
-        -1,
-        Class::Inline,
-        &["loading", "stale"],
-        (0, 0, 0),
-        "Server information and statistics.",
-    ),
-    spec(
-        "acl",
-        -2,
-        Class::Inline,
-        &["noscript", "loading", "stale"],
-        (0, 0, 0),
-        "ACL WHOAMI.",
-    ),
-    spec(
-        "hash",
-        3,
-        Class::Compute,
-        &[],
-        (0, 0, 0),
-        "HASH rounds data: sha256 applied rounds times, as lowercase hex.",
-    ),
-    spec(
-        "get",
-        2,
-        Class::Store,
-        &["readonly", "fast"],
-        (1, 1, 1),
-        "Gets the value of a key.",
-    ),
-    spec(
-        "set",
-        3,
-        Class::Store,
-        &["write", "denyoom"],
-        (1, 1, 1),
-        "Sets the value of a key.",
-    ),
-    spec(
-        "del",
-        -2,
-        Class::Store,
-        &["write"],
-        (1, -1, 1),
-        "Deletes keys; replies with how many existed.",
-    ),
-    spec(
-        "exists",
-        -2,
-        Class::Store,
-        &["readonly", "fast"],
-        (1, -1, 1),
-        "Counts the keys that exist.",
-    ),
-    spec(
-        "incr",
-        2,
-        Class::Store,
-        &["write", "denyoom", "fast"],
-        (1, 1, 1),
-        "Increments the integer value of a key by one.",
-    ),
-    spec(
-        "incrby",
-        3,
-        Class::Store,
-        &["write", "denyoom", "fast"],
-        (1, 1, 1),
-        "Increments the integer value of a key.",
-    ),
-    spec(
-        "mget",
-        -2,
-        Class::Store,
-        &["readonly", "fast"],
-        (1, -1, 1),
-        "Gets the values of keys.",
-    ),
-    spec(
-        "mset",
-        -3,
-        Class::Store,
-        &["write", "denyoom"],
-        (1, -1, 2),
-        "Sets several keys at once.",
-    ),
-    spec(
-        "sleep",
-        2,
-        Class::Store,
-        &[],
-        (0, 0, 0),
-        "SLEEP ms: a store call that takes ms milliseconds.",
-    ),
-];
-
-/// Looks a command up by name, case-insensitively.
-pub fn lookup(name: &[u8]) -> Option<&'static Spec> {
-    if name.len() > 16 {
-        return None;
-    }
-    COMMANDS
-        .iter()
-        .find(|c| c.name.as_bytes().eq_ignore_ascii_case(name))
-}
-
-fn arity_ok(spec: &Spec, argc: usize) -> bool {
-    if spec.arity >= 0 {
-        argc == spec.arity as usize
-    } else {
-        argc >= (-spec.arity) as usize
-    }
-}
+pub use call::Call;
+use call::BUSY;
 
 fn err(out: &mut Vec<u8>, msg: &str) {
     resp::error(out, msg.as_bytes());
@@ -284,75 +53,80 @@ fn truncate(arg: &[u8], n: usize) -> Vec<u8> {
 }
 
 pub(crate) const NOT_INTEGER: &str = "ERR value is not an integer or out of range";
-const BUSY: &[u8] = b"-BUSY server overloaded, try again\r\n";
 
 /// Executes one parsed command on the ring.
-pub fn execute(h: &mut RingHandler, cx: &Context, s: &mut Session<'_, Conn>, args: &Args) {
+pub fn execute(call: &mut Call<'_, '_>, args: &Args) {
     debug_assert_ne!(
-        s.conn.state,
+        call.conn().state,
         State::Waiting,
         "a command ran while another was pending"
     );
     let Some(spec) = lookup(&args[0]) else {
-        if !s.conn.authenticated {
-            err(s.out(), "NOAUTH Authentication required.");
+        if !call.conn().authenticated {
+            err(call.out(), "NOAUTH Authentication required.");
         } else {
-            unknown_command(s.out(), args);
+            unknown_command(call.out(), args);
         }
-        h.shared.record_unknown(cx.ring);
+        call.shared.record_unknown(call.cx.ring);
         return;
     };
-    if !s.conn.authenticated && !spec.before_auth {
-        err(s.out(), "NOAUTH Authentication required.");
-        h.shared.record_command(cx.ring, spec.name, cx.now, true);
+    if !call.conn().authenticated && !spec.before_auth {
+        err(call.out(), "NOAUTH Authentication required.");
+        call.shared
+            .record_command(call.cx.ring, spec.name, call.cx.now, true);
         return;
     }
     if !arity_ok(spec, args.len()) {
         err(
-            s.out(),
+            call.out(),
             &format!("ERR wrong number of arguments for '{}' command", spec.name),
         );
-        h.shared.record_command(cx.ring, spec.name, cx.now, true);
+        call.shared
+            .record_command(call.cx.ring, spec.name, call.cx.now, true);
         return;
     }
-    s.conn.last_command = spec.name;
-    let before = s.out().len();
+    call.conn_mut().last_command = spec.name;
+    let before = call.out().len();
     match spec.name {
-        "ping" => ping(s, args),
-        "echo" => resp::bulk(s.out(), &args[1]),
+        "ping" => ping(call, args),
+        "echo" => resp::bulk(call.out(), &args[1]),
         "quit" => {
-            resp::simple(s.out(), b"OK");
-            s.close_after_flush();
+            resp::simple(call.out(), b"OK");
+            call.close_after_flush();
         }
         "select" => match parse_i64(&args[1]) {
-            Some(0) => resp::simple(s.out(), b"OK"),
-            Some(_) => err(s.out(), "ERR DB index is out of range"),
-            None => err(s.out(), NOT_INTEGER),
+            Some(0) => resp::simple(call.out(), b"OK"),
+            Some(_) => err(call.out(), "ERR DB index is out of range"),
+            None => err(call.out(), NOT_INTEGER),
         },
-        "client" => client(h, cx, s, args),
-        "command" => command(s, args),
+        "client" => client(call, args),
+        "command" => command(call, args),
         "info" => {
-            let text = crate::info::render(&h.shared, args.iter().skip(1));
-            let proto = s.conn.proto;
-            resp::verbatim(s.out(), b"txt", text.as_bytes(), proto);
+            let text = crate::info::render(call.shared, args.iter().skip(1));
+            let proto = call.proto();
+            resp::verbatim(call.out(), b"txt", text.as_bytes(), proto);
         }
-        "acl" => acl(s, args),
-        "hello" => hello(h, cx, s, args),
-        "auth" => auth_command(h, cx, s, args),
-        "hash" => hash(h, cx, s, args),
-        _ => store_command(h, cx, s, spec, args),
+        "acl" => acl(call, args),
+        "hello" => hello(call, args),
+        "auth" => auth_command(call, args),
+        "hash" => hash(call, args),
+        _ => store_command(call, spec, args),
     }
-    if s.conn.state != State::Waiting {
-        let failed = s.out().get(before) == Some(&b'-');
-        h.shared.record_command(cx.ring, spec.name, cx.now, failed);
+    if call.conn().state != State::Waiting {
+        let failed = call.out().get(before) == Some(&b'-');
+        call.shared
+            .record_command(call.cx.ring, spec.name, call.cx.now, failed);
     }
 }
 
-fn ping(s: &mut Session<'_, Conn>, args: &Args) {
+fn ping(call: &mut Call<'_, '_>, args: &Args) {
     match args.len() {
-        1 => resp::simple(s.out(), b"PONG"),
-        2 => resp::bulk(s.out(), &args[1]),
-        _ => err(s.out(), "ERR wrong number of arguments for 'ping' command"),
+        1 => resp::simple(call.out(), b"PONG"),
+        2 => resp::bulk(call.out(), &args[1]),
+        _ => err(
+            call.out(),
+            "ERR wrong number of arguments for 'ping' command",
+        ),
     }
 }
 
@@ -360,31 +134,31 @@ fn valid_client_name(name: &[u8]) -> bool {
     name.iter().all(|&b| (b'!'..=b'~').contains(&b))
 }
 
-fn client(h: &mut RingHandler, cx: &Context, s: &mut Session<'_, Conn>, args: &Args) {
+fn client(call: &mut Call<'_, '_>, args: &Args) {
     let sub = lower(&args[1]);
     match (sub.as_str(), args.len()) {
         ("id", 2) => {
-            let id = s.conn.client_id as i64;
-            resp::integer(s.out(), id)
+            let id = call.conn().client_id as i64;
+            resp::integer(call.out(), id)
         }
-        ("getname", 2) => match s.conn.name.clone() {
-            Some(name) => resp::bulk(s.out(), &name),
+        ("getname", 2) => match call.conn().name.clone() {
+            Some(name) => resp::bulk(call.out(), &name),
             None => {
-                let proto = s.conn.proto;
-                resp::null(s.out(), proto)
+                let proto = call.proto();
+                resp::null(call.out(), proto)
             }
         },
         ("setname", 3) => {
             if valid_client_name(&args[2]) {
-                s.conn.name = if args[2].is_empty() {
+                call.conn_mut().name = if args[2].is_empty() {
                     None
                 } else {
                     Some(args[2].to_vec())
                 };
-                resp::simple(s.out(), b"OK");
+                resp::simple(call.out(), b"OK");
             } else {
                 err(
-                    s.out(),
+                    call.out(),
                     "ERR Client names cannot contain spaces, newlines or special characters.",
                 );
             }
@@ -394,7 +168,7 @@ fn client(h: &mut RingHandler, cx: &Context, s: &mut Session<'_, Conn>, args: &A
             let value = args[3].to_vec();
             if !valid_client_name(&value) && !value.is_empty() {
                 err(
-                    s.out(),
+                    call.out(),
                     &format!(
                         "ERR {} cannot contain spaces, newlines or special characters.",
                         attr
@@ -404,15 +178,15 @@ fn client(h: &mut RingHandler, cx: &Context, s: &mut Session<'_, Conn>, args: &A
             }
             match attr.as_str() {
                 "lib-name" => {
-                    s.conn.lib_name = Some(value);
-                    resp::simple(s.out(), b"OK");
+                    call.conn_mut().lib_name = Some(value);
+                    resp::simple(call.out(), b"OK");
                 }
                 "lib-ver" => {
-                    s.conn.lib_ver = Some(value);
-                    resp::simple(s.out(), b"OK");
+                    call.conn_mut().lib_ver = Some(value);
+                    resp::simple(call.out(), b"OK");
                 }
                 _ => err(
-                    s.out(),
+                    call.out(),
                     &format!(
                         "ERR Unrecognized option '{}'",
                         String::from_utf8_lossy(&args[2])
@@ -421,18 +195,18 @@ fn client(h: &mut RingHandler, cx: &Context, s: &mut Session<'_, Conn>, args: &A
             }
         }
         ("info", 2) => {
-            let line = client_info_line(h, s);
-            let proto = s.conn.proto;
-            resp::verbatim(s.out(), b"txt", line.as_bytes(), proto);
+            let line = call.client_info_line();
+            let proto = call.proto();
+            resp::verbatim(call.out(), b"txt", line.as_bytes(), proto);
         }
-        ("list", _) => client_list(h, cx, s, args),
-        ("kill", n) if n >= 3 => client_kill(h, cx, s, args),
+        ("list", _) => client_list(call, args),
+        ("kill", n) if n >= 3 => client_kill(call, args),
         ("id" | "getname" | "setname" | "setinfo" | "info" | "kill", _) => err(
-            s.out(),
+            call.out(),
             &format!("ERR wrong number of arguments for 'client|{sub}' command"),
         ),
         _ => err(
-            s.out(),
+            call.out(),
             &format!(
                 "ERR unknown subcommand '{}'. Try CLIENT HELP.",
                 String::from_utf8_lossy(&truncate(&args[1], 128))
@@ -443,13 +217,13 @@ fn client(h: &mut RingHandler, cx: &Context, s: &mut Session<'_, Conn>, args: &A
 
 /// Asks every ring for its sessions on the compute pool (the job waits for the rings; the
 /// rings never wait for each other).
-fn client_list(h: &mut RingHandler, cx: &Context, s: &mut Session<'_, Conn>, args: &Args) {
+fn client_list(call: &mut Call<'_, '_>, args: &Args) {
     if args.len() != 2 {
-        return err(s.out(), "ERR syntax error");
+        return err(call.out(), "ERR syntax error");
     }
-    let shared = h.shared.clone();
-    let replier = h.replier(s);
-    let proto = s.conn.proto;
+    let shared = call.shared.clone();
+    let replier = call.replier();
+    let proto = call.proto();
     let job = Box::new(move || {
         let (tx, rx) = crossbeam_channel::unbounded();
         for ring in &shared.ring_senders {
@@ -468,14 +242,14 @@ fn client_list(h: &mut RingHandler, cx: &Context, s: &mut Session<'_, Conn>, arg
         resp::verbatim(&mut reply, b"txt", text.as_bytes(), proto);
         replier.reply(reply);
     });
-    offload_compute(h, cx, s, "client", job);
+    call.offload_compute("client", job);
 }
 
 /// `CLIENT KILL addr` (old form: +OK or an error) or `CLIENT KILL ID n | ADDR a | USER u |
 /// SKIPME yes|no ...` (new form: the number killed), across every ring.
-fn client_kill(h: &mut RingHandler, cx: &Context, s: &mut Session<'_, Conn>, args: &Args) {
+fn client_kill(call: &mut Call<'_, '_>, args: &Args) {
     let mut filter = KillFilter {
-        skip: Some(s.conn.client_id),
+        skip: Some(call.conn().client_id),
         ..KillFilter::default()
     };
     let old_form = args.len() == 3;
@@ -484,28 +258,28 @@ fn client_kill(h: &mut RingHandler, cx: &Context, s: &mut Session<'_, Conn>, arg
         filter.skip = None;
     } else {
         if args.len() % 2 != 0 {
-            return err(s.out(), "ERR syntax error");
+            return err(call.out(), "ERR syntax error");
         }
         for pair in (2..args.len()).step_by(2) {
             let value = String::from_utf8_lossy(&args[pair + 1]).into_owned();
             match lower(&args[pair]).as_str() {
                 "id" => match parse_i64(&args[pair + 1]) {
                     Some(n) if n > 0 => filter.id = Some(n as u64),
-                    _ => return err(s.out(), "ERR client-id should be greater than 0"),
+                    _ => return err(call.out(), "ERR client-id should be greater than 0"),
                 },
                 "addr" => filter.addr = Some(value),
                 "user" => filter.user = Some(value),
                 "skipme" => match value.to_ascii_lowercase().as_str() {
-                    "yes" => filter.skip = Some(s.conn.client_id),
+                    "yes" => filter.skip = Some(call.conn().client_id),
                     "no" => filter.skip = None,
-                    _ => return err(s.out(), "ERR syntax error"),
+                    _ => return err(call.out(), "ERR syntax error"),
                 },
-                _ => return err(s.out(), "ERR syntax error"),
+                _ => return err(call.out(), "ERR syntax error"),
             }
         }
     }
-    let shared = h.shared.clone();
-    let replier = h.replier(s);
+    let shared = call.shared.clone();
+    let replier = call.replier();
     let job = Box::new(move || {
         let (tx, rx) = crossbeam_channel::unbounded();
         for ring in &shared.ring_senders {
@@ -532,50 +306,7 @@ fn client_kill(h: &mut RingHandler, cx: &Context, s: &mut Session<'_, Conn>, arg
         }
         replier.reply(reply);
     });
-    offload_compute(h, cx, s, "client", job);
-}
-
-fn offload_compute(
-    h: &mut RingHandler,
-    cx: &Context,
-    s: &mut Session<'_, Conn>,
-    name: &'static str,
-    job: crate::pool::Job,
-) {
-    match h.shared.compute.submit(job) {
-        Ok(()) => {
-            s.conn.state = State::Waiting;
-            s.conn.pending = Some((name, cx.now));
-        }
-        Err(_) => s.out().extend_from_slice(BUSY),
-    }
-}
-
-/// One `CLIENT INFO` / `CLIENT LIST` line in Redis's field layout.
-pub fn client_info_line(h: &RingHandler, s: &Session<'_, Conn>) -> String {
-    let c = &*s.conn;
-    let now = std::time::Instant::now();
-    let name = c
-        .name
-        .as_deref()
-        .map(String::from_utf8_lossy)
-        .unwrap_or_default();
-    format!(
-        "id={} addr={} laddr={} fd=0 name={} age={} idle={} flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 watch=0 qbuf={} qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem={} tot-mem=0 events=r cmd={} user={} redir=-1 resp={} lib-name={} lib-ver={}\n",
-        c.client_id,
-        c.peer.map(|p| p.to_string()).unwrap_or_default(),
-        h.shared.listen_addr,
-        name,
-        now.duration_since(c.created).as_secs(),
-        now.duration_since(c.last_active).as_secs(),
-        c.inbuf.len(),
-        s.pending_output(),
-        c.last_command,
-        c.user.as_deref().unwrap_or(""),
-        if c.proto == Proto::Resp3 { 3 } else { 2 },
-        c.lib_name.as_deref().map(String::from_utf8_lossy).unwrap_or_default(),
-        c.lib_ver.as_deref().map(String::from_utf8_lossy).unwrap_or_default(),
-    )
+    call.offload_compute("client", job);
 }
 
 fn command_info(out: &mut Vec<u8>, spec: &Spec, proto: Proto) {
@@ -595,22 +326,22 @@ fn command_info(out: &mut Vec<u8>, spec: &Spec, proto: Proto) {
     resp::array_len(out, 0); // subcommands
 }
 
-fn command(s: &mut Session<'_, Conn>, args: &Args) {
-    let proto = s.conn.proto;
+fn command(call: &mut Call<'_, '_>, args: &Args) {
+    let proto = call.proto();
     if args.len() == 1 {
-        resp::array_len(s.out(), COMMANDS.len());
+        resp::array_len(call.out(), COMMANDS.len());
         for spec in COMMANDS {
-            command_info(s.out(), spec, proto);
+            command_info(call.out(), spec, proto);
         }
         return;
     }
     let sub = lower(&args[1]);
     match sub.as_str() {
-        "count" if args.len() == 2 => resp::integer(s.out(), COMMANDS.len() as i64),
+        "count" if args.len() == 2 => resp::integer(call.out(), COMMANDS.len() as i64),
         "list" if args.len() == 2 => {
-            resp::array_len(s.out(), COMMANDS.len());
+            resp::array_len(call.out(), COMMANDS.len());
             for spec in COMMANDS {
-                resp::bulk(s.out(), spec.name.as_bytes());
+                resp::bulk(call.out(), spec.name.as_bytes());
             }
         }
         "info" => {
@@ -620,11 +351,11 @@ fn command(s: &mut Session<'_, Conn>, args: &Args) {
             } else {
                 names.iter().map(|n| lookup(n)).collect()
             };
-            resp::array_len(s.out(), selected.len());
+            resp::array_len(call.out(), selected.len());
             for spec in selected {
                 match spec {
-                    Some(spec) => command_info(s.out(), spec, proto),
-                    None => resp::null_array(s.out(), proto),
+                    Some(spec) => command_info(call.out(), spec, proto),
+                    None => resp::null_array(call.out(), proto),
                 }
             }
         }
@@ -635,28 +366,28 @@ fn command(s: &mut Session<'_, Conn>, args: &Args) {
             } else {
                 names.iter().filter_map(|n| lookup(n)).collect()
             };
-            resp::map_len(s.out(), selected.len(), proto);
+            resp::map_len(call.out(), selected.len(), proto);
             for spec in selected {
-                resp::bulk(s.out(), spec.name.as_bytes());
-                resp::map_len(s.out(), 3, proto);
-                resp::bulk(s.out(), b"summary");
-                resp::bulk(s.out(), spec.summary.as_bytes());
-                resp::bulk(s.out(), b"since");
-                resp::bulk(s.out(), b"1.0.0");
-                resp::bulk(s.out(), b"group");
+                resp::bulk(call.out(), spec.name.as_bytes());
+                resp::map_len(call.out(), 3, proto);
+                resp::bulk(call.out(), b"summary");
+                resp::bulk(call.out(), spec.summary.as_bytes());
+                resp::bulk(call.out(), b"since");
+                resp::bulk(call.out(), b"1.0.0");
+                resp::bulk(call.out(), b"group");
                 let group = match spec.class {
                     Class::Store => "string",
                     _ => "connection",
                 };
-                resp::bulk(s.out(), group.as_bytes());
+                resp::bulk(call.out(), group.as_bytes());
             }
         }
         "count" | "list" => err(
-            s.out(),
+            call.out(),
             &format!("ERR wrong number of arguments for 'command|{sub}' command"),
         ),
         _ => err(
-            s.out(),
+            call.out(),
             &format!(
                 "ERR unknown subcommand '{}'. Try COMMAND HELP.",
                 String::from_utf8_lossy(&truncate(&args[1], 128))
@@ -665,19 +396,23 @@ fn command(s: &mut Session<'_, Conn>, args: &Args) {
     }
 }
 
-fn acl(s: &mut Session<'_, Conn>, args: &Args) {
+fn acl(call: &mut Call<'_, '_>, args: &Args) {
     let sub = lower(&args[1]);
     match (sub.as_str(), args.len()) {
         ("whoami", 2) => {
-            let user = s.conn.user.clone().unwrap_or_else(|| Arc::from("default"));
-            resp::bulk(s.out(), user.as_bytes());
+            let user = call
+                .conn()
+                .user
+                .clone()
+                .unwrap_or_else(|| Arc::from("default"));
+            resp::bulk(call.out(), user.as_bytes());
         }
         ("whoami", _) => err(
-            s.out(),
+            call.out(),
             "ERR wrong number of arguments for 'acl|whoami' command",
         ),
         _ => err(
-            s.out(),
+            call.out(),
             &format!(
                 "ERR unknown subcommand '{}'. Try ACL HELP.",
                 String::from_utf8_lossy(&truncate(&args[1], 128))
@@ -687,10 +422,11 @@ fn acl(s: &mut Session<'_, Conn>, args: &Args) {
 }
 
 /// Writes HELLO's reply map.
-pub fn hello_reply(h: &RingHandler, s: &mut Session<'_, Conn>) {
-    let proto = s.conn.proto;
-    let id = s.conn.client_id as i64;
-    let out = s.out();
+fn hello_reply(call: &mut Call<'_, '_>) {
+    let proto = call.proto();
+    let id = call.conn().client_id as i64;
+    let shared = call.shared;
+    let out = call.out();
     resp::map_len(out, 8, proto);
     resp::bulk(out, b"server");
     resp::bulk(out, b"redis");
@@ -707,20 +443,20 @@ pub fn hello_reply(h: &RingHandler, s: &mut Session<'_, Conn>) {
     resp::bulk(out, b"modules");
     resp::array_len(out, 0);
     resp::bulk(out, b"ringport");
-    resp::bulk(out, h.shared.version_line.as_bytes());
+    resp::bulk(out, shared.version_line.as_bytes());
 }
 
-fn hello(h: &mut RingHandler, cx: &Context, s: &mut Session<'_, Conn>, args: &Args) {
-    let mut proto = s.conn.proto;
+fn hello(call: &mut Call<'_, '_>, args: &Args) {
+    let mut proto = call.conn().proto;
     let mut i = 1;
     if args.len() >= 2 {
         match parse_i64(&args[1]) {
             Some(2) => proto = Proto::Resp2,
             Some(3) => proto = Proto::Resp3,
-            Some(_) => return err(s.out(), "NOPROTO unsupported protocol version"),
+            Some(_) => return err(call.out(), "NOPROTO unsupported protocol version"),
             None => {
                 return err(
-                    s.out(),
+                    call.out(),
                     "ERR Protocol version is not an integer or out of range",
                 )
             }
@@ -743,7 +479,7 @@ fn hello(h: &mut RingHandler, cx: &Context, s: &mut Session<'_, Conn>, args: &Ar
             "setname" if remaining >= 1 => {
                 if !valid_client_name(&args[i + 1]) {
                     return err(
-                        s.out(),
+                        call.out(),
                         "ERR Client names cannot contain spaces, newlines or special characters.",
                     );
                 }
@@ -752,7 +488,7 @@ fn hello(h: &mut RingHandler, cx: &Context, s: &mut Session<'_, Conn>, args: &Ar
             }
             _ => {
                 return err(
-                    s.out(),
+                    call.out(),
                     &format!(
                         "ERR Syntax error in HELLO option '{}'",
                         String::from_utf8_lossy(&truncate(&args[i], 128))
@@ -762,64 +498,54 @@ fn hello(h: &mut RingHandler, cx: &Context, s: &mut Session<'_, Conn>, args: &Ar
         }
     }
     if let Some((user, password)) = credentials {
-        start_auth(
-            h,
-            cx,
-            s,
-            user,
-            password,
-            AfterAuth::Hello { proto, setname },
-        );
+        start_auth(call, user, password, AfterAuth::Hello { proto, setname });
         return;
     }
-    if !s.conn.authenticated {
-        return err(s.out(), "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
+    if !call.conn().authenticated {
+        return err(call.out(), "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
     }
-    s.conn.proto = proto;
+    call.conn_mut().proto = proto;
     if let Some(name) = setname {
-        s.conn.name = Some(name);
+        call.conn_mut().name = Some(name);
     }
-    hello_reply(h, s);
+    hello_reply(call);
 }
 
-fn auth_command(h: &mut RingHandler, cx: &Context, s: &mut Session<'_, Conn>, args: &Args) {
+fn auth_command(call: &mut Call<'_, '_>, args: &Args) {
     let (user, password) = match args.len() {
         2 => ("default".to_string(), args[1].to_vec()),
         3 => (
             String::from_utf8_lossy(&args[1]).into_owned(),
             args[2].to_vec(),
         ),
-        _ => return err(s.out(), "ERR syntax error"),
+        _ => return err(call.out(), "ERR syntax error"),
     };
-    start_auth(h, cx, s, user, password, AfterAuth::Ok);
+    start_auth(call, user, password, AfterAuth::Ok);
 }
 
 /// AUTH's path: the store pool looks the user up; a cached verification answers at once, else
 /// the compute pool runs argon2id. Unknown users verify against a dummy hash so that timing
 /// does not tell which names exist.
-fn start_auth(
-    h: &mut RingHandler,
-    cx: &Context,
-    s: &mut Session<'_, Conn>,
-    user: String,
-    password: Vec<u8>,
-    then: AfterAuth,
-) {
-    if let Some(ip) = s.conn.peer.map(|p| p.ip()) {
-        if h.shared.auth_limiter.blocked(ip, h.shared.minute(cx.now)) {
-            h.shared
+fn start_auth(call: &mut Call<'_, '_>, user: String, password: Vec<u8>, then: AfterAuth) {
+    if let Some(ip) = call.conn().peer.map(|p| p.ip()) {
+        if call
+            .shared
+            .auth_limiter
+            .blocked(ip, call.shared.minute(call.cx.now))
+        {
+            call.shared
                 .counters
                 .auth_rate_limited
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             err(
-                s.out(),
+                call.out(),
                 "ERR too many failed authentication attempts from your address; try again later",
             );
             return;
         }
     }
-    let shared = h.shared.clone();
-    let replier = h.replier(s);
+    let shared = call.shared.clone();
+    let replier = call.replier();
     let job = Box::new(move |conn: Result<&mut dyn StoreConn, StoreError>| {
         let record = match conn.and_then(|c| c.user(&user)) {
             Ok(record) => record,
@@ -885,143 +611,105 @@ fn start_auth(
                 .finish(&user, &password, &hash, auth::Verdict::Busy);
         }
     });
-    offload_store(h, cx, s, "auth", job, Duration::ZERO);
+    call.offload_store("auth", job, Duration::ZERO);
 }
 
 /// Applies an authentication outcome on the ring.
-pub fn finish_auth(
-    h: &mut RingHandler,
-    cx: &Context,
-    s: &mut Session<'_, Conn>,
-    outcome: AuthOutcome,
-) {
+pub fn finish_auth(call: &mut Call<'_, '_>, outcome: AuthOutcome) {
     match outcome {
         AuthOutcome::Verified { user, then } => {
-            s.conn.user = Some(Arc::from(user));
-            s.conn.authenticated = true;
-            s.conn.state = State::Ready;
-            // The auth deadline no longer applies; the session re-arms for idle and
-            // partial-command deadlines as it goes.
-            s.set_deadline(None);
+            call.authenticate(user);
             match then {
-                AfterAuth::Ok => resp::simple(s.out(), b"OK"),
+                AfterAuth::Ok => resp::simple(call.out(), b"OK"),
                 AfterAuth::Hello { proto, setname } => {
-                    s.conn.proto = proto;
+                    call.conn_mut().proto = proto;
                     if let Some(name) = setname {
-                        s.conn.name = Some(name);
+                        call.conn_mut().name = Some(name);
                     }
-                    hello_reply(h, s);
+                    hello_reply(call);
                 }
             }
         }
         AuthOutcome::WrongPass => {
-            s.conn.auth_failures += 1;
-            if let Some(ip) = s.conn.peer.map(|p| p.ip()) {
-                if h.shared
+            call.conn_mut().auth_failures += 1;
+            if let Some(ip) = call.conn().peer.map(|p| p.ip()) {
+                if call
+                    .shared
                     .auth_limiter
-                    .record_failure(ip, h.shared.minute(cx.now))
+                    .record_failure(ip, call.shared.minute(call.cx.now))
                 {
                     tracing::warn!(%ip, "AUTH failures from this address reached --auth-failures-per-minute; refusing its AUTH attempts for the rest of the minute");
                 }
             }
-            h.shared
+            call.shared
                 .counters
                 .auth_failures
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             err(
-                s.out(),
+                call.out(),
                 "WRONGPASS invalid username-password pair or user is disabled.",
             );
-            if s.conn.auth_failures >= h.shared.config.max_auth_failures {
-                if let Some(suppressed) = h.shared.log_allowed("auth_failures") {
-                    tracing::info!(client = s.conn.client_id, peer = ?s.conn.peer, suppressed, "closing a connection after too many failed AUTH attempts");
+            if call.conn().auth_failures >= call.shared.config.max_auth_failures {
+                if let Some(suppressed) = call.shared.log_allowed("auth_failures") {
+                    tracing::info!(client = call.conn().client_id, peer = ?call.conn().peer, suppressed, "closing a connection after too many failed AUTH attempts");
                 }
-                h.shared
+                call.shared
                     .counters
                     .auth_failure_closes
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 err(
-                    s.out(),
+                    call.out(),
                     "ERR too many failed authentication attempts, closing the connection",
                 );
-                s.close_after_flush();
+                call.close_after_flush();
             }
         }
-        AuthOutcome::Failed(reply) => s.out().extend_from_slice(&reply),
+        AuthOutcome::Failed(reply) => call.out().extend_from_slice(&reply),
     }
 }
 
-fn hash(h: &mut RingHandler, cx: &Context, s: &mut Session<'_, Conn>, args: &Args) {
+fn hash(call: &mut Call<'_, '_>, args: &Args) {
     let rounds = match parse_i64(&args[1]) {
         Some(r) if (1..=10_000_000).contains(&r) => r as u64,
-        Some(_) => return err(s.out(), "ERR rounds must be between 1 and 10000000"),
-        None => return err(s.out(), NOT_INTEGER),
+        Some(_) => return err(call.out(), "ERR rounds must be between 1 and 10000000"),
+        None => return err(call.out(), NOT_INTEGER),
     };
     let data = args[2].to_vec();
-    let replier = h.replier(s);
+    let replier = call.replier();
     let job = Box::new(move || {
         let mut reply = Vec::with_capacity(72);
         resp::bulk(&mut reply, hash_rounds(&data, rounds).as_bytes());
         replier.reply(reply);
     });
-    offload_compute(h, cx, s, "hash", job);
-}
-
-type StoreJob = Box<dyn FnOnce(Result<&mut dyn StoreConn, StoreError>) + Send + 'static>;
-
-fn offload_store(
-    h: &mut RingHandler,
-    cx: &Context,
-    s: &mut Session<'_, Conn>,
-    name: &'static str,
-    job: StoreJob,
-    allowance: Duration,
-) {
-    match h.shared.store.submit(job, allowance) {
-        Ok(ticket) => {
-            s.conn.state = State::Waiting;
-            s.conn.pending = Some((name, cx.now));
-            // Watch for a store that stops answering: the first look comes after the store
-            // timeout plus the job's own allowance.
-            s.conn.store_ticket = Some(ticket);
-            let at = cx.now + h.shared.config.store_timeout + allowance;
-            if s.deadline().is_none_or(|d| at < d) {
-                s.set_deadline(Some(at));
-            }
-        }
-        Err(_) => s.out().extend_from_slice(BUSY),
-    }
+    call.offload_compute("hash", job);
 }
 
 /// Runs a key-value command on the store pool; `f` encodes the reply from the store's answer.
-fn store_command(
-    h: &mut RingHandler,
-    cx: &Context,
-    s: &mut Session<'_, Conn>,
-    spec: &'static Spec,
-    args: &Args,
-) {
-    let owner = s
-        .conn
+fn store_command(call: &mut Call<'_, '_>, spec: &'static Spec, args: &Args) {
+    let owner = call
+        .conn()
         .user
         .clone()
         .expect("store commands run only after AUTH");
-    let proto = s.conn.proto;
+    let proto = call.proto();
     let argv = args.to_vecs();
     match spec.name {
-        "incrby" if parse_i64(&argv[2]).is_none() => return err(s.out(), NOT_INTEGER),
+        "incrby" if parse_i64(&argv[2]).is_none() => return err(call.out(), NOT_INTEGER),
         "mset" if argv.len() % 2 == 0 => {
-            return err(s.out(), "ERR wrong number of arguments for 'mset' command")
+            return err(
+                call.out(),
+                "ERR wrong number of arguments for 'mset' command",
+            )
         }
         "sleep" => match parse_i64(&argv[1]) {
             Some(ms) if (0..=3_600_000).contains(&ms) => {}
-            Some(_) => return err(s.out(), "ERR sleep must be between 0 and 3600000 ms"),
-            None => return err(s.out(), NOT_INTEGER),
+            Some(_) => return err(call.out(), "ERR sleep must be between 0 and 3600000 ms"),
+            None => return err(call.out(), NOT_INTEGER),
         },
         _ => {}
     }
-    let shared = h.shared.clone();
-    let replier = h.replier(s);
+    let shared = call.shared.clone();
+    let replier = call.replier();
     let name = spec.name;
     let allowance = if name == "sleep" {
         Duration::from_millis(parse_i64(&argv[1]).unwrap_or(0).max(0) as u64)
@@ -1038,7 +726,7 @@ fn store_command(
         }
         replier.reply(reply);
     });
-    offload_store(h, cx, s, spec.name, job, allowance);
+    call.offload_store(spec.name, job, allowance);
 }
 
 fn run_store(
@@ -1108,36 +796,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lookup_is_case_insensitive() {
-        assert_eq!(lookup(b"GeT").unwrap().name, "get");
-        assert!(lookup(b"nosuch").is_none());
-        assert!(lookup(b"averyveryverylongcommandname").is_none());
-    }
-
-    #[test]
-    fn arity_rules() {
-        let get = lookup(b"get").unwrap();
-        assert!(arity_ok(get, 2) && !arity_ok(get, 1) && !arity_ok(get, 3));
-        let del = lookup(b"del").unwrap();
-        assert!(!arity_ok(del, 1) && arity_ok(del, 2) && arity_ok(del, 9));
-    }
-
-    #[test]
     fn hash_reference_matches_repeated_sha256() {
         let once = hex::encode(Sha256::digest(b"x"));
         assert_eq!(hash_rounds(b"x", 1), once);
         let twice = hex::encode(Sha256::digest(Sha256::digest(b"x")));
         assert_eq!(hash_rounds(b"x", 2), twice);
-    }
-
-    #[test]
-    fn table_names_are_lowercase_and_unique() {
-        let mut names: Vec<&str> = COMMANDS.iter().map(|c| c.name).collect();
-        assert!(names
-            .iter()
-            .all(|n| n.chars().all(|c| c.is_ascii_lowercase())));
-        names.sort();
-        names.dedup();
-        assert_eq!(names.len(), COMMANDS.len());
     }
 }

@@ -1,0 +1,136 @@
+//! What a command handler works through: [`Call`].
+//!
+//! A handler sees its session's state, its reply output and the server's shared state, and hands
+//! work to a pool through [`Call::offload_compute`] / [`Call::offload_store`], which also move
+//! the session to `Waiting`. It never sees the ring's session handle or the ring handler, so the
+//! commands depend on nothing above them: the session dispatches down into [`super::execute`]
+//! and the commands never call back up.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ringport_ring::{Context, Sender, Session};
+
+use crate::conn::{Conn, State};
+use crate::msg::{Msg, Replier};
+use crate::pool::Job;
+use crate::resp::Proto;
+use crate::shared::Shared;
+use crate::storepool::StoreJob;
+
+/// The reply when a pool's queue is full.
+pub(crate) const BUSY: &[u8] = b"-BUSY server overloaded, try again\r\n";
+
+/// One command's view of its session and of the server, for the length of one call on the ring.
+pub struct Call<'a, 's> {
+    /// The ring's index and the time of this batch of completions.
+    pub cx: &'a Context,
+    pub shared: &'a Arc<Shared>,
+    /// The ring's own mailbox, cloned into every job so results come back to this ring.
+    mailbox: &'a Sender<Msg>,
+    session: &'a mut Session<'s, Conn>,
+}
+
+impl<'a, 's> Call<'a, 's> {
+    pub fn new(
+        cx: &'a Context,
+        shared: &'a Arc<Shared>,
+        mailbox: &'a Sender<Msg>,
+        session: &'a mut Session<'s, Conn>,
+    ) -> Self {
+        Call {
+            cx,
+            shared,
+            mailbox,
+            session,
+        }
+    }
+
+    /// The session's output: replies are appended here and sent by the ring.
+    pub fn out(&mut self) -> &mut Vec<u8> {
+        self.session.out()
+    }
+
+    pub fn conn(&self) -> &Conn {
+        self.session.conn
+    }
+
+    pub fn conn_mut(&mut self) -> &mut Conn {
+        self.session.conn
+    }
+
+    /// The reply protocol the session chose with HELLO.
+    pub fn proto(&self) -> Proto {
+        self.session.conn.proto
+    }
+
+    /// Bytes queued for the session and not yet sent.
+    pub fn pending_output(&self) -> usize {
+        self.session.pending_output()
+    }
+
+    /// Sends what is queued, then closes the session.
+    pub fn close_after_flush(&mut self) {
+        self.session.close_after_flush();
+    }
+
+    /// `CLIENT INFO`'s line for this session.
+    pub fn client_info_line(&self) -> String {
+        self.conn()
+            .info_line(self.shared.listen_addr, self.pending_output())
+    }
+
+    /// Marks the session authenticated as `user`, ready for any command.
+    pub fn authenticate(&mut self, user: String) {
+        let conn = self.conn_mut();
+        conn.user = Some(Arc::from(user));
+        conn.authenticated = true;
+        conn.state = State::Ready;
+        // The auth deadline no longer applies; the session re-arms for idle and
+        // partial-command deadlines as it goes.
+        self.session.set_deadline(None);
+    }
+
+    /// A new job number for the session and the handle its job answers through.
+    pub fn replier(&mut self) -> Replier {
+        let conn = self.conn_mut();
+        conn.job_seq += 1;
+        let seq = conn.job_seq;
+        Replier::new(self.mailbox.clone(), self.session.id(), seq)
+    }
+
+    /// Runs `job` on the compute pool; the session waits for its reply (or gets BUSY at once).
+    pub fn offload_compute(&mut self, name: &'static str, job: Job) {
+        match self.shared.compute.submit(job) {
+            Ok(()) => {
+                let now = self.cx.now;
+                let conn = self.conn_mut();
+                conn.state = State::Waiting;
+                conn.pending = Some((name, now));
+            }
+            Err(_) => self.out().extend_from_slice(BUSY),
+        }
+    }
+
+    /// Runs `job` on the store pool; the session waits for its reply (or gets BUSY at once).
+    /// `allowance` is how much longer than `--store-timeout` the job may take (SLEEP's own
+    /// delay).
+    pub fn offload_store(&mut self, name: &'static str, job: StoreJob, allowance: Duration) {
+        match self.shared.store.submit(job, allowance) {
+            Ok(ticket) => {
+                let now = self.cx.now;
+                let conn = self.conn_mut();
+                conn.state = State::Waiting;
+                conn.pending = Some((name, now));
+                // Watch for a store that stops answering: the first look comes after the store
+                // timeout plus the job's own allowance.
+                conn.store_ticket = Some(ticket);
+                let at = now + self.shared.config.store_timeout + allowance;
+                if self.session.deadline().is_none_or(|d| at < d) {
+                    self.session.set_deadline(Some(at));
+                }
+            }
+            Err(_) => self.out().extend_from_slice(BUSY),
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! What a session remembers between commands, and where it is in its life.
+//!
+//! Plain data, below both users: the session's state machine drives it, and commands read and
+//! set it through their call context.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::resp::Proto;
+use crate::storepool::JobTicket;
+
+/// The session's place in its life. Each handler notes which states it expects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Connected; only AUTH, HELLO and QUIT are served, and the auth deadline is armed.
+    Unauthenticated,
+    /// Authenticated and not waiting for anything: input is parsed and executed as it arrives.
+    Ready,
+    /// An offloaded command is running on a pool; input waits in `inbuf` until its result.
+    Waiting,
+}
+
+/// What a session remembers between commands.
+pub struct Conn {
+    /// `CLIENT ID`: unique over the server's life.
+    pub client_id: u64,
+    /// Where the session is in its life.
+    pub state: State,
+    /// The authenticated user, owner of the session's keys.
+    pub user: Option<Arc<str>>,
+    /// Reply protocol chosen by HELLO.
+    pub proto: Proto,
+    /// `CLIENT SETNAME`.
+    pub name: Option<Vec<u8>>,
+    /// `CLIENT SETINFO LIB-NAME` / `LIB-VER`.
+    pub lib_name: Option<Vec<u8>>,
+    pub lib_ver: Option<Vec<u8>>,
+    /// Whether an authenticated session was ever seen (Waiting after AUTH returns here).
+    pub authenticated: bool,
+    /// Bytes received but not yet parsed (a partial command, or input behind a pending one).
+    pub inbuf: Vec<u8>,
+    /// Wrong passwords on this connection.
+    pub auth_failures: u32,
+    /// The peer sent EOF: finish what was received, flush, close.
+    pub peer_eof: bool,
+    /// The command now pending on a pool: its name and when it was parsed.
+    pub pending: Option<(&'static str, Instant)>,
+    pub peer: Option<SocketAddr>,
+    pub created: Instant,
+    pub last_active: Instant,
+    /// Commands executed on this session.
+    pub commands: u64,
+    /// The name of the last command executed (`CLIENT LIST`'s `cmd=`).
+    pub last_command: &'static str,
+    /// Since when a partial command has been waiting for its remaining bytes.
+    pub partial_since: Option<Instant>,
+    /// Number of the last job handed to a pool; results for any other number are stale.
+    pub job_seq: u64,
+    /// The store job now pending, watched for a store that stopped answering.
+    pub store_ticket: Option<Arc<JobTicket>>,
+}
+
+impl Conn {
+    /// True when nothing is pending and no input waits: the session may close on a drain.
+    pub fn idle(&self) -> bool {
+        self.state != State::Waiting && self.inbuf.is_empty()
+    }
+
+    /// One `CLIENT INFO` / `CLIENT LIST` line in Redis's field layout; `pending_output` is what
+    /// the ring still holds to send to this session.
+    pub fn info_line(&self, listen_addr: SocketAddr, pending_output: usize) -> String {
+        let now = std::time::Instant::now();
+        let name = self
+            .name
+            .as_deref()
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default();
+        format!(
+            "id={} addr={} laddr={} fd=0 name={} age={} idle={} flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 watch=0 qbuf={} qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem={} tot-mem=0 events=r cmd={} user={} redir=-1 resp={} lib-name={} lib-ver={}\n",
+            self.client_id,
+            self.peer.map(|p| p.to_string()).unwrap_or_default(),
+            listen_addr,
+            name,
+            now.duration_since(self.created).as_secs(),
+            now.duration_since(self.last_active).as_secs(),
+            self.inbuf.len(),
+            pending_output,
+            self.last_command,
+            self.user.as_deref().unwrap_or(""),
+            if self.proto == Proto::Resp3 { 3 } else { 2 },
+            self.lib_name.as_deref().map(String::from_utf8_lossy).unwrap_or_default(),
+            self.lib_ver.as_deref().map(String::from_utf8_lossy).unwrap_or_default(),
+        )
+    }
+}
