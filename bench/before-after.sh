@@ -4,6 +4,7 @@
 # machine noise falls on both, and prints the server's CPU time, syscalls and io_uring_enter
 # calls per request (../shared/tools/server-cost) for each run, on io_uring and on epoll.
 # Usage: bench/before-after.sh REV [REQUESTS] [ROUNDS]   (defaults: 300000 requests, 2 rounds)
+# LOOPS="uring epoll" and PIPELINES="1 16" (the defaults) narrow what is measured.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rev=${1:?usage: bench/before-after.sh REV [REQUESTS] [ROUNDS]}
@@ -36,14 +37,14 @@ echo "machine: $(nproc) cores, kernel $(uname -r), $(date -u +%F); before = $rev
 echo "$n requests per run, redis-benchmark ping_mbulk -c 50"
 printf '%-7s %-6s %-3s %s\n' "build" "loop" "-P" "server cost"
 for round in $(seq "$rounds"); do
-  for loop in uring epoll; do
+  for loop in ${LOOPS:-uring epoll}; do
     for build in before after; do
       flags=()
       [ "$loop" = epoll ] && flags=(--backend epoll)
       "$work/$build" serve --listen 127.0.0.1:16398 --data "$work/data-$build" --log-level warn "${flags[@]}" >"$work/out" 2>&1 &
       pid=$!
       for _ in $(seq 100); do grep -q listening "$work/out" && break; sleep 0.1; done
-      for pipeline in 1 16; do
+      for pipeline in ${PIPELINES:-1 16}; do
         load=(redis-benchmark -h 127.0.0.1 -p 16398 --user bench -a secret -t ping_mbulk -c 50 -n "$n" -P "$pipeline" -q)
         printf '%-7s %-6s %-3s ' "$build" "$loop" "$pipeline"
         "$cost" "$pid" "$n" -- "${load[@]}" 2>/dev/null | tr '\n' ' ' | sed 's/  */ /g'
