@@ -43,6 +43,8 @@ pub(crate) struct Uring {
     rearm_recv: Vec<(u32, u32)>,
     accept_armed: bool,
     timeout_armed: bool,
+    /// Fault injection: see [`Ring::inject_final_recv_completions`].
+    single_shot_recv: bool,
 }
 
 /// A proactor ring. Create it on the thread that will run it (`SINGLE_ISSUER`).
@@ -105,6 +107,7 @@ impl<H: Handler> Ring<H> {
             rearm_recv: Vec::new(),
             accept_armed: false,
             timeout_armed: false,
+            single_shot_recv: false,
         };
         let mut lp = EventLoop {
             io,
@@ -123,6 +126,14 @@ impl<H: Handler> Ring<H> {
     /// Access to the handler (tests, final stats).
     pub fn handler(&self) -> &H {
         &self.0.core.handler
+    }
+
+    /// Fault injection for tests: receives become single-shot recvs from the buffer ring, so
+    /// every data completion is final (no `IORING_CQE_F_MORE`), as the last one of a multishot
+    /// recv is when the completion queue was full. Call before `run`. (Not a field of
+    /// [`crate::Faults`]: the server builds that with a struct literal.)
+    pub fn inject_final_recv_completions(&mut self) {
+        self.0.io.single_shot_recv = true;
     }
 
     /// Runs until a drain completes. Returns the handler.
@@ -307,6 +318,14 @@ impl<H: Handler> EventLoop<H, Uring> {
         debug_assert!(!s.io.recv_armed && !s.io.closed);
         let fd = types::Fd(s.io.fd);
         let entry = match (recv_path, group) {
+            (RecvPath::MultishotBufRing, Some(group)) if self.io.single_shot_recv => {
+                let len = self.io.bufring.as_ref().map_or(0, BufRing::buf_size) as u32;
+                opcode::Recv::new(fd, std::ptr::null_mut(), len)
+                    .buf_group(group)
+                    .build()
+                    .flags(squeue::Flags::BUFFER_SELECT)
+                    .user_data(token::encode(Op::Recv, s.io.generation, slot))
+            }
             (RecvPath::MultishotBufRing, Some(group)) => opcode::RecvMulti::new(fd, group)
                 .build()
                 .user_data(token::encode(Op::Recv, s.io.generation, slot)),
@@ -493,14 +512,21 @@ impl<H: Handler> EventLoop<H, Uring> {
                 self.submit_recv(slot);
             }
             self.after_callback(slot);
-            return;
+        } else if c.result == 0 {
+            self.core.deliver_eof(slot);
+            self.after_callback(slot);
+        } else {
+            self.recv_failed(slot, generation, more, -c.result);
         }
-        if c.result == 0 {
-            self.peer_eof(slot);
-            return;
-        }
+        // Every path that lowered ops_in_flight ends here: a final data completion (a multishot
+        // recv ends with one when the completion queue was full) can land on a slot that is
+        // already closing, and its close must finish now, as no other completion will come.
+        self.maybe_finish_close(slot);
+    }
+
+    fn recv_failed(&mut self, slot: u32, generation: u32, more: bool, errno: i32) {
         let closed = self.core.slab[slot as usize].io.closed;
-        match -c.result {
+        match errno {
             libc::ENOBUFS => {
                 // Every provided buffer is in use; re-arm once this batch has recycled some.
                 bump(&self.core.stats.bufring_exhausted);
@@ -516,7 +542,6 @@ impl<H: Handler> EventLoop<H, Uring> {
             libc::ECANCELED => {}
             errno => self.io_failed(slot, errno, "recv"),
         }
-        self.maybe_finish_close(slot);
     }
 
     /// The poll-then-recv fallback: readiness first, then non-blocking reads into the ring's

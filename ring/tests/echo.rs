@@ -13,11 +13,15 @@ use ringport_ring::{
     RecvPath, Ring, RingConfig, RingStats, Sender, Session, SessionId,
 };
 
-/// Echoes bytes; "later:" echoes through the mailbox; "bye" closes; "timer" arms a deadline.
+/// Echoes bytes; "later:" echoes through the mailbox; "bye" closes; "timer" arms a deadline;
+/// "sleepy" arms one 2 s ahead; "stall" holds the ring thread until the test says go; "panic"
+/// panics on the ring thread. A message "kill" closes its session.
 struct Echo {
     sender: Sender<Vec<u8>>,
     ids: mpsc::Sender<SessionId>,
     closed: Arc<AtomicUsize>,
+    stalled: mpsc::Sender<()>,
+    go: mpsc::Receiver<()>,
 }
 
 impl Handler for Echo {
@@ -42,13 +46,24 @@ impl Handler for Echo {
             s.close();
         } else if data.starts_with(b"timer") {
             s.set_deadline(Some(cx.now + Duration::from_millis(50)));
+        } else if data.starts_with(b"sleepy") {
+            s.set_deadline(Some(cx.now + Duration::from_secs(2)));
+        } else if data.starts_with(b"stall") {
+            self.stalled.send(()).unwrap();
+            self.go.recv_timeout(Duration::from_secs(10)).unwrap();
+        } else if data.starts_with(b"panic") {
+            panic!("the echo handler was asked to panic");
         } else {
             s.out().extend_from_slice(data);
         }
     }
 
     fn on_message(&mut self, _cx: &Context, s: &mut Session<'_, ()>, msg: Vec<u8>) {
-        s.out().extend_from_slice(&msg);
+        if msg == b"kill" {
+            s.close();
+        } else {
+            s.out().extend_from_slice(&msg);
+        }
     }
 
     fn on_deadline(&mut self, _cx: &Context, s: &mut Session<'_, ()>) {
@@ -70,6 +85,9 @@ struct Running {
     ids: mpsc::Receiver<SessionId>,
     closed: Arc<AtomicUsize>,
     stats: Arc<RingStats>,
+    global_sessions: Arc<AtomicUsize>,
+    stalled: mpsc::Receiver<()>,
+    go: mpsc::Sender<()>,
     thread: std::thread::JoinHandle<()>,
 }
 
@@ -78,6 +96,11 @@ fn start(disable: Disable) -> Running {
 }
 
 fn start_on(disable: Disable, epoll: bool, faults: Faults) -> Running {
+    start_with(disable, epoll, faults, false)
+}
+
+/// `final_recv`: see `Ring::inject_final_recv_completions`.
+fn start_with(disable: Disable, epoll: bool, faults: Faults, final_recv: bool) -> Running {
     let listener = listen("127.0.0.1:0".parse().unwrap(), 128).unwrap();
     let addr = local_addr(&listener).unwrap();
     let (sender, receiver) = mailbox::<Vec<u8>>().unwrap();
@@ -95,11 +118,16 @@ fn start_on(disable: Disable, epoll: bool, faults: Faults) -> Running {
         disable
     };
     let features = probe(disable).expect("io_uring available");
+    let (stalled_tx, stalled) = mpsc::channel();
+    let (go, go_rx) = mpsc::channel();
     let handler = Echo {
         sender: sender.clone(),
         ids: ids_tx,
         closed: closed.clone(),
+        stalled: stalled_tx,
+        go: go_rx,
     };
+    let global_sessions = Arc::new(AtomicUsize::new(0));
     let config = RingConfig {
         index: 0,
         listener,
@@ -107,7 +135,7 @@ fn start_on(disable: Disable, epoll: bool, faults: Faults) -> Running {
         recv_buffers: 16,
         recv_buffer_size: 4096,
         max_sessions: 4,
-        global_sessions: Arc::new(AtomicUsize::new(0)),
+        global_sessions: global_sessions.clone(),
         reject_message: b"full\r\n".to_vec(),
         tick: Duration::from_millis(10),
         drain_timeout: Duration::from_secs(2),
@@ -120,7 +148,10 @@ fn start_on(disable: Disable, epoll: bool, faults: Faults) -> Running {
             let ring = EpollLoop::new(config, handler, receiver).unwrap();
             ring.run().unwrap();
         } else {
-            let ring = Ring::new(config, handler, receiver).unwrap();
+            let mut ring = Ring::new(config, handler, receiver).unwrap();
+            if final_recv {
+                ring.inject_final_recv_completions();
+            }
             if faults.bufring_register_einval {
                 assert_eq!(ring.features().recv, RecvPath::PollThenRecv);
             }
@@ -133,6 +164,9 @@ fn start_on(disable: Disable, epoll: bool, faults: Faults) -> Running {
         ids,
         closed,
         stats,
+        global_sessions,
+        stalled,
+        go,
         thread,
     }
 }
@@ -359,4 +393,51 @@ fn idle_after_a_reply_that_waited(epoll: bool) {
 fn an_idle_loop_sleeps_after_a_reply_that_waited_for_room() {
     idle_after_a_reply_that_waited(true);
     idle_after_a_reply_that_waited(false);
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A final data completion (no `IORING_CQE_F_MORE`) that lands on a slot already closing must
+/// finish the close: before the fix the slot, its descriptor and its `max_sessions` count leaked
+/// and a drain waited for its cut. The ring thread is held in a callback while session B's data
+/// arrives and a message closes B, so the close and the data completion meet in that order.
+#[test]
+fn a_final_data_completion_on_a_closing_slot_finishes_the_close() {
+    let r = start_with(Disable::default(), false, Faults::default(), true);
+    let mut a = TcpStream::connect(r.addr).unwrap();
+    r.ids.recv_timeout(Duration::from_secs(5)).unwrap();
+    let mut b = TcpStream::connect(r.addr).unwrap();
+    b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let id_b = r.ids.recv_timeout(Duration::from_secs(5)).unwrap();
+    b.write_all(b"ping").unwrap();
+    assert_eq!(read_exact(&mut b, 4), b"ping", "B's receive is armed again");
+    a.write_all(b"stall").unwrap();
+    r.stalled.recv_timeout(Duration::from_secs(5)).unwrap();
+    b.write_all(b"data").unwrap();
+    r.sender.send(id_b, b"kill".to_vec());
+    r.go.send(()).unwrap();
+    let mut rest = Vec::new();
+    let _ = b.read_to_end(&mut rest);
+    wait_until("B's slot is freed", || {
+        r.stats.sessions.load(Ordering::Relaxed) == 1
+    });
+    assert_eq!(r.global_sessions.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        r.stats.closed.load(Ordering::Relaxed),
+        1,
+        "B's descriptor was closed"
+    );
+    drop(a);
+    wait_until("every session is gone", || {
+        r.stats.sessions.load(Ordering::Relaxed) == 0
+    });
+    assert_eq!(r.global_sessions.load(Ordering::SeqCst), 0);
+    r.sender.drain();
+    r.thread.join().unwrap();
 }
