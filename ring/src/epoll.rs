@@ -12,7 +12,9 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::Ordering;
 
-use crate::event_loop::{bump, Backend, Core, Drained, EventLoop, RingConfig};
+use std::time::Duration;
+
+use crate::event_loop::{bump, timeout_ms, Backend, Core, Drained, EventLoop, RingConfig};
 use crate::handler::Handler;
 use crate::mailbox::Receiver;
 use crate::token::{self, Op};
@@ -131,12 +133,8 @@ impl<H: Handler> Backend<H> for Epoll {
         true
     }
 
-    fn wait(lp: &mut EventLoop<H, Self>, block: bool, timed: bool) -> io::Result<()> {
-        let timeout_ms = match (block, timed) {
-            (false, _) => 0,
-            (true, true) => lp.core.config.tick.as_millis().max(1) as i32,
-            (true, false) => -1,
-        };
+    fn wait(lp: &mut EventLoop<H, Self>, block: bool, timeout: Option<Duration>) -> io::Result<()> {
+        let timeout_ms = if block { timeout_ms(timeout) } else { 0 };
         bump(&lp.core.stats.enters);
         let io = &mut lp.io;
         // SAFETY: `events` is a live buffer of `len` entries that the kernel fills.

@@ -53,6 +53,15 @@ pub(crate) fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
 }
 
+/// A wait timeout in whole milliseconds for `poll(2)` and `epoll_wait(2)`, rounded up so the loop
+/// never wakes just before the moment it waits for; -1 (forever) without one.
+pub(crate) fn timeout_ms(timeout: Option<Duration>) -> i32 {
+    match timeout {
+        None => -1,
+        Some(d) => i32::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(i32::MAX),
+    }
+}
+
 pub(crate) fn errno_name(errno: i32) -> String {
     io::Error::from_raw_os_error(errno).to_string()
 }
@@ -117,8 +126,8 @@ pub(crate) trait Backend<H: Handler>: Sized {
     /// False while the backend has queued work that must not wait for an event.
     fn may_sleep(lp: &EventLoop<H, Self>) -> bool;
     /// Hands queued work to the kernel and waits for events: blocking only when `block`, and then
-    /// for at most one tick when `timed`.
-    fn wait(lp: &mut EventLoop<H, Self>, block: bool, timed: bool) -> io::Result<()>;
+    /// for at most `timeout` when there is one.
+    fn wait(lp: &mut EventLoop<H, Self>, block: bool, timeout: Option<Duration>) -> io::Result<()>;
     /// Handles every event the last wait returned.
     fn dispatch(lp: &mut EventLoop<H, Self>);
     /// The loop is exiting.
@@ -361,15 +370,16 @@ impl<H: Handler, B: Backend<H>> EventLoop<H, B> {
                     continue;
                 }
             }
+            let timeout = self
+                .next_wake_up()
+                .map(|at| at.saturating_duration_since(self.core.now));
             let core = &self.core;
-            let timed =
-                !core.wheel.is_empty() || core.accept_paused_until.is_some() || core.draining;
             // A drain asked for but not started yet must be started on the next turn, not after
             // the next event.
             let drain_pending = core.mailbox.draining() && !core.draining;
             let may_sleep = core.dirty.is_empty() && !drain_pending && B::may_sleep(&self);
             let sleeping = may_sleep && self.core.mailbox.prepare_sleep();
-            let waited = B::wait(&mut self, sleeping, timed);
+            let waited = B::wait(&mut self, sleeping, timeout);
             if sleeping {
                 self.core.mailbox.woke();
             }
@@ -510,6 +520,25 @@ impl<H: Handler, B: Backend<H>> EventLoop<H, B> {
                 .messages
                 .fetch_add(applied, Ordering::Relaxed);
         }
+    }
+
+    /// When the loop must look at the clock again even if no event comes: the earliest wheel
+    /// entry, the end of an accept pause, the drain deadline. Sleeping until then, rather than
+    /// one tick, lets a ring of idle sessions with deadlines far ahead stay asleep; a stale entry
+    /// costs at most the one wake-up at its tick.
+    fn next_wake_up(&mut self) -> Option<Instant> {
+        let core = &mut self.core;
+        let tick = core.config.tick;
+        let started = core.started;
+        let wheel = core
+            .wheel
+            .next_due()
+            .map(|t| started + tick.saturating_mul(u32::try_from(t).unwrap_or(u32::MAX)));
+        let drain = core.drain_deadline.filter(|_| core.draining);
+        [wheel, core.accept_paused_until, drain]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn tick_of(&self, at: Instant) -> u64 {

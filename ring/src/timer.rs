@@ -22,6 +22,10 @@ pub struct TimerWheel {
     /// The next tick not yet processed.
     next_tick: u64,
     armed: usize,
+    /// The tick of the earliest entry, once known; `None` until [`TimerWheel::next_due`] looks
+    /// it up again (after the entry it named fired), so a busy ring that never sleeps never
+    /// scans the wheel.
+    earliest: Option<u64>,
 }
 
 impl TimerWheel {
@@ -33,6 +37,7 @@ impl TimerWheel {
             mask: n as u64 - 1,
             next_tick: start_tick,
             armed: 0,
+            earliest: None,
         }
     }
 
@@ -43,6 +48,11 @@ impl TimerWheel {
             entry.tick = self.next_tick;
         }
         self.buckets[(entry.tick & self.mask) as usize].push(entry);
+        self.earliest = match self.earliest {
+            Some(t) => Some(t.min(entry.tick)),
+            None if self.armed == 0 => Some(entry.tick),
+            None => None,
+        };
         self.armed += 1;
         entry.tick
     }
@@ -57,8 +67,43 @@ impl TimerWheel {
         self.armed == 0
     }
 
+    /// The tick at which the earliest entry (stale or not) fires; `None` when the wheel is empty.
+    /// The ring sleeps until then instead of waking every tick.
+    pub fn next_due(&mut self) -> Option<u64> {
+        if self.armed == 0 {
+            return None;
+        }
+        if self.earliest.is_none() {
+            self.earliest = Some(self.find_earliest());
+        }
+        self.earliest
+    }
+
+    fn find_earliest(&self) -> u64 {
+        // Every entry's tick is at or after `next_tick`, so within one rotation the first bucket
+        // holding an entry for that very tick holds the earliest; past it, any entry may be.
+        for step in 0..=self.mask {
+            let tick = self.next_tick + step;
+            if self.buckets[(tick & self.mask) as usize]
+                .iter()
+                .any(|e| e.tick == tick)
+            {
+                return tick;
+            }
+        }
+        self.buckets
+            .iter()
+            .flatten()
+            .map(|e| e.tick)
+            .min()
+            .expect("an armed wheel holds entries")
+    }
+
     /// Moves time forward to `now_tick` (inclusive) and appends every due entry to `due`.
     pub fn advance(&mut self, now_tick: u64, due: &mut Vec<Entry>) {
+        if self.earliest.is_some_and(|t| t <= now_tick) {
+            self.earliest = None;
+        }
         if self.armed == 0 {
             self.next_tick = now_tick + 1;
             return;
@@ -130,6 +175,28 @@ mod tests {
         wheel.advance(100, &mut due);
         assert_eq!(due.len(), 20);
         assert_eq!(wheel.len(), 0);
+    }
+
+    #[test]
+    fn next_due_names_the_earliest_entry_in_any_rotation() {
+        let mut wheel = TimerWheel::new(4, 0);
+        assert_eq!(wheel.next_due(), None);
+        wheel.insert(entry(1, 9));
+        assert_eq!(wheel.next_due(), Some(9));
+        wheel.insert(entry(2, 3));
+        wheel.insert(entry(3, 6));
+        assert_eq!(wheel.next_due(), Some(3));
+        let mut due = Vec::new();
+        wheel.advance(3, &mut due);
+        assert_eq!(
+            wheel.next_due(),
+            Some(6),
+            "looked up again after the earliest fired"
+        );
+        wheel.advance(6, &mut due);
+        assert_eq!(wheel.next_due(), Some(9), "found beyond one rotation");
+        wheel.advance(9, &mut due);
+        assert_eq!(wheel.next_due(), None);
     }
 
     #[test]

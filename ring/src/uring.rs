@@ -11,11 +11,14 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use crate::bufring::BufRing;
-use crate::event_loop::{bump, errno_name, Backend, Core, Drained, EventLoop, RingConfig};
+use crate::event_loop::{
+    bump, errno_name, timeout_ms, Backend, Core, Drained, EventLoop, RingConfig,
+};
 use crate::handler::{Closing, Handler};
 use crate::mailbox::Receiver;
 use crate::probe::{AcceptPath, Features, RecvPath};
@@ -42,7 +45,10 @@ pub(crate) struct Uring {
     batch: Vec<Completion>,
     rearm_recv: Vec<(u32, u32)>,
     accept_armed: bool,
-    timeout_armed: bool,
+    /// Kernels without EXT_ARG wait with a timeout op: when the armed one expires, if any.
+    timeout_armed: Option<Instant>,
+    /// A remove of the armed timeout op is in flight (a nearer deadline came up).
+    timeout_removing: bool,
     /// Fault injection: see [`Ring::inject_final_recv_completions`].
     single_shot_recv: bool,
 }
@@ -101,12 +107,13 @@ impl<H: Handler> Ring<H> {
             uring,
             bufring,
             wake_word: Box::new(0),
-            timeout_spec: Box::new(types::Timespec::from(config.tick)),
+            timeout_spec: Box::new(types::Timespec::new()),
             backlog: VecDeque::new(),
             batch: Vec::with_capacity(config.sq_entries as usize * 8),
             rearm_recv: Vec::new(),
             accept_armed: false,
-            timeout_armed: false,
+            timeout_armed: None,
+            timeout_removing: false,
             single_shot_recv: false,
         };
         let mut lp = EventLoop {
@@ -187,24 +194,22 @@ impl<H: Handler> Backend<H> for Uring {
         lp.io.backlog.is_empty() && lp.io.rearm_recv.is_empty()
     }
 
-    fn wait(lp: &mut EventLoop<H, Self>, block: bool, timed: bool) -> io::Result<()> {
+    fn wait(lp: &mut EventLoop<H, Self>, block: bool, timeout: Option<Duration>) -> io::Result<()> {
         let ext_arg = lp.core.config.features.ext_arg;
-        if block && timed && !ext_arg && !lp.io.timeout_armed {
-            let entry = opcode::Timeout::new(&*lp.io.timeout_spec as *const types::Timespec)
-                .build()
-                .user_data(token::TIMEOUT);
-            // SAFETY: `timeout_spec` is a Box owned by the ring and outlives the io_uring fd.
-            unsafe { lp.push(entry) };
-            lp.io.timeout_armed = true;
+        let poll_wait = lp.core.config.features.poll_wait;
+        if let (true, Some(timeout), false, false) = (block, timeout, ext_arg, poll_wait) {
+            lp.arm_timeout(timeout);
         }
         let stats = &lp.core.stats;
         stats
             .submissions
             .fetch_add(lp.io.uring.submission().len() as u64, Ordering::Relaxed);
         bump(&stats.enters);
-        let result = if lp.core.config.features.poll_wait {
-            lp.submit_then_poll(block, timed)
-        } else if block && timed && ext_arg {
+        let result = if poll_wait {
+            lp.submit_then_poll(block, timeout)
+        } else if let (true, Some(timeout), true) = (block, timeout, ext_arg) {
+            // The kernel reads the timespec during this call only.
+            *lp.io.timeout_spec = types::Timespec::from(timeout);
             let args = types::SubmitArgs::new().timespec(&lp.io.timeout_spec);
             lp.io.uring.submitter().submit_with_args(1, &args)
         } else {
@@ -386,9 +391,37 @@ impl<H: Handler> EventLoop<H, Uring> {
 
     // ---- waiting and reaping ----
 
+    /// Kernels without EXT_ARG: arms a timeout op that ends the wait after `timeout`. One is
+    /// armed at a time, since its timespec must not change before the kernel has read it; a
+    /// nearer deadline removes the armed op, and the next turn arms the new one.
+    fn arm_timeout(&mut self, timeout: Duration) {
+        let at = self.core.now + timeout;
+        match self.io.timeout_armed {
+            None => {
+                *self.io.timeout_spec = types::Timespec::from(timeout);
+                let entry = opcode::Timeout::new(&*self.io.timeout_spec as *const types::Timespec)
+                    .build()
+                    .user_data(token::TIMEOUT);
+                // SAFETY: `timeout_spec` is a Box owned by the ring that outlives the io_uring
+                // fd, and it is not written again until this op's completion is reaped.
+                unsafe { self.push(entry) };
+                self.io.timeout_armed = Some(at);
+            }
+            Some(armed) if armed > at + self.core.config.tick && !self.io.timeout_removing => {
+                let entry = opcode::TimeoutRemove::new(token::TIMEOUT)
+                    .build()
+                    .user_data(token::encode(Op::Cancel, 0, 0));
+                // SAFETY: a timeout remove names no memory.
+                unsafe { self.push(entry) };
+                self.io.timeout_removing = true;
+            }
+            Some(_) => {}
+        }
+    }
+
     /// The `enter-wait` fallback: submit without waiting, then block in `poll(2)` on the ring
     /// fd, which is readable once a completion is posted.
-    fn submit_then_poll(&mut self, block: bool, timed: bool) -> io::Result<usize> {
+    fn submit_then_poll(&mut self, block: bool, timeout: Option<Duration>) -> io::Result<usize> {
         let submitted = self.io.uring.submitter().submit()?;
         if !block || !self.io.uring.completion().is_empty() {
             return Ok(submitted);
@@ -398,13 +431,8 @@ impl<H: Handler> EventLoop<H, Uring> {
             events: libc::POLLIN,
             revents: 0,
         };
-        let timeout_ms = if timed {
-            self.core.config.tick.as_millis().max(1) as i32
-        } else {
-            -1
-        };
         // SAFETY: poll reads and writes one pollfd we own for the duration of the call.
-        if unsafe { libc::poll(&mut pollfd, 1, timeout_ms) } < 0 {
+        if unsafe { libc::poll(&mut pollfd, 1, timeout_ms(timeout)) } < 0 {
             return Err(io::Error::last_os_error());
         }
         Ok(submitted)
@@ -447,7 +475,10 @@ impl<H: Handler> EventLoop<H, Uring> {
             Op::Poll => self.on_poll(slot, generation, c),
             Op::Send => self.on_send(slot, generation, c),
             Op::Wake => self.on_wake(c),
-            Op::Timeout => self.io.timeout_armed = false,
+            Op::Timeout => {
+                self.io.timeout_armed = None;
+                self.io.timeout_removing = false;
+            }
             Op::Close | Op::Cancel => {}
         }
     }

@@ -441,3 +441,47 @@ fn a_final_data_completion_on_a_closing_slot_finishes_the_close() {
     r.sender.drain();
     r.thread.join().unwrap();
 }
+
+/// A ring whose only deadline is 2 s ahead sleeps until it is due: before, any armed deadline
+/// made the loop wake every 10 ms tick (about 50 wake-ups in 500 ms).
+fn a_far_deadline_lets_the_loop_sleep(disable: Disable, epoll: bool) {
+    let r = start_on(disable, epoll, Faults::default());
+    let mut a = TcpStream::connect(r.addr).unwrap();
+    a.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    r.ids.recv_timeout(Duration::from_secs(5)).unwrap();
+    a.write_all(b"sleepy").unwrap();
+    // Let the loop take the command and go to sleep.
+    std::thread::sleep(Duration::from_millis(100));
+    let before = r.stats.enters.load(Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(500));
+    let woken = r.stats.enters.load(Ordering::Relaxed) - before;
+    assert!(
+        woken < 10,
+        "an idle loop with one deadline 2 s ahead woke {woken} times in 500 ms"
+    );
+    assert_eq!(read_exact(&mut a, 4), b"tick", "the deadline still fires");
+    drop(a);
+    r.sender.drain();
+    r.thread.join().unwrap();
+}
+
+#[test]
+fn a_far_deadline_lets_the_loop_sleep_on_every_path() {
+    a_far_deadline_lets_the_loop_sleep(Disable::default(), false);
+    a_far_deadline_lets_the_loop_sleep(Disable::default(), true);
+    a_far_deadline_lets_the_loop_sleep(
+        Disable {
+            enter_wait: true,
+            ..Disable::default()
+        },
+        false,
+    );
+    // Kernels without EXT_ARG wait with a timeout op.
+    a_far_deadline_lets_the_loop_sleep(
+        Disable::for_kernel_profile("5.10").unwrap().union(Disable {
+            ext_arg: true,
+            ..Disable::default()
+        }),
+        false,
+    );
+}
