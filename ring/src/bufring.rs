@@ -93,10 +93,15 @@ impl BufRing {
 
     /// Registers the ring with the kernel (5.19). EINVAL here on a kernel that should support it is
     /// a known distribution bug (Ubuntu 6.8.0-136+): the caller falls back rather than aborting.
-    pub fn register(&self, submitter: &Submitter<'_>) -> io::Result<()> {
+    ///
+    /// # Safety
+    /// Once registered, the kernel writes received data into this ring's buffers until every
+    /// recv naming its group has completed: the caller must keep this `BufRing` alive and
+    /// unmoved-from (its mappings are freed on drop) until then, and until the io_uring instance
+    /// is closed or the group unregistered.
+    pub unsafe fn register(&self, submitter: &Submitter<'_>) -> io::Result<()> {
         // SAFETY: `entries` points at `mask + 1` page-aligned entries that stay mapped until this
-        // BufRing is dropped, and the owning ring drops it only after its io_uring fd is closed
-        // (or after unregistering), so the kernel never sees a dangling ring.
+        // BufRing is dropped, which the caller guarantees outlasts the kernel's use of them.
         unsafe {
             submitter.register_buf_ring_with_flags(
                 self.entries as u64,

@@ -161,6 +161,12 @@ impl<H: Handler> Backend<H> for Epoll {
         Ok(())
     }
 
+    /// Nothing is in flight in the kernel; only descriptors of sessions left by a loop that ended
+    /// without a drain need closing.
+    fn finish(lp: &mut EventLoop<H, Self>) {
+        lp.core.abandon_sessions();
+    }
+
     fn dispatch(lp: &mut EventLoop<H, Self>) {
         for i in 0..std::mem::take(&mut lp.io.ready) {
             let libc::epoll_event { events, u64: data } = lp.io.events[i];

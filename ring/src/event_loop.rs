@@ -330,6 +330,18 @@ impl<H: Handler> Core<H> {
         slot
     }
 
+    /// Frees every slot left when the loop ends without a drain (an error, a panic in a callback)
+    /// and closes its descriptor, without calling the handler, whose state may be inconsistent.
+    /// The backend has made sure the kernel holds nothing of them.
+    pub(crate) fn abandon_sessions(&mut self) {
+        let slots: Vec<u32> = self.slab.iter().map(|(k, _)| k as u32).collect();
+        for slot in slots {
+            let fd = self.free_slot(slot);
+            // SAFETY: the session's own socket, closed once: its slot is gone.
+            unsafe { libc::close(fd) };
+        }
+    }
+
     /// Frees a closed slot whose I/O is over; returns the descriptor for the backend to close.
     pub(crate) fn free_slot(&mut self, slot: u32) -> RawFd {
         let s = self.slab.remove(slot as usize);
@@ -345,12 +357,25 @@ impl<H: Handler> Core<H> {
 impl<H: Handler, B: Backend<H>> EventLoop<H, B> {
     /// Runs until a drain completes. Returns the handler.
     pub(crate) fn run(mut self) -> io::Result<H> {
+        /// Lets the backend finish on every way out of the loop, an error or a panic in a
+        /// callback included, while the loop's memory is still there.
+        struct Finish<'a, H: Handler, B: Backend<H>>(&'a mut EventLoop<H, B>);
+        impl<H: Handler, B: Backend<H>> Drop for Finish<'_, H, B> {
+            fn drop(&mut self) {
+                B::finish(self.0);
+            }
+        }
+        Finish(&mut self).0.turn_until_drained()?;
+        Ok(self.core.handler)
+    }
+
+    fn turn_until_drained(&mut self) -> io::Result<()> {
         loop {
             self.core.now = Instant::now();
             self.apply_messages();
             self.fire_timers();
             self.flush_output();
-            B::prepare(&mut self);
+            B::prepare(self);
             let core = &self.core;
             if core.mailbox.draining() && !core.draining {
                 self.start_drain();
@@ -379,16 +404,15 @@ impl<H: Handler, B: Backend<H>> EventLoop<H, B> {
             let drain_pending = core.mailbox.draining() && !core.draining;
             let may_sleep = core.dirty.is_empty() && !drain_pending && B::may_sleep(&self);
             let sleeping = may_sleep && self.core.mailbox.prepare_sleep();
-            let waited = B::wait(&mut self, sleeping, timeout);
+            let waited = B::wait(self, sleeping, timeout);
             if sleeping {
                 self.core.mailbox.woke();
             }
             waited?;
             self.core.now = Instant::now();
-            B::dispatch(&mut self);
+            B::dispatch(self);
         }
-        B::finish(&mut self);
-        Ok(self.core.handler)
+        Ok(())
     }
 
     /// A connection was accepted: refuse it (draining, or `max_sessions` reached) or open a

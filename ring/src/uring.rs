@@ -49,6 +49,9 @@ pub(crate) struct Uring {
     timeout_armed: Option<Instant>,
     /// A remove of the armed timeout op is in flight (a nearer deadline came up).
     timeout_removing: bool,
+    /// Submitted (or backlogged) operations whose final completion has not been reaped: the
+    /// kernel may still write into the buffer ring and `wake_word` or read slot buffers.
+    outstanding: usize,
     /// Fault injection: see [`Ring::inject_final_recv_completions`].
     single_shot_recv: bool,
 }
@@ -85,7 +88,9 @@ impl<H: Handler> Ring<H> {
             let registered = if config.faults.bufring_register_einval {
                 Err(io::Error::from_raw_os_error(libc::EINVAL))
             } else {
-                ring.register(&uring.submitter())
+                // SAFETY: the ring keeps the BufRing in `Uring::bufring` until every recv has
+                // completed (`quiesce` on the way out) or leaks it (`Drop for Uring`).
+                unsafe { ring.register(&uring.submitter()) }
             };
             match registered {
                 Ok(()) => Some(ring),
@@ -115,6 +120,7 @@ impl<H: Handler> Ring<H> {
             timeout_armed: None,
             timeout_removing: false,
             single_shot_recv: false,
+            outstanding: 0,
         };
         let mut lp = EventLoop {
             io,
@@ -236,9 +242,89 @@ impl<H: Handler> Backend<H> for Uring {
         lp.io.batch.clear();
     }
 
+    /// Runs on every way out of `run`, a panic in a callback included: nothing the kernel may
+    /// still write or read (receive buffers, `wake_word`, slot send buffers) is freed before the
+    /// kernel is done with it, and no session's descriptor is left open.
     fn finish(lp: &mut EventLoop<H, Self>) {
-        // Hand in-flight closes to the kernel before the ring goes away.
-        let _ = lp.io.uring.submit();
+        let fds: Vec<RawFd> = lp.core.slab.iter().map(|(_, s)| s.io.fd).collect();
+        for fd in fds {
+            // SAFETY: shutdown on a session socket we own; it makes its recv, poll and send
+            // complete.
+            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        }
+        lp.io.quiesce();
+        if lp.io.outstanding > 0 {
+            // The kernel still holds some of them: their send buffers must outlive it.
+            std::mem::forget(std::mem::take(&mut lp.core.slab));
+        } else {
+            lp.core.abandon_sessions();
+        }
+    }
+}
+
+impl Uring {
+    /// Cancels what this backend armed for itself and waits, a bounded time, until the kernel
+    /// has completed every operation; the callers shut down session sockets first.
+    fn quiesce(&mut self) {
+        self.outstanding -= self.backlog.len();
+        self.backlog.clear();
+        for user_data in [token::ACCEPT, token::WAKE, token::TIMEOUT] {
+            let entry = opcode::AsyncCancel::new(user_data)
+                .build()
+                .user_data(token::encode(Op::Cancel, 0, 0));
+            // SAFETY: a cancel names no memory.
+            if unsafe { self.uring.submission().push(&entry) }.is_ok() {
+                self.outstanding += 1;
+            }
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while self.outstanding > 0 && std::time::Instant::now() < deadline {
+            // With DEFER_TASKRUN completions are posted only by an enter with GETEVENTS, which
+            // the taskrun flag makes a plain submit do.
+            let _ = self.uring.submit();
+            for cqe in self.uring.completion() {
+                if !cqueue::more(cqe.flags()) {
+                    self.outstanding -= 1;
+                }
+                if let (Some(bid), Some(ring)) =
+                    (cqueue::buffer_select(cqe.flags()), self.bufring.as_mut())
+                {
+                    ring.taken(bid);
+                }
+            }
+            if self.outstanding > 0 {
+                let mut pollfd = libc::pollfd {
+                    fd: self.uring.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: poll reads and writes one pollfd we own for the duration of the call.
+                unsafe { libc::poll(&mut pollfd, 1, 10) };
+            }
+        }
+    }
+}
+
+impl Drop for Uring {
+    /// A ring dropped without running (or after `finish`) may still have its accept and wake-up
+    /// read in flight; closing the io_uring fd does not wait for them. If the kernel will not
+    /// let go in time, the memory it may write is leaked rather than freed.
+    fn drop(&mut self) {
+        if self.outstanding > 0 {
+            self.quiesce();
+        }
+        if self.outstanding > 0 {
+            tracing::warn!(
+                operations = self.outstanding,
+                "io_uring operations still in flight as the ring goes away; leaking their buffers"
+            );
+            std::mem::forget(self.bufring.take());
+            std::mem::forget(std::mem::replace(&mut self.wake_word, Box::new(0)));
+            std::mem::forget(std::mem::replace(
+                &mut self.timeout_spec,
+                Box::new(types::Timespec::new()),
+            ));
+        }
     }
 }
 
@@ -257,6 +343,7 @@ impl<H: Handler> EventLoop<H, Uring> {
             bump(&self.core.stats.sq_backlogged);
             return;
         }
+        io.outstanding += 1;
         // SAFETY: the caller guarantees the entry's buffers outlive its completion.
         if unsafe { io.uring.submission().push(&entry) }.is_ok() {
             return;
@@ -444,6 +531,9 @@ impl<H: Handler> EventLoop<H, Uring> {
         let mut cq = io.uring.completion();
         let overflow = cq.overflow();
         for cqe in &mut cq {
+            if !cqueue::more(cqe.flags()) {
+                io.outstanding -= 1;
+            }
             io.batch.push(Completion {
                 user_data: cqe.user_data(),
                 result: cqe.result(),

@@ -485,3 +485,50 @@ fn a_far_deadline_lets_the_loop_sleep_on_every_path() {
         false,
     );
 }
+
+/// Reads until EOF or a reset; panics if the peer stays silent (its descriptor leaked).
+fn expect_closed(stream: &mut TcpStream) {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = vec![0; 1 << 16];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
+            Err(e) => panic!("the session was not closed: {e}"),
+        }
+    }
+}
+
+/// A ring that goes away without a drain (here a panic in a callback unwinds its thread) while
+/// sessions have receives and a large send in flight: the kernel must be done with every buffer
+/// before it is freed (ci/valgrind runs this under memcheck) and every session's descriptor is
+/// closed. Before, the descriptors leaked and the peers never saw the end.
+fn dropped_with_operations_in_flight(disable: Disable, epoll: bool) {
+    let r = start_on(disable, epoll, Faults::default());
+    let mut idle = TcpStream::connect(r.addr).unwrap();
+    r.ids.recv_timeout(Duration::from_secs(5)).unwrap();
+    let mut flooded = TcpStream::connect(r.addr).unwrap();
+    r.ids.recv_timeout(Duration::from_secs(5)).unwrap();
+    flooded.write_all(b"flood").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut culprit = TcpStream::connect(r.addr).unwrap();
+    r.ids.recv_timeout(Duration::from_secs(5)).unwrap();
+    culprit.write_all(b"panic").unwrap();
+    assert!(r.thread.join().is_err(), "the ring thread panicked");
+    expect_closed(&mut idle);
+    expect_closed(&mut flooded);
+    expect_closed(&mut culprit);
+    assert_eq!(r.global_sessions.load(Ordering::SeqCst), 0);
+    // The eventfd the ring's read was armed on is written after the ring is gone.
+    r.sender.drain();
+}
+
+#[test]
+fn a_ring_dropped_with_operations_in_flight_lets_go_of_everything() {
+    dropped_with_operations_in_flight(Disable::default(), false);
+    dropped_with_operations_in_flight(Disable::for_kernel_profile("5.10").unwrap(), false);
+    dropped_with_operations_in_flight(Disable::default(), true);
+}
