@@ -402,7 +402,7 @@ impl<H: Handler, B: Backend<H>> EventLoop<H, B> {
             // A drain asked for but not started yet must be started on the next turn, not after
             // the next event.
             let drain_pending = core.mailbox.draining() && !core.draining;
-            let may_sleep = core.dirty.is_empty() && !drain_pending && B::may_sleep(&self);
+            let may_sleep = core.dirty.is_empty() && !drain_pending && B::may_sleep(self);
             let sleeping = may_sleep && self.core.mailbox.prepare_sleep();
             let waited = B::wait(self, sleeping, timeout);
             if sleeping {
