@@ -387,6 +387,8 @@ fn a_wrong_password_does_not_close_the_session_at_the_store_timeout() {
 
 /// Issue 12, item 3: a job that panics used to leave its session waiting forever. Its reply
 /// handle, dropped unanswered, now answers `-ERR internal error`, and the session goes on.
+/// (DEBUG PANIC-JOB exists only with debug assertions: release builds abort on a panic.)
+#[cfg(debug_assertions)]
 #[test]
 fn a_job_that_panics_answers_internal_error_and_the_session_goes_on() {
     let server = Server::builder().switch("--enable-debug-command").start();
