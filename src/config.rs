@@ -151,6 +151,17 @@ pub struct ServeArgs {
     /// slow one); past it the session is closed.
     #[arg(long, default_value = "64mb", value_parser = parse_size)]
     pub max_query_buffer: usize,
+    /// Before AUTH: most arguments in one command (HELLO 3 AUTH user pass SETNAME name is 7);
+    /// more is a protocol error and a close, so an unauthenticated peer costs almost nothing.
+    #[arg(long, default_value_t = 10)]
+    pub preauth_max_args: usize,
+    /// Before AUTH: longest bulk argument, and longest inline line (e.g. 4kb).
+    #[arg(long, default_value = "4kb", value_parser = parse_size)]
+    pub preauth_max_bulk_len: usize,
+    /// Before AUTH: unprocessed input held for one session at most (bytes sent behind an AUTH
+    /// being verified).
+    #[arg(long, default_value = "1mb", value_parser = parse_size)]
+    pub preauth_max_query_buffer: usize,
     /// Failed AUTH attempts allowed on one connection before it is closed.
     #[arg(long, default_value_t = 10)]
     pub max_auth_failures: u32,
@@ -179,6 +190,11 @@ pub struct ServeArgs {
     #[arg(long, hide = true)]
     #[serde(skip)]
     pub inject_bufring_einval: bool,
+    /// Testing aid: allow `DEBUG` (Redis's `enable-debug-command`); its `PANIC-JOB` makes a pool
+    /// job panic, and exists only in builds with debug assertions.
+    #[arg(long, hide = true)]
+    #[serde(skip)]
+    pub enable_debug_command: bool,
     /// Serve Prometheus metrics at http://ADDR/metrics (off unless given).
     #[arg(long)]
     pub metrics_addr: Option<SocketAddr>,

@@ -59,6 +59,10 @@ pub struct Conn {
     pub job_seq: u64,
     /// The store job now pending, watched for a store that stopped answering.
     pub store_ticket: Option<Arc<JobTicket>>,
+    /// Until AUTH: when the session is closed for not authenticating.
+    pub auth_deadline: Option<Instant>,
+    /// While a store job is pending: when to ask the store pool whether it is stuck.
+    pub store_deadline: Option<Instant>,
 }
 
 impl Conn {

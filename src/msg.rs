@@ -1,6 +1,9 @@
 //! The messages that travel to a ring: a pool job's result for one session, or a ring-wide
 //! query (CLIENT LIST, CLIENT KILL), and the handle a job answers through.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
 use ringport_ring::{Sender, SessionId};
 
 use crate::conn::Conn;
@@ -54,27 +57,60 @@ impl KillFilter {
 }
 
 /// How a pool job answers its session: the ring's mailbox, the session, and the job's number.
+/// Clones share one answer: the first reply or outcome sent is the job's, and when the last
+/// clone is dropped without one (the job panicked, or a path forgot to answer) the session gets
+/// `-ERR internal error` instead of waiting forever.
 #[derive(Clone)]
-pub struct Replier {
+pub struct Replier(Arc<Answer>);
+
+struct Answer {
     sender: Sender<Msg>,
     id: SessionId,
     seq: u64,
+    sent: AtomicBool,
 }
+
+/// What a session gets for a job that ended without answering. The panic itself is logged by
+/// the pool that caught it.
+pub const INTERNAL_ERROR: &[u8] = b"-ERR internal error\r\n";
 
 impl Replier {
     /// The handle for job number `seq` of session `id`, answering through `sender`.
     pub fn new(sender: Sender<Msg>, id: SessionId, seq: u64) -> Replier {
-        Replier { sender, id, seq }
+        Replier(Arc::new(Answer {
+            sender,
+            id,
+            seq,
+            sent: AtomicBool::new(false),
+        }))
     }
 
     /// Sends the job's encoded reply.
     pub fn reply(&self, bytes: Vec<u8>) {
-        self.sender.send(self.id, Msg::Reply(self.seq, bytes));
+        self.0.send(Msg::Reply(self.0.seq, bytes));
     }
 
     /// Sends the outcome of an authentication.
     pub fn auth(&self, outcome: AuthOutcome) {
-        self.sender.send(self.id, Msg::Auth(self.seq, outcome));
+        self.0.send(Msg::Auth(self.0.seq, outcome));
+    }
+}
+
+impl Answer {
+    fn send(&self, msg: Msg) {
+        if !self.sent.swap(true, Ordering::AcqRel) {
+            self.sender.send(self.id, msg);
+        }
+    }
+}
+
+impl Drop for Answer {
+    fn drop(&mut self) {
+        // A job the session no longer waits for (BUSY at submit, a store job it gave up on)
+        // ends here too; the ring drops that stale answer by its job number.
+        if !*self.sent.get_mut() {
+            self.send(Msg::Reply(self.seq, INTERNAL_ERROR.to_vec()));
+        }
     }
 }
 

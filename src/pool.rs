@@ -162,8 +162,9 @@ fn run_worker(index: usize, local: Worker<Job>, shared: &Shared) {
             shared.stats.depth.fetch_sub(1, Ordering::AcqRel);
             shared.stats.running.fetch_add(1, Ordering::AcqRel);
             let started = Instant::now();
-            // A panicking job must not take the worker down with it; its session simply gets
-            // no reply for that command, and the panic is logged.
+            // A panicking job must not take the worker down with it: the panic is logged here,
+            // and its dropped Replier answers the session `-ERR internal error`. (Release
+            // builds abort on panic instead.)
             if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
                 tracing::error!(worker = index, "a compute job panicked");
             }

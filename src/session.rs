@@ -22,12 +22,24 @@ use crate::resp::{self, Args, Limits, Proto};
 use crate::shared::Shared;
 use crate::storepool::JobTicket;
 
+/// How often a store job that outlived its deadline without the pool calling it stuck is looked
+/// at again.
+fn store_recheck(store_timeout: std::time::Duration) -> std::time::Duration {
+    (store_timeout / 20).max(std::time::Duration::from_millis(10))
+}
+
+/// Input buffer capacity a session may keep between bursts.
+const INBUF_KEEP: usize = 64 * 1024;
+
 /// One ring's protocol handler. Owns nothing shared but the `Arc<Shared>`.
 pub struct RingHandler {
     pub(crate) shared: Arc<Shared>,
     /// This ring's own mailbox, cloned into every job so results come back here.
     pub(crate) sender: Sender<Msg>,
     pub(crate) limits: Limits,
+    /// The parser's limits before AUTH: a few arguments of a few KiB, as Redis 7 has them, so
+    /// that an unauthenticated peer costs almost nothing.
+    preauth_limits: Limits,
     args: Args,
 }
 
@@ -38,10 +50,17 @@ impl RingHandler {
             max_bulk_len: shared.config.proto_max_bulk_len,
             ..Limits::default()
         };
+        let preauth_limits = Limits {
+            max_bulk_len: shared.config.preauth_max_bulk_len,
+            max_inline_len: shared.config.preauth_max_bulk_len,
+            max_multibulk_len: shared.config.preauth_max_args,
+            unauthenticated: true,
+        };
         RingHandler {
             shared,
             sender,
             limits,
+            preauth_limits,
             args: Args::new(),
         }
     }
@@ -52,7 +71,14 @@ impl RingHandler {
         let mut pos = 0;
         let mut args = std::mem::take(&mut self.args);
         while pos < buf.len() && s.conn.state != State::Waiting && !s.is_closing() {
-            match resp::parse_command(&buf[pos..], &self.limits, &mut args) {
+            // Only a pool's answer authenticates, and it is applied between calls: the limits
+            // cannot change in the middle of a command.
+            let limits = if s.conn.authenticated {
+                &self.limits
+            } else {
+                &self.preauth_limits
+            };
+            match resp::parse_command(&buf[pos..], limits, &mut args) {
                 Ok(None) => break,
                 Ok(Some(consumed)) => {
                     pos += consumed;
@@ -89,8 +115,10 @@ impl RingHandler {
         let mut buf = std::mem::take(&mut s.conn.inbuf);
         let consumed = self.process_input(cx, s, &buf);
         buf.drain(..consumed);
-        if buf.is_empty() && buf.capacity() > 64 * 1024 {
-            buf = Vec::new();
+        // A burst (a large value, a deep pipeline) must not leave its capacity with an idle
+        // session.
+        if buf.capacity() > INBUF_KEEP && buf.len() <= buf.capacity() / 4 {
+            buf.shrink_to(buf.len());
         }
         s.conn.inbuf = buf;
     }
@@ -113,24 +141,26 @@ impl RingHandler {
         }
     }
 
-    /// The next moment this session must be looked at: the auth deadline before AUTH; after it,
-    /// the earlier of the idle deadline and the partial-command deadline (each when enabled).
+    /// The next moment this session must be looked at: the earliest of its deadlines. Before
+    /// AUTH the auth deadline covers idleness and partial commands; after it, the idle and
+    /// partial-command deadlines apply (each when enabled). A pending store job's liveness
+    /// deadline applies either way.
     fn next_deadline(&self, conn: &Conn) -> Option<Instant> {
         let config = &self.shared.config;
-        if !conn.authenticated {
-            return Some(conn.created + config.auth_timeout);
-        }
-        let idle = (!config.idle_timeout.is_zero()).then(|| conn.last_active + config.idle_timeout);
-        let partial = conn
-            .partial_since
-            .filter(|_| !config.request_timeout.is_zero())
-            .map(|since| since + config.request_timeout);
-        let store = conn
-            .store_ticket
-            .as_ref()
-            .and(conn.pending)
-            .map(|(_, at)| at + config.store_timeout);
-        [idle, partial, store].into_iter().flatten().min()
+        let (idle, partial) = if conn.authenticated {
+            (
+                (!config.idle_timeout.is_zero()).then(|| conn.last_active + config.idle_timeout),
+                conn.partial_since
+                    .filter(|_| !config.request_timeout.is_zero())
+                    .map(|since| since + config.request_timeout),
+            )
+        } else {
+            (None, None)
+        };
+        [conn.auth_deadline, conn.store_deadline, idle, partial]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Notes whether a partial command waits, and arms the deadline if it must come earlier.
@@ -156,6 +186,7 @@ impl RingHandler {
     fn give_up_on_store(&mut self, cx: &Context, s: &mut Session<'_, Conn>, ticket: &JobTicket) {
         ticket.abandon();
         s.conn.store_ticket = None;
+        s.conn.store_deadline = None;
         // A reply is activity too: a command that ran longer than the idle timeout must not
         // leave its session looking idle the moment it answers.
         s.conn.last_active = cx.now;
@@ -226,6 +257,8 @@ impl Handler for RingHandler {
             partial_since: None,
             job_seq: 0,
             store_ticket: None,
+            auth_deadline: Some(cx.now + self.shared.config.auth_timeout),
+            store_deadline: None,
         }
     }
 
@@ -234,7 +267,13 @@ impl Handler for RingHandler {
             return;
         }
         if s.conn.state == State::Waiting || !s.conn.inbuf.is_empty() {
-            if s.conn.inbuf.len() + data.len() > self.shared.config.max_query_buffer {
+            let config = &self.shared.config;
+            let max_query = if s.conn.authenticated {
+                config.max_query_buffer
+            } else {
+                config.preauth_max_query_buffer
+            };
+            if s.conn.inbuf.len() + data.len() > max_query {
                 if let Some(suppressed) = self.shared.log_allowed("query_buffer") {
                     tracing::warn!(
                         client = s.conn.client_id,
@@ -277,6 +316,7 @@ impl Handler for RingHandler {
             return;
         }
         s.conn.store_ticket = None;
+        s.conn.store_deadline = None;
         // A reply is activity too: a command that ran longer than the idle timeout must not
         // leave its session looking idle the moment it answers.
         s.conn.last_active = cx.now;
@@ -319,51 +359,58 @@ impl Handler for RingHandler {
         use std::sync::atomic::Ordering::Relaxed;
         let config = &self.shared.config;
         let counters = &self.shared.counters;
-        if let Some(ticket) = s.conn.store_ticket.clone() {
-            if self.shared.store.stuck(&ticket, config.store_timeout) {
-                self.give_up_on_store(cx, s, &ticket);
-                return;
+        let due = |at: Option<Instant>| at.is_some_and(|at| at <= cx.now);
+        if due(s.conn.store_deadline) {
+            if let Some(ticket) = s.conn.store_ticket.clone() {
+                if self.shared.store.stuck(&ticket, config.store_timeout) {
+                    self.give_up_on_store(cx, s, &ticket);
+                    return;
+                }
             }
+            // The job runs, or waits behind jobs that run: look again soon.
+            s.conn.store_deadline = Some(cx.now + store_recheck(config.store_timeout));
         }
-        if !s.conn.authenticated {
+        if due(s.conn.auth_deadline) {
             if s.conn.state == State::Waiting {
                 // AUTH is being verified: let it finish, then look again.
-                s.set_deadline(Some(cx.now + config.auth_timeout / 10));
-                return;
-            }
-            resp::error(
-                s.out(),
-                b"ERR authentication timeout, closing the connection",
-            );
-            s.close_after_flush();
-            counters.auth_timeouts.fetch_add(1, Relaxed);
-            return;
-        }
-        if let Some(since) = s.conn.partial_since {
-            if !config.request_timeout.is_zero() && since + config.request_timeout <= cx.now {
-                resp::error(s.out(), b"ERR request timeout: an incomplete command waited too long, closing the connection");
+                s.conn.auth_deadline = Some(cx.now + config.auth_timeout / 10);
+            } else {
+                resp::error(
+                    s.out(),
+                    b"ERR authentication timeout, closing the connection",
+                );
                 s.close_after_flush();
-                counters.request_timeouts.fetch_add(1, Relaxed);
-                if let Some(suppressed) = self.shared.log_allowed("request_timeout") {
-                    tracing::info!(
-                        client = s.conn.client_id,
-                        suppressed,
-                        "closing a session whose partial command passed --request-timeout"
-                    );
-                }
+                counters.auth_timeouts.fetch_add(1, Relaxed);
                 return;
             }
         }
-        if !config.idle_timeout.is_zero()
-            && s.conn.state == State::Ready
-            && s.conn.inbuf.is_empty()
-            && s.conn.last_active + config.idle_timeout <= cx.now
-        {
-            counters.idle_timeouts.fetch_add(1, Relaxed);
-            s.close();
-            return;
+        if s.conn.authenticated {
+            if let Some(since) = s.conn.partial_since {
+                if !config.request_timeout.is_zero() && since + config.request_timeout <= cx.now {
+                    resp::error(s.out(), b"ERR request timeout: an incomplete command waited too long, closing the connection");
+                    s.close_after_flush();
+                    counters.request_timeouts.fetch_add(1, Relaxed);
+                    if let Some(suppressed) = self.shared.log_allowed("request_timeout") {
+                        tracing::info!(
+                            client = s.conn.client_id,
+                            suppressed,
+                            "closing a session whose partial command passed --request-timeout"
+                        );
+                    }
+                    return;
+                }
+            }
+            if !config.idle_timeout.is_zero()
+                && s.conn.state == State::Ready
+                && s.conn.inbuf.is_empty()
+                && s.conn.last_active + config.idle_timeout <= cx.now
+            {
+                counters.idle_timeouts.fetch_add(1, Relaxed);
+                s.close();
+                return;
+            }
         }
-        // Not due yet (activity moved it, or a command is running): look again later.
+        // Whatever is not due yet (activity moved it, or a command is running): look again then.
         let next = self
             .next_deadline(s.conn)
             .map(|at| at.max(cx.now + std::time::Duration::from_millis(10)));

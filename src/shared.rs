@@ -30,7 +30,13 @@ pub struct RuntimeConfig {
     pub proto_max_bulk_len: usize,
     pub max_output_buffer: usize,
     pub max_query_buffer: usize,
+    /// Before AUTH: arguments per command, bytes per bulk (and per inline line), bytes of
+    /// unprocessed input.
+    pub preauth_max_args: usize,
+    pub preauth_max_bulk_len: usize,
+    pub preauth_max_query_buffer: usize,
     pub max_auth_failures: u32,
+    pub enable_debug_command: bool,
 }
 
 /// Server-wide counters that are not per ring.
@@ -102,7 +108,15 @@ impl Shared {
                 proto_max_bulk_len: args.proto_max_bulk_len,
                 max_output_buffer: args.max_output_buffer,
                 max_query_buffer: args.max_query_buffer.max(args.proto_max_bulk_len + 65536),
+                // AUTH user password must fit, and a bulk length line must fit the line limit.
+                preauth_max_args: args.preauth_max_args.max(3),
+                preauth_max_bulk_len: args
+                    .preauth_max_bulk_len
+                    .min(args.proto_max_bulk_len)
+                    .max(64),
+                preauth_max_query_buffer: args.preauth_max_query_buffer.max(64 * 1024),
                 max_auth_failures: args.max_auth_failures.max(1),
+                enable_debug_command: args.enable_debug_command,
             },
             compute,
             store,

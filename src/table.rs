@@ -113,6 +113,14 @@ pub static COMMANDS: &[Spec] = &[
         "Connection commands: ID, SETNAME, GETNAME, SETINFO, INFO, LIST, KILL.",
     ),
     spec(
+        "debug",
+        -2,
+        Class::Inline,
+        &["admin", "noscript", "loading", "stale"],
+        (0, 0, 0),
+        "A container for debugging commands (only with --enable-debug-command).",
+    ),
+    spec(
         "select",
         2,
         Class::Inline,

@@ -133,13 +133,53 @@ mod tests {
     #[test]
     fn the_auth_deadline_closes_an_unauthenticated_session() {
         let dir = tempfile::tempdir().unwrap();
-        let server = TestServer::start(dir.path(), &["--auth-timeout", "1s"]);
+        let server = TestServer::start(dir.path(), &["--auth-timeout", "100ms"]);
         let mut s = server.session();
-        assert!(s.deadline().is_some(), "armed at open");
+        let deadline = s.deadline().expect("armed at open");
+        // Fired early, it only looks again later.
+        s.fire_deadline();
+        assert!(s.closed().is_none() && !s.is_closing());
+        std::thread::sleep(deadline.saturating_duration_since(std::time::Instant::now()));
         s.fire_deadline();
         let out = s.take_output();
         assert!(String::from_utf8_lossy(&out).contains("authentication timeout"));
         assert!(s.closed().is_some());
+    }
+
+    /// The fuzz target's settings: limits before AUTH below those after it.
+    const FUZZ_FLAGS: &[&str] = &[
+        "--proto-max-bulk-len",
+        "4096",
+        "--preauth-max-args",
+        "5",
+        "--preauth-max-bulk-len",
+        "256",
+    ];
+
+    #[test]
+    fn the_limits_before_auth_are_in_effect_until_auth() {
+        let dir = tempfile::tempdir().unwrap();
+        let server = TestServer::start(dir.path(), FUZZ_FLAGS);
+        let t = Duration::from_secs(10);
+        let big = format!("*2\r\n$4\r\nECHO\r\n$300\r\n{}\r\n", "x".repeat(300));
+
+        let mut s = server.session();
+        let out = exchange(&mut s, big.as_bytes(), t);
+        assert_eq!(out, b"-ERR Protocol error: unauthenticated bulk length\r\n");
+        assert!(s.is_closing());
+
+        let mut s = server.session();
+        let out = exchange(&mut s, b"HELLO 3 AUTH alice secret SETNAME\r\n", t);
+        assert_eq!(
+            out,
+            b"-ERR Protocol error: unauthenticated inline request\r\n"
+        );
+
+        let mut s = server.session();
+        let out = exchange(&mut s, b"HELLO 2 AUTH alice secret\r\n", t);
+        assert!(out.starts_with(b"*"), "{}", String::from_utf8_lossy(&out));
+        let out = exchange(&mut s, big.as_bytes(), t);
+        assert_eq!(out, format!("$300\r\n{}\r\n", "x".repeat(300)).into_bytes());
     }
 
     #[test]

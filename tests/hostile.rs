@@ -1084,3 +1084,78 @@ fn failed_auth_from_one_address_is_limited_across_connections() {
         logged[0].trim()
     );
 }
+
+/// Issue 12, item 1: before AUTH a bulk is limited to a few KiB (Redis 7's answer to
+/// CVE-2021-32675). Forty connections that announce a 16 MB AUTH password and send 15 MiB of it
+/// once took a two-ring server from 10 MiB to 390 MiB of RSS, which stayed after they closed.
+/// Now each gets a protocol error at the header and is closed, and RSS stays put.
+#[test]
+fn huge_bulks_before_auth_are_refused_and_cost_no_memory() {
+    const CONNECTIONS: usize = 40;
+    const SENT: usize = 15 << 20;
+    // Allocator and ring noise stays well below this; the unfixed server grew by hundreds of MiB.
+    const SLACK_KIB: u64 = 8 << 10;
+    // Few receive buffers: the pages of each ring's buffers count in RSS once the kernel first
+    // fills them, a fixed cost that 64 MiB of incoming bytes would otherwise reveal whatever
+    // the sessions keep.
+    let server = Server::builder()
+        .flag("--rings", "2")
+        .flag("--recv-buffers", "64")
+        .start();
+    let mut admin = server.raw_authed();
+    assert_eq!(admin.cmd(&[b"PING"]), Reply::Simple("PONG".into()));
+    let before = server.rss_kib();
+
+    let header = b"*2\r\n$4\r\nAUTH\r\n$16000000\r\n";
+    let chunk = vec![b'x'; 64 << 10];
+    // Side by side, as an attacker would: the server refuses each at its header, so a write
+    // may fail or stall; each stops at the first that does.
+    let writers: Vec<JoinHandle<RawConn>> = (0..CONNECTIONS)
+        .map(|_| {
+            let mut conn = RawConn::connect(server.addr);
+            let chunk = chunk.clone();
+            std::thread::spawn(move || {
+                conn.stream
+                    .set_write_timeout(Some(Duration::from_secs(2)))
+                    .unwrap();
+                conn.send(header);
+                let mut sent = 0;
+                while sent < SENT && conn.stream.write_all(&chunk).is_ok() {
+                    sent += chunk.len();
+                }
+                conn
+            })
+        })
+        .collect();
+    let mut conns: Vec<RawConn> = writers
+        .into_iter()
+        .map(|writer| writer.join().expect("a writer thread"))
+        .collect();
+    let during = server.rss_kib();
+    eprintln!(
+        "server RSS {before} KiB before, {during} KiB with the {CONNECTIONS} connections open"
+    );
+    assert!(
+        during <= before + SLACK_KIB,
+        "RSS grew from {before} KiB to {during} KiB"
+    );
+    for conn in &mut conns {
+        let bytes = conn.read_to_eof(Duration::from_secs(30));
+        assert_eq!(
+            String::from_utf8_lossy(&bytes),
+            "-ERR Protocol error: unauthenticated bulk length\r\n"
+        );
+    }
+    drop(conns);
+    std::thread::sleep(Duration::from_millis(200));
+    let after = server.rss_kib();
+    eprintln!(
+        "{CONNECTIONS} connections each announcing a 16 MB AUTH bulk and sending up to 15 MiB: \
+         server RSS {before} KiB before, {during} KiB with them open, {after} KiB after they closed"
+    );
+    assert!(
+        after <= before + SLACK_KIB,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
+    assert_eq!(admin.cmd(&[b"PING"]), Reply::Simple("PONG".into()));
+}

@@ -1730,3 +1730,49 @@ fn assert_no_secret(output: &Output, secret: &str, url: &str) {
         "config check shows the password of {url:?}: {stdout}{stderr}"
     );
 }
+
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// Issue 12, item 4: the embedded store holds the password hashes. A data directory ringport
+/// creates is 0700 and its files 0600, whatever the umask.
+#[test]
+fn a_new_data_directory_and_its_files_are_private() {
+    let server = Server::start();
+    let data = server.data_path();
+    assert_eq!(mode_of(&data), 0o700, "{}", data.display());
+    let files: Vec<PathBuf> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    assert!(!files.is_empty(), "no store file in {}", data.display());
+    for file in files {
+        assert_eq!(mode_of(&file), 0o600, "{}", file.display());
+    }
+}
+
+/// ... and an existing one that group or others may read is left as the operator made it, with
+/// a warning at start.
+#[test]
+fn an_existing_data_directory_readable_by_others_is_warned_about() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let server = Server::builder().data_dir(dir).start();
+    let mut conn = server.raw_authed();
+    assert_eq!(conn.cmd(&[b"PING"]), Reply::Simple("PONG".into()));
+    let log = server.log();
+    assert!(
+        log.contains("readable or writable by group or others"),
+        "{log}"
+    );
+    assert_eq!(mode_of(&data), 0o755, "left as the operator made it");
+}

@@ -355,3 +355,76 @@ fn client_setinfo_select_and_unknown_subcommands() {
         vec![Reply::Simple("PONG".into()), Reply::bulk("a"), Reply::ok()]
     );
 }
+
+/// Issue 12, item 2: after a wrong password the AUTH's store deadline (`--store-timeout`) used to
+/// close the session as if the auth timeout had passed, a second after the typo, so a person
+/// never got to retry. Each deadline now stands for itself: the session stays open past the
+/// store timeout and a correct AUTH then works, while a session that never authenticates is
+/// still closed by the auth timeout.
+#[test]
+fn a_wrong_password_does_not_close_the_session_at_the_store_timeout() {
+    let server = Server::builder()
+        .flag("--store-timeout", "300ms")
+        .flag("--auth-timeout", "5s")
+        .start();
+    let mut typo = server.raw();
+    let mut silent = server.raw();
+    for conn in [&mut typo, &mut silent] {
+        let reply = conn.cmd(&[b"AUTH", USER.as_bytes(), b"not-the-password"]);
+        assert!(reply.expect_error().starts_with("WRONGPASS"), "{reply:?}");
+    }
+    // Well past the store timeout (and the tick that rounds it), well before the auth timeout.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    typo.auth(USER, PASSWORD);
+    assert_eq!(typo.cmd(&[b"PING"]), Reply::Simple("PONG".into()));
+    assert_eq!(
+        silent.replies_to_eof(std::time::Duration::from_secs(30)),
+        vec![Reply::Error(
+            "ERR authentication timeout, closing the connection".into()
+        )]
+    );
+}
+
+/// Issue 12, item 3: a job that panics used to leave its session waiting forever. Its reply
+/// handle, dropped unanswered, now answers `-ERR internal error`, and the session goes on.
+/// (DEBUG PANIC-JOB exists only with debug assertions: release builds abort on a panic.)
+#[cfg(debug_assertions)]
+#[test]
+fn a_job_that_panics_answers_internal_error_and_the_session_goes_on() {
+    let server = Server::builder().switch("--enable-debug-command").start();
+    let mut conn = server.raw_authed();
+    for pool in ["compute", "store"] {
+        conn.send_cmd(&[b"DEBUG", b"PANIC-JOB", pool.as_bytes()]);
+        let reply = conn.try_read_reply(std::time::Duration::from_secs(10));
+        assert_eq!(
+            reply,
+            Ok(Reply::Error("ERR internal error".into())),
+            "{pool} job"
+        );
+        assert_eq!(conn.cmd(&[b"PING"]), Reply::Simple("PONG".into()));
+    }
+    // The pool logs the panic after the unwinding answered the session: wait for the line.
+    let logged =
+        |log: &str| log.contains("a compute job panicked") && log.contains("a store job panicked");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !logged(&server.log()) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let log = server.log();
+    assert!(logged(&log), "{log}");
+}
+
+/// DEBUG is refused unless the server was started with `--enable-debug-command`.
+#[test]
+fn debug_is_refused_without_its_flag() {
+    let server = Server::start();
+    let mut conn = server.raw_authed();
+    let reply = conn.cmd(&[b"DEBUG", b"PANIC-JOB", b"compute"]);
+    assert!(
+        reply
+            .expect_error()
+            .starts_with("ERR DEBUG command not allowed."),
+        "{reply:?}"
+    );
+    assert_eq!(conn.cmd(&[b"PING"]), Reply::Simple("PONG".into()));
+}

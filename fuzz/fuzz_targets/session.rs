@@ -15,10 +15,22 @@ fn server() -> &'static TestServer {
     &SERVER
         .get_or_init(|| {
             let dir = tempfile::tempdir().expect("a temp dir");
-            // Every fuzzed session comes from one address: no per-address AUTH limit here.
+            // Every fuzzed session comes from one address: no per-address AUTH limit here. The
+            // limits before AUTH are set below the ones after it, so that inputs reach both.
             let server = TestServer::start(
                 dir.path(),
-                &["--proto-max-bulk-len", "4096", "--auth-failures-per-minute", "0"],
+                &[
+                    "--proto-max-bulk-len",
+                    "4096",
+                    "--auth-failures-per-minute",
+                    "0",
+                    "--preauth-max-args",
+                    "5",
+                    "--preauth-max-bulk-len",
+                    "256",
+                    "--preauth-max-query-buffer",
+                    "64kb",
+                ],
             );
             (dir, server)
         })

@@ -86,8 +86,8 @@ impl<'a, 's> Call<'a, 's> {
         conn.user = Some(Arc::from(user));
         conn.authenticated = true;
         conn.state = State::Ready;
-        // The auth deadline no longer applies; the session re-arms for idle and
-        // partial-command deadlines as it goes.
+        conn.auth_deadline = None;
+        // The session re-arms for its other deadlines as it goes.
         self.session.set_deadline(None);
     }
 
@@ -119,13 +119,14 @@ impl<'a, 's> Call<'a, 's> {
         match self.shared.store.submit(job, allowance) {
             Ok(ticket) => {
                 let now = self.cx.now;
+                // Watch for a store that stops answering: the first look comes after the store
+                // timeout plus the job's own allowance.
+                let at = now + self.shared.config.store_timeout + allowance;
                 let conn = self.conn_mut();
                 conn.state = State::Waiting;
                 conn.pending = Some((name, now));
-                // Watch for a store that stops answering: the first look comes after the store
-                // timeout plus the job's own allowance.
                 conn.store_ticket = Some(ticket);
-                let at = now + self.shared.config.store_timeout + allowance;
+                conn.store_deadline = Some(at);
                 if self.session.deadline().is_none_or(|d| at < d) {
                     self.session.set_deadline(Some(at));
                 }

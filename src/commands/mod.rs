@@ -110,6 +110,7 @@ pub fn execute(call: &mut Call<'_, '_>, args: &Args) {
         "hello" => hello(call, args),
         "auth" => auth_command(call, args),
         "hash" => hash(call, args),
+        "debug" => debug(call, args),
         _ => store_command(call, spec, args),
     }
     if call.conn().state != State::Waiting {
@@ -682,6 +683,52 @@ fn hash(call: &mut Call<'_, '_>, args: &Args) {
         replier.reply(reply);
     });
     call.offload_compute("hash", job);
+}
+
+/// `DEBUG PANIC-JOB COMPUTE|STORE`: a pool job that panics, so tests can see its session still
+/// answered. Refused unless `--enable-debug-command`, as Redis refuses DEBUG; and compiled only
+/// with debug assertions, because a release build aborts on panic and this would be a crash
+/// button.
+fn debug(call: &mut Call<'_, '_>, args: &Args) {
+    if !call.shared.config.enable_debug_command {
+        return err(
+            call.out(),
+            "ERR DEBUG command not allowed. If the enable-debug-command option is set to \"local\", \
+             you can run it from a local connection, otherwise you need to set this option in the \
+             configuration file, and then restart the server.",
+        );
+    }
+    let sub = lower(&args[1]);
+    match (sub.as_str(), args.len()) {
+        ("panic-job", 3) if cfg!(debug_assertions) => {
+            let replier = call.replier();
+            match lower(&args[2]).as_str() {
+                "compute" => call.offload_compute(
+                    "debug",
+                    Box::new(move || {
+                        let _unanswered = &replier;
+                        panic!("DEBUG PANIC-JOB compute");
+                    }),
+                ),
+                "store" => call.offload_store(
+                    "debug",
+                    Box::new(move |_| {
+                        let _unanswered = &replier;
+                        panic!("DEBUG PANIC-JOB store");
+                    }),
+                    Duration::ZERO,
+                ),
+                _ => err(call.out(), "ERR syntax error"),
+            }
+        }
+        _ => err(
+            call.out(),
+            &format!(
+                "ERR unknown subcommand '{}'. Try DEBUG HELP.",
+                String::from_utf8_lossy(&truncate(&args[1], 128))
+            ),
+        ),
+    }
 }
 
 /// Runs a key-value command on the store pool; `f` encodes the reply from the store's answer.

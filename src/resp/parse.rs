@@ -35,6 +35,12 @@ const ERR_INVALID_BULK_LEN: &str = "Protocol error: invalid bulk length";
 /// Redis skips the two bytes after a bulk body unchecked; ringport refuses anything but CRLF there,
 /// since anything else means the client and server disagree on where the argument ended.
 const ERR_BULK_NOT_CRLF: &str = "Protocol error: bulk argument not followed by CRLF";
+/// Redis 7's words for its limits before AUTH (CVE-2021-32675).
+const ERR_UNAUTH_MBULK_LEN: &str = "Protocol error: unauthenticated multibulk length";
+const ERR_UNAUTH_BULK_LEN: &str = "Protocol error: unauthenticated bulk length";
+/// Redis limits only multibulk before AUTH; an inline line is held to the same count, in the
+/// same words' style.
+const ERR_UNAUTH_INLINE_ARGS: &str = "Protocol error: unauthenticated inline request";
 
 /// Limits the parser enforces, each answered with Redis's error wording.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,8 +52,11 @@ pub struct Limits {
     /// and for a multibulk count or bulk length line ("too big mbulk count string",
     /// "too big bulk count string"), as Redis's `PROTO_INLINE_MAX_SIZE` does for all three.
     pub max_inline_len: usize,
-    /// Most arguments in one multibulk command; more is "invalid multibulk length".
+    /// Most arguments in one command, multibulk or inline; more is "invalid multibulk length".
     pub max_multibulk_len: usize,
+    /// These are the limits before AUTH: a bulk or count over them is worded as Redis words
+    /// its unauthenticated limits, so the client can tell why it was refused.
+    pub unauthenticated: bool,
 }
 
 impl Default for Limits {
@@ -56,6 +65,7 @@ impl Default for Limits {
             max_bulk_len: DEFAULT_MAX_BULK_LEN,
             max_inline_len: DEFAULT_MAX_INLINE_LEN,
             max_multibulk_len: DEFAULT_MAX_MULTIBULK_LEN,
+            unauthenticated: false,
         }
     }
 }
@@ -341,7 +351,11 @@ fn parse_multibulk(
         return Ok(Some(pos));
     };
     if count > limits.max_multibulk_len {
-        return Err(ProtocolError::new(ERR_INVALID_MBULK_LEN));
+        return Err(ProtocolError::new(if limits.unauthenticated {
+            ERR_UNAUTH_MBULK_LEN
+        } else {
+            ERR_INVALID_MBULK_LEN
+        }));
     }
 
     // Pass 1: find every argument without copying, so that a command still arriving costs one
@@ -392,12 +406,17 @@ fn scan_bulk(
             char::from(buf[pos])
         )));
     }
-    let len = parse_i64(&buf[pos + 1..cr])
-        .and_then(|len| usize::try_from(len).ok())
-        .filter(|&len| len <= limits.max_bulk_len);
+    let len = parse_i64(&buf[pos + 1..cr]).and_then(|len| usize::try_from(len).ok());
     let (Some(len), b'\n') = (len, buf[cr + 1]) else {
         return Err(ProtocolError::new(ERR_INVALID_BULK_LEN));
     };
+    if len > limits.max_bulk_len {
+        return Err(ProtocolError::new(if limits.unauthenticated {
+            ERR_UNAUTH_BULK_LEN
+        } else {
+            ERR_INVALID_BULK_LEN
+        }));
+    }
     let start = cr + 2;
     let Some(end) = start.checked_add(len) else {
         return Err(ProtocolError::new(ERR_INVALID_BULK_LEN));
@@ -433,6 +452,13 @@ fn parse_inline(
         None => &buf[..newline],
     };
     split_inline(line, args)?;
+    if args.len() > limits.max_multibulk_len {
+        return Err(ProtocolError::new(if limits.unauthenticated {
+            ERR_UNAUTH_INLINE_ARGS
+        } else {
+            ERR_INVALID_MBULK_LEN
+        }));
+    }
     Ok(Some(newline + 1))
 }
 
@@ -722,6 +748,32 @@ mod tests {
         assert_eq!(
             error_text_with(b"*3\r\n", &limits),
             "Protocol error: invalid multibulk length"
+        );
+    }
+
+    #[test]
+    fn limits_before_auth_are_worded_as_redis_words_them() {
+        let limits = Limits {
+            max_bulk_len: 8,
+            max_inline_len: 8,
+            max_multibulk_len: 2,
+            unauthenticated: true,
+        };
+        for (buf, text) in [
+            (&b"*3\r\n"[..], "unauthenticated multibulk length"),
+            (b"*1\r\n$9\r\n", "unauthenticated bulk length"),
+            (b"a b c\r\n", "unauthenticated inline request"),
+            (b"AUTH abcdefgh", "too big inline request"),
+            (b"*1\r\n$-1\r\n", "invalid bulk length"),
+        ] {
+            assert_eq!(
+                error_text_with(buf, &limits),
+                format!("Protocol error: {text}")
+            );
+        }
+        assert_eq!(
+            parse_with(b"*2\r\n$4\r\nAUTH\r\n$8\r\nsecret12\r\n", &limits),
+            Ok(Some((vecs(&[b"AUTH", b"secret12"]), 28)))
         );
     }
 

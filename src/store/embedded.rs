@@ -17,6 +17,7 @@
 //!
 //! Architecture invariant: only the committer thread opens write transactions.
 
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -74,14 +75,39 @@ impl Drop for Shared {
 
 impl Embedded {
     /// Opens (creating if needed) `dir/ringport.redb` and its tables.
+    /// The directory is created 0700 and the file 0600, whatever the umask: the file holds
+    /// the password hashes. An existing directory or file that group or others may use is left
+    /// as the operator made it, with a warning.
     pub fn open(dir: &Path) -> Result<Embedded, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|error| {
-            StoreError::Other(format!(
-                "cannot create the data directory {}: {error}",
-                dir.display()
-            ))
-        })?;
+        let existed = dir.exists();
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|error| {
+                StoreError::Other(format!(
+                    "cannot create the data directory {}: {error}",
+                    dir.display()
+                ))
+            })?;
+        if existed {
+            warn_if_shared(dir, "data directory");
+        }
         let path = dir.join(FILE_NAME);
+        if path.exists() {
+            warn_if_shared(&path, "store file");
+        } else {
+            // redb would create it with the umask's mode; create it first, private (redb
+            // initialises an empty file).
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|error| {
+                    StoreError::Other(format!("cannot create {}: {error}", path.display()))
+                })?;
+        }
         let db = Database::builder().create(&path).map_err(|error| match error {
             DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
                 StoreError::Other(format!(
@@ -111,6 +137,20 @@ impl Embedded {
                 committer: Mutex::new(Some(committer)),
             }),
         })
+    }
+}
+
+/// Warns when group or others may read or write `path`.
+fn warn_if_shared(path: &Path, what: &str) {
+    let Ok(metadata) = std::fs::metadata(path) else {
+        return;
+    };
+    let mode = metadata.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            "the {what} {} (mode {mode:o}) is readable or writable by group or others, and it holds the password hashes; chmod go-rwx it",
+            path.display()
+        );
     }
 }
 
