@@ -1159,3 +1159,47 @@ fn huge_bulks_before_auth_are_refused_and_cost_no_memory() {
     );
     assert_eq!(admin.cmd(&[b"PING"]), Reply::Simple("PONG".into()));
 }
+
+/// A session closed for a protocol error must go away even while its peer keeps sending: the
+/// server stops receiving, closes the socket, and the peer's writes fail. A receive left armed
+/// after the close would keep taking (and dropping) the peer's bytes, holding the descriptor,
+/// the slot and a `--max-sessions` count for as long as the peer cares to send.
+#[test]
+fn a_session_closed_for_a_protocol_error_goes_away_while_its_peer_keeps_sending() {
+    let server = Server::start();
+    let mut watcher = server.raw_authed();
+    let mut stream = TcpStream::connect(("127.0.0.1", server.port())).unwrap();
+    stream
+        .set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    stream.write_all(b"*1\r\n$abc\r\n").unwrap();
+    let chunk = vec![b'x'; 64 * 1024];
+    let started = Instant::now();
+    let mut sent = 0usize;
+    let refused = loop {
+        match stream.write(&chunk) {
+            Ok(n) => sent += n,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => break true,
+        }
+        if started.elapsed() > Duration::from_secs(5) {
+            break false;
+        }
+    };
+    assert!(
+        refused,
+        "the server still took {sent} bytes over 5 s after closing the session"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let clients = info_field(&info(&mut watcher, "clients"), "connected_clients");
+        if clients == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "connected_clients stayed at {clients}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

@@ -168,9 +168,16 @@ impl<H: Handler> Backend<H> for Uring {
     /// Shutdown makes any recv or send still in flight on the socket complete; the slot is freed
     /// when the last of them has.
     fn release(lp: &mut EventLoop<H, Self>, slot: u32) {
-        let fd = lp.core.slab[slot as usize].io.fd;
+        let io = &lp.core.slab[slot as usize].io;
+        let (fd, generation, recv_armed) = (io.fd, io.generation, io.recv_armed);
         // SAFETY: shutdown on a socket we own.
         unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        if recv_armed && lp.core.config.features.recv == RecvPath::MultishotBufRing {
+            // Shutdown does not end a multishot recv while the peer keeps sending: the kernel
+            // goes on delivering its bytes, and the slot would stay taken for as long as the
+            // peer cares to send. Its cancelled completion finishes the close.
+            lp.cancel(token::encode(Op::Recv, generation, slot));
+        }
         lp.maybe_finish_close(slot);
     }
 
