@@ -213,6 +213,7 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
             stats: stats[index].clone(),
             faults: ringport_ring::Faults {
                 bufring_register_einval: args.inject_bufring_einval,
+                ..ringport_ring::Faults::default()
             },
         };
         let use_uring = features.is_some();

@@ -96,12 +96,17 @@ pub struct RingConfig {
     pub faults: Faults,
 }
 
-/// Set-up failures a test can force, to prove each fast path falls back instead of aborting.
+/// Faults a test can force: set-up failures, to prove each fast path falls back instead of
+/// aborting, and kernel behaviour that is hard to provoke on purpose.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Faults {
     /// Make buffer-ring registration fail with EINVAL, as some distribution kernels do for every
     /// valid registration (Ubuntu 24.04's 6.8.0-136 and later).
     pub bufring_register_einval: bool,
+    /// Receive with single-shot recvs from the buffer ring, so every data completion is final
+    /// (no `IORING_CQE_F_MORE`), as the last one of a multishot recv is when the completion
+    /// queue was full.
+    pub final_recv_completions: bool,
 }
 
 /// What a backend does for the shared loop. Each function gets the whole loop, so a backend can

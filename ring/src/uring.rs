@@ -52,7 +52,7 @@ pub(crate) struct Uring {
     /// Submitted (or backlogged) operations whose final completion has not been reaped: the
     /// kernel may still write into the buffer ring and `wake_word` or read slot buffers.
     outstanding: usize,
-    /// Fault injection: see [`Ring::inject_final_recv_completions`].
+    /// Fault injection: [`crate::Faults::final_recv_completions`].
     single_shot_recv: bool,
 }
 
@@ -119,7 +119,7 @@ impl<H: Handler> Ring<H> {
             accept_armed: false,
             timeout_armed: None,
             timeout_removing: false,
-            single_shot_recv: false,
+            single_shot_recv: config.faults.final_recv_completions,
             outstanding: 0,
         };
         let mut lp = EventLoop {
@@ -139,14 +139,6 @@ impl<H: Handler> Ring<H> {
     /// Access to the handler (tests, final stats).
     pub fn handler(&self) -> &H {
         &self.0.core.handler
-    }
-
-    /// Fault injection for tests: receives become single-shot recvs from the buffer ring, so
-    /// every data completion is final (no `IORING_CQE_F_MORE`), as the last one of a multishot
-    /// recv is when the completion queue was full. Call before `run`. (Not a field of
-    /// [`crate::Faults`]: the server builds that with a struct literal.)
-    pub fn inject_final_recv_completions(&mut self) {
-        self.0.io.single_shot_recv = true;
     }
 
     /// Runs until a drain completes. Returns the handler.

@@ -96,11 +96,6 @@ fn start(disable: Disable) -> Running {
 }
 
 fn start_on(disable: Disable, epoll: bool, faults: Faults) -> Running {
-    start_with(disable, epoll, faults, false)
-}
-
-/// `final_recv`: see `Ring::inject_final_recv_completions`.
-fn start_with(disable: Disable, epoll: bool, faults: Faults, final_recv: bool) -> Running {
     let listener = listen("127.0.0.1:0".parse().unwrap(), 128).unwrap();
     let addr = local_addr(&listener).unwrap();
     let (sender, receiver) = mailbox::<Vec<u8>>().unwrap();
@@ -148,10 +143,7 @@ fn start_with(disable: Disable, epoll: bool, faults: Faults, final_recv: bool) -
             let ring = EpollLoop::new(config, handler, receiver).unwrap();
             ring.run().unwrap();
         } else {
-            let mut ring = Ring::new(config, handler, receiver).unwrap();
-            if final_recv {
-                ring.inject_final_recv_completions();
-            }
+            let ring = Ring::new(config, handler, receiver).unwrap();
             if faults.bufring_register_einval {
                 assert_eq!(ring.features().recv, RecvPath::PollThenRecv);
             }
@@ -303,6 +295,7 @@ fn buffer_ring_registration_refused_falls_back() {
         false,
         Faults {
             bufring_register_einval: true,
+            ..Faults::default()
         },
     ));
 }
@@ -409,7 +402,14 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 /// arrives and a message closes B, so the close and the data completion meet in that order.
 #[test]
 fn a_final_data_completion_on_a_closing_slot_finishes_the_close() {
-    let r = start_with(Disable::default(), false, Faults::default(), true);
+    let r = start_on(
+        Disable::default(),
+        false,
+        Faults {
+            final_recv_completions: true,
+            ..Faults::default()
+        },
+    );
     let mut a = TcpStream::connect(r.addr).unwrap();
     r.ids.recv_timeout(Duration::from_secs(5)).unwrap();
     let mut b = TcpStream::connect(r.addr).unwrap();
