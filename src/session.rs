@@ -21,6 +21,7 @@ use crate::msg::{AuthOutcome, Msg};
 use crate::resp::{self, Args, Limits, Proto};
 use crate::shared::Shared;
 use crate::storepool::JobTicket;
+use crate::table;
 
 /// How often a store job that outlived its deadline without the pool calling it stuck is looked
 /// at again.
@@ -182,15 +183,16 @@ impl RingHandler {
     }
 
     /// The store stopped answering for the pending job: answer `store unavailable` now, let the
-    /// job be skipped (or its late result dropped), and go on with the session's input.
+    /// job be skipped (or its late result dropped), and go on with the session's input; or, for
+    /// a write the store had started, close the session once that answer is sent.
     fn give_up_on_store(&mut self, cx: &Context, s: &mut Session<'_, Conn>, ticket: &JobTicket) {
-        ticket.abandon();
+        let started = ticket.abandon();
         s.conn.store_ticket = None;
         s.conn.store_deadline = None;
         // A reply is activity too: a command that ran longer than the idle timeout must not
         // leave its session looking idle the moment it answers.
         s.conn.last_active = cx.now;
-        let (command, started) = s.conn.pending.take().unwrap_or(("unknown", cx.now));
+        let (command, started_at) = s.conn.pending.take().unwrap_or(("unknown", cx.now));
         s.conn.state = if s.conn.authenticated {
             State::Ready
         } else {
@@ -209,7 +211,24 @@ impl RingHandler {
                 "the store did not answer within --store-timeout; replied store unavailable"
             );
         }
-        self.shared.record_command(cx.ring, command, started, true);
+        self.shared
+            .record_command(cx.ring, command, started_at, true);
+        let unknown_write =
+            started && table::lookup(command.as_bytes()).is_some_and(|c| c.writes());
+        if unknown_write {
+            // The write may still commit, at a moment nobody knows: a later write of this client
+            // could land before it (SET k 1 stuck, SET k 2, k ends 1). Only a closed session
+            // keeps the client's writes in order; input it pipelined behind is dropped unrun.
+            if let Some(suppressed) = self.shared.log_allowed("store_timeout_write") {
+                tracing::warn!(
+                    command,
+                    suppressed,
+                    "a write passed --store-timeout after the store started it; closing its session"
+                );
+            }
+            s.close_after_flush();
+            return;
+        }
         self.process_inbuf(cx, s);
         self.arm_deadline(cx, s);
         self.close_if_done(cx, s);

@@ -20,21 +20,27 @@ pub type StoreJob = Box<dyn FnOnce(Result<&mut dyn Conn, StoreError>) + Send + '
 /// client library fires) is noticed and the session answered without waiting for it.
 #[derive(Debug)]
 pub struct JobTicket {
-    /// When a worker took the job, in µs since the pool started; 0 while queued.
+    /// When a worker took the job, in µs since the pool started; 0 while queued, [`ABANDONED`]
+    /// once the ring gave up on it before a worker took it. One word, so that a worker taking
+    /// the job and the ring giving up on it agree on which came first.
     started_us: AtomicU64,
     /// How long the job may legitimately run beyond the store timeout (SLEEP's own duration).
     allowance: Duration,
-    /// Set by the ring when it gave up; a worker that has not started the job skips it.
-    abandoned: AtomicBool,
     /// Set by the worker when the store call returned (the job may go on elsewhere, e.g. AUTH
     /// continues on the compute pool, which is not the store's doing).
     finished: AtomicBool,
 }
 
+/// `JobTicket::started_us` of a job given up before any worker took it.
+const ABANDONED: u64 = u64::MAX;
+
 impl JobTicket {
-    /// Marks the job as given up: a worker skips it if it has not started it yet.
-    pub fn abandon(&self) {
-        self.abandoned.store(true, Ordering::Release);
+    /// Marks the job as given up: a worker that has not started it yet never will. Returns
+    /// whether one had: then the store may still carry it out, and when is unknown.
+    pub fn abandon(&self) -> bool {
+        self.started_us
+            .compare_exchange(0, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
     }
 }
 
@@ -131,7 +137,6 @@ impl StorePool {
         let ticket = Arc::new(JobTicket {
             started_us: AtomicU64::new(0),
             allowance,
-            abandoned: AtomicBool::new(false),
             finished: AtomicBool::new(false),
         });
         self.pool.depth.fetch_add(1, Ordering::AcqRel);
@@ -157,6 +162,9 @@ impl StorePool {
         }
         let now_us = self.epoch.elapsed().as_micros() as u64;
         let started = ticket.started_us.load(Ordering::Acquire);
+        if started == ABANDONED {
+            return false;
+        }
         if started != 0 {
             return now_us.saturating_sub(started)
                 > (timeout + ticket.allowance).as_micros() as u64;
@@ -271,12 +279,16 @@ fn run_worker(
         };
         connect_if_due(&mut conn, &mut reconnect, backend, index, store);
         pool.depth.fetch_sub(1, Ordering::AcqRel);
-        if ticket.abandoned.load(Ordering::Acquire) {
-            // The session already answered "store unavailable" for this one.
+        let now = progress.now_us();
+        if ticket
+            .started_us
+            .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            // The session already answered "store unavailable" for this one, as for a job
+            // that never ran.
             continue;
         }
-        let now = progress.now_us();
-        ticket.started_us.store(now, Ordering::Release);
         progress.progress_us.store(now, Ordering::Release);
         progress.busy.fetch_add(1, Ordering::AcqRel);
         pool.running.fetch_add(1, Ordering::AcqRel);

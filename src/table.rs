@@ -34,6 +34,13 @@ pub struct Spec {
     pub before_auth: bool,
 }
 
+impl Spec {
+    /// Whether the command changes data (Redis's `write` flag).
+    pub fn writes(&self) -> bool {
+        self.flags.contains(&"write")
+    }
+}
+
 const fn spec(
     name: &'static str,
     arity: i32,
@@ -270,6 +277,16 @@ mod tests {
         assert!(arity_ok(get, 2) && !arity_ok(get, 1) && !arity_ok(get, 3));
         let del = lookup(b"del").unwrap();
         assert!(!arity_ok(del, 1) && arity_ok(del, 2) && arity_ok(del, 9));
+    }
+
+    #[test]
+    fn writes_follow_the_write_flag() {
+        let writes: Vec<&str> = COMMANDS
+            .iter()
+            .filter(|c| c.writes())
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(writes, ["set", "del", "incr", "incrby", "mset"]);
     }
 
     #[test]

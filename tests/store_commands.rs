@@ -467,21 +467,26 @@ fn acknowledged_writes_survive_kill_9(backend: Backend) {
     );
 }
 
-/// Store jobs queued or running, from `INFO store` (`store_queue_depth` + `store_jobs_running`).
-fn store_depth(conn: &mut RawConn) -> u64 {
+/// The numeric fields `names` of `INFO store`, in that order.
+fn store_fields<const N: usize>(conn: &mut RawConn, names: [&str; N]) -> [u64; N] {
     let Reply::Bulk(info) = conn.cmd(&[b"INFO", b"store"]) else {
         panic!("INFO store is a bulk string")
     };
     let info = String::from_utf8(info).unwrap();
-    let field = |name: &str| -> u64 {
+    names.map(|name| {
         info.lines()
-            .find_map(|l| l.strip_prefix(name))
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
             .unwrap_or_else(|| panic!("no {name} in\n{info}"))
             .trim()
             .parse()
             .unwrap()
-    };
-    field("store_queue_depth:") + field("store_jobs_running:")
+    })
+}
+
+/// Store jobs queued or running, from `INFO store` (`store_queue_depth` + `store_jobs_running`).
+fn store_depth(conn: &mut RawConn) -> u64 {
+    let [queued, running] = store_fields(conn, ["store_queue_depth", "store_jobs_running"]);
+    queued + running
 }
 
 /// Polls until the store pool holds `wanted(depth)` jobs.
@@ -784,6 +789,109 @@ fn a_hung_postgres_answers_store_unavailable_instead_of_hanging() {
                 std::thread::sleep(Duration::from_millis(100));
             }
             reply => panic!("GET after PostgreSQL resumed: {reply:?}"),
+        }
+    }
+}
+
+/// Well inside the PostgreSQL backend's own deadline on a call (1 s), so that on a paused
+/// PostgreSQL the session gives up on the store call before the worker does.
+const SHORT_STORE_TIMEOUT: &str = "150ms";
+
+/// Sends `command` on a fresh session of `server` while `cluster` is paused, once a store worker
+/// has started its call (so the store may already be running it), and returns its reply.
+fn answer_while_paused(
+    cluster: &PgCluster,
+    server: &Server,
+    command: &[&[u8]],
+) -> (RawConn, pg::Paused, Result<Reply, common::ReadEnd>) {
+    let mut session = server.raw_authed();
+    let mut watcher = server.raw_authed();
+    wait_for_store_depth(&mut watcher, "0", |depth| depth == 0);
+    let paused = cluster.pause();
+    session.send_cmd(command);
+    let deadline = Instant::now() + common::REPLY_TIMEOUT;
+    while store_fields(&mut watcher, ["store_jobs_running"]) != [1] {
+        assert!(
+            Instant::now() < deadline,
+            "no store worker started {command:?}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // A liveness bound, far above the store timeout.
+    let reply = session.try_read_reply(Duration::from_secs(5));
+    (session, paused, reply)
+}
+
+/// Issue 12, item 7: a write whose store call passed `--store-timeout` after it started may
+/// still commit later. Its session is told `store unavailable` and closed, so that no later write
+/// of that client can be overtaken by it (`SET k 1` stuck, then `SET k 2`, ending with k = 1).
+#[test]
+fn a_write_stuck_in_the_store_closes_its_session() {
+    let cluster = PgCluster::start_own();
+    let server = Server::builder()
+        .store(&cluster.url())
+        .flag("--store-threads", "2")
+        .flag("--store-timeout", SHORT_STORE_TIMEOUT)
+        .start();
+    let (mut session, paused, reply) =
+        answer_while_paused(&cluster, &server, &[b"SET", b"k", b"1"]);
+    assert_eq!(
+        reply,
+        Ok(Reply::Error("ERR store unavailable".into())),
+        "SET while PostgreSQL hangs"
+    );
+    // Anything the client pipelined behind it must not run: it could land before the SET.
+    session.send_cmd(&[b"SET", b"k", b"2"]);
+    assert!(
+        session.closes_within(Duration::from_secs(5)),
+        "the session stayed open after a write of unknown outcome"
+    );
+    assert!(
+        session.try_read_reply(Duration::ZERO).is_err(),
+        "a command after the stuck write was answered"
+    );
+    drop(paused);
+
+    // Once PostgreSQL answers again, a new session is served as usual.
+    let mut fresh = server.raw_authed();
+    set_when_the_store_is_back(&mut fresh, b"after", b"v");
+    assert_eq!(fresh.cmd(&[b"GET", b"after"]), Reply::bulk("v"));
+}
+
+/// A read whose store call passed `--store-timeout` changed nothing: its session is told
+/// `store unavailable` and goes on.
+#[test]
+fn a_read_stuck_in_the_store_keeps_its_session() {
+    let cluster = PgCluster::start_own();
+    let server = Server::builder()
+        .store(&cluster.url())
+        .flag("--store-threads", "2")
+        .flag("--store-timeout", SHORT_STORE_TIMEOUT)
+        .start();
+    let (mut session, paused, reply) = answer_while_paused(&cluster, &server, &[b"GET", b"k"]);
+    assert_eq!(
+        reply,
+        Ok(Reply::Error("ERR store unavailable".into())),
+        "GET while PostgreSQL hangs"
+    );
+    assert_alive_raw(&mut session);
+    drop(paused);
+
+    set_when_the_store_is_back(&mut session, b"k", b"v");
+    assert_eq!(session.cmd(&[b"GET", b"k"]), Reply::bulk("v"));
+}
+
+/// `SET key value` until the store takes it: after PostgreSQL resumes, the workers whose calls
+/// timed out reconnect one by one.
+fn set_when_the_store_is_back(conn: &mut RawConn, key: &[u8], value: &[u8]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match conn.cmd(&[b"SET", key, value]) {
+            Reply::Simple(s) if s == "OK" => return,
+            Reply::Error(e) if e == "ERR store unavailable" && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            reply => panic!("SET after PostgreSQL resumed: {reply:?}"),
         }
     }
 }
