@@ -511,7 +511,7 @@ fn a_reply_past_the_output_limit_is_not_built() {
     assert!(
         grown_kib < 64 * 1024,
         "peak memory grew by {grown_kib} KiB for a reply of {} MiB that could never be sent",
-        KEYS * VALUE >> 20
+        (KEYS * VALUE) >> 20
     );
     assert_eq!(other.cmd(&[b"GET", b"missing"]), Reply::Nil);
     let mut fresh = server.raw_authed();
