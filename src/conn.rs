@@ -39,7 +39,9 @@ pub struct Conn {
     /// Whether an authenticated session was ever seen (Waiting after AUTH returns here).
     pub authenticated: bool,
     /// Bytes received but not yet parsed (a partial command, or input behind a pending one).
-    pub inbuf: Vec<u8>,
+    pub inbuf: InBuf,
+    /// How far the parser got into the partial command at the front of `inbuf`.
+    pub parse_progress: crate::resp::Progress,
     /// Wrong passwords on this connection.
     pub auth_failures: u32,
     /// The peer sent EOF: finish what was received, flush, close.
@@ -96,5 +98,64 @@ impl Conn {
             self.lib_name.as_deref().map(String::from_utf8_lossy).unwrap_or_default(),
             self.lib_ver.as_deref().map(String::from_utf8_lossy).unwrap_or_default(),
         )
+    }
+}
+
+/// A session's unparsed input: bytes from `start` on. Consuming a command moves `start`, not the
+/// bytes, so a deep pipeline behind a slow command is not shifted to the front once per command
+/// (that was quadratic in the pipeline's size).
+#[derive(Debug, Default)]
+pub struct InBuf {
+    bytes: Vec<u8>,
+    start: usize,
+}
+
+impl InBuf {
+    /// Capacity kept between bursts; past it, a buffer mostly consumed is given back.
+    const KEEP: usize = 64 * 1024;
+
+    /// The unparsed bytes.
+    pub fn unparsed(&self) -> &[u8] {
+        &self.bytes[self.start..]
+    }
+
+    /// How many bytes are unparsed.
+    pub fn len(&self) -> usize {
+        self.bytes.len() - self.start
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends received bytes. The consumed prefix is dropped first only when it is more than
+    /// half the buffer: each compaction then moves fewer bytes than were consumed since the
+    /// last, so the moving stays linear in the input.
+    pub fn extend_from_slice(&mut self, data: &[u8]) {
+        if self.start > self.bytes.len() / 2 {
+            self.compact();
+        }
+        self.bytes.extend_from_slice(data);
+    }
+
+    /// Marks the first `n` unparsed bytes as parsed.
+    pub fn consume(&mut self, n: usize) {
+        debug_assert!(n <= self.len());
+        self.start += n;
+        if self.start == self.bytes.len() {
+            self.bytes.clear();
+            self.start = 0;
+        }
+        // A burst (a large value, a deep pipeline) must not leave its capacity with an idle
+        // session. Shrinking only at a quarter keeps it from happening every command.
+        if self.bytes.capacity() > Self::KEEP && self.len() <= self.bytes.capacity() / 4 {
+            self.compact();
+            self.bytes.shrink_to(self.bytes.len());
+        }
+    }
+
+    fn compact(&mut self) {
+        self.bytes.drain(..self.start);
+        self.start = 0;
     }
 }

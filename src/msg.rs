@@ -17,6 +17,9 @@ pub enum Msg {
     Reply(u64, Vec<u8>),
     /// The outcome of AUTH or HELLO ... AUTH.
     Auth(u64, AuthOutcome),
+    /// The reply would pass `--max-output-buffer`, so it was not built: the session is treated
+    /// as any session over its output limit.
+    OverOutputLimit(u64),
     /// Ring-wide: one `CLIENT LIST` line per session of the ring, sent back on the channel.
     ListClients(crossbeam_channel::Sender<String>),
     /// Ring-wide: close the sessions the filter matches; the count is sent back.
@@ -88,6 +91,11 @@ impl Replier {
     /// Sends the job's encoded reply.
     pub fn reply(&self, bytes: Vec<u8>) {
         self.0.send(Msg::Reply(self.0.seq, bytes));
+    }
+
+    /// Says the reply was given up for passing `--max-output-buffer`.
+    pub fn over_output_limit(&self) {
+        self.0.send(Msg::OverOutputLimit(self.0.seq));
     }
 
     /// Sends the outcome of an authentication.

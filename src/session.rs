@@ -29,9 +29,6 @@ fn store_recheck(store_timeout: std::time::Duration) -> std::time::Duration {
     (store_timeout / 20).max(std::time::Duration::from_millis(10))
 }
 
-/// Input buffer capacity a session may keep between bursts.
-const INBUF_KEEP: usize = 64 * 1024;
-
 /// One ring's protocol handler. Owns nothing shared but the `Arc<Shared>`.
 pub struct RingHandler {
     pub(crate) shared: Arc<Shared>,
@@ -79,7 +76,14 @@ impl RingHandler {
             } else {
                 &self.preauth_limits
             };
-            match resp::parse_command(&buf[pos..], limits, &mut args) {
+            // `parse_progress` belongs to the command starting at `pos`: it is kept only when
+            // the loop stops there, and the caller keeps `buf[pos..]` as the front of `inbuf`.
+            match resp::parse_command_resuming(
+                &buf[pos..],
+                limits,
+                &mut args,
+                &mut s.conn.parse_progress,
+            ) {
                 Ok(None) => break,
                 Ok(Some(consumed)) => {
                     pos += consumed;
@@ -114,32 +118,32 @@ impl RingHandler {
             return;
         }
         let mut buf = std::mem::take(&mut s.conn.inbuf);
-        let consumed = self.process_input(cx, s, &buf);
-        buf.drain(..consumed);
-        // A burst (a large value, a deep pipeline) must not leave its capacity with an idle
-        // session.
-        if buf.capacity() > INBUF_KEEP && buf.len() <= buf.capacity() / 4 {
-            buf.shrink_to(buf.len());
-        }
+        let consumed = self.process_input(cx, s, buf.unparsed());
+        buf.consume(consumed);
         s.conn.inbuf = buf;
     }
 
     fn enforce_output_limit(&self, s: &mut Session<'_, Conn>) {
         if s.pending_output() > self.shared.config.max_output_buffer {
-            if let Some(suppressed) = self.shared.log_allowed("output_buffer") {
-                tracing::warn!(
-                    client = s.conn.client_id,
-                    pending_bytes = s.pending_output(),
-                    suppressed,
-                    "closing a session whose output buffer passed --max-output-buffer (it is not reading its replies)"
-                );
-            }
-            self.shared
-                .counters
-                .output_limit_closes
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            s.close();
+            self.close_over_output_limit(s, "replies it is not reading");
         }
+    }
+
+    fn close_over_output_limit(&self, s: &mut Session<'_, Conn>, why: &'static str) {
+        if let Some(suppressed) = self.shared.log_allowed("output_buffer") {
+            tracing::warn!(
+                client = s.conn.client_id,
+                pending_bytes = s.pending_output(),
+                why,
+                suppressed,
+                "closing a session whose output passed --max-output-buffer"
+            );
+        }
+        self.shared
+            .counters
+            .output_limit_closes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        s.close();
     }
 
     /// The next moment this session must be looked at: the earliest of its deadlines. Before
@@ -264,7 +268,8 @@ impl Handler for RingHandler {
             lib_name: None,
             lib_ver: None,
             authenticated: false,
-            inbuf: Vec::new(),
+            inbuf: Default::default(),
+            parse_progress: Default::default(),
             auth_failures: 0,
             peer_eof: false,
             pending: None,
@@ -327,7 +332,7 @@ impl Handler for RingHandler {
 
     fn on_message(&mut self, cx: &Context, s: &mut Session<'_, Conn>, msg: Msg) {
         let seq = match &msg {
-            Msg::Reply(seq, _) | Msg::Auth(seq, _) => *seq,
+            Msg::Reply(seq, _) | Msg::Auth(seq, _) | Msg::OverOutputLimit(seq) => *seq,
             Msg::ListClients(_) | Msg::Kill(..) => 0,
         };
         if s.conn.state != State::Waiting || seq != s.conn.job_seq {
@@ -354,6 +359,10 @@ impl Handler for RingHandler {
                 let failed = !matches!(outcome, AuthOutcome::Verified { .. });
                 commands::finish_auth(&mut Call::new(cx, &self.shared, &self.sender, s), outcome);
                 failed
+            }
+            Msg::OverOutputLimit(_) => {
+                self.close_over_output_limit(s, "a reply that alone passed --max-output-buffer");
+                true
             }
             Msg::ListClients(_) | Msg::Kill(..) => {
                 debug_assert!(false, "a ring-wide message was sent to one session");
@@ -471,7 +480,7 @@ impl Handler for RingHandler {
                     .fetch_add(killed, std::sync::atomic::Ordering::Relaxed);
                 let _ = reply.send(killed);
             }
-            Msg::Reply(..) | Msg::Auth(..) => {
+            Msg::Reply(..) | Msg::Auth(..) | Msg::OverOutputLimit(_) => {
                 debug_assert!(false, "a session's result was sent to a whole ring");
             }
         }

@@ -1,11 +1,13 @@
 //! Properties of the RESP parser and encoder, over generated inputs:
-//! - parsing a stream in any split into reads gives exactly what parsing it whole gives;
+//! - parsing a stream in any split into reads gives exactly what parsing it whole gives, also
+//!   when the parser resumes a partial command where it stopped (as sessions parse);
 //! - encoding a command then parsing it returns the same arguments;
 //! - encoding a reply value then parsing it returns the same value, in RESP2 and RESP3.
 
 use proptest::prelude::*;
 use ringport::resp::{
-    encode_command, encode_value, parse_command, parse_value, Args, Limits, Proto, Value,
+    encode_command, encode_value, parse_command_resuming, parse_value, Args, Limits, Progress,
+    Proto, Value,
 };
 
 fn encoded_command(args: &[Vec<u8>]) -> Vec<u8> {
@@ -15,11 +17,17 @@ fn encoded_command(args: &[Vec<u8>]) -> Vec<u8> {
 }
 
 /// Parses every complete command of `buf`; the error, if the stream turned invalid.
-fn parse_all(buf: &[u8], limits: &Limits) -> (Vec<Vec<Vec<u8>>>, Option<String>, usize) {
+/// `progress` is for the partial command at the front of `buf` and is left for the one at the
+/// returned offset.
+fn parse_all(
+    buf: &[u8],
+    limits: &Limits,
+    progress: &mut Progress,
+) -> (Vec<Vec<Vec<u8>>>, Option<String>, usize) {
     let mut args = Args::new();
     let (mut pos, mut out) = (0, Vec::new());
     loop {
-        match parse_command(&buf[pos..], limits, &mut args) {
+        match parse_command_resuming(&buf[pos..], limits, &mut args, progress) {
             Ok(None) => return (out, None, pos),
             Ok(Some(n)) => {
                 pos += n;
@@ -72,9 +80,10 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
     #[test]
-    fn any_split_parses_like_the_whole(stream in stream(), cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..8)) {
+    fn any_split_parses_like_the_whole(stream in stream(), cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..8), resume in any::<bool>()) {
         let limits = Limits::default();
-        let whole = parse_all(&stream, &limits);
+        let whole = parse_all(&stream, &limits, &mut Progress::default());
+        let mut progress = Progress::default();
         let mut points: Vec<usize> = cuts.iter().map(|i| i.index(stream.len() + 1)).collect();
         points.push(stream.len());
         points.sort_unstable();
@@ -85,7 +94,10 @@ proptest! {
             }
             buf.extend_from_slice(&stream[fed..point]);
             fed = point;
-            let (cmds, err, consumed) = parse_all(&buf, &limits);
+            if !resume {
+                progress = Progress::default();
+            }
+            let (cmds, err, consumed) = parse_all(&buf, &limits, &mut progress);
             commands.extend(cmds);
             error = err;
             buf.drain(..consumed);
@@ -98,7 +110,7 @@ proptest! {
     fn an_encoded_command_parses_back(cmd in command()) {
         let bytes = encoded_command(&cmd);
         let mut args = Args::new();
-        let consumed = parse_command(&bytes, &Limits::default(), &mut args).unwrap();
+        let consumed = ringport::resp::parse_command(&bytes, &Limits::default(), &mut args).unwrap();
         prop_assert_eq!(consumed, Some(bytes.len()));
         prop_assert_eq!(args.to_vecs(), cmd);
     }

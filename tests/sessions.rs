@@ -428,3 +428,95 @@ fn debug_is_refused_without_its_flag() {
     );
     assert_eq!(conn.cmd(&[b"PING"]), Reply::Simple("PONG".into()));
 }
+
+/// 200,000 GETs in one write: each is a store job, so the rest of the pipeline waits in the
+/// session's input buffer behind it. Shifting that rest to the front after every command made
+/// this quadratic (hundreds of GB moved on the ring thread, minutes of CPU); it must take
+/// seconds. The 120 s allowance is for liveness on a loaded machine, not a speed bar.
+#[test]
+fn a_deep_pipeline_of_store_commands_is_answered_in_order() {
+    const N: usize = 200_000;
+    const KEYS: usize = 10;
+    let server = Server::start();
+    let mut conn = server.raw_authed();
+    for k in 0..KEYS {
+        let (key, value) = (format!("k{k}"), format!("v{k}"));
+        assert_eq!(
+            conn.cmd(&[b"SET", key.as_bytes(), value.as_bytes()]),
+            Reply::ok()
+        );
+    }
+    let mut pipeline = Vec::new();
+    for i in 0..N {
+        pipeline.extend_from_slice(&encode(&[b"GET", format!("k{}", i % KEYS).as_bytes()]));
+    }
+    let started = std::time::Instant::now();
+    let mut writer = conn.stream.try_clone().expect("clone the stream");
+    let sender = std::thread::spawn(move || {
+        use std::io::Write;
+        writer.write_all(&pipeline).expect("send the pipeline");
+    });
+    for i in 0..N {
+        let reply = conn
+            .try_read_reply(std::time::Duration::from_secs(120))
+            .unwrap_or_else(|end| {
+                panic!(
+                    "reply {i} of {N} missing after {:?}: {end:?}",
+                    started.elapsed()
+                )
+            });
+        assert_eq!(reply, Reply::bulk(format!("v{}", i % KEYS)), "reply {i}");
+    }
+    sender.join().expect("sender");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(120),
+        "{N} pipelined GETs took {:?}",
+        started.elapsed()
+    );
+}
+
+/// Peak resident memory (`VmHWM`) of a process, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .expect("a VmHWM line");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// `MGET big big ...` over one 1 MiB value asks for a 256 MiB reply. The store worker used to
+/// build all of it (and a copy of the value per key) before the ring saw it pass
+/// `--max-output-buffer`: the server's peak memory rose by over 512 MiB. Now the reply stops
+/// being built at the limit and the session is closed as any session over it is; another
+/// session goes on.
+#[test]
+fn a_reply_past_the_output_limit_is_not_built() {
+    const VALUE: usize = 1024 * 1024;
+    const KEYS: usize = 256;
+    let server = Server::builder().flag("--max-output-buffer", "4mb").start();
+    let mut other = server.raw_authed();
+    let mut conn = server.raw_authed();
+    assert_eq!(conn.cmd(&[b"SET", b"big", &vec![b'x'; VALUE]]), Reply::ok());
+    assert_eq!(other.cmd(&[b"PING"]), Reply::Simple("PONG".into()));
+    let peak_before = peak_rss_kib(server.pid());
+    let mut mget: Vec<&[u8]> = vec![b"MGET"];
+    mget.extend(std::iter::repeat_n(&b"big"[..], KEYS));
+    conn.send_cmd(&mget);
+    assert!(
+        conn.closes_within(common::REPLY_TIMEOUT),
+        "the session over the output limit stays open"
+    );
+    let grown_kib = peak_rss_kib(server.pid()).saturating_sub(peak_before);
+    assert!(
+        grown_kib < 64 * 1024,
+        "peak memory grew by {grown_kib} KiB for a reply of {} MiB that could never be sent",
+        (KEYS * VALUE) >> 20
+    );
+    assert_eq!(other.cmd(&[b"GET", b"missing"]), Reply::Nil);
+    let mut fresh = server.raw_authed();
+    assert_eq!(
+        fresh.cmd(&[b"MGET", b"big", b"missing"]),
+        Reply::Array(vec![Reply::Bulk(vec![b'x'; VALUE]), Reply::Nil])
+    );
+}

@@ -764,16 +764,30 @@ fn store_command(call: &mut Call<'_, '_>, spec: &'static Spec, args: &Args) {
         Duration::ZERO
     };
     let job = Box::new(move |conn: Result<&mut dyn StoreConn, StoreError>| {
+        let limit = shared.config.max_output_buffer;
         let mut reply = Vec::with_capacity(64);
-        let result = conn.and_then(|c| run_store(c, name, &owner, &argv, proto, &mut reply));
-        if let Err(e) = result {
-            shared.store.note_error(&e);
-            reply.clear();
-            resp::error(&mut reply, e.resp_message().as_bytes());
+        let result = conn.and_then(|c| run_store(c, name, &owner, &argv, proto, limit, &mut reply));
+        match result {
+            // The ring would close the session for this reply alone: do not ship it there.
+            Ok(Built::OverLimit) => return replier.over_output_limit(),
+            Ok(Built::Whole) if reply.len() > limit => return replier.over_output_limit(),
+            Ok(Built::Whole) => {}
+            Err(e) => {
+                shared.store.note_error(&e);
+                reply.clear();
+                resp::error(&mut reply, e.resp_message().as_bytes());
+            }
         }
         replier.reply(reply);
     });
     call.offload_store(spec.name, job, allowance);
+}
+
+/// Whether [`run_store`] built the whole reply.
+enum Built {
+    Whole,
+    /// It stopped because the reply would pass the output limit.
+    OverLimit,
 }
 
 fn run_store(
@@ -782,8 +796,9 @@ fn run_store(
     owner: &str,
     argv: &[Vec<u8>],
     proto: Proto,
+    limit: usize,
     out: &mut Vec<u8>,
-) -> Result<(), StoreError> {
+) -> Result<Built, StoreError> {
     let keys = |from: usize| -> Vec<&[u8]> { argv[from..].iter().map(Vec::as_slice).collect() };
     match name {
         "get" => match c.get(owner, &argv[1])? {
@@ -802,7 +817,11 @@ fn run_store(
             resp::integer(out, c.incr_by(owner, &argv[1], delta)?)
         }
         "mget" => {
-            let values = c.mget(owner, &keys(1))?;
+            let keys = keys(1);
+            let values = c.mget_within(owner, &keys, limit)?;
+            if values.len() < keys.len() {
+                return Ok(Built::OverLimit);
+            }
             resp::array_len(out, values.len());
             for v in values {
                 match v {
@@ -826,7 +845,7 @@ fn run_store(
         }
         other => unreachable!("store command {other} has no implementation"),
     }
-    Ok(())
+    Ok(Built::Whole)
 }
 
 /// `HASH`'s work: sha256 over the data, then over the digest, `rounds` times in all.

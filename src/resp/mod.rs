@@ -21,8 +21,8 @@ pub use encode::{
     verbatim, Proto,
 };
 pub use parse::{
-    parse_command, parse_i64, Args, ArgsIter, Limits, ProtocolError, DEFAULT_MAX_BULK_LEN,
-    DEFAULT_MAX_INLINE_LEN, DEFAULT_MAX_MULTIBULK_LEN,
+    parse_command, parse_command_resuming, parse_i64, Args, ArgsIter, Limits, Progress,
+    ProtocolError, DEFAULT_MAX_BULK_LEN, DEFAULT_MAX_INLINE_LEN, DEFAULT_MAX_MULTIBULK_LEN,
 };
 pub use request::encode_command;
 pub use value::{encode_value, parse_value, Value};

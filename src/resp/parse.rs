@@ -4,10 +4,12 @@
 //! the two forms Redis accepts: a multibulk array (`*2\r\n$4\r\nPING\r\n$2\r\nhi\r\n`, what programs
 //! send) or an inline line (`PING hi\r\n`, what a person types into telnet). It follows Redis 7's
 //! `processMultibulkBuffer`, `processInlineBuffer` and `sdssplitargs` closely, down to the wording of
-//! every protocol error, so clients see the same answers from ringport as from Redis. It keeps no
-//! state between calls: a session calls it again on the same, longer buffer after every receive,
-//! and it walks the argument headers again (a few bytes each) but copies nothing until the whole
-//! command is there, so a 16 MiB bulk that arrives in a thousand pieces is copied once.
+//! every protocol error, so clients see the same answers from ringport as from Redis. A session
+//! calls it again on the same, longer buffer after every receive; it copies nothing until the
+//! whole command is there, so a 16 MiB bulk that arrives in a thousand pieces is copied once.
+//! [`parse_command_resuming`] also remembers, in a [`Progress`], how many arguments of a partial
+//! multibulk it already checked, so a million-argument command arriving in small pieces is
+//! walked once rather than once per piece; [`parse_command`] starts from scratch every time.
 //!
 //! The arguments land in [`Args`]: one `Vec<u8>` holding every argument back to back plus one end
 //! offset per argument, rather than a `Vec<Vec<u8>>`. A session keeps one `Args` and refills it for
@@ -295,12 +297,37 @@ pub fn parse_command(
     limits: &Limits,
     args: &mut Args,
 ) -> Result<Option<usize>, ProtocolError> {
+    parse_command_resuming(buf, limits, args, &mut Progress::default())
+}
+
+/// How far [`parse_command_resuming`] got into a partial multibulk command: the arguments before
+/// `pos` (there are `args` of them) are complete and valid.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    args: usize,
+    pos: usize,
+}
+
+/// [`parse_command`], resuming a partial multibulk command where the previous call on the same
+/// bytes stopped. `progress` must belong to the command at the front of `buf` (the same bytes as
+/// when it was written, possibly more after them): start with `Progress::default()` and keep it
+/// only while the caller keeps those bytes at the front. Any answer but `Ok(None)` resets it.
+pub fn parse_command_resuming(
+    buf: &[u8],
+    limits: &Limits,
+    args: &mut Args,
+    progress: &mut Progress,
+) -> Result<Option<usize>, ProtocolError> {
+    debug_assert!(progress.pos <= buf.len());
     args.clear();
     let parsed = match buf.first() {
         None => Ok(None),
-        Some(b'*') => parse_multibulk(buf, limits, args),
+        Some(b'*') => parse_multibulk(buf, limits, args, progress),
         Some(_) => parse_inline(buf, limits, args),
     };
+    if !matches!(parsed, Ok(None)) {
+        *progress = Progress::default();
+    }
     if !matches!(parsed, Ok(Some(_))) {
         args.clear();
     }
@@ -335,6 +362,7 @@ fn parse_multibulk(
     buf: &[u8],
     limits: &Limits,
     args: &mut Args,
+    progress: &mut Progress,
 ) -> Result<Option<usize>, ProtocolError> {
     let cr = match find_line_end(buf, 0, limits.max_inline_len) {
         LineEnd::Incomplete => return Ok(None),
@@ -358,19 +386,40 @@ fn parse_multibulk(
         }));
     }
 
-    // Pass 1: find every argument without copying, so that a command still arriving costs one
-    // header walk per call. `args.ends` (empty, capacity kept) holds each argument's `start, end`
-    // offsets in `buf` meanwhile.
+    // Pass 1: find every argument without copying, from where an earlier call on these bytes
+    // stopped. `args.ends` (empty, capacity kept) holds each argument's `start, end` offsets in
+    // `buf` meanwhile, for the arguments found in this call.
+    let first_arg = progress.args;
+    if first_arg > 0 {
+        pos = progress.pos;
+    }
     let mut total_len = 0;
-    for _ in 0..count {
+    for i in first_arg..count {
         match scan_bulk(buf, pos, limits)? {
-            None => return Ok(None),
+            None => {
+                *progress = Progress { args: i, pos };
+                return Ok(None);
+            }
             Some(body) => {
                 total_len += body.len();
                 pos = body.end + 2;
                 args.ends.push(body.start);
                 args.ends.push(body.end);
             }
+        }
+    }
+    if first_arg > 0 {
+        // Resumed: the offsets found by earlier calls were not kept, so walk the headers once
+        // more now that the command is complete (once per command, not once per receive).
+        args.ends.clear();
+        total_len = 0;
+        let mut at = cr + 2;
+        for _ in 0..count {
+            let body = scan_bulk(buf, at, limits)?.expect("checked complete above");
+            total_len += body.len();
+            at = body.end + 2;
+            args.ends.push(body.start);
+            args.ends.push(body.end);
         }
     }
 

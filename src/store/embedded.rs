@@ -285,18 +285,28 @@ impl Conn for EmbeddedConn {
         })
     }
 
-    fn mget(&mut self, owner: &str, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+    fn mget_within(
+        &mut self,
+        owner: &str,
+        keys: &[&[u8]],
+        budget: usize,
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
         let keys = keys
             .iter()
             .map(|key| kv_key(owner, key))
             .collect::<Result<Vec<_>, _>>()?;
         self.read_kv(|table| {
-            keys.iter()
-                .map(|key| {
-                    let value = table.get(key.as_slice()).map_err(storage_error)?;
-                    Ok(value.map(|guard| guard.value().to_vec()))
-                })
-                .collect()
+            let (mut values, mut total) = (Vec::with_capacity(keys.len()), 0usize);
+            for key in &keys {
+                let value = table.get(key.as_slice()).map_err(storage_error)?;
+                let value = value.map(|guard| guard.value().to_vec());
+                total = total.saturating_add(value.as_ref().map_or(0, Vec::len));
+                values.push(value);
+                if total > budget {
+                    break;
+                }
+            }
+            Ok(values)
         })
     }
 

@@ -164,7 +164,18 @@ pub trait Conn: Send {
     /// The value of `key`, or `None`.
     fn get(&mut self, owner: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// The values of `keys`, in order, `None` for each missing one.
-    fn mget(&mut self, owner: &str, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StoreError>;
+    fn mget(&mut self, owner: &str, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        self.mget_within(owner, keys, usize::MAX)
+    }
+    /// [`mget`](Conn::mget), but it stops once the values fetched pass `budget` bytes in all,
+    /// returning those of a prefix of `keys`: a reply that could never be sent (one big value
+    /// named a thousand times) is not built in full first.
+    fn mget_within(
+        &mut self,
+        owner: &str,
+        keys: &[&[u8]],
+        budget: usize,
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError>;
     /// Sets `key` to `value`, committed durably.
     fn set(&mut self, owner: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
     /// Sets every pair in one transaction; of duplicate keys the later pair wins.

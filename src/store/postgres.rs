@@ -654,7 +654,12 @@ impl Conn for PostgresConn {
         })
     }
 
-    fn mget(&mut self, owner: &str, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+    fn mget_within(
+        &mut self,
+        owner: &str,
+        keys: &[&[u8]],
+        budget: usize,
+    ) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -669,18 +674,21 @@ impl Conn for PostgresConn {
             for key in keys {
                 *remaining.entry(key).or_default() += 1;
             }
-            let values = keys
-                .iter()
-                .map(|key| {
-                    let left = remaining.get_mut(key).expect("counted above");
-                    *left -= 1;
-                    if *left == 0 {
-                        found.remove(*key)
-                    } else {
-                        found.get(*key).cloned()
-                    }
-                })
-                .collect();
+            let (mut values, mut total) = (Vec::with_capacity(keys.len()), 0usize);
+            for key in keys {
+                let left = remaining.get_mut(key).expect("counted above");
+                *left -= 1;
+                let value = if *left == 0 {
+                    found.remove(*key)
+                } else {
+                    found.get(*key).cloned()
+                };
+                total = total.saturating_add(value.as_ref().map_or(0, Vec::len));
+                values.push(value);
+                if total > budget {
+                    break;
+                }
+            }
             Ok(values)
         })
     }

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Is the ring's work for a deep pipeline and for a huge command arriving in pieces linear? Builds
+# ringport at REV and at the working tree (release), and for each prints the server's CPU time
+# (utime + stime from /proc/PID/stat, in clock ticks turned into ms) spent on:
+#   - N = 50,000, 100,000, 200,000 pipelined `GET k` sent in one write (linear: the ms double
+#     with N; quadratic: they quadruple);
+#   - one `MGET` of 1,000,000 keys (the parser's argument limit) sent in 16 KiB pieces.
+# Usage: bench/pipeline-cost.sh REV   (e.g. the commit before the change)
+# The figures are CPU time of the whole server process, so they are noisy on a shared machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rev=${1:?usage: bench/pipeline-cost.sh REV}
+root=$(pwd)
+work=$(mktemp -d)
+pid=""
+cleanup() {
+  [ -n "$pid" ] && kill "$pid" 2>/dev/null
+  git -C "$root" worktree remove --force "$work/src" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+# The old revision builds in its own worktree but shares the target folder, so only the
+# project's own crates are compiled twice.
+git worktree add -q --detach "$work/src" "$rev"
+(cd "$work/src" && CARGO_TARGET_DIR="$root/target" cargo build --release -q -p ringport)
+cp target/release/ringport "$work/before"
+cargo build --release -q -p ringport
+cp target/release/ringport "$work/after"
+cat >"$work/client.py" <<'PY'
+import socket, sys, time
+port, kind, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+def cmd(*args):
+    out = b"*%d\r\n" % len(args)
+    for a in args:
+        out += b"$%d\r\n%s\r\n" % (len(a), a)
+    return out
+s = socket.create_connection(("127.0.0.1", port))
+s.sendall(cmd(b"AUTH", b"bench", b"secret"))
+assert s.recv(100).startswith(b"+OK")
+if kind == "pipeline":
+    s.sendall(cmd(b"SET", b"k", b"v"))
+    assert s.recv(100).startswith(b"+OK")
+    payload = cmd(b"GET", b"k") * n
+    expect = b"$1\r\nv\r\n" * n
+else:
+    payload = cmd(b"MGET", *[b"m%d" % i for i in range(n)])
+    expect = b"*%d\r\n" % n + b"$-1\r\n" * n
+def ticks(pid):
+    f = open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()
+    return int(f[11]) + int(f[12])
+pid = int(sys.argv[4])
+before = ticks(pid)
+if kind == "pipeline":
+    s.sendall(payload)
+else:
+    for i in range(0, len(payload), 16384):
+        s.sendall(payload[i:i + 16384])
+got = 0
+while got < len(expect):
+    chunk = s.recv(1 << 20)
+    assert chunk, "server closed"
+    got += len(chunk)
+after = ticks(pid)
+print("%d ms" % ((after - before) * 1000 // __import__("os").sysconf("SC_CLK_TCK")))
+PY
+for build in before after; do
+  echo secret | "$work/$build" user add bench --data "$work/data-$build" >/dev/null
+done
+echo "machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), $(date -u +%F); before = $rev ($(git rev-parse --short "$rev")), after = working tree"
+printf '%-28s %12s %12s\n' "load" "before" "after"
+for load in "pipeline 50000" "pipeline 100000" "pipeline 200000" "mget-pieces 1000000"; do
+  printf '%-28s' "$load"
+  for build in before after; do
+    "$work/$build" serve --listen 127.0.0.1:16399 --data "$work/data-$build" --log-level warn >"$work/out" 2>&1 &
+    pid=$!
+    for _ in $(seq 100); do grep -q listening "$work/out" && break; sleep 0.1; done
+    # shellcheck disable=SC2086
+    printf ' %12s' "$(python3 "$work/client.py" 16399 $load "$pid")"
+    kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
+  done
+  echo
+done
