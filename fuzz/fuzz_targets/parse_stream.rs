@@ -1,10 +1,10 @@
 //! The RESP parser on any byte stream, cut into reads at any points: parsing incrementally (as a
-//! session does, re-parsing a growing buffer) must give exactly what parsing the whole stream
-//! gives, and never panic.
+//! session does, resuming a partial command across reads) must give exactly what parsing the
+//! whole stream gives, and never panic.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use ringport::resp::{parse_command, Args, Limits};
+use ringport::resp::{parse_command, parse_command_resuming, Args, Limits, Progress};
 
 /// Parses a complete buffer into commands until it is exhausted, incomplete or invalid.
 fn parse_all(buf: &[u8], limits: &Limits) -> (Vec<Vec<Vec<u8>>>, Option<String>, usize) {
@@ -33,12 +33,16 @@ fuzz_target!(|data: &[u8]| {
         max_bulk_len: 64 + data[0] as usize,
         max_inline_len: 32 + data[1] as usize,
         max_multibulk_len: 16,
+        // Both wordings of the limits (before and after AUTH) are reachable.
+        unauthenticated: data[1] & 1 == 1,
     };
     let stream = &data[2..];
     let whole = parse_all(stream, &limits);
 
     // Feed the stream in reads whose sizes come from the stream itself.
     let mut buf: Vec<u8> = Vec::new();
+    let mut args = Args::new();
+    let mut progress = Progress::default();
     let mut commands = Vec::new();
     let mut error = None;
     let mut fed = 0;
@@ -48,10 +52,20 @@ fuzz_target!(|data: &[u8]| {
         buf.extend_from_slice(&stream[fed..fed + take]);
         fed += take;
         step = 1 + (stream[fed - 1] as usize % 13);
-        let (cmds, err, consumed) = parse_all(&buf, &limits);
-        commands.extend(cmds);
-        error = err;
-        buf.drain(..consumed);
+        loop {
+            match parse_command_resuming(&buf, &limits, &mut args, &mut progress) {
+                Ok(None) => break,
+                Ok(Some(n)) => {
+                    assert!(n > 0 && n <= buf.len(), "consumed {n} of {}", buf.len());
+                    commands.push(args.to_vecs());
+                    buf.drain(..n);
+                }
+                Err(e) => {
+                    error = Some(e.0);
+                    break;
+                }
+            }
+        }
     }
     assert_eq!(commands, whole.0, "incremental commands differ from whole-stream commands");
     assert_eq!(error, whole.1, "incremental error differs from whole-stream error");
