@@ -15,7 +15,11 @@ fn parse_all(buf: &[u8], limits: &Limits) -> (Vec<Vec<Vec<u8>>>, Option<String>,
         match parse_command(&buf[pos..], limits, &mut args) {
             Ok(None) => return (out, None, pos),
             Ok(Some(n)) => {
-                assert!(n > 0 && pos + n <= buf.len(), "consumed {n} at {pos} of {}", buf.len());
+                assert!(
+                    n > 0 && pos + n <= buf.len(),
+                    "consumed {n} at {pos} of {}",
+                    buf.len()
+                );
                 pos += n;
                 out.push(args.to_vecs());
             }
@@ -67,6 +71,12 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
-    assert_eq!(commands, whole.0, "incremental commands differ from whole-stream commands");
-    assert_eq!(error, whole.1, "incremental error differs from whole-stream error");
+    assert_eq!(
+        commands, whole.0,
+        "incremental commands differ from whole-stream commands"
+    );
+    assert_eq!(
+        error, whole.1,
+        "incremental error differs from whole-stream error"
+    );
 });

@@ -41,7 +41,10 @@ fn assert_well_formed(mut out: &[u8]) {
     while !out.is_empty() {
         match parse_value(out) {
             Ok(Some((_, n))) => out = &out[n..],
-            other => panic!("malformed reply stream: {other:?} at {:?}", String::from_utf8_lossy(out)),
+            other => panic!(
+                "malformed reply stream: {other:?} at {:?}",
+                String::from_utf8_lossy(out)
+            ),
         }
     }
 }
