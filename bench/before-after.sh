@@ -13,24 +13,7 @@ rounds=${3:-2}
 cost=../shared/tools/server-cost
 [ -x "$cost" ] || { echo "needs $cost" >&2; exit 2; }
 command -v redis-benchmark >/dev/null || apt-get install -y -qq redis-tools >/dev/null
-root=$(pwd)
-work=$(mktemp -d)
-pid=""
-cleanup() {
-  [ -n "$pid" ] && kill "$pid" 2>/dev/null
-  git -C "$root" worktree remove --force "$work/src" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-# The old revision builds in its own worktree but shares the target folder, so only the
-# project's own crates are compiled twice.
-git worktree add -q --detach "$work/src" "$rev"
-(cd "$work/src" && CARGO_TARGET_DIR="$root/target" cargo build --release -q -p "$(
-  grep -m1 '^name' Cargo.toml | sed 's/.*"\(.*\)"/\1/')")
-old_name=$(grep -m1 '^name' "$work/src/Cargo.toml" | sed 's/.*"\(.*\)"/\1/')
-cp "target/release/$old_name" "$work/before"
-cargo build --release -q -p ringport
-cp target/release/ringport "$work/after"
+. bench/two-builds.sh "$rev"
 echo secret | "$work/after" user add bench --data "$work/data-after" >/dev/null
 echo secret | "$work/before" user add bench --data "$work/data-before" >/dev/null
 echo "machine: $(nproc) cores, kernel $(uname -r), $(date -u +%F); before = $rev ($(git rev-parse --short "$rev")), after = working tree"

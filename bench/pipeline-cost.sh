@@ -10,22 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rev=${1:?usage: bench/pipeline-cost.sh REV}
-root=$(pwd)
-work=$(mktemp -d)
-pid=""
-cleanup() {
-  [ -n "$pid" ] && kill "$pid" 2>/dev/null
-  git -C "$root" worktree remove --force "$work/src" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-# The old revision builds in its own worktree but shares the target folder, so only the
-# project's own crates are compiled twice.
-git worktree add -q --detach "$work/src" "$rev"
-(cd "$work/src" && CARGO_TARGET_DIR="$root/target" cargo build --release -q -p ringport)
-cp target/release/ringport "$work/before"
-cargo build --release -q -p ringport
-cp target/release/ringport "$work/after"
+. bench/two-builds.sh "$rev"
 cat >"$work/client.py" <<'PY'
 import socket, sys, time
 port, kind, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])

@@ -797,6 +797,18 @@ fn a_hung_postgres_answers_store_unavailable_instead_of_hanging() {
 /// PostgreSQL the session gives up on the store call before the worker does.
 const SHORT_STORE_TIMEOUT: &str = "150ms";
 
+/// A server on its own cluster that gives up on a store call after `SHORT_STORE_TIMEOUT`, with
+/// two workers so a second command can reach the store while the first one hangs.
+fn server_with_a_short_store_timeout() -> (PgCluster, Server) {
+    let cluster = PgCluster::start_own();
+    let server = Server::builder()
+        .store(&cluster.url())
+        .flag("--store-threads", "2")
+        .flag("--store-timeout", SHORT_STORE_TIMEOUT)
+        .start();
+    (cluster, server)
+}
+
 /// Sends `command` on a fresh session of `server` while `cluster` is paused, once a store worker
 /// has started its call (so the store may already be running it), and returns its reply.
 fn answer_while_paused(
@@ -827,12 +839,7 @@ fn answer_while_paused(
 /// of that client can be overtaken by it (`SET k 1` stuck, then `SET k 2`, ending with k = 1).
 #[test]
 fn a_write_stuck_in_the_store_closes_its_session() {
-    let cluster = PgCluster::start_own();
-    let server = Server::builder()
-        .store(&cluster.url())
-        .flag("--store-threads", "2")
-        .flag("--store-timeout", SHORT_STORE_TIMEOUT)
-        .start();
+    let (cluster, server) = server_with_a_short_store_timeout();
     let (mut session, paused, reply) =
         answer_while_paused(&cluster, &server, &[b"SET", b"k", b"1"]);
     assert_eq!(
@@ -862,12 +869,7 @@ fn a_write_stuck_in_the_store_closes_its_session() {
 /// `store unavailable` and goes on.
 #[test]
 fn a_read_stuck_in_the_store_keeps_its_session() {
-    let cluster = PgCluster::start_own();
-    let server = Server::builder()
-        .store(&cluster.url())
-        .flag("--store-threads", "2")
-        .flag("--store-timeout", SHORT_STORE_TIMEOUT)
-        .start();
+    let (cluster, server) = server_with_a_short_store_timeout();
     let (mut session, paused, reply) = answer_while_paused(&cluster, &server, &[b"GET", b"k"]);
     assert_eq!(
         reply,
