@@ -1,13 +1,18 @@
 //! Passwords: argon2id hashing and verification (on the compute pool, never on a ring), and the
 //! verified-credential cache that makes a repeated correct AUTH cost one SHA-256 instead of an
-//! argon2id run.
+//! argon2id run. Also the limits on failed AUTH attempts, and the delayer that answers a slowed
+//! failure late without holding a ring or a pool worker.
 //!
 //! The cache key is SHA-256 over (user, password, stored hash). It never holds a password, and a
 //! changed password changes the stored hash, so old entries simply stop matching.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::hash_map::RandomState;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::hash::BuildHasher;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use argon2::password_hash::{
     rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
@@ -146,6 +151,11 @@ impl VerifiedCache {
         }
     }
 
+    /// Most entries held at once.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Entries held now.
     pub fn len(&self) -> usize {
         self.entries.lock().expect("cache lock").len()
@@ -157,59 +167,202 @@ impl VerifiedCache {
     }
 }
 
-/// Limits failed AUTH attempts per source address per minute, across connections. Memory is
-/// bounded: at most `capacity` addresses are tracked; when full, windows that have ended are
-/// dropped first, and if every tracked address is still in its window, a new address is not
-/// tracked (it is limited only per connection, by `--max-auth-failures`).
-pub struct FailureLimiter {
-    per_minute: u32,
+/// Per-minute failure counts under keyed hashes, so an entry costs the same whatever the user
+/// name's length and a name chosen by an attacker cannot aim at another's counter. Bounded: when
+/// full, windows that have ended are dropped first, and if every tracked key is still in its
+/// window, a new key is not tracked.
+struct Windows {
     capacity: usize,
-    windows: Mutex<HashMap<IpAddr, (u64, u32)>>,
+    counts: Mutex<HashMap<u64, (u64, u32)>>,
 }
 
-impl FailureLimiter {
-    /// `per_minute` failures allowed per address (0: no limit), tracking at most `capacity`.
-    pub fn new(per_minute: u32, capacity: usize) -> FailureLimiter {
-        FailureLimiter {
-            per_minute,
+impl Windows {
+    fn new(capacity: usize) -> Windows {
+        Windows {
             capacity: capacity.max(1),
-            windows: Mutex::new(HashMap::new()),
+            counts: Mutex::new(HashMap::new()),
         }
     }
 
-    /// True if `addr` used up its failures in the current minute.
-    pub fn blocked(&self, addr: IpAddr, minute: u64) -> bool {
-        if self.per_minute == 0 {
-            return false;
+    fn get(&self, key: u64, minute: u64) -> u32 {
+        let counts = self.counts.lock().expect("limiter lock");
+        match counts.get(&key) {
+            Some(&(m, n)) if m == minute => n,
+            _ => 0,
         }
-        let windows = self.windows.lock().expect("limiter lock");
-        matches!(windows.get(&addr), Some(&(m, n)) if m == minute && n >= self.per_minute)
     }
 
-    /// Counts a failure; returns true when this failure used up the address's allowance (the
-    /// moment to log it once).
-    pub fn record_failure(&self, addr: IpAddr, minute: u64) -> bool {
-        if self.per_minute == 0 {
-            return false;
-        }
-        let mut windows = self.windows.lock().expect("limiter lock");
-        if !windows.contains_key(&addr) && windows.len() >= self.capacity {
-            windows.retain(|_, (m, _)| *m == minute);
-            if windows.len() >= self.capacity {
-                return false;
+    /// Counts one more; returns the count in this minute (0 when the key could not be tracked).
+    fn bump(&self, key: u64, minute: u64) -> u32 {
+        let mut counts = self.counts.lock().expect("limiter lock");
+        if !counts.contains_key(&key) && counts.len() >= self.capacity {
+            counts.retain(|_, (m, _)| *m == minute);
+            if counts.len() >= self.capacity {
+                return 0;
             }
         }
-        let entry = windows.entry(addr).or_insert((minute, 0));
+        let entry = counts.entry(key).or_insert((minute, 0));
         if entry.0 != minute {
             *entry = (minute, 0);
         }
-        entry.1 += 1;
-        entry.1 == self.per_minute
+        entry.1 = entry.1.saturating_add(1);
+        entry.1
     }
 
-    /// Addresses tracked now.
+    fn len(&self) -> usize {
+        self.counts.lock().expect("limiter lock").len()
+    }
+}
+
+/// What one recorded AUTH failure means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Failure {
+    /// The (address, user) pair is past its allowance: answer this failure late.
+    pub slow: bool,
+    /// This failure put the account under attack (the moment to log it once).
+    pub attack_began: bool,
+}
+
+/// Failed AUTH attempts per minute, counted per (source address, user) and per user, across
+/// connections. A pair past its allowance has its failures answered late; a user past its
+/// allowance is *under attack*, and AUTH for it is refused unchecked unless the credentials
+/// verified before. Nothing is keyed by address alone, so one client's stale password at a NAT
+/// or load balancer costs its neighbours nothing.
+pub struct FailureLimiter {
+    pair_per_minute: u32,
+    user_per_minute: u32,
+    keys: RandomState,
+    pairs: Windows,
+    users: Windows,
+}
+
+impl FailureLimiter {
+    /// `pair_per_minute` failures per (address, user) before they are slowed, `user_per_minute`
+    /// per user before the account is under attack (0: no limit), tracking at most `capacity`
+    /// of each.
+    pub fn new(pair_per_minute: u32, user_per_minute: u32, capacity: usize) -> FailureLimiter {
+        FailureLimiter {
+            pair_per_minute,
+            user_per_minute,
+            keys: RandomState::new(),
+            pairs: Windows::new(capacity),
+            users: Windows::new(capacity),
+        }
+    }
+
+    fn user_key(&self, user: &str) -> u64 {
+        self.keys.hash_one(user)
+    }
+
+    fn pair_key(&self, addr: IpAddr, user: &str) -> u64 {
+        self.keys.hash_one((addr, user))
+    }
+
+    /// True if `user` used up its failures in the current minute.
+    pub fn under_attack(&self, user: &str, minute: u64) -> bool {
+        self.user_per_minute != 0
+            && self.users.get(self.user_key(user), minute) >= self.user_per_minute
+    }
+
+    /// Counts a failure of `user` from `addr` (if known).
+    pub fn record_failure(&self, addr: Option<IpAddr>, user: &str, minute: u64) -> Failure {
+        let mut failure = Failure::default();
+        if self.user_per_minute != 0 {
+            failure.attack_began =
+                self.users.bump(self.user_key(user), minute) == self.user_per_minute;
+        }
+        if let (Some(addr), true) = (addr, self.pair_per_minute != 0) {
+            failure.slow =
+                self.pairs.bump(self.pair_key(addr, user), minute) > self.pair_per_minute;
+        }
+        failure
+    }
+
+    /// (address, user) pairs and users tracked now.
     pub fn tracked(&self) -> usize {
-        self.windows.lock().expect("limiter lock").len()
+        self.pairs.len() + self.users.len()
+    }
+}
+
+/// Runs closures after a delay on one thread of its own, so that a slowed reply holds neither a
+/// ring nor a pool worker. Each pending closure is one session's AUTH reply, and a session has
+/// at most one AUTH in flight, so what it holds is bounded by `--max-sessions`.
+#[derive(Default)]
+pub struct Delayer {
+    queue: Arc<(Mutex<BinaryHeap<Delayed>>, Condvar)>,
+    started: OnceLock<()>,
+    next: AtomicU64,
+}
+
+struct Delayed {
+    due: Instant,
+    seq: u64,
+    run: Box<dyn FnOnce() + Send>,
+}
+
+impl PartialEq for Delayed {
+    fn eq(&self, other: &Self) -> bool {
+        (self.due, self.seq) == (other.due, other.seq)
+    }
+}
+impl Eq for Delayed {}
+impl PartialOrd for Delayed {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Delayed {
+    // Reversed: BinaryHeap is a max-heap and the earliest must come out first.
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (other.due, other.seq).cmp(&(self.due, self.seq))
+    }
+}
+
+impl Delayer {
+    /// Runs `run` once `delay` has passed (at once for a zero delay, on the caller's thread).
+    pub fn after(&self, delay: Duration, run: Box<dyn FnOnce() + Send>) {
+        if delay.is_zero() {
+            return run();
+        }
+        self.started.get_or_init(|| {
+            let queue = self.queue.clone();
+            std::thread::Builder::new()
+                .name("auth-delay".into())
+                .spawn(move || Self::serve(&queue))
+                .expect("spawning the auth-delay thread");
+        });
+        let seq = self.next.fetch_add(1, AtomicOrdering::Relaxed);
+        let (heap, wake) = &*self.queue;
+        heap.lock().expect("delayer lock").push(Delayed {
+            due: Instant::now() + delay,
+            seq,
+            run,
+        });
+        wake.notify_one();
+    }
+
+    fn serve(queue: &(Mutex<BinaryHeap<Delayed>>, Condvar)) {
+        let (heap, wake) = queue;
+        let mut pending = heap.lock().expect("delayer lock");
+        loop {
+            let now = Instant::now();
+            let next = pending.peek().map(|d| d.due);
+            match next {
+                Some(due) if due <= now => {
+                    let item = pending.pop().expect("peeked");
+                    drop(pending);
+                    (item.run)();
+                    pending = heap.lock().expect("delayer lock");
+                }
+                Some(due) => {
+                    pending = wake
+                        .wait_timeout(pending, due - now)
+                        .expect("delayer lock")
+                        .0;
+                }
+                None => pending = wake.wait(pending).expect("delayer lock"),
+            }
+        }
     }
 }
 
@@ -218,32 +371,61 @@ mod tests {
     use super::*;
 
     #[test]
-    fn limiter_blocks_after_the_allowance_and_resets_each_minute() {
-        let limiter = FailureLimiter::new(3, 10);
+    fn failures_slow_a_pair_and_put_only_that_user_under_attack() {
+        let limiter = FailureLimiter::new(2, 5, 10);
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
-        assert!(!limiter.record_failure(ip, 5));
-        assert!(!limiter.record_failure(ip, 5));
-        assert!(!limiter.blocked(ip, 5));
+        let other: IpAddr = "10.0.0.2".parse().unwrap();
+        assert!(!limiter.record_failure(Some(ip), "bob", 5).slow);
+        assert!(!limiter.record_failure(Some(ip), "bob", 5).slow);
         assert!(
-            limiter.record_failure(ip, 5),
-            "the third failure uses up the allowance"
+            limiter.record_failure(Some(ip), "bob", 5).slow,
+            "the third failure of the pair is past the allowance"
         );
-        assert!(limiter.blocked(ip, 5));
-        assert!(!limiter.blocked("10.0.0.2".parse().unwrap(), 5));
-        assert!(!limiter.blocked(ip, 6), "a new minute starts afresh");
+        assert!(!limiter.record_failure(Some(ip), "carol", 5).slow);
+        assert!(!limiter.record_failure(Some(other), "bob", 5).slow);
+        assert!(!limiter.under_attack("bob", 5));
+        let fifth = limiter.record_failure(None, "bob", 5);
+        assert!(fifth.attack_began && !fifth.slow);
+        assert!(limiter.under_attack("bob", 5));
+        assert!(!limiter.under_attack("carol", 5));
+        assert!(
+            !limiter.under_attack("bob", 6),
+            "a new minute starts afresh"
+        );
+        assert!(!limiter.record_failure(Some(ip), "bob", 6).slow);
     }
 
     #[test]
     fn limiter_memory_is_bounded() {
-        let limiter = FailureLimiter::new(2, 100);
+        let limiter = FailureLimiter::new(2, 2, 100);
         for i in 0..10_000u32 {
             let ip = IpAddr::from(i.to_be_bytes());
-            limiter.record_failure(ip, 1);
+            limiter.record_failure(Some(ip), &i.to_string(), 1);
         }
-        assert!(limiter.tracked() <= 100);
-        // Ended windows make room for new addresses.
-        limiter.record_failure("192.0.2.1".parse().unwrap(), 2);
-        assert_eq!(limiter.tracked(), 1);
+        assert!(limiter.tracked() <= 200);
+        // Ended windows make room for new keys.
+        limiter.record_failure(Some("192.0.2.1".parse().unwrap()), "x", 2);
+        assert_eq!(limiter.tracked(), 2);
+    }
+
+    #[test]
+    fn delayed_closures_run_in_due_order_after_their_delay() {
+        let delayer = Delayer::default();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let started = Instant::now();
+        for (name, ms) in [("late", 200u64), ("early", 50), ("now", 0)] {
+            let tx = tx.clone();
+            delayer.after(
+                Duration::from_millis(ms),
+                Box::new(move || tx.send((name, started.elapsed())).unwrap()),
+            );
+        }
+        let got: Vec<_> = (0..3).map(|_| rx.recv().unwrap()).collect();
+        assert_eq!(
+            got.iter().map(|g| g.0).collect::<Vec<_>>(),
+            ["now", "early", "late"]
+        );
+        assert!(got[2].1 >= Duration::from_millis(200));
     }
 
     #[test]

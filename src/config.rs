@@ -134,10 +134,20 @@ pub struct ServeArgs {
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     #[serde(serialize_with = "duration_text")]
     pub request_timeout: Duration,
-    /// Failed AUTH attempts allowed per source address per minute, across connections; more
-    /// are refused without checking the password (0 = no limit).
+    /// Failed AUTH attempts per (source address, user) per minute, across connections, before
+    /// that pair's further failures are answered `--auth-failure-delay` late (0 = no limit).
+    /// A correct password is never slowed or refused by it.
     #[arg(long, default_value_t = 60)]
     pub auth_failures_per_minute: u32,
+    /// How late a failure past `--auth-failures-per-minute` is answered (e.g. 1s; 0 = at once).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    #[serde(serialize_with = "duration_text")]
+    pub auth_failure_delay: Duration,
+    /// Failed AUTH attempts per user per minute, from all addresses together, before the account
+    /// is under attack: then AUTH for it is refused unchecked for the rest of the minute, except
+    /// with credentials that verified before (0 = no limit).
+    #[arg(long, default_value_t = 300)]
+    pub auth_user_failures_per_minute: u32,
     /// Most sessions at once (over all rings); more are refused with an error.
     #[arg(long, default_value_t = 1_000_000)]
     pub max_sessions: usize,
@@ -169,6 +179,10 @@ pub struct ServeArgs {
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     #[serde(serialize_with = "duration_text")]
     pub drain_timeout: Duration,
+    /// Page cache of the embedded store (redb), e.g. 64mb. redb's own default is 1 GiB, which
+    /// a few large values fill and which is never given back.
+    #[arg(long, default_value = "64mb", value_parser = parse_size)]
+    pub embedded_cache_size: usize,
     /// I/O backend.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,

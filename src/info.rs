@@ -8,9 +8,10 @@ use crate::shared::Shared;
 /// The Redis version ringport answers as in HELLO and INFO, for clients that gate features on it.
 pub const REDIS_COMPAT_VERSION: &str = "7.2.0";
 
-const SECTIONS: [&str; 9] = [
+const SECTIONS: [&str; 10] = [
     "server",
     "clients",
+    "memory",
     "rings",
     "stats",
     "compute",
@@ -141,6 +142,22 @@ fn write_section(shared: &Shared, section: &str, out: &mut String) {
                 shared.auth_cache.len(),
             );
         }
+        "memory" => {
+            let rss = rss_bytes().unwrap_or(0);
+            let embedded = if shared.store.backend().kind() == "embedded" {
+                shared.config.embedded_cache_size
+            } else {
+                0
+            };
+            let _ = write!(
+                out,
+                "used_memory_rss:{rss}\r\nused_memory_rss_human:{}\r\nmem_allocator:libc\r\nembedded_cache_size:{embedded}\r\nauth_cache_max_entries:{}\r\nrecv_buffer_bytes_per_ring:{}\r\nrecv_buffer_bytes:{}\r\n",
+                human_bytes(rss),
+                shared.auth_cache.capacity(),
+                shared.config.recv_buffer_bytes,
+                shared.config.recv_buffer_bytes * shared.rings.len(),
+            );
+        }
         "compute" => {
             let p = shared.compute.stats();
             let _ = write!(
@@ -209,6 +226,23 @@ fn write_section(shared: &Shared, section: &str, out: &mut String) {
         }
         "keyspace" => {}
         _ => {}
+    }
+}
+
+/// This process's resident set (VmRSS), as Redis's `used_memory_rss` reports it.
+fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Redis's `_human` form: two decimals and a B/K/M/G suffix.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [(u64, &str); 3] = [(1 << 30, "G"), (1 << 20, "M"), (1 << 10, "K")];
+    match UNITS.iter().find(|(size, _)| n >= *size) {
+        Some((size, unit)) => format!("{:.2}{unit}", n as f64 / *size as f64),
+        None => format!("{n}B"),
     }
 }
 

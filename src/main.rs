@@ -3,6 +3,8 @@
 use ringport::config::{Command, ConfigAction};
 
 fn main() {
+    // Before any thread: large buffers (values, pipelines) go back to the kernel when freed.
+    ringport_ring::release_large_allocations(128 * 1024);
     let cli = match ringport::config::parse_args() {
         Ok(cli) => cli,
         Err(message) => {

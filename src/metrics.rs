@@ -176,7 +176,7 @@ impl Collector for ServerCollector {
         counter_family(
             &mut e,
             "ringport_auth_rate_limited",
-            "AUTH attempts refused by --auth-failures-per-minute",
+            "AUTH attempts refused unchecked by --auth-user-failures-per-minute",
             &[(vec![], load(&c.auth_rate_limited))],
         )?;
 

@@ -117,8 +117,11 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
         ),
     }
 
-    let spec = StoreSpec::parse(args.store.store.as_deref(), &args.store.data)
+    let mut spec = StoreSpec::parse(args.store.store.as_deref(), &args.store.data)
         .map_err(|e| format!("--store: {e}"))?;
+    if let StoreSpec::Embedded { cache_size, .. } = &mut spec {
+        *cache_size = args.embedded_cache_size;
+    }
     let backend = open_store(&spec)?;
     tracing::info!(store = %backend.describe(), "store opened");
 

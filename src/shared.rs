@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use ringport_ring::{Features, RingStats};
 
-use crate::auth::{self, FailureLimiter, VerifiedCache};
+use crate::auth::{self, Delayer, FailureLimiter, VerifiedCache};
 use crate::cmdstats::CommandBook;
 use crate::config::ServeArgs;
 use crate::msg::Msg;
@@ -36,6 +36,10 @@ pub struct RuntimeConfig {
     pub preauth_max_bulk_len: usize,
     pub preauth_max_query_buffer: usize,
     pub max_auth_failures: u32,
+    pub auth_failure_delay: Duration,
+    /// For INFO memory: the embedded store's page cache, and each ring's receive buffers.
+    pub embedded_cache_size: usize,
+    pub recv_buffer_bytes: usize,
     pub enable_debug_command: bool,
 }
 
@@ -61,8 +65,10 @@ pub struct Shared {
     pub compute: ComputePool,
     pub store: StorePool,
     pub auth_cache: VerifiedCache,
-    /// Failed AUTH attempts per source address per minute.
+    /// Failed AUTH attempts per (address, user) and per user per minute.
     pub auth_limiter: FailureLimiter,
+    /// Answers slowed AUTH failures late.
+    pub auth_delayer: Delayer,
     /// An argon2id hash of nothing in particular, verified against for unknown users.
     pub dummy_hash: String,
     pub rings: Vec<Arc<RingStats>>,
@@ -116,12 +122,20 @@ impl Shared {
                     .max(64),
                 preauth_max_query_buffer: args.preauth_max_query_buffer.max(64 * 1024),
                 max_auth_failures: args.max_auth_failures.max(1),
+                auth_failure_delay: args.auth_failure_delay,
+                embedded_cache_size: args.embedded_cache_size,
+                recv_buffer_bytes: usize::from(args.recv_buffers) * args.recv_buffer_size,
                 enable_debug_command: args.enable_debug_command,
             },
             compute,
             store,
             auth_cache: VerifiedCache::new(100_000),
-            auth_limiter: FailureLimiter::new(args.auth_failures_per_minute, 100_000),
+            auth_limiter: FailureLimiter::new(
+                args.auth_failures_per_minute,
+                args.auth_user_failures_per_minute,
+                100_000,
+            ),
+            auth_delayer: Delayer::default(),
             dummy_hash: auth::hash_password(auth::random_password().as_bytes()),
             rings: (0..ring_count).map(|_| Arc::default()).collect(),
             backend_name: if features.is_some() {

@@ -38,6 +38,7 @@ impl TestServer {
         let args: ServeArgs = *args;
         let spec = StoreSpec::Embedded {
             dir: data.to_path_buf(),
+            cache_size: args.embedded_cache_size,
         };
         let backend = store::open(&spec).expect("open the embedded store");
         backend

@@ -10,15 +10,17 @@
 
 mod call;
 
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
 use crate::auth;
 use crate::conn::State;
-use crate::msg::{AfterAuth, AuthOutcome, KillFilter, Msg};
+use crate::msg::{AfterAuth, AuthOutcome, KillFilter, Msg, Replier};
 use crate::resp::{self, parse_i64, Args, Proto};
+use crate::shared::Shared;
 use crate::store::{Conn as StoreConn, StoreError};
 use crate::table::{arity_ok, lookup, Class, Spec, COMMANDS};
 
@@ -528,23 +530,7 @@ fn auth_command(call: &mut Call<'_, '_>, args: &Args) {
 /// the compute pool runs argon2id. Unknown users verify against a dummy hash so that timing
 /// does not tell which names exist.
 fn start_auth(call: &mut Call<'_, '_>, user: String, password: Vec<u8>, then: AfterAuth) {
-    if let Some(ip) = call.conn().peer.map(|p| p.ip()) {
-        if call
-            .shared
-            .auth_limiter
-            .blocked(ip, call.shared.minute(call.cx.now))
-        {
-            call.shared
-                .counters
-                .auth_rate_limited
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            err(
-                call.out(),
-                "ERR too many failed authentication attempts from your address; try again later",
-            );
-            return;
-        }
-    }
+    let ip = call.conn().peer.map(|p| p.ip());
     let shared = call.shared.clone();
     let replier = call.replier();
     let job = Box::new(move |conn: Result<&mut dyn StoreConn, StoreError>| {
@@ -566,12 +552,30 @@ fn start_auth(call: &mut Call<'_, '_>, user: String, password: Vec<u8>, then: Af
             replier.auth(AuthOutcome::Verified { user, then });
             return;
         }
+        // Checked after the cache, so that clients whose credentials verified before keep
+        // getting in while strangers guess at the account.
+        if shared
+            .auth_limiter
+            .under_attack(&user, shared.minute(Instant::now()))
+        {
+            shared
+                .counters
+                .auth_rate_limited
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let mut reply = Vec::new();
+            resp::error(
+                &mut reply,
+                b"ERR too many failed authentication attempts for this user; try again later",
+            );
+            replier.auth(AuthOutcome::Failed(reply));
+            return;
+        }
         if !usable {
             // Unknown or disabled: the same argon2id cost as a real check, then no.
-            let verify_replier = replier.clone();
+            let (verify_shared, verify_replier) = (shared.clone(), replier.clone());
             let verify = Box::new(move || {
                 let _ = auth::verify_password(&password, &hash);
-                verify_replier.auth(AuthOutcome::WrongPass);
+                answer_wrongpass(&verify_shared, verify_replier, ip, &user);
             });
             if shared.compute.submit(verify).is_err() {
                 replier.auth(AuthOutcome::Failed(BUSY.to_vec()));
@@ -579,16 +583,14 @@ fn start_auth(call: &mut Call<'_, '_>, user: String, password: Vec<u8>, then: Af
             return;
         }
         // Every session asking with the same credentials at once shares one verification.
-        let waiter_user = user.clone();
-        let waiter: auth::Waiter = Box::new(move |verdict| {
-            replier.auth(match verdict {
-                auth::Verdict::Valid => AuthOutcome::Verified {
-                    user: waiter_user,
-                    then,
-                },
-                auth::Verdict::Invalid => AuthOutcome::WrongPass,
-                auth::Verdict::Busy => AuthOutcome::Failed(BUSY.to_vec()),
-            })
+        let (waiter_user, waiter_shared) = (user.clone(), shared.clone());
+        let waiter: auth::Waiter = Box::new(move |verdict| match verdict {
+            auth::Verdict::Valid => replier.auth(AuthOutcome::Verified {
+                user: waiter_user,
+                then,
+            }),
+            auth::Verdict::Invalid => answer_wrongpass(&waiter_shared, replier, ip, &waiter_user),
+            auth::Verdict::Busy => replier.auth(AuthOutcome::Failed(BUSY.to_vec())),
         });
         if shared.auth_cache.join(&user, &password, &hash, waiter) == auth::Joined::Follower {
             return;
@@ -615,6 +617,26 @@ fn start_auth(call: &mut Call<'_, '_>, user: String, password: Vec<u8>, then: Af
     call.offload_store("auth", job, Duration::ZERO);
 }
 
+/// Counts a wrong password for (address, user) and answers it, late when that pair is past its
+/// allowance: on the delayer's thread, never a ring's or a pool worker's.
+fn answer_wrongpass(shared: &Shared, replier: Replier, ip: Option<IpAddr>, user: &str) {
+    let failure = shared
+        .auth_limiter
+        .record_failure(ip, user, shared.minute(Instant::now()));
+    if failure.attack_began {
+        tracing::warn!(?user, "AUTH failures for this user reached --auth-user-failures-per-minute; refusing AUTH for it, except with credentials that verified before, for the rest of the minute");
+    }
+    let delay = if failure.slow {
+        shared.config.auth_failure_delay
+    } else {
+        Duration::ZERO
+    };
+    shared.auth_delayer.after(
+        delay,
+        Box::new(move || replier.auth(AuthOutcome::WrongPass)),
+    );
+}
+
 /// Applies an authentication outcome on the ring.
 pub fn finish_auth(call: &mut Call<'_, '_>, outcome: AuthOutcome) {
     match outcome {
@@ -633,15 +655,6 @@ pub fn finish_auth(call: &mut Call<'_, '_>, outcome: AuthOutcome) {
         }
         AuthOutcome::WrongPass => {
             call.conn_mut().auth_failures += 1;
-            if let Some(ip) = call.conn().peer.map(|p| p.ip()) {
-                if call
-                    .shared
-                    .auth_limiter
-                    .record_failure(ip, call.shared.minute(call.cx.now))
-                {
-                    tracing::warn!(%ip, "AUTH failures from this address reached --auth-failures-per-minute; refusing its AUTH attempts for the rest of the minute");
-                }
-            }
             call.shared
                 .counters
                 .auth_failures

@@ -78,7 +78,7 @@ impl Embedded {
     /// The directory is created 0700 and the file 0600, whatever the umask: the file holds
     /// the password hashes. An existing directory or file that group or others may use is left
     /// as the operator made it, with a warning.
-    pub fn open(dir: &Path) -> Result<Embedded, StoreError> {
+    pub fn open(dir: &Path, cache_size: usize) -> Result<Embedded, StoreError> {
         let existed = dir.exists();
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -108,7 +108,9 @@ impl Embedded {
                     StoreError::Other(format!("cannot create {}: {error}", path.display()))
                 })?;
         }
-        let db = Database::builder().create(&path).map_err(|error| match error {
+        let db = Database::builder()
+            .set_cache_size(cache_size)
+            .create(&path).map_err(|error| match error {
             DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
                 StoreError::Other(format!(
                     "the data directory {} is in use by another ringport process (stop it, or pass another --data)",

@@ -83,11 +83,14 @@ pub struct UserRecord {
     pub disabled: bool,
 }
 
+/// `--embedded-cache-size`'s default, for stores opened without the serve flags (`ringport user`).
+pub const DEFAULT_EMBEDDED_CACHE_SIZE: usize = 64 << 20;
+
 /// Where the store lives.
 #[derive(Debug, Clone)]
 pub enum StoreSpec {
-    /// redb at `dir/ringport.redb`.
-    Embedded { dir: PathBuf },
+    /// redb at `dir/ringport.redb`, with a page cache of at most `cache_size` bytes.
+    Embedded { dir: PathBuf, cache_size: usize },
     /// PostgreSQL, as a `postgres://` URL or a libpq `key=value` string. May hold a password:
     /// never log it; log [`Backend::describe`] instead.
     Postgres { url: String },
@@ -102,6 +105,7 @@ impl StoreSpec {
             None => {
                 return Ok(StoreSpec::Embedded {
                     dir: data_dir.to_path_buf(),
+                    cache_size: DEFAULT_EMBEDDED_CACHE_SIZE,
                 })
             }
             Some(value) => value.trim(),
@@ -109,6 +113,7 @@ impl StoreSpec {
         if value == "embedded" {
             return Ok(StoreSpec::Embedded {
                 dir: data_dir.to_path_buf(),
+                cache_size: DEFAULT_EMBEDDED_CACHE_SIZE,
             });
         }
         let is_url = value.starts_with("postgres://") || value.starts_with("postgresql://");
@@ -137,7 +142,9 @@ impl StoreSpec {
 /// Running it twice changes nothing. The errors say what to do.
 pub fn open(spec: &StoreSpec) -> Result<Arc<dyn Backend>, StoreError> {
     match spec {
-        StoreSpec::Embedded { dir } => Ok(Arc::new(embedded::Embedded::open(dir)?)),
+        StoreSpec::Embedded { dir, cache_size } => {
+            Ok(Arc::new(embedded::Embedded::open(dir, *cache_size)?))
+        }
         StoreSpec::Postgres { url } => Ok(Arc::new(postgres::Postgres::open(url)?)),
     }
 }
@@ -346,7 +353,7 @@ mod tests {
         let dir = Path::new("some/dir");
         for store in [None, Some("embedded"), Some(" embedded ")] {
             match StoreSpec::parse(store, dir).unwrap() {
-                StoreSpec::Embedded { dir } => assert_eq!(dir, Path::new("some/dir")),
+                StoreSpec::Embedded { dir, .. } => assert_eq!(dir, Path::new("some/dir")),
                 other => panic!("{store:?} gave {other:?}"),
             }
         }

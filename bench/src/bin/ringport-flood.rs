@@ -11,7 +11,7 @@
 //! 2. sends its payload (`--payload`): nothing; a partial inline AUTH line (no newline, so the
 //!    server waits for the rest); a full AUTH that is not waited for; or `--auths` AUTH
 //!    commands whose replies are read and counted (`+OK`, `-WRONGPASS`, the per-address limit's
-//!    `-ERR too many failed authentication attempts from your address`, anything else);
+//!    `-ERR too many failed authentication attempts for this user`, anything else);
 //! 3. closes it with a FIN or with a reset (`SO_LINGER` 0, which leaves no TIME_WAIT behind),
 //!    at once or, with `--hold N`, once the worker holds more than N open connections.
 //!
@@ -276,7 +276,7 @@ struct Totals {
     auth_ok: AtomicU64,
     /// `-WRONGPASS ...`.
     auth_wrongpass: AtomicU64,
-    /// `-ERR too many failed authentication attempts from your address; ...`.
+    /// `-ERR too many failed authentication attempts for this user; ...`.
     auth_limited: AtomicU64,
     /// Any other reply to an AUTH (errors included).
     auth_other: AtomicU64,
@@ -383,7 +383,7 @@ fn classify_auth_reply(totals: &Totals, line: &[u8]) {
         &totals.auth_ok
     } else if line.starts_with(b"-WRONGPASS") {
         &totals.auth_wrongpass
-    } else if line.starts_with(b"-ERR too many failed authentication attempts from your address") {
+    } else if line.starts_with(b"-ERR too many failed authentication attempts for this user") {
         &totals.auth_limited
     } else {
         &totals.auth_other
@@ -627,7 +627,7 @@ mod tests {
     #[test]
     fn auth_replies_are_told_apart() {
         let totals = Totals::default();
-        let mut buffer = b"+OK\r\n-WRONGPASS invalid\r\n-ERR too many failed authentication attempts from your address; try again later\r\n-ERR other\r\n+O".to_vec();
+        let mut buffer = b"+OK\r\n-WRONGPASS invalid\r\n-ERR too many failed authentication attempts for this user; try again later\r\n-ERR other\r\n+O".to_vec();
         while let Some(line) = take_line(&mut buffer) {
             classify_auth_reply(&totals, &line);
         }
