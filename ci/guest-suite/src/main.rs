@@ -4,12 +4,15 @@
 //! Black-box and std only, so it links static and needs nothing in the guest but itself. It checks
 //! the AUTH gate, pipelined PING/ECHO/HASH replies in order (HASH against its own SHA-256), a large
 //! ECHO, GET/SET/INCR on the embedded store, one bad input of each kind (NOAUTH, WRONGPASS, unknown
-//! command, malformed RESP), and a few thousand sessions held open at once.
+//! command, malformed RESP), a few thousand sessions held open at once, and that an idle server
+//! does not spin.
 //!
 //! Output, one line each, for the host to read off the serial console:
 //! - `suite: ok NAME` or `suite: FAIL NAME: WHY` per check;
 //! - `suite: info backend=B accept_path=A recv_path=R setup_flags=F`, from `INFO server`: the paths
 //!   the running server says it took;
+//! - `suite: idle enters_per_s=X sessions=N`: how often the idle server's rings entered the
+//!   kernel while N authenticated sessions sat idle (a ring that spins shows here);
 //! - `suite: PASS N/N` or `suite: FAIL K/N failed`. The exit status is 0 only on PASS.
 //!
 //! Every socket has a read and write timeout and every loop is bounded by `--sessions`, so the
@@ -411,6 +414,65 @@ fn check_sessions(options: &Options) -> Result<(), String> {
     )
 }
 
+/// Authenticated sessions held idle by the `idle-wakeups` check.
+const IDLE_SESSIONS: usize = 200;
+/// How long the `idle-wakeups` check watches the idle server.
+const IDLE_WATCH: Duration = Duration::from_secs(5);
+/// More `io_uring_enter` calls per second than this on an idle server is a spinning ring (a
+/// wake-up read that completes with `-EAGAIN` over and over, say), not deadlines coming due: an
+/// idle ring wakes about once a second.
+const IDLE_ENTERS_PER_S_MAX: f64 = 20.0;
+
+/// The rings' `enters` counters summed, from `INFO rings`.
+fn ring_enters(conn: &mut Conn) -> Result<u64, String> {
+    let text = match conn.call(&[b"INFO", b"rings"]) {
+        Ok(Reply::Bulk(Some(text))) => String::from_utf8_lossy(&text).into_owned(),
+        Ok(other) => return Err(format!("INFO rings: got {}", show(&other))),
+        Err(e) => return Err(format!("INFO rings: {e}")),
+    };
+    let counts: Vec<u64> = text
+        .lines()
+        .filter(|line| line.starts_with("ring"))
+        .filter_map(|line| {
+            line.split(',')
+                .find_map(|field| field.strip_prefix("enters="))
+                .and_then(|n| n.trim().parse().ok())
+        })
+        .collect();
+    if counts.is_empty() {
+        return Err(format!("INFO rings has no enters= fields: {text:?}"));
+    }
+    Ok(counts.iter().sum())
+}
+
+/// An idle server with idle authenticated sessions wakes its rings only when a deadline is due.
+/// Prints `suite: idle enters_per_s=X` (the kernel matrix puts it in its table) and fails when
+/// the rings enter the kernel more than [`IDLE_ENTERS_PER_S_MAX`] times a second.
+fn check_idle_wakeups(options: &Options) -> Result<(), String> {
+    let mut sessions = Vec::with_capacity(IDLE_SESSIONS);
+    for index in 0..IDLE_SESSIONS {
+        let mut conn = Conn::authenticated(options).map_err(|e| format!("session {index}: {e}"))?;
+        expect("PING", conn.call(&[b"PING"]), &simple("PONG"))?;
+        sessions.push(conn);
+    }
+    let mut control = Conn::authenticated(options)?;
+    // Let the accepts and AUTHs settle before watching.
+    std::thread::sleep(Duration::from_secs(1));
+    let before = ring_enters(&mut control)?;
+    let started = Instant::now();
+    std::thread::sleep(IDLE_WATCH);
+    let after = ring_enters(&mut control)?;
+    let per_s = after.saturating_sub(before) as f64 / started.elapsed().as_secs_f64();
+    println!("suite: idle enters_per_s={per_s:.1} sessions={IDLE_SESSIONS}");
+    expect("PING after idling", sessions[0].call(&[b"PING"]), &simple("PONG"))?;
+    if per_s > IDLE_ENTERS_PER_S_MAX {
+        return Err(format!(
+            "{per_s:.1} io_uring_enter calls per second with {IDLE_SESSIONS} idle sessions (at most {IDLE_ENTERS_PER_S_MAX}): a ring spins"
+        ));
+    }
+    Ok(())
+}
+
 /// One `field:value` line of an INFO section.
 fn info_field(conn: &mut Conn, section: &str, field: &str) -> Result<String, String> {
     let text = match conn.call(&[b"INFO", section.as_bytes()]) {
@@ -514,7 +576,7 @@ fn sha256(data: &[u8]) -> [u8; 32] {
 type Check = fn(&Options) -> Result<(), String>;
 
 /// Every check, in the order run. Each opens its own sessions.
-const CHECKS: [(&str, Check); 8] = [
+const CHECKS: [(&str, Check); 9] = [
     ("noauth", check_noauth),
     ("wrong-password", check_wrong_password),
     ("pipeline-ping-echo-hash", check_pipeline),
@@ -523,6 +585,7 @@ const CHECKS: [(&str, Check); 8] = [
     ("unknown-command", check_unknown_command),
     ("malformed-resp", check_malformed_resp),
     ("sessions", check_sessions),
+    ("idle-wakeups", check_idle_wakeups),
 ];
 
 fn main() -> ExitCode {
