@@ -1,18 +1,23 @@
 #!/usr/bin/env bash
-# Store figures side by side in one run, on one throwaway PostgreSQL cluster:
-#   pgbench -S -M prepared -c 16 -j 2 -T 20     (the ceiling for a point read on this box)
-#   redis-benchmark -t get,set -c 16 -n 200000  through ringport on PostgreSQL
-#   redis-benchmark -t get,set -c 16 -n 200000  through ringport on the embedded store
-# Usage: bench/store-compare.sh [REQUESTS] [PGBENCH_SECONDS]   (defaults 200000, 20)
-# Extra serve flags: RINGPORT_FLAGS="--store-threads 16" bench/store-compare.sh
+# Store figures side by side in one run, on one throwaway PostgreSQL cluster (Unix socket):
+#   the ceilings, straight from pgbench (-M prepared -j 2 -T SECONDS):
+#     point read   pgbench -S at -c 16 and at -c 200
+#     upsert       a custom script doing ringport's durable SET (INSERT ... ON CONFLICT) at -c 16
+#   ringport on that PostgreSQL, through redis-benchmark (-r 100000 keys, 3-byte values):
+#     SET at -c 16, GET at -c 16 and at -c 200, each against its ceiling (the ratio)
+#   then p50/p99 of each from ringport-bench (closed loop, the same connection counts), and
+#   redis-benchmark SET/GET at -c 16 on the embedded store, for reference.
+# Usage: bench/store-compare.sh [REQUESTS] [SECONDS]   (defaults 200000, 10)
+# Extra serve flags: RINGPORT_FLAGS="--store-threads 8" bench/store-compare.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-200000}
-seconds=${2:-20}
+seconds=${2:-10}
 ci/ensure-postgres >/dev/null
 bindir=$(ci/ensure-postgres | sed -n 's/^PostgreSQL found: //p')
 command -v redis-benchmark >/dev/null || apt-get install -y -qq redis-tools >/dev/null
-cargo build --release -q -p ringport
+command -v jq >/dev/null || apt-get install -y -qq jq >/dev/null
+cargo build --release -q -p ringport -p ringport-bench
 work=$(mktemp -d /tmp/ringport-store-compare.XXXXXX)
 chmod 755 "$work"
 pids=()
@@ -27,28 +32,62 @@ mkdir -p "$work/pg" "$work/sock"
 [ "$(id -u)" = 0 ] && chown postgres "$work/pg" "$work/sock"
 as_pg "$bindir/initdb" -D "$work/pg" -A trust -U postgres >/dev/null
 as_pg "$bindir/pg_ctl" -D "$work/pg" -l "$work/pg/log" -w \
-  -o "-c listen_addresses='' -c unix_socket_directories=$work/sock -c max_connections=200 -p 5499" start >/dev/null
+  -o "-c listen_addresses='' -c unix_socket_directories=$work/sock -c max_connections=300 -p 5499" start >/dev/null
 url="host=$work/sock port=5499 user=postgres dbname=postgres"
+pgbench() { as_pg "$bindir/pgbench" -h "$work/sock" -p 5499 -U postgres "$@" postgres 2>/dev/null; }
+tps() { sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -1 | cut -d. -f1; }
 
-echo "machine: $(nproc) cores, kernel $(uname -r), PostgreSQL $("$bindir/postgres" --version | awk '{print $3}'), $(date -u +%F)"
-echo
-as_pg "$bindir/pgbench" -h "$work/sock" -p 5499 -U postgres -i -s 10 -q postgres >/dev/null 2>&1
-echo "pgbench -S -M prepared -c 16 -j 2 -T $seconds:"
-as_pg "$bindir/pgbench" -h "$work/sock" -p 5499 -U postgres -S -M prepared -c 16 -j 2 -T "$seconds" postgres 2>/dev/null |
-  grep -E "^(tps|latency average)" | sed 's/^/  /'
-
-run_ringport() {
+start_ringport() {
   local name=$1 port=$2; shift 2
   echo secret | target/release/ringport user add bench "$@" >/dev/null
   # shellcheck disable=SC2086
   target/release/ringport serve --listen 127.0.0.1:$port --log-level warn "$@" ${RINGPORT_FLAGS:-} >"$work/$name.out" 2>&1 &
-  local pid=$!
-  pids+=($pid)
+  pids+=($!)
   for _ in $(seq 100); do grep -q listening "$work/$name.out" && break; sleep 0.1; done
-  echo
-  echo "ringport on $name ${RINGPORT_FLAGS:-}: redis-benchmark -t get,set -c 16 -n $n"
-  redis-benchmark -h 127.0.0.1 -p "$port" --user bench -a secret -t set,get -c 16 -n "$n" -r 100000 -q 2>/dev/null |
-    tr '\r' '\n' | grep -E "requests per second" | sed 's/^ */  /'
 }
-run_ringport postgres 16395 --store "$url" --data "$work/unused"
-run_ringport embedded 16396 --data "$work/embedded"
+# requests/s of one redis-benchmark test
+rb() {
+  local port=$1 test=$2 clients=$3
+  redis-benchmark -h 127.0.0.1 -p "$port" --user bench -a secret -t "$test" -c "$clients" -n "$n" -r 100000 -q 2>/dev/null |
+    tr '\r' '\n' | sed -n 's/.*: \([0-9.]*\) requests per second.*/\1/p' | tail -1 | cut -d. -f1
+}
+# "p50 p99" in µs of a ringport-bench closed-loop run
+latency() {
+  local port=$1 mix=$2 clients=$3
+  target/release/ringport-bench -t "bench:secret@127.0.0.1:$port" --mix "$mix" -c "$clients" \
+    -d "${seconds}s" --value-size 3 --json "$work/bench.json" >/dev/null 2>&1
+  jq -r '.targets[0].latency_us | "\(.p50|floor) \(.p99|floor)"' "$work/bench.json"
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
+
+echo "machine: $(nproc) cores, kernel $(uname -r), PostgreSQL $("$bindir/postgres" --version | awk '{print $3}'), $(date -u +%F); ringport ${RINGPORT_FLAGS:-(default flags)}"
+# ringport first: it creates its schema, which the upsert script writes to.
+start_ringport postgres 16395 --store "$url" --data "$work/unused"
+pgbench -i -s 10 -q >/dev/null 2>&1
+cat >"$work/upsert.sql" <<'SQL'
+\set k random(0, 99999)
+INSERT INTO ringport_kv (owner, key, value) VALUES ('pgbench', convert_to('key:' || :k, 'UTF8'), '\x787878') ON CONFLICT (owner, key) DO UPDATE SET value = EXCLUDED.value;
+SQL
+read16=$(pgbench -S -M prepared -c 16 -j 2 -T "$seconds" | tps)
+read200=$(pgbench -S -M prepared -c 200 -j 2 -T "$seconds" | tps)
+upsert16=$(pgbench -f "$work/upsert.sql" -M prepared -c 16 -j 2 -T "$seconds" | tps)
+
+set16=$(rb 16395 set 16)
+get16=$(rb 16395 get 16)
+get200=$(rb 16395 get 200)
+read -r set16_p50 set16_p99 < <(latency 16395 SET 16)
+read -r get16_p50 get16_p99 < <(latency 16395 GET 16)
+read -r get200_p50 get200_p99 < <(latency 16395 GET 200)
+
+echo
+printf '%-34s %12s %12s %8s %10s %10s\n' "load" "ceiling/s" "ringport/s" "ratio" "p50 µs" "p99 µs"
+printf '%-34s %12s %12s %8s %10s %10s\n' "GET vs pgbench -S, -c 16" "$read16" "$get16" "$(ratio "$get16" "$read16")" "$get16_p50" "$get16_p99"
+printf '%-34s %12s %12s %8s %10s %10s\n' "GET vs pgbench -S, -c 200" "$read200" "$get200" "$(ratio "$get200" "$read200")" "$get200_p50" "$get200_p99"
+printf '%-34s %12s %12s %8s %10s %10s\n' "SET vs pgbench upsert, -c 16" "$upsert16" "$set16" "$(ratio "$set16" "$upsert16")" "$set16_p50" "$set16_p99"
+echo "(ringport/s: redis-benchmark -n $n -r 100000; p50/p99: ringport-bench closed loop, ${seconds} s; ceilings: pgbench -M prepared -j 2 -T $seconds)"
+
+start_ringport embedded 16396 --data "$work/embedded"
+echo
+echo "ringport on the embedded store, redis-benchmark -c 16 -n $n: SET $(rb 16396 set 16)/s, GET $(rb 16396 get 16)/s"
+grep -E "^store_(batches|batched_jobs|batch_max)" <(redis-cli -p 16395 --user bench --pass secret --no-auth-warning INFO store 2>/dev/null | tr -d '\r') |
+  paste -sd' ' | sed 's/^/ringport on PostgreSQL, INFO store: /' || true

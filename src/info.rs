@@ -178,7 +178,7 @@ fn write_section(shared: &Shared, section: &str, out: &mut String) {
             let backend = shared.store.backend();
             let _ = write!(
                 out,
-                "store_backend:{}\r\nstore_location:{}\r\nstore_threads:{}\r\nstore_queue_capacity:{}\r\nstore_queue_depth:{}\r\nstore_jobs_running:{}\r\nstore_jobs_completed:{}\r\nstore_jobs_rejected:{}\r\nstore_unavailable_errors:{}\r\nstore_other_errors:{}\r\nstore_reconnects:{}\r\n",
+                "store_backend:{}\r\nstore_location:{}\r\nstore_threads:{}\r\nstore_queue_capacity:{}\r\nstore_queue_depth:{}\r\nstore_jobs_running:{}\r\nstore_jobs_completed:{}\r\nstore_jobs_rejected:{}\r\nstore_unavailable_errors:{}\r\nstore_other_errors:{}\r\nstore_reconnects:{}\r\nstore_batches:{}\r\nstore_batched_jobs:{}\r\nstore_batch_max:{}\r\n",
                 backend.kind(),
                 backend.describe(),
                 shared.store.threads(),
@@ -190,6 +190,9 @@ fn write_section(shared: &Shared, section: &str, out: &mut String) {
                 st.unavailable.load(Ordering::Relaxed),
                 st.errors.load(Ordering::Relaxed),
                 st.reconnects.load(Ordering::Relaxed),
+                st.batches.load(Ordering::Relaxed),
+                st.batched_jobs.load(Ordering::Relaxed),
+                st.batch_max.load(Ordering::Relaxed),
             );
         }
         "commandstats" => {

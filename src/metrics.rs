@@ -325,6 +325,18 @@ impl Collector for ServerCollector {
             "Store connections re-established after a failure",
             &[(vec![], load(&st.reconnects))],
         )?;
+        counter_family(
+            &mut e,
+            "ringport_store_batches",
+            "Batches of store jobs run (the jobs one worker took off the queue at once)",
+            &[(vec![], load(&st.batches))],
+        )?;
+        counter_family(
+            &mut e,
+            "ringport_store_batched_jobs",
+            "Store jobs run in those batches (divided by batches: the mean batch size)",
+            &[(vec![], load(&st.batched_jobs))],
+        )?;
         Ok(())
     }
 }

@@ -15,6 +15,41 @@ use crate::store::{Backend, Conn, StoreError};
 /// A store job: it gets the worker's connection, or the reason there is none right now.
 pub type StoreJob = Box<dyn FnOnce(Result<&mut dyn Conn, StoreError>) + Send + 'static>;
 
+/// Where a GET's value goes.
+pub type GetDone = Box<dyn FnOnce(Result<Option<Vec<u8>>, StoreError>) + Send + 'static>;
+/// Where a SET's outcome goes, once committed.
+pub type SetDone = Box<dyn FnOnce(Result<(), StoreError>) + Send + 'static>;
+
+/// What the store pool runs. GETs and SETs are typed so that a worker can fold every one queued
+/// at the same moment, from any sessions, into one store call: one query for the GETs, one
+/// commit for the SETs. Each session has at most one store job in flight, so folding never
+/// reorders a session's own commands, and a SET is answered only after the commit that carries
+/// it.
+pub enum StoreWork {
+    /// Any other store call, run alone.
+    Job(StoreJob),
+    Get(GetWork),
+    Set(SetWork),
+}
+
+/// `GET key` of user `owner`.
+pub struct GetWork {
+    pub owner: Arc<str>,
+    pub key: Vec<u8>,
+    pub done: GetDone,
+}
+
+/// `SET key value` of user `owner`.
+pub struct SetWork {
+    pub owner: Arc<str>,
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub done: SetDone,
+}
+
+/// Most jobs one worker takes off the queue at once (one batch query, one commit).
+pub const BATCH_MAX: usize = 128;
+
 /// What the ring knows about one store job it is waiting for, so that a store that stops
 /// answering (a paused or wedged PostgreSQL keeps its connections open, so no timeout of the
 /// client library fires) is noticed and the session answered without waiting for it.
@@ -45,7 +80,7 @@ impl JobTicket {
 }
 
 struct Queued {
-    job: StoreJob,
+    work: StoreWork,
     ticket: Arc<JobTicket>,
 }
 
@@ -58,6 +93,12 @@ pub struct StoreStats {
     pub errors: AtomicU64,
     /// Connections (re)established by workers after a failure.
     pub reconnects: AtomicU64,
+    /// Batches run (a batch: the jobs one worker took off the queue at once).
+    pub batches: AtomicU64,
+    /// Jobs those batches carried; `batched_jobs / batches` is the mean batch size.
+    pub batched_jobs: AtomicU64,
+    /// The largest batch so far.
+    pub batch_max: AtomicU64,
 }
 
 /// The pool handle; cheap to clone.
@@ -130,7 +171,7 @@ impl StorePool {
 
     /// Queues a job, or refuses it when the queue is full. `allowance` is how long the job may
     /// run by design (SLEEP's duration), on top of the store timeout.
-    pub fn submit(&self, job: StoreJob, allowance: Duration) -> Result<Arc<JobTicket>, Busy> {
+    pub fn submit(&self, work: StoreWork, allowance: Duration) -> Result<Arc<JobTicket>, Busy> {
         if self.shutdown.load(Ordering::Acquire) {
             return Err(Busy);
         }
@@ -141,7 +182,7 @@ impl StorePool {
         });
         self.pool.depth.fetch_add(1, Ordering::AcqRel);
         match self.sender.try_send(Queued {
-            job,
+            work,
             ticket: ticket.clone(),
         }) {
             Ok(()) => Ok(ticket),
@@ -272,32 +313,50 @@ fn run_worker(
             continue;
         }
         // Queued jobs are finished before a shutdown takes effect.
-        let Queued { job, ticket } = match receiver.recv_timeout(Duration::from_millis(100)) {
+        let first = match receiver.recv_timeout(Duration::from_millis(100)) {
             Ok(queued) => queued,
             Err(_) if shutdown.load(Ordering::Acquire) => break,
             Err(_) => continue,
         };
-        connect_if_due(&mut conn, &mut reconnect, backend, index, store);
-        pool.depth.fetch_sub(1, Ordering::AcqRel);
-        let now = progress.now_us();
-        if ticket
-            .started_us
-            .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
+        // Whatever else is queued right now joins this batch: GETs and SETs fold into one call
+        // each. Taking them adds no wait (nothing is awaited), and an opaque job ends the
+        // taking, so a slow one (SLEEP) holds back at most this one batch.
+        let mut batch = vec![first];
+        while batch.len() < BATCH_MAX
+            && !matches!(batch.last(), Some(q) if matches!(q.work, StoreWork::Job(_)))
         {
-            // The session already answered "store unavailable" for this one, as for a job
-            // that never ran.
+            match receiver.try_recv() {
+                Ok(queued) => batch.push(queued),
+                Err(_) => break,
+            }
+        }
+        connect_if_due(&mut conn, &mut reconnect, backend, index, store);
+        pool.depth.fetch_sub(batch.len(), Ordering::AcqRel);
+        let now = progress.now_us();
+        // The session already answered "store unavailable" for an abandoned one, as for a job
+        // that never ran.
+        batch.retain(|q| {
+            q.ticket
+                .started_us
+                .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        });
+        if batch.is_empty() {
             continue;
         }
         progress.progress_us.store(now, Ordering::Release);
         progress.busy.fetch_add(1, Ordering::AcqRel);
-        pool.running.fetch_add(1, Ordering::AcqRel);
+        pool.running.fetch_add(batch.len(), Ordering::AcqRel);
         let started = Instant::now();
-        let result =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match conn.as_mut() {
-                Some(c) => job(Ok(&mut **c)),
-                None => job(Err(reconnect.last_error.clone())),
-            }));
+        let jobs = batch.len() as u64;
+        store.batches.fetch_add(1, Ordering::Relaxed);
+        store.batched_jobs.fetch_add(jobs, Ordering::Relaxed);
+        store.batch_max.fetch_max(jobs, Ordering::Relaxed);
+        let tickets: Vec<Arc<JobTicket>> = batch.iter().map(|q| q.ticket.clone()).collect();
+        let works = batch.into_iter().map(|q| q.work).collect();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_batch(conn.as_deref_mut(), &reconnect.last_error, works)
+        }));
         if result.is_err() {
             tracing::error!(
                 worker = index,
@@ -307,16 +366,76 @@ fn run_worker(
         }
         pool.busy_us
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        pool.completed.fetch_add(1, Ordering::Relaxed);
-        ticket.finished.store(true, Ordering::Release);
+        pool.completed.fetch_add(jobs, Ordering::Relaxed);
+        for ticket in &tickets {
+            ticket.finished.store(true, Ordering::Release);
+        }
         progress.busy.fetch_sub(1, Ordering::AcqRel);
-        pool.running.fetch_sub(1, Ordering::AcqRel);
+        pool.running.fetch_sub(jobs as usize, Ordering::AcqRel);
         progress
             .progress_us
             .store(progress.now_us(), Ordering::Release);
     }
     if counted_up {
         progress.up.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Runs one batch: its GETs as one call, then its SETs as one commit (so a GET never waits
+/// behind a commit), then its other job, if any. Without a connection each is answered with
+/// `down`.
+fn run_batch(
+    mut conn: Option<&mut (dyn Conn + 'static)>,
+    down: &StoreError,
+    works: Vec<StoreWork>,
+) {
+    let (mut gets, mut sets, mut jobs) = (Vec::new(), Vec::new(), Vec::new());
+    for work in works {
+        match work {
+            StoreWork::Get(get) => gets.push(get),
+            StoreWork::Set(set) => sets.push(set),
+            StoreWork::Job(job) => jobs.push(job),
+        }
+    }
+    if !gets.is_empty() {
+        let keys: Vec<(&str, &[u8])> = gets.iter().map(|g| (&*g.owner, &g.key[..])).collect();
+        let values = match conn.as_deref_mut() {
+            Some(c) => c.get_many(&keys),
+            None => Err(down.clone()),
+        };
+        drop(keys);
+        match values {
+            Ok(values) => {
+                for (get, value) in gets.into_iter().zip(values) {
+                    (get.done)(Ok(value));
+                }
+            }
+            Err(error) => {
+                for get in gets {
+                    (get.done)(Err(error.clone()));
+                }
+            }
+        }
+    }
+    if !sets.is_empty() {
+        let triples: Vec<(&str, &[u8], &[u8])> = sets
+            .iter()
+            .map(|s| (&*s.owner, &s.key[..], &s.value[..]))
+            .collect();
+        let outcomes = match conn.as_deref_mut() {
+            Some(c) => c.set_many(&triples),
+            None => triples.iter().map(|_| Err(down.clone())).collect(),
+        };
+        drop(triples);
+        for (set, outcome) in sets.into_iter().zip(outcomes) {
+            (set.done)(outcome);
+        }
+    }
+    for job in jobs {
+        match conn.as_deref_mut() {
+            Some(c) => job(Ok(c)),
+            None => job(Err(down.clone())),
+        }
     }
 }
 

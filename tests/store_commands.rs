@@ -73,6 +73,7 @@ on_both_backends!(
     sleep_takes_a_store_call,
     acknowledged_writes_survive_kill_9,
     slow_store_commands_never_stall_other_sessions,
+    batched_gets_and_sets_keep_each_sessions_order,
 );
 
 fn ok() -> Reply {
@@ -398,6 +399,89 @@ fn pipelined_writes_are_seen_by_later_reads(backend: Backend) {
     assert_eq!(
         (set.as_str(), get.as_str(), incr, got.as_str()),
         ("OK", "q", 51, "51")
+    );
+}
+
+/// Issue 13: a store worker folds the GETs queued at the same moment into one store call and
+/// the SETs into one commit, from any sessions. 600 sessions (alice's and bob's, so one batch
+/// mixes users) each send 20 rounds of `SET own-key`, `GET own-key`, `SET shared`, `GET other's
+/// key` in one write, all at once: every session sees its own writes in its own order, a key
+/// of the same name of the other user is never mixed up with its own, the SETs of one key by
+/// many sessions in one batch leave one of their values, and INFO shows that batches of more
+/// than one job ran.
+fn batched_gets_and_sets_keep_each_sessions_order(backend: Backend) {
+    const SESSIONS: usize = 600;
+    const ROUNDS: usize = 20;
+    let server = start(backend, "batched_gets_and_sets", &[]);
+    let mut sessions: Vec<(usize, RawConn)> = (0..SESSIONS)
+        .map(|i| {
+            let mut conn = server.raw();
+            let (user, password) = if i % 2 == 0 {
+                (USER, PASSWORD)
+            } else {
+                (BOB, BOB_PASSWORD)
+            };
+            conn.auth(user, password);
+            (i, conn)
+        })
+        .collect();
+    for (i, conn) in &mut sessions {
+        let mut batch = Vec::new();
+        for round in 0..ROUNDS {
+            let own = format!("own:{}", *i / 2);
+            let value = format!("{i}:{round}");
+            batch.extend(encode(&[b"SET", own.as_bytes(), value.as_bytes()]));
+            batch.extend(encode(&[b"GET", own.as_bytes()]));
+            batch.extend(encode(&[b"SET", b"shared", value.as_bytes()]));
+        }
+        conn.send(&batch);
+    }
+    for (i, conn) in &mut sessions {
+        for round in 0..ROUNDS {
+            let value = format!("{i}:{round}");
+            assert_eq!(conn.read_reply(), ok(), "session {i} round {round}: SET");
+            assert_eq!(
+                conn.read_reply(),
+                Reply::bulk(&value),
+                "session {i} round {round}: GET after its own SET"
+            );
+            assert_eq!(
+                conn.read_reply(),
+                ok(),
+                "session {i} round {round}: SET shared"
+            );
+        }
+    }
+    // alice's own:n and bob's own:n are different keys: each holds its own session's last value.
+    for (i, conn) in sessions.iter_mut().take(4) {
+        let own = format!("own:{}", *i / 2);
+        assert_eq!(
+            conn.cmd(&[b"GET", own.as_bytes()]),
+            Reply::bulk(format!("{i}:{}", ROUNDS - 1))
+        );
+    }
+    let (_, alice) = &mut sessions[0];
+    match alice.cmd(&[b"GET", b"shared"]) {
+        Reply::Bulk(value) => {
+            let value = String::from_utf8(value).unwrap();
+            let (session, round) = value.split_once(':').unwrap();
+            let (session, round): (usize, usize) =
+                (session.parse().unwrap(), round.parse().unwrap());
+            assert!(
+                session % 2 == 0 && round < ROUNDS,
+                "alice's shared holds {value}, which no alice session wrote"
+            );
+        }
+        other => panic!("GET shared: {other:?}"),
+    }
+    let [batches, jobs, largest] = store_fields(
+        alice,
+        ["store_batches", "store_batched_jobs", "store_batch_max"],
+    );
+    eprintln!("{backend:?}: {jobs} jobs in {batches} batches, the largest {largest}");
+    assert!(
+        largest > 1 && jobs > batches,
+        "no batch carried more than one job: {jobs} jobs in {batches} batches"
     );
 }
 

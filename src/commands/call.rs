@@ -16,7 +16,7 @@ use crate::msg::{Msg, Replier};
 use crate::pool::Job;
 use crate::resp::Proto;
 use crate::shared::Shared;
-use crate::storepool::StoreJob;
+use crate::storepool::StoreWork;
 
 /// The reply when a pool's queue is full.
 pub(crate) const BUSY: &[u8] = b"-BUSY server overloaded, try again\r\n";
@@ -115,8 +115,8 @@ impl<'a, 's> Call<'a, 's> {
     /// Runs `job` on the store pool; the session waits for its reply (or gets BUSY at once).
     /// `allowance` is how much longer than `--store-timeout` the job may take (SLEEP's own
     /// delay).
-    pub fn offload_store(&mut self, name: &'static str, job: StoreJob, allowance: Duration) {
-        match self.shared.store.submit(job, allowance) {
+    pub fn offload_store(&mut self, name: &'static str, work: StoreWork, allowance: Duration) {
+        match self.shared.store.submit(work, allowance) {
             Ok(ticket) => {
                 let now = self.cx.now;
                 // Watch for a store that stops answering: the first look comes after the store

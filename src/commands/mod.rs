@@ -22,6 +22,7 @@ use crate::msg::{AfterAuth, AuthOutcome, KillFilter, Msg, Replier};
 use crate::resp::{self, parse_i64, Args, Proto};
 use crate::shared::Shared;
 use crate::store::{Conn as StoreConn, StoreError};
+use crate::storepool::{GetWork, SetWork, StoreWork};
 use crate::table::{arity_ok, lookup, Class, Spec, COMMANDS};
 
 pub use call::Call;
@@ -614,7 +615,7 @@ fn start_auth(call: &mut Call<'_, '_>, user: String, password: Vec<u8>, then: Af
                 .finish(&user, &password, &hash, auth::Verdict::Busy);
         }
     });
-    call.offload_store("auth", job, Duration::ZERO);
+    call.offload_store("auth", StoreWork::Job(job), Duration::ZERO);
 }
 
 /// Counts a wrong password for (address, user) and answers it, late when that pair is past its
@@ -725,10 +726,10 @@ fn debug(call: &mut Call<'_, '_>, args: &Args) {
                 ),
                 "store" => call.offload_store(
                     "debug",
-                    Box::new(move |_| {
+                    StoreWork::Job(Box::new(move |_| {
                         let _unanswered = &replier;
                         panic!("DEBUG PANIC-JOB store");
-                    }),
+                    })),
                     Duration::ZERO,
                 ),
                 _ => err(call.out(), "ERR syntax error"),
@@ -771,6 +772,44 @@ fn store_command(call: &mut Call<'_, '_>, spec: &'static Spec, args: &Args) {
     let shared = call.shared.clone();
     let replier = call.replier();
     let name = spec.name;
+    // GET and SET travel typed, so that a store worker folds those of many sessions into one
+    // query or one commit.
+    let mut argv = argv;
+    match name {
+        "get" => {
+            let key = std::mem::take(&mut argv[1]);
+            let done = Box::new(move |value: Result<Option<Vec<u8>>, StoreError>| {
+                let mut reply = Vec::new();
+                match value {
+                    Ok(Some(value)) => resp::bulk(&mut reply, &value),
+                    Ok(None) => resp::null(&mut reply, proto),
+                    Err(e) => return store_failed(&shared, replier, &e),
+                }
+                if reply.len() > shared.config.max_output_buffer {
+                    return replier.over_output_limit();
+                }
+                replier.reply(reply);
+            });
+            let work = StoreWork::Get(GetWork { owner, key, done });
+            return call.offload_store(name, work, Duration::ZERO);
+        }
+        "set" => {
+            let value = std::mem::take(&mut argv[2]);
+            let key = std::mem::take(&mut argv[1]);
+            let done = Box::new(move |outcome: Result<(), StoreError>| match outcome {
+                Ok(()) => replier.reply(b"+OK\r\n".to_vec()),
+                Err(e) => store_failed(&shared, replier, &e),
+            });
+            let work = StoreWork::Set(SetWork {
+                owner,
+                key,
+                value,
+                done,
+            });
+            return call.offload_store(name, work, Duration::ZERO);
+        }
+        _ => {}
+    }
     let allowance = if name == "sleep" {
         Duration::from_millis(parse_i64(&argv[1]).unwrap_or(0).max(0) as u64)
     } else {
@@ -785,15 +824,19 @@ fn store_command(call: &mut Call<'_, '_>, spec: &'static Spec, args: &Args) {
             Ok(Built::OverLimit) => return replier.over_output_limit(),
             Ok(Built::Whole) if reply.len() > limit => return replier.over_output_limit(),
             Ok(Built::Whole) => {}
-            Err(e) => {
-                shared.store.note_error(&e);
-                reply.clear();
-                resp::error(&mut reply, e.resp_message().as_bytes());
-            }
+            Err(e) => return store_failed(&shared, replier, &e),
         }
         replier.reply(reply);
     });
-    call.offload_store(spec.name, job, allowance);
+    call.offload_store(spec.name, StoreWork::Job(job), allowance);
+}
+
+/// Answers a store command whose call failed, and counts the failure.
+fn store_failed(shared: &Shared, replier: Replier, error: &StoreError) {
+    shared.store.note_error(error);
+    let mut reply = Vec::new();
+    resp::error(&mut reply, error.resp_message().as_bytes());
+    replier.reply(reply);
 }
 
 /// Whether [`run_store`] built the whole reply.

@@ -253,6 +253,10 @@ pub fn decode_user(name: &str, encoded: &[u8]) -> Result<UserRecord, StoreError>
     })
 }
 
+fn committer_stopped() -> StoreError {
+    StoreError::Other("the embedded store's committer thread stopped".into())
+}
+
 fn storage_error(error: impl Into<redb::Error>) -> StoreError {
     StoreError::Other(format!("embedded store: {}", error.into()))
 }
@@ -260,11 +264,21 @@ fn storage_error(error: impl Into<redb::Error>) -> StoreError {
 impl EmbeddedConn {
     /// Queues `op` for the committer and waits until its batch is durably committed.
     fn write(&self, op: WriteOp) -> Result<Outcome, StoreError> {
+        self.queue_write(op)?
+            .recv()
+            .map_err(|_| committer_stopped())?
+    }
+
+    /// Queues `op` for the committer; its outcome arrives once its batch is committed.
+    fn queue_write(
+        &self,
+        op: WriteOp,
+    ) -> Result<Receiver<Result<Outcome, StoreError>>, StoreError> {
         let (reply, answer) = crossbeam_channel::bounded(1);
-        let stopped = || StoreError::Other("the embedded store's committer thread stopped".into());
-        let jobs = self.shared.jobs.as_ref().ok_or_else(stopped)?;
-        jobs.send(Job { op, reply }).map_err(|_| stopped())?;
-        answer.recv().map_err(|_| stopped())?
+        let jobs = self.shared.jobs.as_ref().ok_or_else(committer_stopped)?;
+        jobs.send(Job { op, reply })
+            .map_err(|_| committer_stopped())?;
+        Ok(answer)
     }
 
     /// Runs `read` on the `kv` table in a fresh read transaction.
@@ -285,6 +299,44 @@ impl Conn for EmbeddedConn {
             let value = table.get(key.as_slice()).map_err(storage_error)?;
             Ok(value.map(|guard| guard.value().to_vec()))
         })
+    }
+
+    fn get_many(&mut self, keys: &[(&str, &[u8])]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        let keys = keys
+            .iter()
+            .map(|(owner, key)| kv_key(owner, key))
+            .collect::<Result<Vec<_>, _>>()?;
+        // One read transaction for the lot: a snapshot, never waiting for the committer.
+        self.read_kv(|table| {
+            keys.iter()
+                .map(|key| {
+                    let value = table.get(key.as_slice()).map_err(storage_error)?;
+                    Ok(value.map(|guard| guard.value().to_vec()))
+                })
+                .collect()
+        })
+    }
+
+    fn set_many(&mut self, triples: &[(&str, &[u8], &[u8])]) -> Vec<Result<(), StoreError>> {
+        // Queue every write before waiting for any, so that the committer finds them all
+        // queued at once and commits them together (one fsync), as it does for writes from
+        // different workers.
+        let answers: Vec<Result<Receiver<Result<Outcome, StoreError>>, StoreError>> = triples
+            .iter()
+            .map(|(owner, key, value)| {
+                self.queue_write(WriteOp::Set {
+                    key: kv_key(owner, key)?,
+                    value: value.to_vec(),
+                })
+            })
+            .collect();
+        answers
+            .into_iter()
+            .map(|answer| {
+                let outcome = answer?.recv().map_err(|_| committer_stopped())?;
+                outcome.map(|_| ())
+            })
+            .collect()
     }
 
     fn mget_within(

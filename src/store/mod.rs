@@ -185,6 +185,14 @@ pub trait Conn: Send {
     ) -> Result<Vec<Option<Vec<u8>>>, StoreError>;
     /// Sets `key` to `value`, committed durably.
     fn set(&mut self, owner: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
+    /// The values of several (owner, key) pairs, in order: the GETs of many sessions queued at
+    /// the same moment, fetched with one store call.
+    fn get_many(&mut self, keys: &[(&str, &[u8])]) -> Result<Vec<Option<Vec<u8>>>, StoreError>;
+    /// Sets several (owner, key, value) triples, the SETs of many sessions queued at the same
+    /// moment, in as few durable commits as the backend allows (one, unless one of them fails on
+    /// its own); returns each one's outcome, in order. Of two triples with the same owner and
+    /// key, the later wins. Each `Ok` means that triple is committed.
+    fn set_many(&mut self, triples: &[(&str, &[u8], &[u8])]) -> Vec<Result<(), StoreError>>;
     /// Sets every pair in one transaction; of duplicate keys the later pair wins.
     fn mset(&mut self, owner: &str, pairs: &[(&[u8], &[u8])]) -> Result<(), StoreError>;
     /// Removes `keys`; returns how many existed (a key named twice counts once), as Redis.

@@ -29,7 +29,7 @@
 //! A call is retried only when the server said it did not run it: an INCR whose fate is unknown is
 //! reported `Unavailable`, never applied twice.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -349,8 +349,10 @@ struct Session {
 /// Prepared once per connection.
 struct Statements {
     get: Statement,
+    get_many: Statement,
     mget: Statement,
     set: Statement,
+    set_many: Statement,
     mset: Statement,
     del: Statement,
     exists: Statement,
@@ -381,8 +383,18 @@ impl Session {
 async fn prepare(client: &Client) -> Result<Statements, tokio_postgres::Error> {
     Ok(Statements {
             get: client.prepare("SELECT value FROM ringport_kv WHERE owner = $1 AND key = $2").await?,
+            get_many: client.prepare(
+                "SELECT wanted.ord, kv.value
+                 FROM unnest($1::text[], $2::bytea[]) WITH ORDINALITY AS wanted(owner, key, ord)
+                 JOIN ringport_kv kv ON kv.owner = wanted.owner AND kv.key = wanted.key",
+            ).await?,
             mget: client.prepare(
                 "SELECT key, value FROM ringport_kv WHERE owner = $1 AND key = ANY($2::bytea[])",
+            ).await?,
+            set_many: client.prepare(
+                "INSERT INTO ringport_kv (owner, key, value)
+                 SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[])
+                 ON CONFLICT (owner, key) DO UPDATE SET value = EXCLUDED.value",
             ).await?,
             set: client.prepare(
                 "INSERT INTO ringport_kv (owner, key, value) VALUES ($1, $2, $3)
@@ -702,24 +714,66 @@ impl Conn for PostgresConn {
         })
     }
 
+    fn get_many(&mut self, keys: &[(&str, &[u8])]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+        if let [(owner, key)] = keys {
+            return Ok(vec![self.get(owner, key)?]);
+        }
+        let owners: Vec<&str> = keys.iter().map(|(owner, _)| *owner).collect();
+        let names: Vec<&[u8]> = keys.iter().map(|(_, key)| *key).collect();
+        self.run(Duration::ZERO, async |client, statements| {
+            let rows = client
+                .query(&statements.get_many, &[&owners, &names])
+                .await?;
+            let mut values = vec![None; keys.len()];
+            for row in rows {
+                let ord: i64 = row.get(0);
+                if let Some(slot) = usize::try_from(ord - 1)
+                    .ok()
+                    .and_then(|i| values.get_mut(i))
+                {
+                    *slot = Some(row.get(1));
+                }
+            }
+            Ok(values)
+        })
+    }
+
+    fn set_many(&mut self, triples: &[(&str, &[u8], &[u8])]) -> Vec<Result<(), StoreError>> {
+        if let [(owner, key, value)] = triples {
+            return vec![self.set(owner, key, value)];
+        }
+        // One INSERT may not touch a row twice: the later SET of a (user, key) wins, as if the
+        // two had committed one after the other. Rows go in (owner, key) order, the order every
+        // multi-row write takes its row locks in: two batches on two connections that share
+        // keys then wait for each other instead of deadlocking.
+        let mut latest: BTreeMap<(&str, &[u8]), &[u8]> = BTreeMap::new();
+        for (owner, key, value) in triples {
+            latest.insert((owner, key), value);
+        }
+        let (mut owners, mut keys, mut values) = (Vec::new(), Vec::new(), Vec::new());
+        for ((owner, key), value) in latest {
+            owners.push(owner);
+            keys.push(key);
+            values.push(value);
+        }
+        let outcome = self.run(Duration::ZERO, async |client, statements| {
+            client
+                .execute(&statements.set_many, &[&owners, &keys, &values])
+                .await?;
+            Ok(())
+        });
+        vec![outcome; triples.len()]
+    }
+
     fn mset(&mut self, owner: &str, pairs: &[(&[u8], &[u8])]) -> Result<(), StoreError> {
         if pairs.is_empty() {
             return Ok(());
         }
-        // One INSERT may not touch a row twice: keep each key's last value, in first-seen order.
-        let mut index_of: HashMap<&[u8], usize> = HashMap::with_capacity(pairs.len());
-        let mut keys: Vec<&[u8]> = Vec::with_capacity(pairs.len());
-        let mut values: Vec<&[u8]> = Vec::with_capacity(pairs.len());
-        for (key, value) in pairs {
-            match index_of.get(key) {
-                Some(&index) => values[index] = value,
-                None => {
-                    index_of.insert(key, keys.len());
-                    keys.push(key);
-                    values.push(value);
-                }
-            }
-        }
+        // One INSERT may not touch a row twice: keep each key's last value. In key order, as
+        // every multi-row write locks its rows (see `set_many`).
+        let latest: BTreeMap<&[u8], &[u8]> = pairs.iter().copied().collect();
+        let keys: Vec<&[u8]> = latest.keys().copied().collect();
+        let values: Vec<&[u8]> = latest.values().copied().collect();
         self.run(Duration::ZERO, async |client, statements| {
             client
                 .execute(&statements.mset, &[&owner, &keys, &values])

@@ -464,7 +464,11 @@ fn check_idle_wakeups(options: &Options) -> Result<(), String> {
     let after = ring_enters(&mut control)?;
     let per_s = after.saturating_sub(before) as f64 / started.elapsed().as_secs_f64();
     println!("suite: idle enters_per_s={per_s:.1} sessions={IDLE_SESSIONS}");
-    expect("PING after idling", sessions[0].call(&[b"PING"]), &simple("PONG"))?;
+    expect(
+        "PING after idling",
+        sessions[0].call(&[b"PING"]),
+        &simple("PONG"),
+    )?;
     if per_s > IDLE_ENTERS_PER_S_MAX {
         return Err(format!(
             "{per_s:.1} io_uring_enter calls per second with {IDLE_SESSIONS} idle sessions (at most {IDLE_ENTERS_PER_S_MAX}): a ring spins"
