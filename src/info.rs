@@ -189,11 +189,21 @@ fn write_section(shared: &Shared, section: &str, out: &mut String) {
                 p.rejected.load(Ordering::Relaxed),
                 st.unavailable.load(Ordering::Relaxed),
                 st.errors.load(Ordering::Relaxed),
-                st.reconnects.load(Ordering::Relaxed),
+                shared.store.reconnects(),
                 st.batches.load(Ordering::Relaxed),
                 st.batched_jobs.load(Ordering::Relaxed),
                 st.batch_max.load(Ordering::Relaxed),
             );
+            for (i, w) in st.workers.iter().enumerate() {
+                let _ = write!(
+                    out,
+                    "store_conn{i}:up={},in_flight={},batches={},jobs={}\r\n",
+                    u8::from(w.up.load(Ordering::Relaxed)),
+                    w.in_flight.load(Ordering::Relaxed),
+                    w.batches.load(Ordering::Relaxed),
+                    w.jobs.load(Ordering::Relaxed),
+                );
+            }
         }
         "commandstats" => {
             for c in shared.commands.summaries() {

@@ -323,7 +323,17 @@ impl Collector for ServerCollector {
             &mut e,
             "ringport_store_reconnects",
             "Store connections re-established after a failure",
-            &[(vec![], load(&st.reconnects))],
+            &[(vec![], s.store.reconnects())],
+        )?;
+        gauge_family(
+            &mut e,
+            "ringport_store_in_flight",
+            "Store requests in flight, per store connection (the batch its worker is running)",
+            &st.workers
+                .iter()
+                .enumerate()
+                .map(|(i, w)| (vec![("conn", i.to_string())], load(&w.in_flight) as i64))
+                .collect::<Vec<_>>(),
         )?;
         counter_family(
             &mut e,

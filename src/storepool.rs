@@ -99,6 +99,19 @@ pub struct StoreStats {
     pub batched_jobs: AtomicU64,
     /// The largest batch so far.
     pub batch_max: AtomicU64,
+    /// Per worker, that is per store connection.
+    pub workers: Vec<WorkerStats>,
+}
+
+/// One worker's connection, for INFO.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    /// Its connection is up and taking jobs.
+    pub up: AtomicBool,
+    /// Jobs of the batch it is running now: the requests in flight on its connection.
+    pub in_flight: AtomicU64,
+    pub batches: AtomicU64,
+    pub jobs: AtomicU64,
 }
 
 /// The pool handle; cheap to clone.
@@ -129,7 +142,10 @@ impl StorePool {
         let busy = Arc::new(AtomicU64::new(0));
         let up = Arc::new(AtomicUsize::new(0));
         let pool = Arc::new(PoolStats::default());
-        let store = Arc::new(StoreStats::default());
+        let store = Arc::new(StoreStats {
+            workers: (0..threads).map(|_| WorkerStats::default()).collect(),
+            ..StoreStats::default()
+        });
         let shutdown = Arc::new(AtomicBool::new(false));
         let handles = (0..threads)
             .map(|index| {
@@ -239,6 +255,12 @@ impl StorePool {
         &self.store
     }
 
+    /// Store connections re-established after a loss: by the workers, and by the backend's
+    /// connections themselves (PostgreSQL reconnects lazily on the next call).
+    pub fn reconnects(&self) -> u64 {
+        self.store.reconnects.load(Ordering::Relaxed) + self.backend.reconnects()
+    }
+
     /// Worker count.
     pub fn threads(&self) -> usize {
         self.worker_count
@@ -299,6 +321,7 @@ fn run_worker(
         let ready = conn.as_mut().is_some_and(|c| c.ready());
         if ready != counted_up {
             counted_up = ready;
+            store.workers[index].up.store(ready, Ordering::Relaxed);
             if ready {
                 progress.up.fetch_add(1, Ordering::AcqRel);
             } else {
@@ -352,6 +375,10 @@ fn run_worker(
         store.batches.fetch_add(1, Ordering::Relaxed);
         store.batched_jobs.fetch_add(jobs, Ordering::Relaxed);
         store.batch_max.fetch_max(jobs, Ordering::Relaxed);
+        let mine = &store.workers[index];
+        mine.batches.fetch_add(1, Ordering::Relaxed);
+        mine.jobs.fetch_add(jobs, Ordering::Relaxed);
+        mine.in_flight.store(jobs, Ordering::Relaxed);
         let tickets: Vec<Arc<JobTicket>> = batch.iter().map(|q| q.ticket.clone()).collect();
         let works = batch.into_iter().map(|q| q.work).collect();
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
@@ -367,6 +394,7 @@ fn run_worker(
         pool.busy_us
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
         pool.completed.fetch_add(jobs, Ordering::Relaxed);
+        mine.in_flight.store(0, Ordering::Relaxed);
         for ticket in &tickets {
             ticket.finished.store(true, Ordering::Release);
         }

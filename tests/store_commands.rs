@@ -731,6 +731,27 @@ fn postgres_outage_answers_store_unavailable_then_recovers_without_restart() {
     assert_eq!(fresh.cmd(&[b"INCR", b"n"]), Reply::Int(1));
     let value: String = redis::cmd("GET").arg("k").query(&mut client).unwrap();
     assert_eq!(value, "after");
+    // Issue 13, item 4: every connection re-established after the outage is counted (the
+    // PostgreSQL connections reconnect by themselves, on their next call, so the count used to
+    // stay 0), and each store connection has its INFO line, up again.
+    let [reconnects] = store_fields(&mut fresh, ["store_reconnects"]);
+    assert!(
+        reconnects >= 1,
+        "store_reconnects {reconnects} after an outage"
+    );
+    let Reply::Bulk(info) = fresh.cmd(&[b"INFO", b"store"]) else {
+        panic!("INFO store is a bulk string")
+    };
+    let info = String::from_utf8(info).unwrap();
+    let conns: Vec<&str> = info
+        .lines()
+        .filter(|l| l.starts_with("store_conn"))
+        .collect();
+    assert_eq!(conns.len(), 4, "one line per store connection:\n{info}");
+    assert!(
+        conns.iter().all(|l| l.contains(":up=1,")),
+        "every store connection is up again:\n{info}"
+    );
 }
 
 #[test]

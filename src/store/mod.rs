@@ -158,6 +158,11 @@ pub trait Backend: Send + Sync + 'static {
     /// A new connection, one per store worker thread. Fails within about a second with
     /// [`StoreError::Unavailable`] when the store cannot be reached.
     fn connect(&self) -> Result<Box<dyn Conn>, StoreError>;
+    /// Connections the backend re-established by itself after losing them (a [`Conn`] that
+    /// reconnects lazily); the store pool counts the ones it makes.
+    fn reconnects(&self) -> u64 {
+        0
+    }
 }
 
 /// One store worker's connection. Key-value calls are scoped by `owner`.

@@ -91,6 +91,8 @@ pub struct Postgres {
     description: Arc<str>,
     call_timeout: Duration,
     next_connection_id: AtomicU64,
+    /// Connections re-established after a loss, by any [`PostgresConn`].
+    reconnects: Arc<AtomicU64>,
 }
 
 impl Postgres {
@@ -133,6 +135,7 @@ impl Postgres {
             description,
             call_timeout,
             next_connection_id: AtomicU64::new(1),
+            reconnects: Arc::default(),
         })
     }
 }
@@ -247,6 +250,10 @@ impl Backend for Postgres {
         self.description.to_string()
     }
 
+    fn reconnects(&self) -> u64 {
+        self.reconnects.load(Ordering::Relaxed)
+    }
+
     fn connect(&self) -> Result<Box<dyn Conn>, StoreError> {
         let session = Session::connect(&self.config, self.call_timeout).map_err(|failure| {
             StoreError::Unavailable(format!(
@@ -259,6 +266,7 @@ impl Backend for Postgres {
             config: self.config.clone(),
             description: Arc::clone(&self.description),
             call_timeout: self.call_timeout,
+            reconnects: Arc::clone(&self.reconnects),
             id: self.next_connection_id.fetch_add(1, Ordering::Relaxed),
             session: Some(session),
             next_attempt: None,
@@ -495,6 +503,8 @@ struct PostgresConn {
     config: Config,
     description: Arc<str>,
     call_timeout: Duration,
+    /// The backend's count of re-established connections.
+    reconnects: Arc<AtomicU64>,
     /// Names this connection in logs.
     id: u64,
     /// `None` while disconnected.
@@ -525,6 +535,8 @@ impl PostgresConn {
             Ok(session) => {
                 self.session = Some(session);
                 self.next_attempt = None;
+                // Every connection past a worker's first replaces a lost one.
+                self.reconnects.fetch_add(1, Ordering::Relaxed);
                 if self.down.take().is_some() {
                     tracing::info!(
                         connection = self.id,
