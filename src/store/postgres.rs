@@ -388,7 +388,21 @@ impl Session {
 }
 
 /// Prepares every statement the calls use.
+///
+/// Each statement is planned once, for any parameters (`plan_cache_mode = force_generic_plan`,
+/// PostgreSQL 12+; older servers keep their default): every one is an index lookup whatever the
+/// parameters, and PostgreSQL otherwise re-plans the batched GET (`unnest ... JOIN`) on every
+/// call, because its generic plan's estimated cost never beats a custom plan's. Under a GET load
+/// that planning was most of the server's CPU.
 async fn prepare(client: &Client) -> Result<Statements, tokio_postgres::Error> {
+    if let Err(error) = client
+        .batch_execute("SET plan_cache_mode = force_generic_plan")
+        .await
+    {
+        if error.code() != Some(&SqlState::UNDEFINED_OBJECT) {
+            return Err(error);
+        }
+    }
     Ok(Statements {
             get: client.prepare("SELECT value FROM ringport_kv WHERE owner = $1 AND key = $2").await?,
             get_many: client.prepare(
