@@ -54,8 +54,6 @@ pub enum Verdict {
     Valid,
     /// It does not.
     Invalid,
-    /// The compute pool was full; nobody verified.
-    Busy,
 }
 
 /// Called with the verdict of a verification this caller joined.

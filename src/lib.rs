@@ -25,4 +25,5 @@ pub mod systemd;
 pub mod table;
 #[doc(hidden)]
 pub mod testkit;
+pub mod userdir;
 pub mod users;

@@ -3,7 +3,7 @@
 //! SIGTERM or SIGINT.
 
 use std::sync::atomic::AtomicUsize;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use ringport_ring::{AcceptPath, EpollLoop, Features, RecvPath, Ring, RingConfig};
@@ -16,6 +16,7 @@ use crate::session::RingHandler;
 use crate::shared::Shared;
 use crate::store::{self, StoreSpec, UserRecord};
 use crate::storepool::StorePool;
+use crate::userdir::UserDirectory;
 
 /// Errors that stop start-up, with what to do about them.
 pub type StartError = String;
@@ -42,27 +43,32 @@ fn init_logging(args: &ServeArgs) {
 }
 
 /// Opens the store named by the arguments and makes sure a first user exists: on first start
-/// an `admin` user is created with a random password, printed once.
-pub fn open_store(spec: &StoreSpec) -> Result<Arc<dyn store::Backend>, StartError> {
+/// an `admin` user is created with a random password, printed once. Returns the store and its
+/// users, as read now.
+pub fn open_store(
+    spec: &StoreSpec,
+) -> Result<(Arc<dyn store::Backend>, Vec<UserRecord>), StartError> {
     let backend = store::open(spec).map_err(|e| format!("cannot open the store: {e}"))?;
     let mut conn = backend
         .connect()
         .map_err(|e| format!("cannot connect to the store: {e}"))?;
-    let users = conn
+    let mut users = conn
         .users()
         .map_err(|e| format!("cannot read users from the store: {e}"))?;
     if users.is_empty() {
         let password = auth::random_password();
-        conn.put_user(&UserRecord {
+        let admin = UserRecord {
             name: "admin".into(),
             hash: auth::hash_password(password.as_bytes()),
             disabled: false,
-        })
-        .map_err(|e| format!("cannot create the first user: {e}"))?;
+        };
+        conn.put_user(&admin)
+            .map_err(|e| format!("cannot create the first user: {e}"))?;
+        users.push(admin);
         println!("No users existed: created user 'admin' with password {password}");
         println!("(shown once; change it with `ringport user passwd admin`)");
     }
-    Ok(backend)
+    Ok((backend, users))
 }
 
 /// Runs the server until SIGTERM/SIGINT, then drains. Returns once every ring has stopped.
@@ -122,8 +128,14 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
     if let StoreSpec::Embedded { cache_size, .. } = &mut spec {
         *cache_size = args.embedded_cache_size;
     }
-    let backend = open_store(&spec)?;
-    tracing::info!(store = %backend.describe(), "store opened");
+    let (backend, users) = open_store(&spec)?;
+    tracing::info!(store = %backend.describe(), users = users.len(), "store opened");
+    // AUTH reads users from memory; the backend keeps the table current from here on.
+    let users = Arc::new(UserDirectory::new(users));
+    let watched: Weak<UserDirectory> = Arc::downgrade(&users);
+    backend
+        .watch_users(watched)
+        .map_err(|e| format!("cannot watch the store's users: {e}"))?;
 
     let compute_threads = args.compute_threads.unwrap_or(core_count);
     let store_threads = args.store_threads.unwrap_or(2 * core_count);
@@ -183,6 +195,7 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
         &args,
         compute.clone(),
         store_pool.clone(),
+        users,
         senders.clone(),
         features.clone(),
         core_count,

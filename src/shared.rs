@@ -1,5 +1,5 @@
-//! What every ring and pool job shares, read-mostly: the run-time settings, the pools, the auth
-//! caches, the rings' mailboxes and statistics, the server-wide counters.
+//! What every ring and pool job shares, read-mostly: the run-time settings, the pools, the user
+//! table and the auth caches, the rings' mailboxes and statistics, the server-wide counters.
 //!
 //! Kept apart from start-up so that sessions, commands, INFO and `/metrics` can all read it
 //! without importing the module that starts them.
@@ -18,6 +18,7 @@ use crate::msg::Msg;
 use crate::pool::ComputePool;
 use crate::storepool::StorePool;
 use crate::table::COMMANDS;
+use crate::userdir::UserDirectory;
 
 /// Settings the sessions consult at run time.
 #[derive(Debug, Clone)]
@@ -64,13 +65,16 @@ pub struct Shared {
     pub config: RuntimeConfig,
     pub compute: ComputePool,
     pub store: StorePool,
+    /// Every user, held in memory and kept current by the store's backend: AUTH reads it here,
+    /// so it works while the store is down.
+    pub users: Arc<UserDirectory>,
     pub auth_cache: VerifiedCache,
     /// Failed AUTH attempts per (address, user) and per user per minute.
     pub auth_limiter: FailureLimiter,
     /// Answers slowed AUTH failures late.
     pub auth_delayer: Delayer,
     /// An argon2id hash of nothing in particular, verified against for unknown users.
-    pub dummy_hash: String,
+    pub dummy_hash: Arc<str>,
     pub rings: Vec<Arc<RingStats>>,
     /// The probed io_uring features; `None` on the epoll backend.
     pub features: Option<Features>,
@@ -92,10 +96,12 @@ pub struct Shared {
 
 impl Shared {
     /// Everything the rings and jobs share, from the `serve` settings. One ring per sender.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         args: &ServeArgs,
         compute: ComputePool,
         store: StorePool,
+        users: Arc<UserDirectory>,
         ring_senders: Vec<ringport_ring::Sender<Msg>>,
         features: Option<Features>,
         cores: usize,
@@ -129,6 +135,7 @@ impl Shared {
             },
             compute,
             store,
+            users,
             auth_cache: VerifiedCache::new(100_000),
             auth_limiter: FailureLimiter::new(
                 args.auth_failures_per_minute,
@@ -136,7 +143,7 @@ impl Shared {
                 100_000,
             ),
             auth_delayer: Delayer::default(),
-            dummy_hash: auth::hash_password(auth::random_password().as_bytes()),
+            dummy_hash: auth::hash_password(auth::random_password().as_bytes()).into(),
             rings: (0..ring_count).map(|_| Arc::default()).collect(),
             backend_name: if features.is_some() {
                 "io_uring"

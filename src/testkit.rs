@@ -17,6 +17,7 @@ use crate::session::RingHandler;
 use crate::shared::Shared;
 use crate::store::{self, StoreSpec, UserRecord};
 use crate::storepool::StorePool;
+use crate::userdir::UserDirectory;
 
 /// One server's shared state; each session gets a mailbox of its own (there is no ring, so
 /// ring-wide queries such as CLIENT LIST see no sessions).
@@ -41,22 +42,25 @@ impl TestServer {
             cache_size: args.embedded_cache_size,
         };
         let backend = store::open(&spec).expect("open the embedded store");
-        backend
+        let users = backend
             .connect()
             .and_then(|mut c| {
                 c.put_user(&UserRecord {
                     name: "alice".into(),
                     hash: crate::auth::hash_password(b"secret"),
                     disabled: false,
-                })
+                })?;
+                c.users()
             })
             .expect("create alice");
+        let users = Arc::new(UserDirectory::new(users));
         let compute = ComputePool::start(1, args.compute_queue);
         let store_pool = StorePool::start(backend, 2, args.store_queue);
         let shared = Arc::new(Shared::new(
             &args,
             compute,
             store_pool,
+            users,
             Vec::new(),
             None,
             1,

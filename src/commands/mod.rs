@@ -26,7 +26,6 @@ use crate::storepool::{GetWork, SetWork, StoreWork};
 use crate::table::{arity_ok, lookup, Class, Spec, COMMANDS};
 
 pub use call::Call;
-use call::BUSY;
 
 fn err(out: &mut Vec<u8>, msg: &str) {
     resp::error(out, msg.as_bytes());
@@ -527,26 +526,18 @@ fn auth_command(call: &mut Call<'_, '_>, args: &Args) {
     start_auth(call, user, password, AfterAuth::Ok);
 }
 
-/// AUTH's path: the store pool looks the user up; a cached verification answers at once, else
-/// the compute pool runs argon2id. Unknown users verify against a dummy hash so that timing
-/// does not tell which names exist.
+/// AUTH's path, one job on the compute pool: the user comes from the in-memory user table
+/// (`Shared::users`), never from the store, so AUTH works while the store is down; a cached
+/// verification answers at once, else the same job runs argon2id. Unknown and disabled users
+/// verify against a dummy hash so that timing does not tell which names exist. Concurrent
+/// verifications of the same credentials share one argon2id run.
 fn start_auth(call: &mut Call<'_, '_>, user: String, password: Vec<u8>, then: AfterAuth) {
     let ip = call.conn().peer.map(|p| p.ip());
     let shared = call.shared.clone();
     let replier = call.replier();
-    let job = Box::new(move |conn: Result<&mut dyn StoreConn, StoreError>| {
-        let record = match conn.and_then(|c| c.user(&user)) {
-            Ok(record) => record,
-            Err(e) => {
-                shared.store.note_error(&e);
-                let mut reply = Vec::new();
-                resp::error(&mut reply, e.resp_message().as_bytes());
-                replier.auth(AuthOutcome::Failed(reply));
-                return;
-            }
-        };
-        let (hash, usable) = match &record {
-            Some(r) => (r.hash.clone(), !r.disabled),
+    let job = Box::new(move || {
+        let (hash, usable): (Arc<str>, bool) = match shared.users.get(&user) {
+            Some(entry) => (entry.hash, !entry.disabled),
             None => (shared.dummy_hash.clone(), false),
         };
         if usable && shared.auth_cache.contains(&user, &password, &hash) {
@@ -573,14 +564,8 @@ fn start_auth(call: &mut Call<'_, '_>, user: String, password: Vec<u8>, then: Af
         }
         if !usable {
             // Unknown or disabled: the same argon2id cost as a real check, then no.
-            let (verify_shared, verify_replier) = (shared.clone(), replier.clone());
-            let verify = Box::new(move || {
-                let _ = auth::verify_password(&password, &hash);
-                answer_wrongpass(&verify_shared, verify_replier, ip, &user);
-            });
-            if shared.compute.submit(verify).is_err() {
-                replier.auth(AuthOutcome::Failed(BUSY.to_vec()));
-            }
+            let _ = auth::verify_password(&password, &hash);
+            answer_wrongpass(&shared, replier, ip, &user);
             return;
         }
         // Every session asking with the same credentials at once shares one verification.
@@ -591,31 +576,18 @@ fn start_auth(call: &mut Call<'_, '_>, user: String, password: Vec<u8>, then: Af
                 then,
             }),
             auth::Verdict::Invalid => answer_wrongpass(&waiter_shared, replier, ip, &waiter_user),
-            auth::Verdict::Busy => replier.auth(AuthOutcome::Failed(BUSY.to_vec())),
         });
         if shared.auth_cache.join(&user, &password, &hash, waiter) == auth::Joined::Follower {
             return;
         }
-        let verify_shared = shared.clone();
-        let (verify_user, verify_password, verify_hash) =
-            (user.clone(), password.clone(), hash.clone());
-        let verify = Box::new(move || {
-            let verdict = if auth::verify_password(&verify_password, &verify_hash) {
-                auth::Verdict::Valid
-            } else {
-                auth::Verdict::Invalid
-            };
-            verify_shared
-                .auth_cache
-                .finish(&verify_user, &verify_password, &verify_hash, verdict);
-        });
-        if shared.compute.submit(verify).is_err() {
-            shared
-                .auth_cache
-                .finish(&user, &password, &hash, auth::Verdict::Busy);
-        }
+        let verdict = if auth::verify_password(&password, &hash) {
+            auth::Verdict::Valid
+        } else {
+            auth::Verdict::Invalid
+        };
+        shared.auth_cache.finish(&user, &password, &hash, verdict);
     });
-    call.offload_store("auth", StoreWork::Job(job), Duration::ZERO);
+    call.offload_compute("auth", job);
 }
 
 /// Counts a wrong password for (address, user) and answers it, late when that pair is past its

@@ -22,11 +22,14 @@
 //! Contract of an outage: when the store cannot be reached or does not answer (down, unreachable,
 //! hung), every call returns [`StoreError::Unavailable`] within about a second, and the same
 //! [`Conn`] works again by itself once the store is back (see [`postgres`] for how).
+//!
+//! Users are read once at start-up and then kept current through [`Backend::watch_users`], so
+//! that AUTH asks memory, not the store, and works through an outage (see `crate::userdir`).
 
 use std::borrow::Cow;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 pub mod embedded;
 pub mod postgres;
@@ -163,6 +166,28 @@ pub trait Backend: Send + Sync + 'static {
     fn reconnects(&self) -> u64 {
         0
     }
+    /// Keeps `sink` current with the stored users from now on, for as long as someone else
+    /// holds it, reporting each change a moment after its commit. The backend reads the whole
+    /// table again whenever it may have missed a change (after a lost connection), so a change
+    /// made while it could not watch is seen once it can again.
+    ///
+    /// The default does nothing: right for the embedded store, whose users change only while
+    /// the server is stopped (`ringport user` cannot open a data directory a server holds), so
+    /// the table read at start-up stays current. PostgreSQL's users change under a running
+    /// server (`ringport user`, another instance, SQL): see [`postgres`]'s `watch_users`.
+    fn watch_users(&self, sink: Weak<dyn UserSink>) -> Result<(), StoreError> {
+        let _ = sink;
+        Ok(())
+    }
+}
+
+/// What [`Backend::watch_users`] reports to: the server's in-memory user table. Called from the
+/// backend's own thread.
+pub trait UserSink: Send + Sync {
+    /// The whole table, read after watching began: replaces everything held.
+    fn replace_all(&self, users: Vec<UserRecord>);
+    /// One user changed: `Some` is what the store holds now, `None` that the user is gone.
+    fn update(&self, name: &str, user: Option<UserRecord>);
 }
 
 /// One store worker's connection. Key-value calls are scoped by `owner`.

@@ -28,12 +28,16 @@
 //!
 //! A call is retried only when the server said it did not run it: an INCR whose fate is unknown is
 //! reported `Unavailable`, never applied twice.
+//!
+//! Users: a trigger (migration 2) notifies channel `ringport_users` on every committed change to
+//! `ringport_users`; [`watch`] LISTENs on a connection of its own and keeps the server's
+//! in-memory user table current, reading the whole table again after any lost connection.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -42,7 +46,9 @@ use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config, NoTls, Statement};
 
-use super::{incremented, redact_password, Backend, Conn, StoreError, UserRecord};
+use super::{incremented, redact_password, Backend, Conn, StoreError, UserRecord, UserSink};
+
+pub mod watch;
 
 /// How long after a failed connection attempt the next may start.
 pub const RECONNECT_INTERVAL: Duration = Duration::from_millis(250);
@@ -70,9 +76,10 @@ const INCR_OPTIMISTIC_ATTEMPTS: usize = 3;
 
 /// The schema, one step per version. Each step runs once, in order, in the migrating transaction;
 /// a database at version n runs the steps after n. Never edit a step that has shipped: add one.
-pub const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "CREATE TABLE IF NOT EXISTS ringport_users (
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE IF NOT EXISTS ringport_users (
          name text PRIMARY KEY,
          hash text NOT NULL,
          disabled boolean NOT NULL DEFAULT false
@@ -83,7 +90,42 @@ pub const MIGRATIONS: &[(i32, &str)] = &[(
          value bytea NOT NULL,
          PRIMARY KEY (owner, key)
      );",
-)];
+    ),
+    // Every change to ringport_users notifies channel `ringport_users` with
+    // {"schema": the table's schema, "name": the user, or null for "read everything again"}
+    // (TRUNCATE, or a name too long for a notification's 8000-byte payload). Sent at commit,
+    // never for a rolled-back change; see `watch`.
+    (
+        2,
+        "CREATE OR REPLACE FUNCTION ringport_users_notify() RETURNS trigger
+         LANGUAGE plpgsql AS $body$
+         BEGIN
+             IF TG_OP = 'TRUNCATE' THEN
+                 PERFORM pg_notify('ringport_users',
+                     json_build_object('schema', TG_TABLE_SCHEMA, 'name', NULL)::text);
+                 RETURN NULL;
+             END IF;
+             IF TG_OP IN ('UPDATE', 'DELETE') THEN
+                 PERFORM pg_notify('ringport_users',
+                     json_build_object('schema', TG_TABLE_SCHEMA, 'name',
+                         CASE WHEN octet_length(OLD.name) <= 4000 THEN OLD.name END)::text);
+             END IF;
+             IF TG_OP IN ('INSERT', 'UPDATE') THEN
+                 PERFORM pg_notify('ringport_users',
+                     json_build_object('schema', TG_TABLE_SCHEMA, 'name',
+                         CASE WHEN octet_length(NEW.name) <= 4000 THEN NEW.name END)::text);
+             END IF;
+             RETURN NULL;
+         END
+         $body$;
+         CREATE TRIGGER ringport_users_notify
+             AFTER INSERT OR UPDATE OR DELETE ON ringport_users
+             FOR EACH ROW EXECUTE PROCEDURE ringport_users_notify();
+         CREATE TRIGGER ringport_users_notify_truncate
+             AFTER TRUNCATE ON ringport_users
+             FOR EACH STATEMENT EXECUTE PROCEDURE ringport_users_notify();",
+    ),
+];
 
 /// The PostgreSQL backend: a checked configuration. Holds no connection itself.
 pub struct Postgres {
@@ -272,6 +314,16 @@ impl Backend for Postgres {
             next_attempt: None,
             down: None,
         }))
+    }
+
+    /// Starts the `user-watch` thread: LISTEN/NOTIFY on a connection of its own ([`watch`]).
+    fn watch_users(&self, sink: Weak<dyn UserSink>) -> Result<(), StoreError> {
+        watch::start(
+            self.config.clone(),
+            Arc::clone(&self.description),
+            self.call_timeout,
+            sink,
+        )
     }
 }
 
