@@ -839,3 +839,102 @@ fn postgres_acknowledged_writes_survive_a_crash() {
     assert_eq!(conn.exists("alice", &[b"m1", b"m2"]).unwrap(), 2);
     assert_eq!(conn.get("alice", b"n").unwrap(), Some(b"3".to_vec()));
 }
+
+/// What `Backend::watch_users` reported, for the test below.
+#[derive(Default)]
+struct Recorder {
+    users: std::sync::Mutex<std::collections::HashMap<String, UserRecord>>,
+    full_reads: std::sync::atomic::AtomicUsize,
+}
+
+impl store::UserSink for Recorder {
+    fn replace_all(&self, users: Vec<UserRecord>) {
+        *self.users.lock().unwrap() = users.into_iter().map(|u| (u.name.clone(), u)).collect();
+        self.full_reads
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn update(&self, name: &str, user: Option<UserRecord>) {
+        let mut users = self.users.lock().unwrap();
+        match user {
+            Some(user) => users.insert(name.to_string(), user),
+            None => users.remove(name),
+        };
+    }
+}
+
+/// Waits up to 5 s (a liveness bound) for `done`.
+fn eventually(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within 5 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// PostgreSQL's `watch_users` thread follows inserts, updates, deletes and TRUNCATE of
+/// ringport_users through LISTEN/NOTIFY, ignores another schema's changes, and ends, closing
+/// its connection, once nobody holds the sink.
+#[test]
+fn postgres_watch_users_follows_changes_and_ends_with_its_sink() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let cluster = pg::PgCluster::shared();
+    let app = format!("watch_users_{}", std::process::id());
+    let url = format!(
+        "{} application_name={app}",
+        cluster.fresh_url("watch_users")
+    );
+    let backend = open_postgres(&url);
+    let mut conn = backend.connect().unwrap();
+    conn.put_user(&user("alice", "$argon2id$a", false)).unwrap();
+
+    let sink = Arc::new(Recorder::default());
+    let weak: std::sync::Weak<dyn store::UserSink> = Arc::downgrade(&sink) as _;
+    backend.watch_users(weak).unwrap();
+    eventually("the first full read", || sink.full_reads.load(SeqCst) >= 1);
+    let held = |name: &str| sink.users.lock().unwrap().get(name).cloned();
+    assert_eq!(held("alice"), Some(user("alice", "$argon2id$a", false)));
+
+    conn.put_user(&user("bob", "$argon2id$b", false)).unwrap();
+    eventually("bob added", || held("bob").is_some());
+    conn.put_user(&user("bob", "$argon2id$b2", true)).unwrap();
+    eventually("bob changed", || {
+        held("bob") == Some(user("bob", "$argon2id$b2", true))
+    });
+    assert!(conn.del_user("bob").unwrap());
+    eventually("bob deleted", || held("bob").is_none());
+
+    // Another schema's table in the same database: its notifications reach us, and are ignored.
+    let other = open_postgres(&cluster.fresh_url("watch_users_other"));
+    other
+        .connect()
+        .unwrap()
+        .put_user(&user("zed", "$argon2id$z", false))
+        .unwrap();
+    let mut client = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+    client.batch_execute("TRUNCATE ringport_users").unwrap();
+    eventually("TRUNCATE read everything again", || {
+        sink.full_reads.load(SeqCst) >= 2
+    });
+    assert!(sink.users.lock().unwrap().is_empty());
+    assert!(held("zed").is_none(), "another schema's user");
+
+    drop(sink);
+    let mut watchers = || -> i64 {
+        client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1",
+                &[&format!("{app} user-watch")],
+            )
+            .unwrap()
+            .get(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while watchers() != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the watch connection outlived its sink"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
