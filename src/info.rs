@@ -129,7 +129,7 @@ fn write_section(shared: &Shared, section: &str, out: &mut String) {
             let c = &shared.counters;
             let _ = write!(
                 out,
-                "total_connections_received:{}\r\ntotal_commands_processed:{}\r\nrejected_connections:{}\r\nauth_failures:{}\r\nauth_rate_limited:{}\r\nauth_timeouts:{}\r\nrequest_timeouts:{}\r\nidle_timeouts:{}\r\noutput_buffer_limit_closes:{}\r\nauth_cache_entries:{}\r\n",
+                "total_connections_received:{}\r\ntotal_commands_processed:{}\r\nrejected_connections:{}\r\nauth_failures:{}\r\nauth_rate_limited:{}\r\nauth_timeouts:{}\r\nrequest_timeouts:{}\r\nidle_timeouts:{}\r\noutput_buffer_limit_closes:{}\r\nauth_cache_entries:{}\r\nusers_known:{}\r\n",
                 sum(|r| r.accepted.load(Ordering::Relaxed)),
                 shared.total_commands(),
                 sum(|r| r.rejected_max_sessions.load(Ordering::Relaxed)),
@@ -140,6 +140,7 @@ fn write_section(shared: &Shared, section: &str, out: &mut String) {
                 c.idle_timeouts.load(Ordering::Relaxed),
                 c.output_limit_closes.load(Ordering::Relaxed),
                 shared.auth_cache.len(),
+                shared.users.len(),
             );
         }
         "memory" => {

@@ -164,6 +164,12 @@ fn users_known_before_a_postgres_outage_authenticate_during_it() {
     );
     eprintln!("AUTH bob during the outage took {:?}", started.elapsed());
     assert_eq!(bob.cmd(&[b"PING"]), Reply::Simple("PONG".into()));
+    // alice, bob and dave (disabled) are held; carol was deleted.
+    let Reply::Bulk(stats) = bob.cmd(&[b"INFO", b"stats"]) else {
+        panic!("INFO is a bulk string")
+    };
+    let stats = String::from_utf8(stats).unwrap();
+    assert!(stats.contains("\r\nusers_known:3\r\n"), "{stats}");
     assert_eq!(
         bob.cmd(&[b"HASH", b"3", b"x"]),
         Reply::bulk(sha256_rounds(b"x", 3))
