@@ -403,15 +403,15 @@ fn pipelined_writes_are_seen_by_later_reads(backend: Backend) {
 }
 
 /// Issue 13: a store worker folds the GETs queued at the same moment into one store call and
-/// the SETs into one commit, from any sessions. 600 sessions (alice's and bob's, so one batch
-/// mixes users) each send 20 rounds of `SET own-key`, `GET own-key`, `SET shared`, `GET other's
-/// key` in one write, all at once: every session sees its own writes in its own order, a key
+/// the SETs into one commit, from any sessions. 2000 sessions (alice's and bob's, so one batch
+/// mixes users) each send 10 rounds of `SET own-key`, `GET own-key`, `SET shared` in one
+/// write, all at once: every session sees its own writes in its own order, a key
 /// of the same name of the other user is never mixed up with its own, the SETs of one key by
 /// many sessions in one batch leave one of their values, and INFO shows that batches of more
 /// than one job ran.
 fn batched_gets_and_sets_keep_each_sessions_order(backend: Backend) {
-    const SESSIONS: usize = 600;
-    const ROUNDS: usize = 20;
+    const SESSIONS: usize = 2000;
+    const ROUNDS: usize = 10;
     let server = start(backend, "batched_gets_and_sets", &[]);
     let mut sessions: Vec<(usize, RawConn)> = (0..SESSIONS)
         .map(|i| {
