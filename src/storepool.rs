@@ -429,20 +429,11 @@ fn run_batch(
         let keys: Vec<(&str, &[u8])> = gets.iter().map(|g| (&*g.owner, &g.key[..])).collect();
         let values = match conn.as_deref_mut() {
             Some(c) => c.get_many(&keys),
-            None => Err(down.clone()),
+            None => keys.iter().map(|_| Err(down.clone())).collect(),
         };
         drop(keys);
-        match values {
-            Ok(values) => {
-                for (get, value) in gets.into_iter().zip(values) {
-                    (get.done)(Ok(value));
-                }
-            }
-            Err(error) => {
-                for get in gets {
-                    (get.done)(Err(error.clone()));
-                }
-            }
+        for (get, value) in gets.into_iter().zip(values) {
+            (get.done)(value);
         }
     }
     if !sets.is_empty() {

@@ -754,6 +754,69 @@ fn postgres_outage_answers_store_unavailable_then_recovers_without_restart() {
     );
 }
 
+/// A SET PostgreSQL refuses (a key too large for the primary key's index, about 2.7 kB) must
+/// fail only that SET, never the other sessions' SETs and GETs folded into the same batch: an
+/// authenticated user must not be able to make other users' writes fail. 50 sessions write
+/// while one sends the oversized key, over and over, all at once.
+#[test]
+fn a_refused_set_fails_only_itself_in_a_batch() {
+    const SESSIONS: usize = 50;
+    const ROUNDS: usize = 20;
+    let server = start(Backend::Postgres, "refused_set_in_batch", &[]);
+    let mut bad = server.raw_authed();
+    let mut good: Vec<RawConn> = (0..SESSIONS).map(|_| server.raw_authed()).collect();
+    // Incompressible: PostgreSQL compresses index entries, so a run of one byte would fit.
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let huge_key: Vec<u8> = (0..8000)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect();
+    let mut bad_batch = Vec::new();
+    for _ in 0..ROUNDS {
+        bad_batch.extend(encode(&[b"SET", &huge_key, b"v"]));
+        bad_batch.extend(encode(&[b"GET", &huge_key]));
+    }
+    for (i, conn) in good.iter_mut().enumerate() {
+        let mut batch = Vec::new();
+        for round in 0..ROUNDS {
+            let value = format!("{i}:{round}");
+            batch.extend(encode(&[
+                b"SET",
+                format!("g{i}").as_bytes(),
+                value.as_bytes(),
+            ]));
+            batch.extend(encode(&[b"GET", format!("g{i}").as_bytes()]));
+        }
+        conn.send(&batch);
+        if i == SESSIONS / 2 {
+            bad.send(&bad_batch);
+        }
+    }
+    for (i, conn) in good.iter_mut().enumerate() {
+        for round in 0..ROUNDS {
+            assert_eq!(conn.read_reply(), ok(), "session {i} round {round}: SET");
+            assert_eq!(
+                conn.read_reply(),
+                Reply::bulk(format!("{i}:{round}")),
+                "session {i} round {round}: GET"
+            );
+        }
+    }
+    for round in 0..ROUNDS {
+        assert_eq!(
+            bad.read_reply(),
+            Reply::Error("ERR store error".into()),
+            "the oversized key's SET, round {round}"
+        );
+        assert_eq!(bad.read_reply(), Reply::Nil, "its GET, round {round}");
+    }
+    assert_eq!(bad.cmd(&[b"PING"]), Reply::Simple("PONG".into()));
+}
+
 #[test]
 fn two_servers_on_one_postgres_share_users_and_keys() {
     let url = PgCluster::shared().fresh_url("scale_out");

@@ -301,20 +301,20 @@ impl Conn for EmbeddedConn {
         })
     }
 
-    fn get_many(&mut self, keys: &[(&str, &[u8])]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
-        let keys = keys
-            .iter()
-            .map(|(owner, key)| kv_key(owner, key))
-            .collect::<Result<Vec<_>, _>>()?;
+    fn get_many(&mut self, keys: &[(&str, &[u8])]) -> Vec<Result<Option<Vec<u8>>, StoreError>> {
         // One read transaction for the lot: a snapshot, never waiting for the committer.
-        self.read_kv(|table| {
-            keys.iter()
-                .map(|key| {
-                    let value = table.get(key.as_slice()).map_err(storage_error)?;
+        let read = self.read_kv(|table| {
+            Ok(keys
+                .iter()
+                .map(|(owner, key)| {
+                    let value = table
+                        .get(kv_key(owner, key)?.as_slice())
+                        .map_err(storage_error)?;
                     Ok(value.map(|guard| guard.value().to_vec()))
                 })
-                .collect()
-        })
+                .collect())
+        });
+        read.unwrap_or_else(|error| keys.iter().map(|_| Err(error.clone())).collect())
     }
 
     fn set_many(&mut self, triples: &[(&str, &[u8], &[u8])]) -> Vec<Result<(), StoreError>> {

@@ -215,9 +215,9 @@ pub trait Conn: Send {
     ) -> Result<Vec<Option<Vec<u8>>>, StoreError>;
     /// Sets `key` to `value`, committed durably.
     fn set(&mut self, owner: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError>;
-    /// The values of several (owner, key) pairs, in order: the GETs of many sessions queued at
-    /// the same moment, fetched with one store call.
-    fn get_many(&mut self, keys: &[(&str, &[u8])]) -> Result<Vec<Option<Vec<u8>>>, StoreError>;
+    /// The values of several (owner, key) pairs, each one's outcome in order: the GETs of many
+    /// sessions queued at the same moment, fetched with one store call.
+    fn get_many(&mut self, keys: &[(&str, &[u8])]) -> Vec<Result<Option<Vec<u8>>, StoreError>>;
     /// Sets several (owner, key, value) triples, the SETs of many sessions queued at the same
     /// moment, in as few durable commits as the backend allows (one, unless one of them fails on
     /// its own); returns each one's outcome, in order. Of two triples with the same owner and

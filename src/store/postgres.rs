@@ -800,13 +800,13 @@ impl Conn for PostgresConn {
         })
     }
 
-    fn get_many(&mut self, keys: &[(&str, &[u8])]) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+    fn get_many(&mut self, keys: &[(&str, &[u8])]) -> Vec<Result<Option<Vec<u8>>, StoreError>> {
         if let [(owner, key)] = keys {
-            return Ok(vec![self.get(owner, key)?]);
+            return vec![self.get(owner, key)];
         }
         let owners: Vec<&str> = keys.iter().map(|(owner, _)| *owner).collect();
         let names: Vec<&[u8]> = keys.iter().map(|(_, key)| *key).collect();
-        self.run(Duration::ZERO, async |client, statements| {
+        let values = self.run(Duration::ZERO, async |client, statements| {
             let rows = client
                 .query(&statements.get_many, &[&owners, &names])
                 .await?;
@@ -821,7 +821,17 @@ impl Conn for PostgresConn {
                 }
             }
             Ok(values)
-        })
+        });
+        match values {
+            Ok(values) => values.into_iter().map(Ok).collect(),
+            // Refused on a healthy connection: no GET of the batch may fail for another's sake
+            // (see `set_many`); each alone says which.
+            Err(StoreError::Other(_)) => keys
+                .iter()
+                .map(|(owner, key)| self.get(owner, key))
+                .collect(),
+            Err(error) => vec![Err(error); keys.len()],
+        }
     }
 
     fn set_many(&mut self, triples: &[(&str, &[u8], &[u8])]) -> Vec<Result<(), StoreError>> {
@@ -848,7 +858,16 @@ impl Conn for PostgresConn {
                 .await?;
             Ok(())
         });
-        vec![outcome; triples.len()]
+        match outcome {
+            // The server refused the statement on a healthy connection (one key too large for
+            // the index, say) and wrote none of it: run each alone, so that one session's bad
+            // SET fails only that SET, never the other sessions' that shared its batch.
+            Err(StoreError::Other(_)) => triples
+                .iter()
+                .map(|(owner, key, value)| self.set(owner, key, value))
+                .collect(),
+            outcome => vec![outcome; triples.len()],
+        }
     }
 
     fn mset(&mut self, owner: &str, pairs: &[(&[u8], &[u8])]) -> Result<(), StoreError> {
