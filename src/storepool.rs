@@ -50,6 +50,22 @@ pub struct SetWork {
 /// Most jobs one worker takes off the queue at once (one batch query, one commit).
 pub const BATCH_MAX: usize = 128;
 
+/// Most key and value bytes one batch takes on (a single larger job still runs, alone): the
+/// batch's statement copies them all once more, so 128 SETs of 16 MiB must not make one 2 GiB
+/// message.
+pub const BATCH_BYTES_MAX: usize = 1 << 20;
+
+impl StoreWork {
+    /// The key and value bytes it carries.
+    fn bytes(&self) -> usize {
+        match self {
+            StoreWork::Job(_) => 0,
+            StoreWork::Get(get) => get.key.len(),
+            StoreWork::Set(set) => set.key.len() + set.value.len(),
+        }
+    }
+}
+
 /// What the ring knows about one store job it is waiting for, so that a store that stops
 /// answering (a paused or wedged PostgreSQL keeps its connections open, so no timeout of the
 /// client library fires) is noticed and the session answered without waiting for it.
@@ -342,14 +358,19 @@ fn run_worker(
             Err(_) => continue,
         };
         // Whatever else is queued right now joins this batch: GETs and SETs fold into one call
-        // each. Taking them adds no wait (nothing is awaited), and an opaque job ends the
-        // taking, so a slow one (SLEEP) holds back at most this one batch.
+        // each. Taking them adds no wait (nothing is awaited); an opaque job ends the taking, so
+        // a slow one (SLEEP) holds back at most this one batch, and so does BATCH_BYTES_MAX.
+        let mut bytes = first.work.bytes();
         let mut batch = vec![first];
         while batch.len() < BATCH_MAX
+            && bytes < BATCH_BYTES_MAX
             && !matches!(batch.last(), Some(q) if matches!(q.work, StoreWork::Job(_)))
         {
             match receiver.try_recv() {
-                Ok(queued) => batch.push(queued),
+                Ok(queued) => {
+                    bytes += queued.work.bytes();
+                    batch.push(queued);
+                }
                 Err(_) => break,
             }
         }
@@ -498,5 +519,57 @@ fn connect_if_due(
             reconnect.failed_before = true;
             reconnect.last_error = e;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{self, StoreSpec};
+
+    /// One worker, held busy while four SETs of 600 KB queue up: they run as two batches of
+    /// two, since a batch takes on at most `BATCH_BYTES_MAX` of keys and values; and every SET
+    /// is answered `Ok`, after its commit.
+    #[test]
+    fn a_batch_stops_taking_jobs_past_its_byte_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = store::open(&StoreSpec::Embedded {
+            dir: dir.path().to_path_buf(),
+            cache_size: 1 << 20,
+        })
+        .unwrap();
+        let pool = StorePool::start(backend, 1, 16);
+        let (release, held) = crossbeam_channel::bounded::<()>(0);
+        let blocker: StoreJob = Box::new(move |_| {
+            let _ = held.recv();
+        });
+        pool.submit(StoreWork::Job(blocker), Duration::ZERO)
+            .unwrap();
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        for i in 0..4u8 {
+            let done_tx = done_tx.clone();
+            let set = SetWork {
+                owner: Arc::from("alice"),
+                key: vec![b'k', i],
+                value: vec![i; 600 * 1024],
+                done: Box::new(move |outcome| done_tx.send(outcome).unwrap()),
+            };
+            pool.submit(StoreWork::Set(set), Duration::ZERO).unwrap();
+        }
+        release.send(()).unwrap();
+        for _ in 0..4 {
+            assert_eq!(
+                done_rx.recv_timeout(Duration::from_secs(10)).unwrap(),
+                Ok(())
+            );
+        }
+        let stats = pool.store_stats();
+        assert_eq!(stats.batch_max.load(Ordering::Relaxed), 2);
+        assert_eq!(
+            stats.batches.load(Ordering::Relaxed),
+            3,
+            "the blocker, then 2 + 2"
+        );
+        pool.shutdown();
     }
 }
