@@ -48,6 +48,8 @@ pub struct Conn {
     pub peer_eof: bool,
     /// The command now pending on a pool: its name and when it was parsed.
     pub pending: Option<(&'static str, Instant)>,
+    /// How many commands the pending job answers (several folded GETs; else 1).
+    pub pending_calls: u32,
     pub peer: Option<SocketAddr>,
     pub created: Instant,
     pub last_active: Instant,

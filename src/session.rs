@@ -39,6 +39,8 @@ pub struct RingHandler {
     /// that an unauthenticated peer costs almost nothing.
     preauth_limits: Limits,
     args: Args,
+    /// Parses ahead for [`fold_gets`].
+    probe: Args,
 }
 
 impl RingHandler {
@@ -60,6 +62,7 @@ impl RingHandler {
             limits,
             preauth_limits,
             args: Args::new(),
+            probe: Args::new(),
         }
     }
 
@@ -92,7 +95,20 @@ impl RingHandler {
                     }
                     s.conn.commands += 1;
                     s.conn.last_active = cx.now;
-                    commands::execute(&mut Call::new(cx, &self.shared, &self.sender, s), &args);
+                    let folded = if s.conn.authenticated && is_get(&args) {
+                        fold_gets(&mut self.probe, &buf[pos..], limits, &args[1])
+                    } else {
+                        None
+                    };
+                    let mut call = Call::new(cx, &self.shared, &self.sender, s);
+                    match folded {
+                        Some((keys, used)) => {
+                            pos += used;
+                            call.conn_mut().commands += keys.len() as u64 - 1;
+                            commands::execute_gets(&mut call, keys);
+                        }
+                        None => commands::execute(&mut call, &args),
+                    }
                     self.enforce_output_limit(s);
                 }
                 Err(error) => {
@@ -197,12 +213,16 @@ impl RingHandler {
         // leave its session looking idle the moment it answers.
         s.conn.last_active = cx.now;
         let (command, started_at) = s.conn.pending.take().unwrap_or(("unknown", cx.now));
+        let calls = std::mem::replace(&mut s.conn.pending_calls, 1);
         s.conn.state = if s.conn.authenticated {
             State::Ready
         } else {
             State::Unauthenticated
         };
-        resp::error(s.out(), b"ERR store unavailable");
+        // One answer per command the job stood for (a run of folded GETs has several).
+        for _ in 0..calls {
+            resp::error(s.out(), b"ERR store unavailable");
+        }
         self.shared
             .store
             .note_error(&crate::store::StoreError::Unavailable(
@@ -215,8 +235,10 @@ impl RingHandler {
                 "the store did not answer within --store-timeout; replied store unavailable"
             );
         }
-        self.shared
-            .record_command(cx.ring, command, started_at, true);
+        for _ in 0..calls {
+            self.shared
+                .record_command(cx.ring, command, started_at, true);
+        }
         let unknown_write =
             started && table::lookup(command.as_bytes()).is_some_and(|c| c.writes());
         if unknown_write {
@@ -273,6 +295,7 @@ impl Handler for RingHandler {
             auth_failures: 0,
             peer_eof: false,
             pending: None,
+            pending_calls: 1,
             peer,
             created: cx.now,
             last_active: cx.now,
@@ -345,6 +368,7 @@ impl Handler for RingHandler {
         // leave its session looking idle the moment it answers.
         s.conn.last_active = cx.now;
         let (command, started) = s.conn.pending.take().unwrap_or(("unknown", cx.now));
+        let calls = std::mem::replace(&mut s.conn.pending_calls, 1);
         s.conn.state = if s.conn.authenticated {
             State::Ready
         } else {
@@ -369,8 +393,10 @@ impl Handler for RingHandler {
                 false
             }
         };
-        self.shared
-            .record_command(cx.ring, command, started, failed);
+        for _ in 0..calls {
+            self.shared
+                .record_command(cx.ring, command, started, failed);
+        }
         self.enforce_output_limit(s);
         if !s.is_closing() {
             self.process_inbuf(cx, s);
@@ -487,4 +513,43 @@ impl Handler for RingHandler {
     }
 
     fn on_close(&mut self, _cx: &Context, _id: SessionId, _conn: Conn, _reason: CloseReason) {}
+}
+
+/// Most GETs of one pipeline answered by one store job.
+const FOLD_GETS_MAX: usize = 64;
+
+/// `GET key`, in any letter case.
+fn is_get(args: &Args) -> bool {
+    args.len() == 2 && args[0].eq_ignore_ascii_case(b"get")
+}
+
+/// A GET followed, in the bytes already here, by more complete GETs: their keys, the first one's
+/// included, and how many bytes of `rest` the others took; `None` when no GET follows. One store
+/// job then answers the whole run, and it folds with other sessions' GETs: a pipeline of reads
+/// costs one trip to the store, not one per command. Stops at anything else (a partial command,
+/// another command, an error), which the normal path then parses; nothing here is kept across
+/// receives, so the session's own parse progress is untouched.
+fn fold_gets(
+    probe: &mut Args,
+    rest: &[u8],
+    limits: &Limits,
+    first: &[u8],
+) -> Option<(Vec<Vec<u8>>, usize)> {
+    let mut keys = Vec::new();
+    let mut used = 0;
+    while keys.len() + 1 < FOLD_GETS_MAX {
+        let mut progress = resp::Progress::default();
+        match resp::parse_command_resuming(&rest[used..], limits, probe, &mut progress) {
+            Ok(Some(consumed)) if is_get(probe) => {
+                used += consumed;
+                keys.push(probe[1].to_vec());
+            }
+            _ => break,
+        }
+    }
+    if keys.is_empty() {
+        return None;
+    }
+    keys.insert(0, first.to_vec());
+    Some((keys, used))
 }

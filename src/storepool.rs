@@ -16,7 +16,7 @@ use crate::store::{Backend, Conn, StoreError};
 pub type StoreJob = Box<dyn FnOnce(Result<&mut dyn Conn, StoreError>) + Send + 'static>;
 
 /// Where a GET's value goes.
-pub type GetDone = Box<dyn FnOnce(Result<Option<Vec<u8>>, StoreError>) + Send + 'static>;
+pub type GetDone = Box<dyn FnOnce(Vec<Result<Option<Vec<u8>>, StoreError>>) + Send + 'static>;
 /// Where a SET's outcome goes, once committed.
 pub type SetDone = Box<dyn FnOnce(Result<(), StoreError>) + Send + 'static>;
 
@@ -32,10 +32,11 @@ pub enum StoreWork {
     Set(SetWork),
 }
 
-/// `GET key` of user `owner`.
+/// `GET key` of user `owner`, or several consecutive GETs of one session's pipeline: `done`
+/// gets each key's value, in order.
 pub struct GetWork {
     pub owner: Arc<str>,
-    pub key: Vec<u8>,
+    pub keys: Vec<Vec<u8>>,
     pub done: GetDone,
 }
 
@@ -60,7 +61,7 @@ impl StoreWork {
     fn bytes(&self) -> usize {
         match self {
             StoreWork::Job(_) => 0,
-            StoreWork::Get(get) => get.key.len(),
+            StoreWork::Get(get) => get.keys.iter().map(Vec::len).sum(),
             StoreWork::Set(set) => set.key.len() + set.value.len(),
         }
     }
@@ -447,14 +448,19 @@ fn run_batch(
         }
     }
     if !gets.is_empty() {
-        let keys: Vec<(&str, &[u8])> = gets.iter().map(|g| (&*g.owner, &g.key[..])).collect();
+        let keys: Vec<(&str, &[u8])> = gets
+            .iter()
+            .flat_map(|g| g.keys.iter().map(|k| (&*g.owner, &k[..])))
+            .collect();
         let values = match conn.as_deref_mut() {
             Some(c) => c.get_many(&keys),
             None => keys.iter().map(|_| Err(down.clone())).collect(),
         };
         drop(keys);
-        for (get, value) in gets.into_iter().zip(values) {
-            (get.done)(value);
+        let mut values = values.into_iter();
+        for get in gets {
+            let mine = values.by_ref().take(get.keys.len()).collect();
+            (get.done)(mine);
         }
     }
     if !sets.is_empty() {

@@ -74,6 +74,7 @@ on_both_backends!(
     acknowledged_writes_survive_kill_9,
     slow_store_commands_never_stall_other_sessions,
     batched_gets_and_sets_keep_each_sessions_order,
+    a_pipeline_of_gets_is_answered_in_order_and_counted,
 );
 
 fn ok() -> Reply {
@@ -483,6 +484,62 @@ fn batched_gets_and_sets_keep_each_sessions_order(backend: Backend) {
         largest > 1 && jobs > batches,
         "no batch carried more than one job: {jobs} jobs in {batches} batches"
     );
+}
+
+/// A session's consecutive pipelined GETs are folded into one store job (up to 64 at a time):
+/// 1,000 GETs of present and missing keys, with a SET and an INCR in the middle of the run, are
+/// answered one reply each, in order, each seeing the writes before it; INFO commandstats counts
+/// every GET; and fewer store jobs than GETs ran.
+fn a_pipeline_of_gets_is_answered_in_order_and_counted(backend: Backend) {
+    const GETS: usize = 1000;
+    let server = start(backend, "pipeline_of_gets", &[]);
+    let mut raw = server.raw_authed();
+    for k in 0..10 {
+        assert_eq!(
+            raw.cmd(&[
+                b"SET",
+                format!("k{k}").as_bytes(),
+                format!("v{k}").as_bytes()
+            ]),
+            ok()
+        );
+    }
+    let [jobs_before] = store_fields(&mut raw, ["store_batched_jobs"]);
+    let mut batch = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..GETS {
+        if i == GETS / 2 {
+            batch.extend(encode(&[b"SET", b"k3", b"changed"]));
+            expected.push(ok());
+            batch.extend(encode(&[b"INCR", b"k20"]));
+            expected.push(Reply::Int(1));
+        }
+        let k = i % 21;
+        batch.extend(encode(&[b"GET", format!("k{k}").as_bytes()]));
+        expected.push(match k {
+            3 if i >= GETS / 2 => Reply::bulk("changed"),
+            20 if i >= GETS / 2 => Reply::bulk("1"),
+            0..=9 => Reply::bulk(format!("v{k}")),
+            _ => Reply::Nil,
+        });
+    }
+    raw.send(&batch);
+    for (i, want) in expected.iter().enumerate() {
+        assert_eq!(&raw.read_reply(), want, "reply {i}");
+    }
+    let [jobs_after] = store_fields(&mut raw, ["store_batched_jobs"]);
+    let jobs = jobs_after - jobs_before;
+    eprintln!("{backend:?}: {GETS} pipelined GETs (and a SET, an INCR) took {jobs} store jobs");
+    assert!(
+        jobs < GETS as u64 / 10,
+        "{jobs} store jobs for {GETS} pipelined GETs"
+    );
+    let Reply::Bulk(stats) = raw.cmd(&[b"INFO", b"commandstats"]) else {
+        panic!("INFO commandstats is a bulk string")
+    };
+    let stats = String::from_utf8(stats).unwrap();
+    let calls = format!("cmdstat_get:calls={GETS},");
+    assert!(stats.contains(&calls), "{calls} in\n{stats}");
 }
 
 fn sleep_takes_a_store_call(backend: Backend) {
@@ -1049,6 +1106,48 @@ fn a_read_stuck_in_the_store_keeps_its_session() {
 
     set_when_the_store_is_back(&mut session, b"k", b"v");
     assert_eq!(session.cmd(&[b"GET", b"k"]), Reply::bulk("v"));
+}
+
+/// A pipeline's run of GETs is one store job (the session folds it): when the store stops
+/// answering, each GET of the run still gets its own `store unavailable`, in order, and the
+/// command behind them runs.
+#[test]
+fn folded_gets_stuck_in_the_store_each_get_an_answer() {
+    let (cluster, server) = server_with_a_short_store_timeout();
+    let mut session = server.raw_authed();
+    let mut watcher = server.raw_authed();
+    wait_for_store_depth(&mut watcher, "0", |depth| depth == 0);
+    let paused = cluster.pause();
+    session.send(
+        &[
+            encode(&[b"GET", b"a"]),
+            encode(&[b"get", b"b"]),
+            encode(&[b"GET", b"c"]),
+            encode(&[b"PING"]),
+        ]
+        .concat(),
+    );
+    for key in ["a", "b", "c"] {
+        assert_eq!(
+            session.try_read_reply(Duration::from_secs(5)),
+            Ok(Reply::Error("ERR store unavailable".into())),
+            "GET {key} while PostgreSQL hangs"
+        );
+    }
+    assert_eq!(session.read_reply(), Reply::Simple("PONG".into()));
+    drop(paused);
+    set_when_the_store_is_back(&mut session, b"b", b"v");
+    session.send(
+        &[
+            encode(&[b"GET", b"a"]),
+            encode(&[b"GET", b"b"]),
+            encode(&[b"GET", b"b"]),
+        ]
+        .concat(),
+    );
+    assert_eq!(session.read_reply(), Reply::Nil);
+    assert_eq!(session.read_reply(), Reply::bulk("v"));
+    assert_eq!(session.read_reply(), Reply::bulk("v"));
 }
 
 /// `SET key value` until the store takes it: after PostgreSQL resumes, the workers whose calls

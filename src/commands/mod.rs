@@ -26,6 +26,7 @@ use crate::storepool::{GetWork, SetWork, StoreWork};
 use crate::table::{arity_ok, lookup, Class, Spec, COMMANDS};
 
 pub use call::Call;
+use call::BUSY;
 
 fn err(out: &mut Vec<u8>, msg: &str) {
     resp::error(out, msg.as_bytes());
@@ -748,23 +749,7 @@ fn store_command(call: &mut Call<'_, '_>, spec: &'static Spec, args: &Args) {
     // query or one commit.
     let mut argv = argv;
     match name {
-        "get" => {
-            let key = std::mem::take(&mut argv[1]);
-            let done = Box::new(move |value: Result<Option<Vec<u8>>, StoreError>| {
-                let mut reply = Vec::new();
-                match value {
-                    Ok(Some(value)) => resp::bulk(&mut reply, &value),
-                    Ok(None) => resp::null(&mut reply, proto),
-                    Err(e) => return store_failed(&shared, replier, &e),
-                }
-                if reply.len() > shared.config.max_output_buffer {
-                    return replier.over_output_limit();
-                }
-                replier.reply(reply);
-            });
-            let work = StoreWork::Get(GetWork { owner, key, done });
-            return call.offload_store(name, work, Duration::ZERO);
-        }
+        "get" => return offload_gets(call, vec![std::mem::take(&mut argv[1])]),
         "set" => {
             let value = std::mem::take(&mut argv[2]);
             let key = std::mem::take(&mut argv[1]);
@@ -801,6 +786,54 @@ fn store_command(call: &mut Call<'_, '_>, spec: &'static Spec, args: &Args) {
         replier.reply(reply);
     });
     call.offload_store(spec.name, StoreWork::Job(job), allowance);
+}
+
+/// Runs consecutive GETs of one session (`keys`, in order; the session's parser folds a
+/// pipeline's run of GETs into one call) as one store job whose reply holds every GET's reply.
+/// The session is authenticated and each GET had its one key.
+pub fn execute_gets(call: &mut Call<'_, '_>, keys: Vec<Vec<u8>>) {
+    call.conn_mut().last_command = "get";
+    let calls = u32::try_from(keys.len()).unwrap_or(u32::MAX);
+    offload_gets(call, keys);
+    if call.conn().state == State::Waiting {
+        call.conn_mut().pending_calls = calls;
+    } else {
+        // Refused (-BUSY): one error answers the first GET; the rest answer BUSY too.
+        for _ in 1..calls {
+            call.out().extend_from_slice(BUSY);
+        }
+    }
+}
+
+fn offload_gets(call: &mut Call<'_, '_>, keys: Vec<Vec<u8>>) {
+    let owner = call
+        .conn()
+        .user
+        .clone()
+        .expect("store commands run only after AUTH");
+    let proto = call.proto();
+    let shared = call.shared.clone();
+    let replier = call.replier();
+    let done = Box::new(move |values: Vec<Result<Option<Vec<u8>>, StoreError>>| {
+        let mut reply = Vec::new();
+        for value in values {
+            match value {
+                Ok(Some(value)) => resp::bulk(&mut reply, &value),
+                Ok(None) => resp::null(&mut reply, proto),
+                Err(e) => {
+                    shared.store.note_error(&e);
+                    resp::error(&mut reply, e.resp_message().as_bytes());
+                }
+            }
+            // The ring would close the session for these replies alone.
+            if reply.len() > shared.config.max_output_buffer {
+                return replier.over_output_limit();
+            }
+        }
+        replier.reply(reply);
+    });
+    let work = StoreWork::Get(GetWork { owner, keys, done });
+    call.offload_store("get", work, Duration::ZERO);
 }
 
 /// Answers a store command whose call failed, and counts the failure.
