@@ -59,6 +59,14 @@ impl<'a, 's> Call<'a, 's> {
         self.session.conn
     }
 
+    /// The authenticated user, whose keys a store command reads and writes.
+    pub fn owner(&self) -> Arc<str> {
+        self.conn()
+            .user
+            .clone()
+            .expect("store commands run only after AUTH")
+    }
+
     /// The reply protocol the session chose with HELLO.
     pub fn proto(&self) -> Proto {
         self.session.conn.proto

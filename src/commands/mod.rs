@@ -720,11 +720,7 @@ fn debug(call: &mut Call<'_, '_>, args: &Args) {
 
 /// Runs a key-value command on the store pool; `f` encodes the reply from the store's answer.
 fn store_command(call: &mut Call<'_, '_>, spec: &'static Spec, args: &Args) {
-    let owner = call
-        .conn()
-        .user
-        .clone()
-        .expect("store commands run only after AUTH");
+    let owner = call.owner();
     let proto = call.proto();
     let argv = args.to_vecs();
     match spec.name {
@@ -806,11 +802,7 @@ pub fn execute_gets(call: &mut Call<'_, '_>, keys: Vec<Vec<u8>>) {
 }
 
 fn offload_gets(call: &mut Call<'_, '_>, keys: Vec<Vec<u8>>) {
-    let owner = call
-        .conn()
-        .user
-        .clone()
-        .expect("store commands run only after AUTH");
+    let owner = call.owner();
     let proto = call.proto();
     let shared = call.shared.clone();
     let replier = call.replier();
