@@ -24,7 +24,8 @@
 //! [`Conn`] works again by itself once the store is back (see [`postgres`] for how).
 //!
 //! Users are read once at start-up and then kept current through [`Backend::watch_users`], so
-//! that AUTH asks memory, not the store, and works through an outage (see `crate::userdir`).
+//! that AUTH asks memory, not the store, and works through an outage (the server holds the
+//! table; the store feeds it through a [`UserSink`]).
 
 use std::borrow::Cow;
 use std::fmt;
