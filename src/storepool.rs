@@ -57,6 +57,14 @@ pub const BATCH_MAX: usize = 128;
 pub const BATCH_BYTES_MAX: usize = 1 << 20;
 
 impl StoreWork {
+    /// The commands it answers: one, or a run of folded GETs.
+    fn commands(&self) -> u64 {
+        match self {
+            StoreWork::Get(get) => get.keys.len() as u64,
+            StoreWork::Job(_) | StoreWork::Set(_) => 1,
+        }
+    }
+
     /// The key and value bytes it carries.
     fn bytes(&self) -> usize {
         match self {
@@ -112,7 +120,8 @@ pub struct StoreStats {
     pub reconnects: AtomicU64,
     /// Batches run (a batch: the jobs one worker took off the queue at once).
     pub batches: AtomicU64,
-    /// Jobs those batches carried; `batched_jobs / batches` is the mean batch size.
+    /// Commands those batches carried (a run of folded GETs counts each GET);
+    /// `batched_jobs / batches` is the mean batch size.
     pub batched_jobs: AtomicU64,
     /// The largest batch so far.
     pub batch_max: AtomicU64,
@@ -391,9 +400,11 @@ fn run_worker(
         }
         progress.progress_us.store(now, Ordering::Release);
         progress.busy.fetch_add(1, Ordering::AcqRel);
-        pool.running.fetch_add(batch.len(), Ordering::AcqRel);
+        // Counted in commands: a run of folded GETs is one queued job but several commands, and
+        // INFO and /metrics count every store command once.
+        let jobs: u64 = batch.iter().map(|q| q.work.commands()).sum();
+        pool.running.fetch_add(jobs as usize, Ordering::AcqRel);
         let started = Instant::now();
-        let jobs = batch.len() as u64;
         store.batches.fetch_add(1, Ordering::Relaxed);
         store.batched_jobs.fetch_add(jobs, Ordering::Relaxed);
         store.batch_max.fetch_max(jobs, Ordering::Relaxed);
