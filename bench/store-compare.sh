@@ -36,6 +36,9 @@ as_pg "$bindir/pg_ctl" -D "$work/pg" -l "$work/pg/log" -w \
 url="host=$work/sock port=5499 user=postgres dbname=postgres"
 pgbench() { as_pg "$bindir/pgbench" -h "$work/sock" -p 5499 -U postgres "$@" postgres 2>/dev/null; }
 tps() { sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -1 | cut -d. -f1; }
+# Before each measured phase: flush what the previous one wrote, so that a checkpoint does not
+# land in the middle of the next one (it did: a GET run's p99 went from 2 ms to 7 ms).
+checkpoint() { as_pg "$bindir/psql" -h "$work/sock" -p 5499 -U postgres -q -c CHECKPOINT postgres >/dev/null; }
 
 start_ringport() {
   local name=$1 port=$2; shift 2
@@ -68,15 +71,24 @@ cat >"$work/upsert.sql" <<'SQL'
 \set k random(0, 99999)
 INSERT INTO ringport_kv (owner, key, value) VALUES ('pgbench', convert_to('key:' || :k, 'UTF8'), '\x787878') ON CONFLICT (owner, key) DO UPDATE SET value = EXCLUDED.value;
 SQL
+checkpoint
 read16=$(pgbench -S -M prepared -c 16 -j 2 -T "$seconds" | tps)
+checkpoint
 read200=$(pgbench -S -M prepared -c 200 -j 2 -T "$seconds" | tps)
+checkpoint
 upsert16=$(pgbench -f "$work/upsert.sql" -M prepared -c 16 -j 2 -T "$seconds" | tps)
 
+checkpoint
 set16=$(rb 16395 set 16)
+checkpoint
 get16=$(rb 16395 get 16)
+checkpoint
 get200=$(rb 16395 get 200)
+checkpoint
 read -r set16_p50 set16_p99 < <(latency 16395 SET 16)
+checkpoint
 read -r get16_p50 get16_p99 < <(latency 16395 GET 16)
+checkpoint
 read -r get200_p50 get200_p99 < <(latency 16395 GET 200)
 
 echo
