@@ -720,6 +720,13 @@ fn debug(call: &mut Call<'_, '_>, args: &Args) {
 
 /// Runs a key-value command on the store pool; `f` encodes the reply from the store's answer.
 fn store_command(call: &mut Call<'_, '_>, spec: &'static Spec, args: &Args) {
+    // GET and SET travel typed, so that a store worker folds those of many sessions into one
+    // query or one commit.
+    match spec.name {
+        "get" => return offload_gets(call, vec![args[1].to_vec()]),
+        "set" => return offload_set(call, args[1].to_vec(), args[2].to_vec()),
+        _ => {}
+    }
     let owner = call.owner();
     let proto = call.proto();
     let argv = args.to_vecs();
@@ -741,28 +748,6 @@ fn store_command(call: &mut Call<'_, '_>, spec: &'static Spec, args: &Args) {
     let shared = call.shared.clone();
     let replier = call.replier();
     let name = spec.name;
-    // GET and SET travel typed, so that a store worker folds those of many sessions into one
-    // query or one commit.
-    let mut argv = argv;
-    match name {
-        "get" => return offload_gets(call, vec![std::mem::take(&mut argv[1])]),
-        "set" => {
-            let value = std::mem::take(&mut argv[2]);
-            let key = std::mem::take(&mut argv[1]);
-            let done = Box::new(move |outcome: Result<(), StoreError>| match outcome {
-                Ok(()) => replier.reply(b"+OK\r\n".to_vec()),
-                Err(e) => store_failed(&shared, replier, &e),
-            });
-            let work = StoreWork::Set(SetWork {
-                owner,
-                key,
-                value,
-                done,
-            });
-            return call.offload_store(name, work, Duration::ZERO);
-        }
-        _ => {}
-    }
     let allowance = if name == "sleep" {
         Duration::from_millis(parse_i64(&argv[1]).unwrap_or(0).max(0) as u64)
     } else {
@@ -828,6 +813,23 @@ fn offload_gets(call: &mut Call<'_, '_>, keys: Vec<Vec<u8>>) {
     call.offload_store("get", work, Duration::ZERO);
 }
 
+fn offload_set(call: &mut Call<'_, '_>, key: Vec<u8>, value: Vec<u8>) {
+    let owner = call.owner();
+    let shared = call.shared.clone();
+    let replier = call.replier();
+    let done = Box::new(move |outcome: Result<(), StoreError>| match outcome {
+        Ok(()) => replier.reply(b"+OK\r\n".to_vec()),
+        Err(e) => store_failed(&shared, replier, &e),
+    });
+    let work = StoreWork::Set(SetWork {
+        owner,
+        key,
+        value,
+        done,
+    });
+    call.offload_store("set", work, Duration::ZERO);
+}
+
 /// Answers a store command whose call failed, and counts the failure.
 fn store_failed(shared: &Shared, replier: Replier, error: &StoreError) {
     shared.store.note_error(error);
@@ -854,14 +856,6 @@ fn run_store(
 ) -> Result<Built, StoreError> {
     let keys = |from: usize| -> Vec<&[u8]> { argv[from..].iter().map(Vec::as_slice).collect() };
     match name {
-        "get" => match c.get(owner, &argv[1])? {
-            Some(v) => resp::bulk(out, &v),
-            None => resp::null(out, proto),
-        },
-        "set" => {
-            c.set(owner, &argv[1], &argv[2])?;
-            resp::simple(out, b"OK");
-        }
         "del" => resp::integer(out, c.del(owner, &keys(1))?),
         "exists" => resp::integer(out, c.exists(owner, &keys(1))?),
         "incr" => resp::integer(out, c.incr_by(owner, &argv[1], 1)?),
@@ -896,7 +890,7 @@ fn run_store(
             c.sleep(ms)?;
             resp::simple(out, b"OK");
         }
-        other => unreachable!("store command {other} has no implementation"),
+        other => unreachable!("store command {other} is not a generic store job"),
     }
     Ok(Built::Whole)
 }

@@ -292,13 +292,19 @@ impl EmbeddedConn {
     }
 }
 
+/// The value stored under an encoded key ([`kv_key`]), copied out of the read transaction.
+fn value_of(
+    table: &redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+    key: &[u8],
+) -> Result<Option<Vec<u8>>, StoreError> {
+    let value = table.get(key).map_err(storage_error)?;
+    Ok(value.map(|guard| guard.value().to_vec()))
+}
+
 impl Conn for EmbeddedConn {
     fn get(&mut self, owner: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let key = kv_key(owner, key)?;
-        self.read_kv(|table| {
-            let value = table.get(key.as_slice()).map_err(storage_error)?;
-            Ok(value.map(|guard| guard.value().to_vec()))
-        })
+        self.read_kv(|table| value_of(table, &key))
     }
 
     fn get_many(&mut self, keys: &[(&str, &[u8])]) -> Vec<Result<Option<Vec<u8>>, StoreError>> {
@@ -306,12 +312,7 @@ impl Conn for EmbeddedConn {
         let read = self.read_kv(|table| {
             Ok(keys
                 .iter()
-                .map(|(owner, key)| {
-                    let value = table
-                        .get(kv_key(owner, key)?.as_slice())
-                        .map_err(storage_error)?;
-                    Ok(value.map(|guard| guard.value().to_vec()))
-                })
+                .map(|(owner, key)| value_of(table, &kv_key(owner, key)?))
                 .collect())
         });
         read.unwrap_or_else(|error| keys.iter().map(|_| Err(error.clone())).collect())
@@ -352,8 +353,7 @@ impl Conn for EmbeddedConn {
         self.read_kv(|table| {
             let (mut values, mut total) = (Vec::with_capacity(keys.len()), 0usize);
             for key in &keys {
-                let value = table.get(key.as_slice()).map_err(storage_error)?;
-                let value = value.map(|guard| guard.value().to_vec());
+                let value = value_of(table, key)?;
                 total = total.saturating_add(value.as_ref().map_or(0, Vec::len));
                 values.push(value);
                 if total > budget {
