@@ -312,6 +312,10 @@ pub fn config_file_flags(path: &std::path::Path) -> Result<Vec<String>, String> 
         .expect("the serve subcommand exists");
     let mut flags = Vec::new();
     for (raw_key, value) in &table {
+        if raw_key == "command" {
+            // `[[command]]` blocks define SQL commands; read by `config_file_commands`.
+            continue;
+        }
         let key = raw_key.replace('_', "-");
         let arg = serve
             .get_arguments()
@@ -348,6 +352,64 @@ pub fn config_file_flags(path: &std::path::Path) -> Result<Vec<String>, String> 
     Ok(flags)
 }
 
+/// One `[[command]]` block of a config file: a SQL-defined command (see `commands::sql`).
+#[derive(Debug, Clone, serde::Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SqlCommandConfig {
+    /// The command's name (lower-case letters, digits, `_-.:`).
+    pub name: String,
+    /// One statement; `$1` is the session's user unless `user = false`, the arguments follow.
+    pub sql: String,
+    /// Redis's arity: the exact number of words, the name included.
+    pub arity: i32,
+    /// status, affected, value, row, map, rows or column.
+    pub reply: String,
+    /// Whether `$1` is the session's user name.
+    #[serde(default = "default_true")]
+    pub user: bool,
+    /// Whether the statement changes data (Redis's `write` flag; else `readonly`).
+    #[serde(default)]
+    pub write: bool,
+    /// COMMAND DOCS's summary (default: the statement).
+    #[serde(default)]
+    pub summary: String,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// The `[[command]]` blocks of a config file, with errors naming the file and the block.
+pub fn config_file_commands(path: &std::path::Path) -> Result<Vec<SqlCommandConfig>, String> {
+    #[derive(serde::Deserialize)]
+    struct Blocks {
+        #[serde(default)]
+        command: Vec<toml::Value>,
+    }
+    let where_ = path.display();
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{where_}: cannot read: {e}"))?;
+    let blocks: Blocks = toml::from_str(&text).map_err(|e: toml::de::Error| {
+        format!(
+            "{where_}: 'command' must be [[command]] blocks: {}",
+            e.message()
+        )
+    })?;
+    blocks
+        .command
+        .into_iter()
+        .enumerate()
+        .map(|(i, block)| {
+            let name = block
+                .get("name")
+                .and_then(|n| n.as_str())
+                .map_or_else(|| format!("#{}", i + 1), |n| format!("'{n}'"));
+            block
+                .try_into()
+                .map_err(|e: toml::de::Error| format!("{where_}: command {name}: {}", e.message()))
+        })
+        .collect()
+}
+
 /// Parses `ringport serve` settings from a config file alone (for `config check`), with errors
 /// naming the file.
 pub fn parse_config_file(path: &std::path::Path) -> Result<ServeArgs, String> {
@@ -375,7 +437,12 @@ pub fn parse_config_file(path: &std::path::Path) -> Result<ServeArgs, String> {
 /// Parses the process arguments, folding in `serve --config FILE`: flags on the command line
 /// win over `RINGPORT_STORE_URL`, which wins over the file.
 pub fn parse_args() -> Result<Cli, String> {
-    let cli = Cli::parse();
+    parse_args_from(std::env::args().collect())
+}
+
+/// [`parse_args`] over `argv` (the program name first).
+pub fn parse_args_from(argv: Vec<String>) -> Result<Cli, String> {
+    let cli = Cli::parse_from(&argv);
     let Command::Serve(args) = &cli.command else {
         return Ok(cli);
     };
@@ -389,7 +456,7 @@ pub fn parse_args() -> Result<Cli, String> {
     if std::env::var_os("RINGPORT_STORE_URL").is_some_and(|v| !v.is_empty()) {
         flags.retain(|f| !f.starts_with("--store=") && f != "--store");
     }
-    let mut argv: Vec<String> = std::env::args().collect();
+    let mut argv = argv;
     let serve_at = argv
         .iter()
         .position(|a| a == "serve")

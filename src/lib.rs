@@ -27,3 +27,15 @@ pub mod table;
 pub mod testkit;
 pub mod userdir;
 pub mod users;
+
+/// What a program embedding ringport needs to define its own commands.
+pub mod api {
+    pub use crate::commands::api::{
+        sql_value_reply, Argv, CommandDef, Inline, Reply, Request, StoreCtx, Tx, NOT_INTEGER,
+    };
+    pub use crate::config::ServeArgs;
+    pub use crate::resp::Proto;
+    pub use crate::store::{Conn as KvConn, SqlResult, SqlValue, StoreError};
+    pub use crate::table::Class;
+}
+pub use server::Server;

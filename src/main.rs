@@ -19,12 +19,7 @@ fn main() {
         Command::DenyIoUring { command } => deny_io_uring_then_exec(&command),
         Command::Config {
             action: ConfigAction::Check { file },
-        } => ringport::config::parse_config_file(&file).and_then(|args| {
-            let text = toml::to_string(&args).map_err(|e| e.to_string())?;
-            println!("# {}: valid; effective settings:", file.display());
-            print!("{text}");
-            Ok(())
-        }),
+        } => ringport::server::check_config(&file),
     };
     if let Err(message) = result {
         eprintln!("ringport: {message}");

@@ -163,9 +163,8 @@ fn run_worker(index: usize, local: Worker<Job>, shared: &Shared) {
             shared.stats.running.fetch_add(1, Ordering::AcqRel);
             let started = Instant::now();
             // A panicking job must not take the worker down with it: the panic is logged here,
-            // and its dropped Replier answers the session `-ERR internal error`. (Release
-            // builds abort on panic instead.)
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)).is_err() {
+            // and its dropped Replier answers the session `-ERR internal error`.
+            if contain(job).is_err() {
                 tracing::error!(worker = index, "a compute job panicked");
             }
             shared
@@ -250,4 +249,34 @@ mod tests {
         assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), 7);
         pool.shutdown();
     }
+}
+
+thread_local! {
+    /// Set while this thread runs code whose panic is caught and answered ([`contain`]).
+    static CONTAINED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, catching its panic: for a job or a command handler, whose panic answers its one
+/// command `-ERR internal error` while the thread goes on. Anywhere else a panic ends the
+/// process ([`abort_on_uncontained_panics`]).
+pub fn contain<R>(f: impl FnOnce() -> R) -> std::thread::Result<R> {
+    let outer = CONTAINED.with(|c| c.replace(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    CONTAINED.with(|c| c.set(outer));
+    result
+}
+
+/// Makes every panic outside [`contain`] end the process, after the usual message: a ring, a
+/// committer or a pool's own code that panicked would leave the process half alive and its
+/// clients hanging; systemd restarts it instead (docs/deploy.md). Jobs and handlers keep
+/// running after theirs, so one bad command cannot take the server down.
+pub fn abort_on_uncontained_panics() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        if !CONTAINED.with(|c| c.get()) {
+            tracing::error!("a panic outside any command; ending the process");
+            std::process::abort();
+        }
+    }));
 }

@@ -9,13 +9,15 @@ use std::time::Duration;
 use ringport_ring::{AcceptPath, EpollLoop, Features, RecvPath, Ring, RingConfig};
 
 use crate::auth;
-use crate::config::{BackendChoice, ServeArgs};
+use crate::commands::{self, api::CommandDef, api::Handlers};
+use crate::config::{config_file_commands, BackendChoice, ServeArgs};
 use crate::msg::Msg;
 use crate::pool::ComputePool;
 use crate::session::RingHandler;
 use crate::shared::Shared;
 use crate::store::{self, StoreSpec, UserRecord};
 use crate::storepool::StorePool;
+use crate::table::Table;
 use crate::userdir::UserDirectory;
 
 /// Errors that stop start-up, with what to do about them.
@@ -73,7 +75,119 @@ pub fn open_store(
 
 /// Runs the server until SIGTERM/SIGINT, then drains. Returns once every ring has stopped.
 pub fn serve(args: ServeArgs) -> Result<(), StartError> {
+    Server::new(args).run()
+}
+
+/// A server to embed in a program: the settings of `ringport serve` plus commands of the
+/// program's own, defined as the built-ins are ([`CommandDef`]).
+///
+/// ```no_run
+/// use ringport::api::{Argv, CommandDef, Reply};
+/// fn main() -> Result<(), String> {
+///     ringport::Server::from_env()?
+///         .command(CommandDef::inline("hi", 1, |_| Reply::status("hello")))
+///         .run()
+/// }
+/// ```
+pub struct Server {
+    args: ServeArgs,
+    commands: Vec<CommandDef>,
+}
+
+impl Server {
+    /// A server with these settings and the built-in commands (and the config file's SQL ones).
+    pub fn new(args: ServeArgs) -> Server {
+        Server {
+            args,
+            commands: Vec::new(),
+        }
+    }
+
+    /// Settings from the process: its arguments are `ringport serve`'s flags (`--help` lists
+    /// them), with `--config FILE` and the `RINGPORT_*` environment folded in as for
+    /// `ringport serve`. Exits with usage on a bad flag, as the binary does.
+    pub fn from_env() -> Result<Server, StartError> {
+        let mut argv: Vec<String> = std::env::args().collect();
+        // `program serve --flags` reads as `program --flags`, so a harness can start either.
+        if argv.get(1).map(String::as_str) != Some("serve") {
+            argv.insert(1.min(argv.len()), "serve".into());
+        }
+        match crate::config::parse_args_from(argv)?.command {
+            crate::config::Command::Serve(args) => Ok(Server::new(*args)),
+            _ => unreachable!("parsed as serve"),
+        }
+    }
+
+    /// Adds a command. A name that clashes with another command's stops the start.
+    pub fn command(mut self, def: CommandDef) -> Server {
+        self.commands.push(def);
+        self
+    }
+
+    /// The settings, to adjust before [`Server::run`].
+    pub fn args_mut(&mut self) -> &mut ServeArgs {
+        &mut self.args
+    }
+
+    /// Runs until SIGTERM/SIGINT, then drains; returns once every ring has stopped.
+    pub fn run(self) -> Result<(), StartError> {
+        run(self.args, self.commands)
+    }
+}
+
+/// Every command the server will know: the built-ins, the config file's SQL commands (checked
+/// against the store) and the program's, as one table; a clash is an error naming both.
+pub fn command_table(
+    args: &ServeArgs,
+    backend: &dyn store::Backend,
+    extra: Vec<CommandDef>,
+) -> Result<(Table, Handlers), StartError> {
+    let sql = match &args.config {
+        Some(path) => commands::sql::load(&config_file_commands(path)?, path, backend)?,
+        None => Vec::new(),
+    };
+    commands::api::build(
+        commands::builtins()
+            .into_iter()
+            .chain(sql)
+            .chain(extra)
+            .collect(),
+    )
+}
+
+/// `ringport config check FILE`: the settings as `serve` would read them and, when the file
+/// defines SQL commands, the same checks against the store that `serve` makes, without serving.
+pub fn check_config(file: &std::path::Path) -> Result<(), StartError> {
+    let mut args = crate::config::parse_config_file(file)?;
+    let text = toml::to_string(&args).map_err(|e| e.to_string())?;
+    args.config = Some(file.to_path_buf());
+    if let Ok(url) = std::env::var("RINGPORT_STORE_URL") {
+        if !url.is_empty() {
+            args.store.store = Some(url);
+        }
+    }
+    let sql = config_file_commands(file)?;
+    if !sql.is_empty() {
+        let spec = StoreSpec::parse(args.store.store.as_deref(), &args.store.data)
+            .map_err(|e| format!("--store: {e}"))?;
+        let backend = store::open(&spec).map_err(|e| format!("cannot open the store: {e}"))?;
+        let (table, _) = command_table(&args, &*backend, Vec::new())?;
+        println!(
+            "# {}: {} SQL command(s) prepared and checked on {}; {} commands in all",
+            file.display(),
+            sql.len(),
+            backend.describe(),
+            table.len()
+        );
+    }
+    println!("# {}: valid; effective settings:", file.display());
+    print!("{text}");
+    Ok(())
+}
+
+fn run(args: ServeArgs, extra: Vec<CommandDef>) -> Result<(), StartError> {
     init_logging(&args);
+    crate::pool::abort_on_uncontained_panics();
     let disable = ringport_ring::Disable::parse_list(&args.uring_disable)
         .map_err(|e| format!("--uring-disable: {e}"))?
         .union(
@@ -130,6 +244,14 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
     }
     let (backend, users) = open_store(&spec)?;
     tracing::info!(store = %backend.describe(), users = users.len(), "store opened");
+    let (table, handlers) = command_table(&args, &*backend, extra)?;
+    let (table, handlers) = (Arc::new(table), Arc::new(handlers));
+    let custom = table
+        .specs()
+        .iter()
+        .filter(|s| s.origin != "built-in")
+        .count();
+    tracing::info!(commands = table.len(), custom, "command table built");
     // AUTH reads users from memory; the backend keeps the table current from here on.
     let users = Arc::new(UserDirectory::new(users));
     let watched: Weak<UserDirectory> = Arc::downgrade(&users);
@@ -200,6 +322,7 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
         features.clone(),
         core_count,
         listen_addr,
+        table,
     ));
     let stats = shared.rings.clone();
 
@@ -233,7 +356,7 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
             },
         };
         let use_uring = features.is_some();
-        let handler = RingHandler::new(shared.clone(), sender);
+        let handler = RingHandler::new(shared.clone(), handlers.clone(), sender);
         let core = cores.get(index % core_count).copied();
         let ready = ready_tx.clone();
         let thread = std::thread::Builder::new()

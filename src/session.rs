@@ -15,13 +15,13 @@ use std::time::Instant;
 
 use ringport_ring::{CloseReason, Context, Handler, Sender, Session, SessionId, Sessions};
 
+use crate::commands::api::Handlers;
 use crate::commands::{self, Call};
 use crate::conn::{Conn, State};
 use crate::msg::{AuthOutcome, Msg};
 use crate::resp::{self, Args, Limits, Proto};
 use crate::shared::Shared;
 use crate::storepool::JobTicket;
-use crate::table;
 
 /// How often a store job that outlived its deadline without the pool calling it stuck is looked
 /// at again.
@@ -29,9 +29,11 @@ fn store_recheck(store_timeout: std::time::Duration) -> std::time::Duration {
     (store_timeout / 20).max(std::time::Duration::from_millis(10))
 }
 
-/// One ring's protocol handler. Owns nothing shared but the `Arc<Shared>`.
+/// One ring's protocol handler. Owns nothing shared but the `Arc<Shared>` and the handlers.
 pub struct RingHandler {
     pub(crate) shared: Arc<Shared>,
+    /// Every command's handler, row for row with `shared.table`.
+    handlers: Arc<Handlers>,
     /// This ring's own mailbox, cloned into every job so results come back here.
     pub(crate) sender: Sender<Msg>,
     pub(crate) limits: Limits,
@@ -45,7 +47,7 @@ pub struct RingHandler {
 
 impl RingHandler {
     /// A handler for one ring.
-    pub fn new(shared: Arc<Shared>, sender: Sender<Msg>) -> RingHandler {
+    pub fn new(shared: Arc<Shared>, handlers: Arc<Handlers>, sender: Sender<Msg>) -> RingHandler {
         let limits = Limits {
             max_bulk_len: shared.config.proto_max_bulk_len,
             ..Limits::default()
@@ -58,6 +60,7 @@ impl RingHandler {
         };
         RingHandler {
             shared,
+            handlers,
             sender,
             limits,
             preauth_limits,
@@ -107,7 +110,7 @@ impl RingHandler {
                             call.conn_mut().commands += keys.len() as u64 - 1;
                             commands::execute_gets(&mut call, keys);
                         }
-                        None => commands::execute(&mut call, &args),
+                        None => commands::execute(&mut call, &self.handlers, &args),
                     }
                     self.enforce_output_limit(s);
                 }
@@ -239,8 +242,12 @@ impl RingHandler {
             self.shared
                 .record_command(cx.ring, command, started_at, true);
         }
-        let unknown_write =
-            started && table::lookup(command.as_bytes()).is_some_and(|c| c.writes());
+        let unknown_write = started
+            && self
+                .shared
+                .table
+                .lookup(command.as_bytes())
+                .is_some_and(|(_, c)| c.writes());
         if unknown_write {
             // The write may still commit, at a moment nobody knows: a later write of this client
             // could land before it (SET k 1 stuck, SET k 2, k ends 1). Only a closed session

@@ -17,7 +17,7 @@ use crate::config::ServeArgs;
 use crate::msg::Msg;
 use crate::pool::ComputePool;
 use crate::storepool::StorePool;
-use crate::table::COMMANDS;
+use crate::table::Table;
 use crate::userdir::UserDirectory;
 
 /// Settings the sessions consult at run time.
@@ -90,6 +90,8 @@ pub struct Shared {
     /// Rate limits for log lines about refused or closed sessions, per reason.
     log_limiters:
         std::sync::Mutex<std::collections::HashMap<&'static str, ringport_ring::LogLimiter>>,
+    /// Every command this server knows (built-in, from the config file, from the program).
+    pub table: Arc<Table>,
     /// Per ring, per command calls, errors and latency.
     pub commands: CommandBook,
 }
@@ -106,6 +108,7 @@ impl Shared {
         features: Option<Features>,
         cores: usize,
         listen_addr: SocketAddr,
+        table: Arc<Table>,
     ) -> Shared {
         // A test server may have no ring at all; statistics still need a slot.
         let ring_count = ring_senders.len().max(1);
@@ -157,14 +160,15 @@ impl Shared {
             next_client_id: AtomicU64::new(1),
             counters: Counters::default(),
             version_line: format!("ringport {}", env!("CARGO_PKG_VERSION")),
-            commands: CommandBook::new(ring_count),
+            commands: CommandBook::new(ring_count, &table),
+            table,
             log_limiters: Default::default(),
         }
     }
 
     /// Counts one executed command (its latency runs from parse to reply queued).
     pub fn record_command(&self, ring: usize, name: &'static str, started: Instant, failed: bool) {
-        if let Some(i) = COMMANDS.iter().position(|c| c.name == name) {
+        if let Some(i) = self.table.index_of(name) {
             self.commands.record(ring, i, started, failed);
         }
     }

@@ -262,7 +262,8 @@ impl StorePool {
         match error {
             StoreError::Unavailable(_) => self.store.unavailable.fetch_add(1, Ordering::Relaxed),
             StoreError::Other(_) => self.store.errors.fetch_add(1, Ordering::Relaxed),
-            StoreError::NotInteger | StoreError::Overflow => 0,
+            // The command's own error, as INCR on a string is: the store is fine.
+            StoreError::NotInteger | StoreError::Overflow | StoreError::Sql(_) => 0,
         };
     }
 
@@ -414,9 +415,8 @@ fn run_worker(
         mine.in_flight.store(jobs, Ordering::Relaxed);
         let tickets: Vec<Arc<JobTicket>> = batch.iter().map(|q| q.ticket.clone()).collect();
         let works = batch.into_iter().map(|q| q.work).collect();
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            run_batch(conn.as_deref_mut(), &reconnect.last_error, works)
-        }));
+        let result =
+            crate::pool::contain(|| run_batch(conn.as_deref_mut(), &reconnect.last_error, works));
         if result.is_err() {
             tracing::error!(
                 worker = index,

@@ -1,8 +1,13 @@
 //! The command table: every command's name, arity, class and COMMAND metadata, as data.
 //!
+//! Built once at start-up from the command definitions (the built-ins, the config file's SQL
+//! commands and those a program embedding the library adds), and shared read-only from then on.
 //! It sits below everything that needs the list of commands (the statistics book keeps one cell
 //! per row, COMMAND describes the rows, the dispatcher checks arity and the AUTH gate) and knows
-//! nothing of how a command runs, so none of them has to import the handlers.
+//! nothing of how a command runs: each row's handler sits at the same index in the list the
+//! commands module keeps, so none of them has to import the handlers.
+
+use std::collections::HashMap;
 
 /// Where a command runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -15,8 +20,14 @@ pub enum Class {
     Store,
 }
 
+/// Command names are at most this long (Redis has none longer than 20).
+pub const MAX_NAME_LEN: usize = 64;
+
 /// One row of the command table.
-#[derive(Debug)]
+///
+/// Strings are `'static`: a table lives for the whole process (names travel in per-session
+/// state and statistics without a copy), so the few built from configuration are leaked once.
+#[derive(Debug, Clone)]
 pub struct Spec {
     /// Lower-case name.
     pub name: &'static str,
@@ -25,13 +36,17 @@ pub struct Spec {
     /// Where it runs.
     pub class: Class,
     /// Redis command flags, for COMMAND.
-    pub flags: &'static [&'static str],
+    pub flags: Vec<&'static str>,
     /// First key, last key, step (0 0 0 for none), for COMMAND.
     pub keys: (i32, i32, i32),
     /// One line of help, for COMMAND DOCS.
     pub summary: &'static str,
+    /// COMMAND DOCS's group (`connection`, `string`, `server`, or the definer's).
+    pub group: &'static str,
     /// Allowed before AUTH.
     pub before_auth: bool,
+    /// Where the definition came from, for errors about it (`built-in`, a config file, `api`).
+    pub origin: &'static str,
 }
 
 impl Spec {
@@ -41,214 +56,85 @@ impl Spec {
     }
 }
 
-const fn spec(
-    name: &'static str,
-    arity: i32,
-    class: Class,
-    flags: &'static [&'static str],
-    keys: (i32, i32, i32),
-    summary: &'static str,
-) -> Spec {
-    Spec {
-        name,
-        arity,
-        class,
-        flags,
-        keys,
-        summary,
-        before_auth: false,
+/// Every command this server knows, in definition order.
+#[derive(Debug, Default)]
+pub struct Table {
+    specs: Vec<Spec>,
+    by_name: HashMap<&'static str, usize>,
+}
+
+impl Table {
+    /// A table of `specs`, or an error naming a clash or an invalid row.
+    pub fn new(specs: Vec<Spec>) -> Result<Table, String> {
+        let mut by_name = HashMap::with_capacity(specs.len());
+        for (index, spec) in specs.iter().enumerate() {
+            check_name(spec.name)
+                .map_err(|why| format!("command '{}' ({}): {why}", spec.name, spec.origin))?;
+            if spec.arity == 0 {
+                return Err(format!(
+                    "command '{}' ({}): arity 0 is not valid (Redis arity counts the name: 2 = one argument, -2 = at least one)",
+                    spec.name, spec.origin
+                ));
+            }
+            if let Some(earlier) = by_name.insert(spec.name, index) {
+                return Err(format!(
+                    "command '{}' ({}) clashes with the command of the same name ({})",
+                    spec.name, spec.origin, specs[earlier].origin
+                ));
+            }
+        }
+        Ok(Table { specs, by_name })
+    }
+
+    /// Looks a command up by name, case-insensitively: its row index and row.
+    pub fn lookup(&self, name: &[u8]) -> Option<(usize, &Spec)> {
+        if name.len() > MAX_NAME_LEN {
+            return None;
+        }
+        let mut lower = [0u8; MAX_NAME_LEN];
+        let lower = &mut lower[..name.len()];
+        lower.copy_from_slice(name);
+        lower.make_ascii_lowercase();
+        let name = std::str::from_utf8(lower).ok()?;
+        let index = *self.by_name.get(name)?;
+        Some((index, &self.specs[index]))
+    }
+
+    /// The row index of a command by its (lower-case) table name.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.by_name.get(name).copied()
+    }
+
+    /// Every row, in definition order.
+    pub fn specs(&self) -> &[Spec] {
+        &self.specs
+    }
+
+    pub fn len(&self) -> usize {
+        self.specs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.specs.is_empty()
     }
 }
 
-/// Every command ringport knows.
-pub static COMMANDS: &[Spec] = &[
-    Spec {
-        before_auth: true,
-        ..spec(
-            "auth",
-            -2,
-            Class::Compute,
-            &["noscript", "loading", "stale", "fast", "no_auth"],
-            (0, 0, 0),
-            "Authenticates the connection.",
-        )
-    },
-    Spec {
-        before_auth: true,
-        ..spec(
-            "hello",
-            -1,
-            Class::Inline,
-            &["noscript", "loading", "stale", "fast", "no_auth"],
-            (0, 0, 0),
-            "Handshakes with the server: protocol version, authentication, client name.",
-        )
-    },
-    Spec {
-        before_auth: true,
-        ..spec(
-            "quit",
-            -1,
-            Class::Inline,
-            &["noscript", "loading", "stale", "fast", "no_auth"],
-            (0, 0, 0),
-            "Closes the connection.",
-        )
-    },
-    spec(
-        "ping",
-        -1,
-        Class::Inline,
-        &["fast"],
-        (0, 0, 0),
-        "Returns PONG, or the message given.",
-    ),
-    spec(
-        "echo",
-        2,
-        Class::Inline,
-        &["fast"],
-        (0, 0, 0),
-        "Returns the message given.",
-    ),
-    spec(
-        "client",
-        -2,
-        Class::Inline,
-        &["noscript", "loading", "stale"],
-        (0, 0, 0),
-        "Connection commands: ID, SETNAME, GETNAME, SETINFO, INFO, LIST, KILL.",
-    ),
-    spec(
-        "debug",
-        -2,
-        Class::Inline,
-        &["admin", "noscript", "loading", "stale"],
-        (0, 0, 0),
-        "A container for debugging commands (only with --enable-debug-command).",
-    ),
-    spec(
-        "select",
-        2,
-        Class::Inline,
-        &["loading", "stale", "fast"],
-        (0, 0, 0),
-        "Selects database 0 (the only one).",
-    ),
-    spec(
-        "command",
-        -1,
-        Class::Inline,
-        &["loading", "stale"],
-        (0, 0, 0),
-        "Describes the commands: COUNT, DOCS, INFO, LIST.",
-    ),
-    spec(
-        "info",
-        -1,
-        Class::Inline,
-        &["loading", "stale"],
-        (0, 0, 0),
-        "Server information and statistics.",
-    ),
-    spec(
-        "acl",
-        -2,
-        Class::Inline,
-        &["noscript", "loading", "stale"],
-        (0, 0, 0),
-        "ACL WHOAMI.",
-    ),
-    spec(
-        "hash",
-        3,
-        Class::Compute,
-        &[],
-        (0, 0, 0),
-        "HASH rounds data: sha256 applied rounds times, as lowercase hex.",
-    ),
-    spec(
-        "get",
-        2,
-        Class::Store,
-        &["readonly", "fast"],
-        (1, 1, 1),
-        "Gets the value of a key.",
-    ),
-    spec(
-        "set",
-        3,
-        Class::Store,
-        &["write", "denyoom"],
-        (1, 1, 1),
-        "Sets the value of a key.",
-    ),
-    spec(
-        "del",
-        -2,
-        Class::Store,
-        &["write"],
-        (1, -1, 1),
-        "Deletes keys; replies with how many existed.",
-    ),
-    spec(
-        "exists",
-        -2,
-        Class::Store,
-        &["readonly", "fast"],
-        (1, -1, 1),
-        "Counts the keys that exist.",
-    ),
-    spec(
-        "incr",
-        2,
-        Class::Store,
-        &["write", "denyoom", "fast"],
-        (1, 1, 1),
-        "Increments the integer value of a key by one.",
-    ),
-    spec(
-        "incrby",
-        3,
-        Class::Store,
-        &["write", "denyoom", "fast"],
-        (1, 1, 1),
-        "Increments the integer value of a key.",
-    ),
-    spec(
-        "mget",
-        -2,
-        Class::Store,
-        &["readonly", "fast"],
-        (1, -1, 1),
-        "Gets the values of keys.",
-    ),
-    spec(
-        "mset",
-        -3,
-        Class::Store,
-        &["write", "denyoom"],
-        (1, -1, 2),
-        "Sets several keys at once.",
-    ),
-    spec(
-        "sleep",
-        2,
-        Class::Store,
-        &[],
-        (0, 0, 0),
-        "SLEEP ms: a store call that takes ms milliseconds.",
-    ),
-];
-
-/// Looks a command up by name, case-insensitively.
-pub fn lookup(name: &[u8]) -> Option<&'static Spec> {
-    if name.len() > 16 {
-        return None;
+/// A name clients can type: lower-case ASCII letters, digits, `_`, `-`, `.`, `:`, starting with a
+/// letter, at most [`MAX_NAME_LEN`] bytes.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(format!("a name is 1 to {MAX_NAME_LEN} characters"));
     }
-    COMMANDS
-        .iter()
-        .find(|c| c.name.as_bytes().eq_ignore_ascii_case(name))
+    if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+        return Err("a name starts with a lower-case letter".into());
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_-.:".contains(c))
+    {
+        return Err("a name holds lower-case letters, digits, '_', '-', '.' and ':' only".into());
+    }
+    Ok(())
 }
 
 /// Whether `argc` arguments (the name included) fit the command's arity.
@@ -260,43 +146,62 @@ pub fn arity_ok(spec: &Spec, argc: usize) -> bool {
     }
 }
 
+/// Keeps `text` for the rest of the process (see [`Spec`]).
+pub fn leak(text: &str) -> &'static str {
+    Box::leak(text.to_string().into_boxed_str())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn row(name: &'static str, arity: i32) -> Spec {
+        Spec {
+            name,
+            arity,
+            class: Class::Inline,
+            flags: vec!["write"],
+            keys: (0, 0, 0),
+            summary: "",
+            group: "connection",
+            before_auth: false,
+            origin: "test",
+        }
+    }
+
     #[test]
     fn lookup_is_case_insensitive() {
-        assert_eq!(lookup(b"GeT").unwrap().name, "get");
-        assert!(lookup(b"nosuch").is_none());
-        assert!(lookup(b"averyveryverylongcommandname").is_none());
+        let table = Table::new(vec![row("get", 2), row("del", -2)]).unwrap();
+        assert_eq!(table.lookup(b"GeT").unwrap().1.name, "get");
+        assert_eq!(table.lookup(b"DEL").unwrap().0, 1);
+        assert!(table.lookup(b"nosuch").is_none());
+        assert!(table.lookup(&[b'a'; 100]).is_none());
+        assert!(table.lookup(b"g\xffet").is_none());
     }
 
     #[test]
     fn arity_rules() {
-        let get = lookup(b"get").unwrap();
-        assert!(arity_ok(get, 2) && !arity_ok(get, 1) && !arity_ok(get, 3));
-        let del = lookup(b"del").unwrap();
-        assert!(!arity_ok(del, 1) && arity_ok(del, 2) && arity_ok(del, 9));
+        let get = row("get", 2);
+        assert!(arity_ok(&get, 2) && !arity_ok(&get, 1) && !arity_ok(&get, 3));
+        let del = row("del", -2);
+        assert!(!arity_ok(&del, 1) && arity_ok(&del, 2) && arity_ok(&del, 9));
     }
 
     #[test]
-    fn writes_follow_the_write_flag() {
-        let writes: Vec<&str> = COMMANDS
-            .iter()
-            .filter(|c| c.writes())
-            .map(|c| c.name)
-            .collect();
-        assert_eq!(writes, ["set", "del", "incr", "incrby", "mset"]);
-    }
-
-    #[test]
-    fn table_names_are_lowercase_and_unique() {
-        let mut names: Vec<&str> = COMMANDS.iter().map(|c| c.name).collect();
-        assert!(names
-            .iter()
-            .all(|n| n.chars().all(|c| c.is_ascii_lowercase())));
-        names.sort();
-        names.dedup();
-        assert_eq!(names.len(), COMMANDS.len());
+    fn clashes_and_bad_rows_are_refused_with_their_origin() {
+        let mut second = row("get", 2);
+        second.origin = "deploy/x.toml";
+        let e = Table::new(vec![row("get", 2), second]).unwrap_err();
+        assert!(
+            e.contains("'get' (deploy/x.toml) clashes") && e.contains("(test)"),
+            "{e}"
+        );
+        assert!(Table::new(vec![row("Get", 2)])
+            .unwrap_err()
+            .contains("lower-case"));
+        assert!(Table::new(vec![row("a b", 2)]).is_err());
+        assert!(Table::new(vec![row("zero", 0)])
+            .unwrap_err()
+            .contains("arity 0"));
     }
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::Parser;
 use ringport_ring::harness::Harness;
 
+use crate::commands::{self, api::Handlers};
 use crate::config::{Cli, Command, ServeArgs};
 use crate::msg::Msg;
 use crate::pool::ComputePool;
@@ -24,6 +25,7 @@ use crate::userdir::UserDirectory;
 pub struct TestServer {
     /// The shared state, as a ring would see it.
     pub shared: Arc<Shared>,
+    handlers: Arc<Handlers>,
 }
 
 impl TestServer {
@@ -56,6 +58,7 @@ impl TestServer {
         let users = Arc::new(UserDirectory::new(users));
         let compute = ComputePool::start(1, args.compute_queue);
         let store_pool = StorePool::start(backend, 2, args.store_queue);
+        let (table, handlers) = commands::api::build(commands::builtins()).expect("the built-ins");
         let shared = Arc::new(Shared::new(
             &args,
             compute,
@@ -65,14 +68,18 @@ impl TestServer {
             None,
             1,
             "127.0.0.1:6380".parse().expect("an address"),
+            Arc::new(table),
         ));
-        TestServer { shared }
+        TestServer {
+            shared,
+            handlers: Arc::new(handlers),
+        }
     }
 
     /// Opens a new session.
     pub fn session(&self) -> Harness<RingHandler> {
         let (sender, receiver) = ringport_ring::mailbox::<Msg>().expect("mailbox");
-        let handler = RingHandler::new(self.shared.clone(), sender);
+        let handler = RingHandler::new(self.shared.clone(), self.handlers.clone(), sender);
         let peer: SocketAddr = "127.0.0.1:40000".parse().expect("an address");
         Harness::new(handler, receiver, Some(peer))
     }

@@ -8,7 +8,9 @@
 //! Handlers work through [`Call`] alone; the session calls down into [`execute`] and
 //! [`finish_auth`], never the other way.
 
+pub mod api;
 mod call;
+pub mod sql;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -18,13 +20,14 @@ use sha2::{Digest, Sha256};
 
 use crate::auth;
 use crate::conn::State;
-use crate::msg::{AfterAuth, AuthOutcome, KillFilter, Msg, Replier};
-use crate::resp::{self, parse_i64, Args, Proto};
+use crate::msg::{AfterAuth, AuthOutcome, KillFilter, Msg, Replier, INTERNAL_ERROR};
+use crate::resp::{self, encode_value, parse_i64, Args, Proto};
 use crate::shared::Shared;
 use crate::store::{Conn as StoreConn, StoreError};
 use crate::storepool::{GetWork, SetWork, StoreWork};
-use crate::table::{arity_ok, lookup, Class, Spec, COMMANDS};
+use crate::table::{arity_ok, Class, Spec};
 
+use api::{Argv, CommandDef, Handler, Handlers, Inline, Reply, Request, StoreCtx};
 pub use call::Call;
 use call::BUSY;
 
@@ -55,16 +58,155 @@ fn truncate(arg: &[u8], n: usize) -> Vec<u8> {
     arg.iter().take(n).copied().collect()
 }
 
-pub(crate) const NOT_INTEGER: &str = "ERR value is not an integer or out of range";
+pub(crate) use api::NOT_INTEGER;
+
+/// Flags shared by the connection commands that work before AUTH.
+const NO_AUTH_FLAGS: [&str; 4] = ["noscript", "loading", "stale", "fast"];
+
+fn with_flags(mut def: CommandDef, flags: &[&'static str]) -> CommandDef {
+    for flag in flags {
+        def = def.flag(flag);
+    }
+    def
+}
+
+/// Every built-in command, defined as any other command is.
+pub fn builtins() -> Vec<CommandDef> {
+    use Class::{Compute, Inline as OnRing, Store};
+    let connection = |def: CommandDef, flags: &[&'static str]| {
+        with_flags(def, flags)
+            .group("connection")
+            .origin("built-in")
+    };
+    let string = |def: CommandDef, flags: &[&'static str], keys: (i32, i32, i32)| {
+        with_flags(def, flags)
+            .keys(keys.0, keys.1, keys.2)
+            .group("string")
+            .origin("built-in")
+    };
+    vec![
+        connection(
+            CommandDef::session("auth", -2, Compute, auth_command),
+            &NO_AUTH_FLAGS,
+        )
+        .before_auth()
+        .summary("Authenticates the connection."),
+        connection(
+            CommandDef::session("hello", -1, OnRing, hello),
+            &NO_AUTH_FLAGS,
+        )
+        .before_auth()
+        .summary("Handshakes with the server: protocol version, authentication, client name."),
+        connection(
+            CommandDef::session("quit", -1, OnRing, quit),
+            &NO_AUTH_FLAGS,
+        )
+        .before_auth()
+        .summary("Closes the connection."),
+        connection(CommandDef::session("ping", -1, OnRing, ping), &["fast"])
+            .summary("Returns PONG, or the message given."),
+        connection(
+            CommandDef::inline("echo", 2, |cx| Reply::bulk(cx.arg(1))),
+            &["fast"],
+        )
+        .summary("Returns the message given."),
+        connection(
+            CommandDef::session("client", -2, OnRing, client),
+            &["noscript", "loading", "stale"],
+        )
+        .summary("Connection commands: ID, SETNAME, GETNAME, SETINFO, INFO, LIST, KILL."),
+        connection(
+            CommandDef::session("debug", -2, OnRing, debug),
+            &["admin", "noscript", "loading", "stale"],
+        )
+        .summary("A container for debugging commands (only with --enable-debug-command)."),
+        connection(
+            CommandDef::inline("select", 2, |cx| match cx.arg_i64(1) {
+                Ok(0) => Reply::ok(),
+                Ok(_) => Reply::err("DB index is out of range"),
+                Err(not_integer) => not_integer,
+            }),
+            &["loading", "stale", "fast"],
+        )
+        .summary("Selects database 0 (the only one)."),
+        connection(
+            CommandDef::session("command", -1, OnRing, command),
+            &["loading", "stale"],
+        )
+        .summary("Describes the commands: COUNT, DOCS, INFO, LIST."),
+        connection(
+            CommandDef::session("info", -1, OnRing, info),
+            &["loading", "stale"],
+        )
+        .summary("Server information and statistics."),
+        connection(
+            CommandDef::session("acl", -2, OnRing, acl),
+            &["noscript", "loading", "stale"],
+        )
+        .summary("ACL WHOAMI."),
+        connection(CommandDef::compute("hash", 3, hash), &[])
+            .summary("HASH rounds data: sha256 applied rounds times, as lowercase hex."),
+        string(
+            CommandDef::session("get", 2, Store, get),
+            &["readonly", "fast"],
+            (1, 1, 1),
+        )
+        .summary("Gets the value of a key."),
+        string(
+            CommandDef::session("set", 3, Store, set),
+            &["write", "denyoom"],
+            (1, 1, 1),
+        )
+        .summary("Sets the value of a key."),
+        string(CommandDef::store("del", -2, del), &["write"], (1, -1, 1))
+            .summary("Deletes keys; replies with how many existed."),
+        string(
+            CommandDef::store("exists", -2, exists),
+            &["readonly", "fast"],
+            (1, -1, 1),
+        )
+        .summary("Counts the keys that exist."),
+        string(
+            CommandDef::store("incr", 2, |ctx| incr_by(ctx, 1)),
+            &["write", "denyoom", "fast"],
+            (1, 1, 1),
+        )
+        .summary("Increments the integer value of a key by one."),
+        string(
+            CommandDef::store("incrby", 3, |ctx| {
+                let delta = parse_i64(ctx.request().arg(2)).ok_or(StoreError::NotInteger)?;
+                incr_by(ctx, delta)
+            }),
+            &["write", "denyoom", "fast"],
+            (1, 1, 1),
+        )
+        .summary("Increments the integer value of a key."),
+        string(
+            CommandDef::session("mget", -2, Store, mget),
+            &["readonly", "fast"],
+            (1, -1, 1),
+        )
+        .summary("Gets the values of keys."),
+        string(
+            CommandDef::store("mset", -3, mset),
+            &["write", "denyoom"],
+            (1, -1, 2),
+        )
+        .summary("Sets several keys at once."),
+        connection(CommandDef::session("sleep", 2, Store, sleep), &[])
+            .summary("SLEEP ms: a store call that takes ms milliseconds."),
+    ]
+}
 
 /// Executes one parsed command on the ring.
-pub fn execute(call: &mut Call<'_, '_>, args: &Args) {
+pub fn execute(call: &mut Call<'_, '_>, handlers: &Handlers, args: &Args) {
     debug_assert_ne!(
         call.conn().state,
         State::Waiting,
         "a command ran while another was pending"
     );
-    let Some(spec) = lookup(&args[0]) else {
+    let shared = call.shared.clone();
+    let Some((index, spec)) = shared.table.lookup(&args[0]) else {
         if !call.conn().authenticated {
             err(call.out(), "NOAUTH Authentication required.");
         } else {
@@ -90,37 +232,78 @@ pub fn execute(call: &mut Call<'_, '_>, args: &Args) {
     }
     call.conn_mut().last_command = spec.name;
     let before = call.out().len();
-    match spec.name {
-        "ping" => ping(call, args),
-        "echo" => resp::bulk(call.out(), &args[1]),
-        "quit" => {
-            resp::simple(call.out(), b"OK");
-            call.close_after_flush();
+    match &handlers.0[index] {
+        Handler::Session(f) => f(call, args),
+        Handler::Inline(f) => run_inline(call, spec, f.as_ref(), args),
+        Handler::Compute(f) => {
+            let (f, request, replier) = (f.clone(), Request::of(call, args), call.replier());
+            let limit = call.shared.config.max_output_buffer;
+            call.offload_compute(
+                spec.name,
+                Box::new(move || send_reply(&replier, &f(&request), request.proto(), limit)),
+            );
         }
-        "select" => match parse_i64(&args[1]) {
-            Some(0) => resp::simple(call.out(), b"OK"),
-            Some(_) => err(call.out(), "ERR DB index is out of range"),
-            None => err(call.out(), NOT_INTEGER),
-        },
-        "client" => client(call, args),
-        "command" => command(call, args),
-        "info" => {
-            let text = crate::info::render(call.shared, args.iter().skip(1));
-            let proto = call.proto();
-            resp::verbatim(call.out(), b"txt", text.as_bytes(), proto);
+        Handler::Store(f) => {
+            let (f, request, replier) = (f.clone(), Request::of(call, args), call.replier());
+            let shared = call.shared.clone();
+            let job = Box::new(move |conn: Result<&mut dyn StoreConn, StoreError>| {
+                match conn.and_then(|c| f(&mut StoreCtx::new(&request, c))) {
+                    Ok(reply) => send_reply(
+                        &replier,
+                        &reply,
+                        request.proto(),
+                        shared.config.max_output_buffer,
+                    ),
+                    Err(e) => store_failed(&shared, replier, &e),
+                }
+            });
+            call.offload_store(spec.name, StoreWork::Job(job), Duration::ZERO);
         }
-        "acl" => acl(call, args),
-        "hello" => hello(call, args),
-        "auth" => auth_command(call, args),
-        "hash" => hash(call, args),
-        "debug" => debug(call, args),
-        _ => store_command(call, spec, args),
     }
     if call.conn().state != State::Waiting {
         let failed = call.out().get(before) == Some(&b'-');
         call.shared
             .record_command(call.cx.ring, spec.name, call.cx.now, failed);
     }
+}
+
+/// Runs an inline handler; a panic answers this command alone (the handler holds nothing of
+/// the ring's, so the ring's state is whole).
+fn run_inline(call: &mut Call<'_, '_>, spec: &Spec, f: &api::InlineFn, args: &Args) {
+    let reply = crate::pool::contain(|| f(&Inline::of(call, args)));
+    match reply {
+        Ok(reply) => {
+            let proto = call.proto();
+            encode_value(call.out(), &reply, proto);
+        }
+        Err(_) => {
+            tracing::error!(command = spec.name, "an inline command panicked");
+            call.out().extend_from_slice(INTERNAL_ERROR);
+        }
+    }
+}
+
+/// Encodes a pool job's reply and sends it, unless it alone would pass the output limit (the
+/// ring would close the session for it).
+fn send_reply(replier: &Replier, reply: &Reply, proto: Proto, limit: usize) {
+    let mut out = Vec::new();
+    encode_value(&mut out, reply, proto);
+    if out.len() > limit {
+        replier.over_output_limit();
+    } else {
+        replier.reply(out);
+    }
+}
+
+fn quit(call: &mut Call<'_, '_>, _args: &Args) {
+    resp::simple(call.out(), b"OK");
+    call.close_after_flush();
+}
+
+fn info(call: &mut Call<'_, '_>, args: &Args) {
+    let text = crate::info::render(call.shared, args.iter().skip(1));
+    let proto = call.proto();
+    resp::verbatim(call.out(), b"txt", text.as_bytes(), proto);
 }
 
 fn ping(call: &mut Call<'_, '_>, args: &Args) {
@@ -318,7 +501,7 @@ fn command_info(out: &mut Vec<u8>, spec: &Spec, proto: Proto) {
     resp::bulk(out, spec.name.as_bytes());
     resp::integer(out, spec.arity as i64);
     resp::set_len(out, spec.flags.len(), proto);
-    for flag in spec.flags {
+    for flag in &spec.flags {
         resp::simple(out, flag.as_bytes());
     }
     resp::integer(out, spec.keys.0 as i64);
@@ -332,26 +515,29 @@ fn command_info(out: &mut Vec<u8>, spec: &Spec, proto: Proto) {
 
 fn command(call: &mut Call<'_, '_>, args: &Args) {
     let proto = call.proto();
+    let table = call.shared.table.clone();
+    let specs = table.specs();
+    let lookup = |name: &[u8]| table.lookup(name).map(|(_, spec)| spec);
     if args.len() == 1 {
-        resp::array_len(call.out(), COMMANDS.len());
-        for spec in COMMANDS {
+        resp::array_len(call.out(), specs.len());
+        for spec in specs {
             command_info(call.out(), spec, proto);
         }
         return;
     }
     let sub = lower(&args[1]);
     match sub.as_str() {
-        "count" if args.len() == 2 => resp::integer(call.out(), COMMANDS.len() as i64),
+        "count" if args.len() == 2 => resp::integer(call.out(), specs.len() as i64),
         "list" if args.len() == 2 => {
-            resp::array_len(call.out(), COMMANDS.len());
-            for spec in COMMANDS {
+            resp::array_len(call.out(), specs.len());
+            for spec in specs {
                 resp::bulk(call.out(), spec.name.as_bytes());
             }
         }
         "info" => {
             let names: Vec<&[u8]> = args.iter().skip(2).collect();
             let selected: Vec<Option<&Spec>> = if names.is_empty() {
-                COMMANDS.iter().map(Some).collect()
+                specs.iter().map(Some).collect()
             } else {
                 names.iter().map(|n| lookup(n)).collect()
             };
@@ -366,7 +552,7 @@ fn command(call: &mut Call<'_, '_>, args: &Args) {
         "docs" => {
             let names: Vec<&[u8]> = args.iter().skip(2).collect();
             let selected: Vec<&Spec> = if names.is_empty() {
-                COMMANDS.iter().collect()
+                specs.iter().collect()
             } else {
                 names.iter().filter_map(|n| lookup(n)).collect()
             };
@@ -379,11 +565,7 @@ fn command(call: &mut Call<'_, '_>, args: &Args) {
                 resp::bulk(call.out(), b"since");
                 resp::bulk(call.out(), b"1.0.0");
                 resp::bulk(call.out(), b"group");
-                let group = match spec.class {
-                    Class::Store => "string",
-                    _ => "connection",
-                };
-                resp::bulk(call.out(), group.as_bytes());
+                resp::bulk(call.out(), spec.group.as_bytes());
             }
         }
         "count" | "list" => err(
@@ -656,26 +838,18 @@ pub fn finish_auth(call: &mut Call<'_, '_>, outcome: AuthOutcome) {
     }
 }
 
-fn hash(call: &mut Call<'_, '_>, args: &Args) {
-    let rounds = match parse_i64(&args[1]) {
-        Some(r) if (1..=10_000_000).contains(&r) => r as u64,
-        Some(_) => return err(call.out(), "ERR rounds must be between 1 and 10000000"),
-        None => return err(call.out(), NOT_INTEGER),
+fn hash(request: &Request) -> Reply {
+    let rounds = match request.arg_i64(1) {
+        Ok(r) if (1..=10_000_000).contains(&r) => r as u64,
+        Ok(_) => return Reply::err("rounds must be between 1 and 10000000"),
+        Err(not_integer) => return not_integer,
     };
-    let data = args[2].to_vec();
-    let replier = call.replier();
-    let job = Box::new(move || {
-        let mut reply = Vec::with_capacity(72);
-        resp::bulk(&mut reply, hash_rounds(&data, rounds).as_bytes());
-        replier.reply(reply);
-    });
-    call.offload_compute("hash", job);
+    Reply::bulk(hash_rounds(request.arg(2), rounds))
 }
 
 /// `DEBUG PANIC-JOB COMPUTE|STORE`: a pool job that panics, so tests can see its session still
-/// answered. Refused unless `--enable-debug-command`, as Redis refuses DEBUG; and compiled only
-/// with debug assertions, because a release build aborts on panic and this would be a crash
-/// button.
+/// answered (a job's panic is contained in every build). Refused unless
+/// `--enable-debug-command`, as Redis refuses DEBUG.
 fn debug(call: &mut Call<'_, '_>, args: &Args) {
     if !call.shared.config.enable_debug_command {
         return err(
@@ -687,7 +861,7 @@ fn debug(call: &mut Call<'_, '_>, args: &Args) {
     }
     let sub = lower(&args[1]);
     match (sub.as_str(), args.len()) {
-        ("panic-job", 3) if cfg!(debug_assertions) => {
+        ("panic-job", 3) => {
             let replier = call.replier();
             match lower(&args[2]).as_str() {
                 "compute" => call.offload_compute(
@@ -718,55 +892,106 @@ fn debug(call: &mut Call<'_, '_>, args: &Args) {
     }
 }
 
-/// Runs a key-value command on the store pool; `f` encodes the reply from the store's answer.
-fn store_command(call: &mut Call<'_, '_>, spec: &'static Spec, args: &Args) {
+fn get(call: &mut Call<'_, '_>, args: &Args) {
     // GET and SET travel typed, so that a store worker folds those of many sessions into one
     // query or one commit.
-    match spec.name {
-        "get" => return offload_gets(call, vec![args[1].to_vec()]),
-        "set" => return offload_set(call, args[1].to_vec(), args[2].to_vec()),
-        _ => {}
+    offload_gets(call, vec![args[1].to_vec()]);
+}
+
+fn set(call: &mut Call<'_, '_>, args: &Args) {
+    offload_set(call, args[1].to_vec(), args[2].to_vec());
+}
+
+fn keys_from(request: &Request, from: usize) -> Vec<&[u8]> {
+    request.args()[from..].iter().map(Vec::as_slice).collect()
+}
+
+fn del(ctx: &mut StoreCtx<'_>) -> Result<Reply, StoreError> {
+    let (owner, request) = (ctx.user(), ctx.request());
+    Ok(Reply::Integer(ctx.kv().del(owner, &keys_from(request, 1))?))
+}
+
+fn exists(ctx: &mut StoreCtx<'_>) -> Result<Reply, StoreError> {
+    let (owner, request) = (ctx.user(), ctx.request());
+    Ok(Reply::Integer(
+        ctx.kv().exists(owner, &keys_from(request, 1))?,
+    ))
+}
+
+fn incr_by(ctx: &mut StoreCtx<'_>, delta: i64) -> Result<Reply, StoreError> {
+    let (owner, request) = (ctx.user(), ctx.request());
+    Ok(Reply::Integer(ctx.kv().incr_by(
+        owner,
+        request.arg(1),
+        delta,
+    )?))
+}
+
+fn mset(ctx: &mut StoreCtx<'_>) -> Result<Reply, StoreError> {
+    let (owner, request) = (ctx.user(), ctx.request());
+    if request.argc() % 2 == 0 {
+        return Ok(Reply::err("wrong number of arguments for 'mset' command"));
     }
+    let pairs: Vec<(&[u8], &[u8])> = request.args()[1..]
+        .chunks(2)
+        .map(|p| (p[0].as_slice(), p[1].as_slice()))
+        .collect();
+    ctx.kv().mset(owner, &pairs)?;
+    Ok(Reply::ok())
+}
+
+/// MGET stops fetching once the values pass the output limit, so a reply that could never be
+/// sent (one big value named a thousand times) is never built: it needs the limit, which a
+/// store handler does not see, so it is a session command with a job of its own.
+fn mget(call: &mut Call<'_, '_>, args: &Args) {
     let owner = call.owner();
     let proto = call.proto();
     let argv = args.to_vecs();
-    match spec.name {
-        "incrby" if parse_i64(&argv[2]).is_none() => return err(call.out(), NOT_INTEGER),
-        "mset" if argv.len() % 2 == 0 => {
-            return err(
-                call.out(),
-                "ERR wrong number of arguments for 'mset' command",
-            )
-        }
-        "sleep" => match parse_i64(&argv[1]) {
-            Some(ms) if (0..=3_600_000).contains(&ms) => {}
-            Some(_) => return err(call.out(), "ERR sleep must be between 0 and 3600000 ms"),
-            None => return err(call.out(), NOT_INTEGER),
-        },
-        _ => {}
-    }
     let shared = call.shared.clone();
     let replier = call.replier();
-    let name = spec.name;
-    let allowance = if name == "sleep" {
-        Duration::from_millis(parse_i64(&argv[1]).unwrap_or(0).max(0) as u64)
-    } else {
-        Duration::ZERO
-    };
     let job = Box::new(move |conn: Result<&mut dyn StoreConn, StoreError>| {
         let limit = shared.config.max_output_buffer;
-        let mut reply = Vec::with_capacity(64);
-        let result = conn.and_then(|c| run_store(c, name, &owner, &argv, proto, limit, &mut reply));
-        match result {
-            // The ring would close the session for this reply alone: do not ship it there.
-            Ok(Built::OverLimit) => return replier.over_output_limit(),
-            Ok(Built::Whole) if reply.len() > limit => return replier.over_output_limit(),
-            Ok(Built::Whole) => {}
+        let keys: Vec<&[u8]> = argv[1..].iter().map(Vec::as_slice).collect();
+        let values = match conn.and_then(|c| c.mget_within(&owner, &keys, limit)) {
+            Ok(values) => values,
             Err(e) => return store_failed(&shared, replier, &e),
+        };
+        if values.len() < keys.len() {
+            return replier.over_output_limit();
+        }
+        let mut reply = Vec::with_capacity(64);
+        resp::array_len(&mut reply, values.len());
+        for v in values {
+            match v {
+                Some(v) => resp::bulk(&mut reply, &v),
+                None => resp::null(&mut reply, proto),
+            }
+        }
+        if reply.len() > limit {
+            return replier.over_output_limit();
         }
         replier.reply(reply);
     });
-    call.offload_store(spec.name, StoreWork::Job(job), allowance);
+    call.offload_store("mget", StoreWork::Job(job), Duration::ZERO);
+}
+
+/// SLEEP checks its argument on the ring: the job's allowance (how long the ring waits before
+/// calling the store stuck) is the sleep itself.
+fn sleep(call: &mut Call<'_, '_>, args: &Args) {
+    let ms = match parse_i64(&args[1]) {
+        Some(ms) if (0..=3_600_000).contains(&ms) => ms as u64,
+        Some(_) => return err(call.out(), "ERR sleep must be between 0 and 3600000 ms"),
+        None => return err(call.out(), NOT_INTEGER),
+    };
+    let shared = call.shared.clone();
+    let replier = call.replier();
+    let job = Box::new(move |conn: Result<&mut dyn StoreConn, StoreError>| {
+        match conn.and_then(|c| c.sleep(ms)) {
+            Ok(()) => replier.reply(b"+OK\r\n".to_vec()),
+            Err(e) => store_failed(&shared, replier, &e),
+        }
+    });
+    call.offload_store("sleep", StoreWork::Job(job), Duration::from_millis(ms));
 }
 
 /// Runs consecutive GETs of one session (`keys`, in order; the session's parser folds a
@@ -836,63 +1061,6 @@ fn store_failed(shared: &Shared, replier: Replier, error: &StoreError) {
     let mut reply = Vec::new();
     resp::error(&mut reply, error.resp_message().as_bytes());
     replier.reply(reply);
-}
-
-/// Whether [`run_store`] built the whole reply.
-enum Built {
-    Whole,
-    /// It stopped because the reply would pass the output limit.
-    OverLimit,
-}
-
-fn run_store(
-    c: &mut dyn StoreConn,
-    name: &str,
-    owner: &str,
-    argv: &[Vec<u8>],
-    proto: Proto,
-    limit: usize,
-    out: &mut Vec<u8>,
-) -> Result<Built, StoreError> {
-    let keys = |from: usize| -> Vec<&[u8]> { argv[from..].iter().map(Vec::as_slice).collect() };
-    match name {
-        "del" => resp::integer(out, c.del(owner, &keys(1))?),
-        "exists" => resp::integer(out, c.exists(owner, &keys(1))?),
-        "incr" => resp::integer(out, c.incr_by(owner, &argv[1], 1)?),
-        "incrby" => {
-            let delta = parse_i64(&argv[2]).ok_or(StoreError::NotInteger)?;
-            resp::integer(out, c.incr_by(owner, &argv[1], delta)?)
-        }
-        "mget" => {
-            let keys = keys(1);
-            let values = c.mget_within(owner, &keys, limit)?;
-            if values.len() < keys.len() {
-                return Ok(Built::OverLimit);
-            }
-            resp::array_len(out, values.len());
-            for v in values {
-                match v {
-                    Some(v) => resp::bulk(out, &v),
-                    None => resp::null(out, proto),
-                }
-            }
-        }
-        "mset" => {
-            let pairs: Vec<(&[u8], &[u8])> = argv[1..]
-                .chunks(2)
-                .map(|p| (p[0].as_slice(), p[1].as_slice()))
-                .collect();
-            c.mset(owner, &pairs)?;
-            resp::simple(out, b"OK");
-        }
-        "sleep" => {
-            let ms = parse_i64(&argv[1]).unwrap_or(0).max(0) as u64;
-            c.sleep(ms)?;
-            resp::simple(out, b"OK");
-        }
-        other => unreachable!("store command {other} is not a generic store job"),
-    }
-    Ok(Built::Whole)
 }
 
 /// `HASH`'s work: sha256 over the data, then over the digest, `rounds` times in all.

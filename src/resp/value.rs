@@ -42,6 +42,28 @@ pub enum Value {
     Verbatim([u8; 3], Vec<u8>),
 }
 
+impl Value {
+    /// `+OK`.
+    pub fn ok() -> Value {
+        Value::Simple(b"OK".to_vec())
+    }
+
+    /// A status reply, `+text` (a CR or LF in `text` goes out as a space).
+    pub fn status(text: impl Into<Vec<u8>>) -> Value {
+        Value::Simple(text.into())
+    }
+
+    /// An error reply carrying Redis's generic code: `-ERR message`.
+    pub fn err(message: impl std::fmt::Display) -> Value {
+        Value::Error(format!("ERR {message}").into_bytes())
+    }
+
+    /// A bulk string.
+    pub fn bulk(bytes: impl Into<Vec<u8>>) -> Value {
+        Value::Bulk(bytes.into())
+    }
+}
+
 /// Appends `v` as protocol `p` would carry it, RESP3 types downgraded for RESP2 as the encoders
 /// do (so RESP2 output parses back as arrays, bulk strings and integers).
 pub fn encode_value(out: &mut Vec<u8>, v: &Value, p: Proto) {

@@ -47,6 +47,9 @@ pub enum StoreError {
     Overflow,
     /// Anything else: a configuration error, a file that cannot be opened, a limit of the backend.
     Other(String),
+    /// A statement of a user-defined command that PostgreSQL refused (bad input, a constraint):
+    /// its message is the client's answer, `-ERR message`.
+    Sql(String),
 }
 
 impl StoreError {
@@ -59,6 +62,7 @@ impl StoreError {
             StoreError::NotInteger => Cow::Borrowed("ERR value is not an integer or out of range"),
             StoreError::Overflow => Cow::Borrowed("ERR increment or decrement would overflow"),
             StoreError::Other(_) => Cow::Borrowed("ERR store error"),
+            StoreError::Sql(message) => Cow::Owned(format!("ERR {message}")),
         }
     }
 }
@@ -70,6 +74,7 @@ impl fmt::Display for StoreError {
             StoreError::NotInteger => f.write_str("value is not an integer or out of range"),
             StoreError::Overflow => f.write_str("increment or decrement would overflow"),
             StoreError::Other(why) => f.write_str(why),
+            StoreError::Sql(message) => f.write_str(message),
         }
     }
 }
@@ -191,8 +196,62 @@ pub trait UserSink: Send + Sync {
     fn update(&self, name: &str, user: Option<UserRecord>);
 }
 
+/// One column value of a SQL result, decoded from PostgreSQL's types.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SqlValue {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    /// Text, and types given as text (`numeric`, `uuid`, `json`).
+    Text(String),
+    Bytes(Vec<u8>),
+}
+
+/// What a statement returned: its columns, its rows, and the rows it changed.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SqlResult {
+    pub columns: Vec<String>,
+    pub rows: Vec<Vec<SqlValue>>,
+    /// Rows inserted, updated, deleted or returned, as the command tag says.
+    pub affected: u64,
+}
+
+/// A statement as PostgreSQL prepared it: how many parameters it takes and its columns (name and
+/// type name), for checks at start-up.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SqlShape {
+    pub params: usize,
+    pub columns: Vec<(String, String)>,
+    /// Columns of a type [`SqlValue`] cannot carry: `(name, type name)`.
+    pub unsupported: Vec<(String, String)>,
+}
+
+/// SQL on a store connection (PostgreSQL only): what a user-defined store command runs.
+///
+/// Parameters travel as text (bytea as raw bytes), so PostgreSQL's own input functions convert
+/// them to whatever type the statement needs, and a bad value is the statement's error
+/// ([`StoreError::Sql`]), never a panic. Statements are prepared once per connection and kept.
+pub trait Sql {
+    /// Runs one statement (its own transaction unless inside [`Sql::begin`]).
+    fn query(&mut self, statement: &str, params: &[&[u8]]) -> Result<SqlResult, StoreError>;
+    /// Prepares a statement and reports its shape, without running it.
+    fn describe(&mut self, statement: &str) -> Result<SqlShape, StoreError>;
+    /// Starts a transaction. Until [`Sql::commit`] or [`Sql::rollback`], a lost connection fails
+    /// every statement instead of reconnecting, so no statement runs outside it.
+    fn begin(&mut self) -> Result<(), StoreError>;
+    /// Commits: `Ok` means durable.
+    fn commit(&mut self) -> Result<(), StoreError>;
+    /// Rolls back (a failed transaction, a handler error).
+    fn rollback(&mut self);
+}
+
 /// One store worker's connection. Key-value calls are scoped by `owner`.
 pub trait Conn: Send {
+    /// SQL on this connection; `None` on a store that has none (embedded).
+    fn sql(&mut self) -> Option<&mut dyn Sql> {
+        None
+    }
     /// Whether the connection can serve a call now; a lost one is re-established first, no
     /// more often than the backend's reconnect interval allows. A worker whose connection is
     /// down stays off the queue while another worker's is up.

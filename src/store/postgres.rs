@@ -48,6 +48,7 @@ use tokio_postgres::{Client, Config, NoTls, Statement};
 
 use super::{incremented, redact_password, Backend, Conn, StoreError, UserRecord, UserSink};
 
+mod sql;
 pub mod watch;
 
 /// How long after a failed connection attempt the next may start.
@@ -321,6 +322,7 @@ impl Backend for Postgres {
             session: Some(session),
             next_attempt: None,
             down: None,
+            in_transaction: false,
         }))
     }
 
@@ -433,9 +435,16 @@ struct Statements {
     put_user: Statement,
     del_user: Statement,
     users: Statement,
+    /// User-defined commands' statements, prepared on first use (see [`sql`]).
+    custom: std::cell::RefCell<HashMap<String, Statement>>,
 }
 
 impl Session {
+    /// Whether the connection is still open.
+    fn alive(&self) -> bool {
+        !self.link.driver_done && !self.link.client.is_closed()
+    }
+
     /// Connects and prepares every statement, within the connect deadline.
     fn connect(config: &Config, call_timeout: Duration) -> Result<Session, Failure> {
         let deadline = connect_deadline(config, call_timeout);
@@ -515,6 +524,7 @@ async fn prepare(client: &Client) -> Result<Statements, tokio_postgres::Error> {
             users: client.prepare(
                 "SELECT name, hash, disabled FROM ringport_users ORDER BY name COLLATE \"C\"",
             ).await?,
+            custom: Default::default(),
     })
 }
 
@@ -587,13 +597,16 @@ struct PostgresConn {
     next_attempt: Option<Instant>,
     /// Why the store is unreachable, while it is; logged once when it becomes so.
     down: Option<String>,
+    /// Inside a user-defined command's transaction ([`super::Sql::begin`]): a lost connection
+    /// fails the calls instead of reconnecting, so nothing runs outside the transaction.
+    in_transaction: bool,
 }
 
 impl PostgresConn {
     /// Makes sure a live session exists, reconnecting if allowed.
     fn ensure_session(&mut self) -> Result<(), StoreError> {
         if let Some(session) = &self.session {
-            if !session.link.driver_done && !session.link.client.is_closed() {
+            if session.alive() {
                 return Ok(());
             }
             self.session = None;
@@ -668,6 +681,11 @@ impl PostgresConn {
         let deadline = self.call_timeout + extra;
         let mut retried = false;
         loop {
+            if self.in_transaction && !self.session.as_ref().is_some_and(Session::alive) {
+                return Err(StoreError::Unavailable(
+                    "the connection was lost inside a transaction".into(),
+                ));
+            }
             self.ensure_session()?;
             let Session { link, statements } = self
                 .session
@@ -685,7 +703,7 @@ impl PostgresConn {
             }
             self.session = None;
             self.mark_down(failure.text());
-            if !retried && ended_before_running(&failure) {
+            if !retried && !self.in_transaction && ended_before_running(&failure) {
                 retried = true;
                 self.next_attempt = None;
                 continue;
@@ -741,6 +759,10 @@ fn statement_error(error: &tokio_postgres::Error) -> StoreError {
 }
 
 impl Conn for PostgresConn {
+    fn sql(&mut self) -> Option<&mut dyn super::Sql> {
+        Some(self)
+    }
+
     fn ready(&mut self) -> bool {
         self.ensure_session().is_ok()
     }
