@@ -7,6 +7,8 @@
 #     SET at -c 16, GET at -c 16 and at -c 200, each against its ceiling (the ratio)
 #   then p50/p99 of each from ringport-bench (closed loop, the same connection counts), and
 #   redis-benchmark SET/GET at -c 16 on the embedded store, for reference.
+#   and a SQL-defined command reading the same row as GET (`[[command]]`, reply "value"), side by
+#   side with the built-in GET at -c 16: what the generic path costs against the hand-written one.
 # Usage: bench/store-compare.sh [REQUESTS] [SECONDS]   (defaults 200000, 10)
 # Extra serve flags: RINGPORT_FLAGS="--store-threads 8" bench/store-compare.sh
 set -euo pipefail
@@ -44,7 +46,7 @@ start_ringport() {
   local name=$1 port=$2; shift 2
   echo secret | target/release/ringport user add bench "$@" >/dev/null
   # shellcheck disable=SC2086
-  target/release/ringport serve --listen 127.0.0.1:$port --log-level warn "$@" ${RINGPORT_FLAGS:-} >"$work/$name.out" 2>&1 &
+  target/release/ringport serve --listen 127.0.0.1:$port --log-level warn "$@" ${serve_only:-} ${RINGPORT_FLAGS:-} >"$work/$name.out" 2>&1 &
   pids+=($!)
   for _ in $(seq 100); do grep -q listening "$work/$name.out" && break; sleep 0.1; done
 }
@@ -64,8 +66,17 @@ latency() {
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
 
 echo "machine: $(nproc) cores, kernel $(uname -r), PostgreSQL $("$bindir/postgres" --version | awk '{print $3}'), $(date -u +%F); ringport ${RINGPORT_FLAGS:-(default flags)}"
-# ringport first: it creates its schema, which the upsert script writes to.
-start_ringport postgres 16395 --store "$url" --data "$work/unused"
+# The SQL-defined twin of GET: the same row of the same table, one statement per command.
+cat >"$work/sql.toml" <<'TOML'
+[[command]]
+name = "sqlget"
+sql = "SELECT value FROM ringport_kv WHERE owner = $1 AND key = $2"
+arity = 2
+reply = "value"
+TOML
+# ringport first: it creates its schema (`ringport user add` does, before the server checks the
+# SQL command against it), which the upsert script writes to.
+serve_only="--config $work/sql.toml" start_ringport postgres 16395 --store "$url" --data "$work/unused"
 pgbench -i -s 10 -q >/dev/null 2>&1
 cat >"$work/upsert.sql" <<'SQL'
 \set k random(0, 99999)
@@ -85,6 +96,9 @@ get16=$(rb 16395 get 16)
 checkpoint
 get200=$(rb 16395 get 200)
 checkpoint
+sqlget16=$(redis-benchmark -h 127.0.0.1 -p 16395 --user bench -a secret -c 16 -n "$n" -r 100000 -q sqlget key:__rand_int__ 2>/dev/null |
+  tr '\r' '\n' | sed -n 's/.*: \([0-9.]*\) requests per second.*/\1/p' | tail -1 | cut -d. -f1)
+checkpoint
 read -r set16_p50 set16_p99 < <(latency 16395 SET 16)
 checkpoint
 read -r get16_p50 get16_p99 < <(latency 16395 GET 16)
@@ -97,6 +111,8 @@ printf '%-34s %12s %12s %8s %10s %10s\n' "GET vs pgbench -S, -c 16" "$read16" "$
 printf '%-34s %12s %12s %8s %10s %10s\n' "GET vs pgbench -S, -c 200" "$read200" "$get200" "$(ratio "$get200" "$read200")" "$get200_p50" "$get200_p99"
 printf '%-34s %12s %12s %8s %10s %10s\n' "SET vs pgbench upsert, -c 16" "$upsert16" "$set16" "$(ratio "$set16" "$upsert16")" "$set16_p50" "$set16_p99"
 echo "(ringport/s: redis-benchmark -n $n -r 100000; p50/p99: ringport-bench closed loop, ${seconds} s; ceilings: pgbench -M prepared -j 2 -T $seconds)"
+echo
+echo "SQL-defined read of the same row (sqlget key) vs built-in GET, redis-benchmark -c 16: $sqlget16/s vs $get16/s ($(ratio "$sqlget16" "$get16"))"
 
 start_ringport embedded 16396 --data "$work/embedded"
 echo

@@ -46,6 +46,26 @@ fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_ringport")
 }
 
+/// The binary of `examples/NAME.rs`, next to `ringport`'s. `cargo test` builds the examples
+/// with the tests; a run filtered to one test target does not, so then it is built here.
+pub fn example_binary(name: &str) -> PathBuf {
+    let path = std::path::Path::new(binary())
+        .parent()
+        .expect("the binary's directory")
+        .join("examples")
+        .join(name);
+    static BUILT: Mutex<()> = Mutex::new(());
+    let _one_build_at_a_time = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if !path.exists() {
+        let status = Command::new(option_env!("CARGO").unwrap_or("cargo"))
+            .args(["build", "--example", name])
+            .status()
+            .expect("run cargo build --example");
+        assert!(status.success(), "cargo build --example {name} failed");
+    }
+    path
+}
+
 /// What to start: flags, store, users. Kept by the [`Server`] so it can start again.
 #[derive(Clone)]
 pub struct ServerBuilder {
@@ -56,9 +76,17 @@ pub struct ServerBuilder {
     nofile: Option<u64>,
     deny_io_uring: bool,
     envs: Vec<(String, String)>,
+    /// The server program: `ringport`, or an example built on the library.
+    program: Option<PathBuf>,
 }
 
 impl ServerBuilder {
+    /// Runs this program instead of `ringport` (it takes `serve`'s flags: [`example_binary`]).
+    pub fn program(mut self, path: PathBuf) -> Self {
+        self.program = Some(path);
+        self
+    }
+
     /// Sets an environment variable for `ringport serve` (after the harness clears
     /// `RINGPORT_STORE_URL`, so this can set it).
     pub fn env(mut self, name: &str, value: &str) -> Self {
@@ -192,6 +220,7 @@ impl Server {
             nofile: None,
             deny_io_uring: false,
             envs: Vec::new(),
+            program: None,
         }
     }
 
@@ -216,7 +245,10 @@ impl Server {
                 command.args(["deny-io-uring", "--", binary()]);
                 command
             }
-            None => Command::new(binary()),
+            None => match &self.builder.program {
+                Some(program) => Command::new(program),
+                None => Command::new(binary()),
+            },
         };
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
@@ -470,6 +502,25 @@ impl Drop for Server {
                 self.addr
             );
         }
+    }
+}
+
+/// The body of `GET path` over plain HTTP/1.1 (the metrics endpoint).
+pub fn http_body(addr: SocketAddr, path: &str) -> String {
+    let mut stream = TcpStream::connect(addr).expect("connect to the metrics endpoint");
+    stream.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send the request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("read the response");
+    match response.split_once("\r\n\r\n") {
+        Some((_, body)) => body.to_string(),
+        None => panic!("no HTTP body in {response:?}"),
     }
 }
 
