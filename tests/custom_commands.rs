@@ -5,7 +5,6 @@
 #[path = "common/pg.rs"]
 mod pg;
 
-#[allow(dead_code)]
 mod common;
 
 use std::path::Path;
@@ -102,6 +101,37 @@ fn a_program_s_own_commands_of_each_class_answer_as_the_built_ins_do() {
     let mut resp3 = server.raw();
     hello3(&mut resp3);
     assert_eq!(resp3.cmd(&[b"VISITS"]), Reply::Int(4));
+}
+
+#[test]
+fn a_custom_command_gets_busy_when_its_pool_is_full() {
+    // One compute thread, one queued job: of twelve sessions asking at once for work that takes
+    // milliseconds, the ones past the queue are refused at once, the others answered.
+    let server = minimal(&[("--compute-threads", "1"), ("--compute-queue", "1")]);
+    let mut conns: Vec<RawConn> = (0..12).map(|_| server.raw_authed()).collect();
+    for conn in &mut conns {
+        conn.send(&common::encode(&[b"FACTOR", b"999999999989"]));
+    }
+    let replies: Vec<Reply> = conns.iter_mut().map(|c| c.read_reply()).collect();
+    let busy = replies
+        .iter()
+        .filter(|r| matches!(r, Reply::Error(e) if e == "BUSY server overloaded, try again"))
+        .count();
+    let answered = replies
+        .iter()
+        .filter(|r| **r == Reply::Array(vec![Reply::Int(999_999_999_989)]))
+        .count();
+    assert_eq!(busy + answered, 12, "{replies:?}");
+    assert!(busy >= 1 && answered >= 1, "{replies:?}");
+    // Refused commands count as calls with errors, as the built-ins' do.
+    let Reply::Bulk(stats) = conns[0].cmd(&[b"INFO", b"commandstats"]) else {
+        panic!("INFO is a bulk string")
+    };
+    let stats = String::from_utf8_lossy(&stats);
+    assert!(
+        stats.contains("cmdstat_factor:calls=12,"),
+        "{stats}"
+    );
 }
 
 #[test]

@@ -140,7 +140,7 @@ pub fn builtins() -> Vec<CommandDef> {
         )
         .summary("Server information and statistics."),
         connection(
-            CommandDef::session("acl", -2, OnRing, acl),
+            CommandDef::inline("acl", -2, acl),
             &["noscript", "loading", "stale"],
         )
         .summary("ACL WHOAMI."),
@@ -582,28 +582,14 @@ fn command(call: &mut Call<'_, '_>, args: &Args) {
     }
 }
 
-fn acl(call: &mut Call<'_, '_>, args: &Args) {
-    let sub = lower(&args[1]);
-    match (sub.as_str(), args.len()) {
-        ("whoami", 2) => {
-            let user = call
-                .conn()
-                .user
-                .clone()
-                .unwrap_or_else(|| Arc::from("default"));
-            resp::bulk(call.out(), user.as_bytes());
-        }
-        ("whoami", _) => err(
-            call.out(),
-            "ERR wrong number of arguments for 'acl|whoami' command",
-        ),
-        _ => err(
-            call.out(),
-            &format!(
-                "ERR unknown subcommand '{}'. Try ACL HELP.",
-                String::from_utf8_lossy(&truncate(&args[1], 128))
-            ),
-        ),
+fn acl(cx: &Inline<'_>) -> Reply {
+    match (lower(cx.arg(1)).as_str(), cx.argc()) {
+        ("whoami", 2) => Reply::bulk(cx.user().unwrap_or("default")),
+        ("whoami", _) => Reply::err("wrong number of arguments for 'acl|whoami' command"),
+        _ => Reply::err(format_args!(
+            "unknown subcommand '{}'. Try ACL HELP.",
+            String::from_utf8_lossy(&truncate(cx.arg(1), 128))
+        )),
     }
 }
 
