@@ -128,10 +128,7 @@ fn a_custom_command_gets_busy_when_its_pool_is_full() {
         panic!("INFO is a bulk string")
     };
     let stats = String::from_utf8_lossy(&stats);
-    assert!(
-        stats.contains("cmdstat_factor:calls=12,"),
-        "{stats}"
-    );
+    assert!(stats.contains("cmdstat_factor:calls=12,"), "{stats}");
 }
 
 #[test]
