@@ -84,6 +84,28 @@ pub enum LogFormat {
     Json,
 }
 
+/// How pool threads compete for CPU with the rings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolPriority {
+    /// SCHED_IDLE: only cores the rings leave idle (a busy box can starve the pools).
+    Idle,
+    /// SCHED_BATCH at nice 19: the rings get ~98% of a contended core, the pools still progress.
+    Batch,
+    /// The same as the rings.
+    Normal,
+}
+
+impl PoolPriority {
+    pub fn thread_priority(self) -> ringport_ring::ThreadPriority {
+        match self {
+            PoolPriority::Idle => ringport_ring::ThreadPriority::Idle,
+            PoolPriority::Batch => ringport_ring::ThreadPriority::Batch,
+            PoolPriority::Normal => ringport_ring::ThreadPriority::Normal,
+        }
+    }
+}
+
 /// `ringport serve`. Every flag can also be given in the `--config` file, under the flag's name
 /// (`listen = "0.0.0.0:6380"`, `auth-timeout = "5s"`); flags on the command line win.
 #[derive(Debug, Clone, Args, Serialize)]
@@ -121,6 +143,15 @@ pub struct ServeArgs {
     /// Compute jobs queued or running at most before commands get -BUSY.
     #[arg(long, default_value_t = 65536)]
     pub compute_queue: usize,
+    /// Threads that verify AUTH passwords (argon2id), apart from the compute pool so that a
+    /// flood of heavy commands cannot delay a login (default: a quarter of the cores, at least 1).
+    #[arg(long)]
+    pub auth_threads: Option<usize>,
+    /// CPU priority of the compute pool's threads against the rings: `batch` (SCHED_BATCH,
+    /// nice 19), `idle` (SCHED_IDLE) or `normal` (see docs/deploy.md). AUTH and store threads
+    /// keep the rings' priority.
+    #[arg(long, value_enum, default_value = "batch")]
+    pub pool_priority: PoolPriority,
     /// Close connections that have not authenticated within this time (e.g. 10s, 500ms).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     #[serde(serialize_with = "duration_text")]

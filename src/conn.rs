@@ -114,7 +114,7 @@ pub struct InBuf {
 
 impl InBuf {
     /// Capacity kept between bursts; past it, a buffer mostly consumed is given back.
-    const KEEP: usize = 64 * 1024;
+    const KEEP: usize = 4 * 1024;
 
     /// The unparsed bytes.
     pub fn unparsed(&self) -> &[u8] {

@@ -104,7 +104,7 @@ fn write_section(shared: &Shared, section: &str, out: &mut String) {
             for (i, r) in shared.rings.iter().enumerate() {
                 let _ = write!(
                     out,
-                    "ring{i}:sessions={},accepted={},closed={},rejected={},accept_errors={},completions={},submissions={},enters={},bufring_exhausted={},cq_overflow={},sq_backlogged={},messages={},bytes_in={},bytes_out={}\r\n",
+                    "ring{i}:sessions={},accepted={},closed={},rejected={},accept_errors={},completions={},submissions={},enters={},bufring_exhausted={},cq_overflow={},sq_backlogged={},messages={},bytes_in={},bytes_out={},buffers_released={}\r\n",
                     r.sessions.load(Ordering::Relaxed),
                     r.accepted.load(Ordering::Relaxed),
                     r.closed.load(Ordering::Relaxed),
@@ -119,6 +119,7 @@ fn write_section(shared: &Shared, section: &str, out: &mut String) {
                     r.messages.load(Ordering::Relaxed),
                     r.bytes_in.load(Ordering::Relaxed),
                     r.bytes_out.load(Ordering::Relaxed),
+                    r.buffers_released.load(Ordering::Relaxed),
                 );
             }
         }
@@ -160,18 +161,20 @@ fn write_section(shared: &Shared, section: &str, out: &mut String) {
             );
         }
         "compute" => {
-            let p = shared.compute.stats();
-            let _ = write!(
-                out,
-                "compute_threads:{}\r\ncompute_queue_capacity:{}\r\ncompute_queue_depth:{}\r\ncompute_jobs_running:{}\r\ncompute_jobs_completed:{}\r\ncompute_jobs_rejected:{}\r\ncompute_busy_us:{}\r\n",
-                shared.compute.threads(),
-                shared.compute.capacity(),
-                p.depth.load(Ordering::Relaxed),
-                p.running.load(Ordering::Relaxed),
-                p.completed.load(Ordering::Relaxed),
-                p.rejected.load(Ordering::Relaxed),
-                p.busy_us.load(Ordering::Relaxed),
-            );
+            for (name, pool) in [("compute", &shared.compute), ("auth", &shared.auth)] {
+                let p = pool.stats();
+                let _ = write!(
+                    out,
+                    "{name}_threads:{}\r\n{name}_queue_capacity:{}\r\n{name}_queue_depth:{}\r\n{name}_jobs_running:{}\r\n{name}_jobs_completed:{}\r\n{name}_jobs_rejected:{}\r\n{name}_busy_us:{}\r\n",
+                    pool.threads(),
+                    pool.capacity(),
+                    p.depth.load(Ordering::Relaxed),
+                    p.running.load(Ordering::Relaxed),
+                    p.completed.load(Ordering::Relaxed),
+                    p.rejected.load(Ordering::Relaxed),
+                    p.busy_us.load(Ordering::Relaxed),
+                );
+            }
         }
         "store" => {
             let p = shared.store.stats();

@@ -236,6 +236,12 @@ impl Collector for ServerCollector {
         )?;
         counter_family(
             &mut e,
+            "ringport_ring_buffers_released",
+            "Output buffers a burst grew, given back once the session's output was sent, per ring",
+            &ring_rows(&|r| load(&r.buffers_released)),
+        )?;
+        counter_family(
+            &mut e,
             "ringport_ring_bufring_exhausted",
             "Receives that found the buffer ring empty (ENOBUFS), per ring",
             &ring_rows(&|r| load(&r.bufring_exhausted)),
@@ -253,7 +259,11 @@ impl Collector for ServerCollector {
             &ring_rows(&|r| load(&r.messages)),
         )?;
 
-        let pools = [("compute", s.compute.stats()), ("store", s.store.stats())];
+        let pools = [
+            ("compute", s.compute.stats()),
+            ("auth", s.auth.stats()),
+            ("store", s.store.stats()),
+        ];
         gauge_family(
             &mut e,
             "ringport_pool_queue_depth",

@@ -53,8 +53,14 @@ pub struct ComputePool {
 pub struct Busy;
 
 impl ComputePool {
-    /// Starts `threads` workers accepting at most `capacity` jobs in the pool at once.
-    pub fn start(threads: usize, capacity: usize) -> ComputePool {
+    /// Starts `threads` workers named `NAME-i` at `priority`, accepting at most `capacity` jobs
+    /// in the pool at once.
+    pub fn start(
+        name: &str,
+        threads: usize,
+        capacity: usize,
+        priority: ringport_ring::ThreadPriority,
+    ) -> ComputePool {
         let threads = threads.max(1);
         let workers: Vec<Worker<Job>> = (0..threads).map(|_| Worker::new_fifo()).collect();
         let shared = Arc::new(Shared {
@@ -72,8 +78,11 @@ impl ComputePool {
             .map(|(index, local)| {
                 let shared = shared.clone();
                 std::thread::Builder::new()
-                    .name(format!("compute-{index}"))
-                    .spawn(move || run_worker(index, local, &shared))
+                    .name(format!("{name}-{index}"))
+                    .spawn(move || {
+                        lower_priority(priority);
+                        run_worker(index, local, &shared)
+                    })
                     .expect("spawn compute worker")
             })
             .collect();
@@ -200,7 +209,7 @@ mod tests {
 
     #[test]
     fn runs_every_job() {
-        let pool = ComputePool::start(3, 10_000);
+        let pool = ComputePool::start("compute", 3, 10_000, ringport_ring::ThreadPriority::Normal);
         let (tx, rx) = mpsc::channel();
         for i in 0..1000 {
             let tx = tx.clone();
@@ -215,7 +224,7 @@ mod tests {
 
     #[test]
     fn refuses_beyond_capacity() {
-        let pool = ComputePool::start(1, 2);
+        let pool = ComputePool::start("compute", 1, 2, ringport_ring::ThreadPriority::Normal);
         let (release_tx, release_rx) = mpsc::channel::<()>();
         let release_rx = Arc::new(Mutex::new(release_rx));
         let blocker = |rx: Arc<Mutex<mpsc::Receiver<()>>>| -> Job {
@@ -242,12 +251,22 @@ mod tests {
 
     #[test]
     fn survives_a_panicking_job() {
-        let pool = ComputePool::start(1, 10);
+        let pool = ComputePool::start("compute", 1, 10, ringport_ring::ThreadPriority::Normal);
         pool.submit(Box::new(|| panic!("boom"))).unwrap();
         let (tx, rx) = mpsc::channel();
         pool.submit(Box::new(move || tx.send(7).unwrap())).unwrap();
         assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), 7);
         pool.shutdown();
+    }
+}
+
+/// Gives the calling pool thread `priority`; a refusal (a seccomp profile, an exotic kernel) is
+/// logged and the thread runs as the rings do.
+pub fn lower_priority(priority: ringport_ring::ThreadPriority) {
+    if let Err(error) = ringport_ring::set_current_thread_priority(priority) {
+        if let Some(name) = std::thread::current().name() {
+            tracing::warn!(thread = name, ?priority, %error, "cannot lower a pool thread's CPU priority");
+        }
     }
 }
 

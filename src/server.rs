@@ -227,6 +227,7 @@ fn run(args: ServeArgs, extra: Vec<CommandDef>) -> Result<(), StartError> {
             defer_taskrun = f.defer_taskrun,
             coop_taskrun = f.coop_taskrun,
             ext_arg = f.ext_arg,
+            min_wait = f.min_wait,
             "backend io_uring"
         ),
         None => tracing::info!(
@@ -261,11 +262,22 @@ fn run(args: ServeArgs, extra: Vec<CommandDef>) -> Result<(), StartError> {
 
     let compute_threads = args.compute_threads.unwrap_or(core_count);
     let store_threads = args.store_threads.unwrap_or(2 * core_count);
-    let compute = ComputePool::start(compute_threads, args.compute_queue);
-    let store_pool = StorePool::start(backend, store_threads, args.store_queue);
+    let auth_threads = args.auth_threads.unwrap_or(core_count / 4).max(1);
+    let priority = args.pool_priority.thread_priority();
+    // Only the compute pool runs below the rings: its jobs are long CPU bursts, the ones that
+    // delay a ring. AUTH keeps its own threads at the rings' priority, so no flood of heavy
+    // commands (nor a busy neighbour process) can hold a login back; store workers spend their
+    // time waiting on the store, and lowering them would only lengthen the time each holds a
+    // store connection (or an open transaction) on a busy box.
+    let normal = ringport_ring::ThreadPriority::Normal;
+    let compute = ComputePool::start("compute", compute_threads, args.compute_queue, priority);
+    let auth_pool = ComputePool::start("auth", auth_threads, args.compute_queue, normal);
+    let store_pool = StorePool::start(backend, store_threads, args.store_queue, normal);
     tracing::info!(
         compute_threads,
+        auth_threads,
         store_threads,
+        pool_priority = ?args.pool_priority,
         compute_queue = args.compute_queue,
         store_queue = args.store_queue,
         max_sessions = args.max_sessions,
@@ -316,6 +328,7 @@ fn run(args: ServeArgs, extra: Vec<CommandDef>) -> Result<(), StartError> {
     let shared = Arc::new(Shared::new(
         &args,
         compute.clone(),
+        auth_pool.clone(),
         store_pool.clone(),
         users,
         senders.clone(),
@@ -415,6 +428,7 @@ fn run(args: ServeArgs, extra: Vec<CommandDef>) -> Result<(), StartError> {
         let _ = thread.join();
     }
     compute.shutdown();
+    auth_pool.shutdown();
     store_pool.shutdown();
     tracing::info!("stopped");
     Ok(())
@@ -429,6 +443,7 @@ fn epoll_features() -> Features {
         defer_taskrun: false,
         coop_taskrun: false,
         ext_arg: false,
+        min_wait: false,
         nodrop: false,
         opcodes: Vec::new(),
         poll_wait: false,

@@ -64,6 +64,8 @@ pub struct Counters {
 pub struct Shared {
     pub config: RuntimeConfig,
     pub compute: ComputePool,
+    /// AUTH's argon2id verifications, apart from `compute` so heavy commands cannot delay them.
+    pub auth: ComputePool,
     pub store: StorePool,
     /// Every user, held in memory and kept current by the store's backend: AUTH reads it here,
     /// so it works while the store is down.
@@ -102,6 +104,7 @@ impl Shared {
     pub fn new(
         args: &ServeArgs,
         compute: ComputePool,
+        auth: ComputePool,
         store: StorePool,
         users: Arc<UserDirectory>,
         ring_senders: Vec<ringport_ring::Sender<Msg>>,
@@ -137,6 +140,7 @@ impl Shared {
                 enable_debug_command: args.enable_debug_command,
             },
             compute,
+            auth,
             store,
             users,
             auth_cache: VerifiedCache::new(100_000),

@@ -160,7 +160,12 @@ pub struct StorePool {
 
 impl StorePool {
     /// Starts `threads` workers over `backend` with a queue of `capacity` jobs.
-    pub fn start(backend: Arc<dyn Backend>, threads: usize, capacity: usize) -> StorePool {
+    pub fn start(
+        backend: Arc<dyn Backend>,
+        threads: usize,
+        capacity: usize,
+        priority: ringport_ring::ThreadPriority,
+    ) -> StorePool {
         let threads = threads.max(1);
         let (sender, receiver) = bounded::<Queued>(capacity.max(1));
         let epoch = Instant::now();
@@ -189,6 +194,7 @@ impl StorePool {
                 std::thread::Builder::new()
                     .name(format!("store-{index}"))
                     .spawn(move || {
+                        crate::pool::lower_priority(priority);
                         run_worker(
                             index, &*backend, &receiver, &pool, &store, &shutdown, &progress,
                         )
@@ -555,7 +561,7 @@ mod tests {
             cache_size: 1 << 20,
         })
         .unwrap();
-        let pool = StorePool::start(backend, 1, 16);
+        let pool = StorePool::start(backend, 1, 16, ringport_ring::ThreadPriority::Normal);
         let (release, held) = crossbeam_channel::bounded::<()>(0);
         let blocker: StoreJob = Box::new(move |_| {
             let _ = held.recv();

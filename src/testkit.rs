@@ -56,12 +56,29 @@ impl TestServer {
             })
             .expect("create alice");
         let users = Arc::new(UserDirectory::new(users));
-        let compute = ComputePool::start(1, args.compute_queue);
-        let store_pool = StorePool::start(backend, 2, args.store_queue);
+        let compute = ComputePool::start(
+            "compute",
+            1,
+            args.compute_queue,
+            ringport_ring::ThreadPriority::Normal,
+        );
+        let auth = ComputePool::start(
+            "auth",
+            1,
+            args.compute_queue,
+            ringport_ring::ThreadPriority::Normal,
+        );
+        let store_pool = StorePool::start(
+            backend,
+            2,
+            args.store_queue,
+            ringport_ring::ThreadPriority::Normal,
+        );
         let (table, handlers) = commands::api::build(commands::builtins()).expect("the built-ins");
         let shared = Arc::new(Shared::new(
             &args,
             compute,
+            auth,
             store_pool,
             users,
             Vec::new(),

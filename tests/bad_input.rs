@@ -557,7 +557,10 @@ fn full_pools_answer_busy_at_once() {
     // worker counts it finished (AUTH's user lookup replies from inside its store job), so wait
     // for an idle pool first: then `jobs_running = 1` can only be the SLEEP.
     wait_for_running(&mut other, "store", 0);
-    first.send_cmd(&[b"SLEEP", b"1000"]);
+    // Well under --store-timeout (1 s): a job queued behind a worker that has made no progress
+    // for that long is answered 'store unavailable' (the stuck-store check), and a SLEEP of
+    // exactly the timeout raced it on a loaded machine.
+    first.send_cmd(&[b"SLEEP", b"500"]);
     wait_for_running(&mut other, "store", 1);
     second.send_cmd(&[b"GET", b"k"]);
     wait_for_depth(&mut other, "store", 1);

@@ -1776,3 +1776,71 @@ fn an_existing_data_directory_readable_by_others_is_warned_about() {
     );
     assert_eq!(mode_of(&data), 0o755, "left as the operator made it");
 }
+
+/// Each thread of `pid` by kind (`ring`, `compute`, `auth`, `store` for `KIND-N`): its scheduling
+/// policy and nice value, from `/proc/PID/task/TID/stat` (fields 41 and 19).
+fn thread_priorities(pid: u32) -> Vec<(String, u32, i32)> {
+    let mut found = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("the server's tasks") {
+        let task = task.expect("a task").path();
+        let (Ok(comm), Ok(stat)) = (
+            std::fs::read_to_string(task.join("comm")),
+            std::fs::read_to_string(task.join("stat")),
+        ) else {
+            continue; // the thread ended meanwhile
+        };
+        let after_name = &stat[stat.rfind(')').expect("stat has the name in parentheses") + 2..];
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        // `fields[0]` is field 3 (state).
+        let nice: i32 = fields[19 - 3].parse().expect("nice");
+        let policy: u32 = fields[41 - 3].parse().expect("policy");
+        // Pool and ring threads are `KIND-N`; others (`store-committer`, `user-watch`) keep
+        // their whole name.
+        let comm = comm.trim();
+        let kind = match comm.rsplit_once('-') {
+            Some((kind, n)) if n.chars().all(|c| c.is_ascii_digit()) => kind.to_string(),
+            _ => comm.to_string(),
+        };
+        found.push((kind, policy, nice));
+    }
+    found
+}
+
+#[test]
+fn compute_threads_run_below_the_rings_at_the_configured_priority() {
+    const SCHED_OTHER: u32 = 0;
+    const SCHED_BATCH: u32 = 3;
+    const SCHED_IDLE: u32 = 5;
+    for (flag, pool_policy, pool_nice) in [
+        (None, SCHED_BATCH, 19),
+        (Some("idle"), SCHED_IDLE, 0),
+        (Some("normal"), SCHED_OTHER, 0),
+    ] {
+        let mut builder = Server::builder();
+        if let Some(priority) = flag {
+            builder = builder.flag("--pool-priority", priority);
+        }
+        let server = builder.start();
+        let threads = thread_priorities(server.pid());
+        let expected = [
+            ("compute", (pool_policy, pool_nice)),
+            ("auth", (SCHED_OTHER, 0)),
+            ("store", (SCHED_OTHER, 0)),
+            ("ring", (SCHED_OTHER, 0)),
+        ];
+        for (kind, priority) in expected {
+            let these: Vec<_> = threads.iter().filter(|t| t.0 == kind).collect();
+            assert!(!these.is_empty(), "no {kind} thread in {threads:?}");
+            for thread in these {
+                assert_eq!(
+                    (thread.1, thread.2),
+                    priority,
+                    "{kind} with --pool-priority {flag:?}: {threads:?}"
+                );
+            }
+        }
+        // Logins and heavy commands still work at every priority.
+        let mut conn = server.raw_authed();
+        assert!(matches!(conn.cmd(&[b"HASH", b"10", b"x"]), Reply::Bulk(_)));
+    }
+}

@@ -520,3 +520,38 @@ fn a_reply_past_the_output_limit_is_not_built() {
         Reply::Array(vec![Reply::Bulk(vec![b'x'; VALUE]), Reply::Nil])
     );
 }
+
+/// `buffers_released` summed over the rings of `INFO rings`.
+fn buffers_released(conn: &mut common::RawConn) -> u64 {
+    let common::Reply::Bulk(text) = conn.cmd(&[b"INFO", b"rings"]) else {
+        panic!("INFO is a bulk string")
+    };
+    String::from_utf8_lossy(&text)
+        .lines()
+        .filter_map(|line| line.split("buffers_released=").nth(1))
+        .map(|n| n.trim().parse::<u64>().expect("a count"))
+        .sum()
+}
+
+#[test]
+fn a_burst_s_output_buffer_is_given_back_and_grown_again_by_the_next() {
+    let server = Server::start();
+    let mut conn = server.raw_authed();
+    let big = vec![b'v'; 300 * 1024];
+    assert_eq!(conn.cmd(&[b"SET", b"big", &big]), common::Reply::ok());
+    let before = buffers_released(&mut conn);
+    for round in 1..=3u64 {
+        assert_eq!(conn.cmd(&[b"GET", b"big"]), common::Reply::bulk(&big));
+        // The reply is all sent once the client has read it; the ring then frees the buffer,
+        // and the next burst (the next round) allocates one again.
+        let deadline = std::time::Instant::now() + common::REPLY_TIMEOUT;
+        while buffers_released(&mut conn) < before + round {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no output buffer released after burst {round}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+    assert_eq!(conn.cmd(&[b"PING"]), common::Reply::Simple("PONG".into()));
+}

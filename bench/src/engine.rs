@@ -11,7 +11,7 @@
 //! connection already has `max_inflight` outstanding waits, and everything overdue leaves in one
 //! pipelined write as soon as there is room. Either way its latency counts from its intended time.
 
-use crate::record::Recorder;
+use crate::record::{Recorder, Timeline};
 use crate::resp::{Reply, ReplyScanner};
 use crate::schedule::{Arrivals, InFlight, OpenLoop, Schedule, Window};
 use crate::workload::{Mix, Rng};
@@ -77,9 +77,14 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The end of warm-up: recording starts here.
+    pub fn measure_start_ns(&self) -> u64 {
+        self.start_ns + self.warmup_ns
+    }
+
     /// The measured window of connection `index`.
     fn window(&self, index: usize) -> Window {
-        let warmup_end_ns = self.start_ns + self.warmup_ns;
+        let warmup_end_ns = self.measure_start_ns();
         Window {
             warmup_end_ns,
             end_ns: self
@@ -290,6 +295,7 @@ impl<'a> Loop<'a> {
             recorder: Recorder::new(
                 plan.mix.commands.len(),
                 matches!(plan.model, Model::Closed { .. }),
+                Timeline::new(plan.measure_start_ns(), plan.duration_ns),
             ),
             sending,
             outstanding: 0,

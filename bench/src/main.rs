@@ -3,9 +3,11 @@
 //! A run: open the sessions (authenticated, plus `--idle` ones held open), ask the server what it
 //! is, then split the connections over `--threads` load threads ([`engine`]), each driving its
 //! share through one epoll loop until the run's time or request count is spent. Their
-//! histograms merge into one result per target; results go to a table on stdout and, when asked,
-//! `.hgrm` files, a JSON summary and a chart.
+//! histograms merge into one result per target (with `--repeat`, over all repetitions, each of
+//! which is also listed); results go to a table on stdout and, when asked, `.hgrm` files, a JSON
+//! summary and charts. `ringport-bench diff A.json B.json` compares two JSON summaries ([`diff`]).
 
+mod diff;
 mod engine;
 mod hgrm;
 mod plot;
@@ -21,10 +23,10 @@ mod workload;
 use clap::Parser;
 use engine::{Model, Plan, Progress, ThreadOutput};
 use hdrhistogram::Histogram;
-use record::Recorder;
+use record::{Recorder, Timeline};
 use report::{
-    ClientResult, CommandResult, IdleResult, LoadSettings, Percentiles, Summary, SweepSpec,
-    TargetResult,
+    ClientResult, CommandResult, IdleResult, LoadSettings, Percentiles, RepetitionResult, Summary,
+    SweepSpec, TargetResult,
 };
 use schedule::Arrivals;
 use session::{IdleSessions, SetupError, SourceAddresses, Target};
@@ -39,8 +41,17 @@ use workload::Mix;
 /// Load and latency benchmarking for RESP servers (ringport, Redis, ...): closed loop or open
 /// loop with coordinated-omission-corrected latency, HDR histograms, .hgrm / JSON / charts.
 #[derive(Debug, Parser)]
-#[command(name = "ringport-bench", version, after_help = AFTER_HELP)]
+#[command(
+    name = "ringport-bench",
+    version,
+    after_help = AFTER_HELP,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
+    /// Without a command, runs the load the options describe.
+    #[command(subcommand)]
+    command: Option<Command>,
+
     /// Server to load, as [NAME=][USER[:PASSWORD]@]HOST:PORT. Give it several times to run the
     /// same load against each in turn and compare them in one table and chart.
     #[arg(short = 't', long = "target", default_value = "127.0.0.1:6380")]
@@ -113,6 +124,11 @@ struct Cli {
     #[arg(long)]
     threads: Option<usize>,
 
+    /// Run the same load this many times against each target, one after the other. The JSON
+    /// lists each repetition (for `diff` to tell change from noise); the totals merge them.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    repeat: u32,
+
     /// Run once per value and chart throughput and p99 against it:
     /// connections=1,10,100 or rate=1000,5000 or pipeline=1,16.
     #[arg(long)]
@@ -133,6 +149,11 @@ struct Cli {
     /// May be given more than once (e.g. one .svg and one .png).
     #[arg(long, value_name = "FILE")]
     plot: Vec<PathBuf>,
+
+    /// Write a chart (.svg or .png) of latency (p50, p99, max) and throughput per second of
+    /// measured time, to see when a stall happened. May be given more than once.
+    #[arg(long, value_name = "FILE")]
+    timeline_plot: Vec<PathBuf>,
 
     /// Also write the result table (Markdown) to this file.
     #[arg(long, value_name = "FILE")]
@@ -161,13 +182,28 @@ struct Cli {
     quiet: bool,
 }
 
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Compare two JSON summaries (--json): per target, median throughput and latency
+    /// percentiles of A and B, the change, the noise band from the spread of their
+    /// repetitions (--repeat), and whether B is better, worse or within noise.
+    Diff {
+        /// The baseline summary.
+        a: PathBuf,
+        /// The summary to compare with it.
+        b: PathBuf,
+    },
+}
+
 const AFTER_HELP: &str = "\
 Examples:
   ringport-bench -t 127.0.0.1:6379 -c 50 -P 16 -d 10s
   ringport-bench -t ringport=127.0.0.1:6380 --user bench --password pw --rate 20000 \\
       --mix 'GET=90,SET=10' --hgrm out.hgrm --json out.json --plot out.svg
   ringport-bench -t redis=127.0.0.1:6379 -t ringport=bench:pw@127.0.0.1:6380 \\
-      --sweep connections=1,10,100,1000 --plot sweep.png";
+      --sweep connections=1,10,100,1000 --plot sweep.png
+  ringport-bench -t 127.0.0.1:6380 --repeat 5 --json before.json --timeline-plot before.svg
+  ringport-bench diff before.json after.json";
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
@@ -255,6 +291,18 @@ struct Outcome {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Diff { a, b }) = &cli.command {
+        return match diff::run(a, b) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(message) => {
+                eprintln!("ringport-bench diff: error: {message}");
+                ExitCode::from(2)
+            }
+        };
+    }
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Setup(message)) => {
@@ -318,7 +366,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         }
     }
     let sweep = cli.sweep.as_deref().map(parse_sweep).transpose()?;
-    for path in &cli.plot {
+    for path in cli.plot.iter().chain(&cli.timeline_plot) {
         plot::check_extension(path)?;
     }
     let (kernel, host) = report::machine();
@@ -436,6 +484,8 @@ fn effective_duration(cli: &Cli) -> Option<Duration> {
     }
 }
 
+/// Runs the load against `target` `--repeat` times, one after the other, and merges the
+/// repetitions into one result.
 fn run_target(
     cli: &Cli,
     target: &Target,
@@ -449,6 +499,142 @@ fn run_target(
         (Some(p), Some(v)) => format!("{} {}={}", target.name, p.name(), report::trim_float(v)),
         _ => target.name.clone(),
     };
+    let repeat = cli.repeat as usize;
+    let mut measurements = Vec::with_capacity(repeat);
+    for repetition in 0..repeat {
+        let label = if repeat > 1 {
+            format!("{label} #{}/{repeat}", repetition + 1)
+        } else {
+            label.clone()
+        };
+        // Each repetition draws its own keys and arrivals (the first the same as without
+        // --repeat), so the spread over repetitions is run-to-run noise, not one sequence
+        // replayed.
+        let seed =
+            seed ^ fnv(&target.name) ^ (repetition as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let measurement = measure(cli, target, mix, load, seed, &label)?;
+        if !cli.quiet && repeat > 1 {
+            let repetition = measurement.repetition();
+            announce(
+                &label,
+                &repetition,
+                measurement.cpu_percent(),
+                &measurement.protocol_errors,
+            );
+        }
+        measurements.push(measurement);
+    }
+    let sweep = match (parameter, value) {
+        (Some(p), Some(v)) => Some(BTreeMap::from([(p.name().to_string(), v)])),
+        _ => None,
+    };
+    let outcome = merge_repetitions(cli, target, mix, load, sweep, measurements);
+    if !cli.quiet {
+        let result = &outcome.result;
+        let label = if repeat > 1 {
+            format!("{label} all {repeat}")
+        } else {
+            label
+        };
+        let total = RepetitionResult {
+            requests: result.requests,
+            errors: result.errors,
+            throughput_rps: result.throughput_rps,
+            duration_s: result.duration_s,
+            latency_us: result.latency_us.clone(),
+        };
+        // With repetitions each one's protocol errors were shown already.
+        let protocol_errors: &[String] = if repeat > 1 {
+            &[]
+        } else {
+            &result.protocol_errors
+        };
+        announce(&label, &total, result.client.cpu_percent, protocol_errors);
+    }
+    Ok(outcome)
+}
+
+/// The one-line result on stderr.
+fn announce(label: &str, run: &RepetitionResult, cpu_percent: f64, protocol_errors: &[String]) {
+    eprintln!(
+        "[{label}] {} requests in {:.2} s: {:.0} req/s, p50 {} µs, p99 {} µs, {} errors (client CPU {:.0}%)",
+        run.requests,
+        run.duration_s,
+        run.throughput_rps,
+        run.latency_us.p50,
+        run.latency_us.p99,
+        run.errors,
+        cpu_percent,
+    );
+    for error in protocol_errors {
+        eprintln!("[{label}] protocol error: {error}");
+    }
+}
+
+/// What one repetition measured, before the repetitions are merged.
+struct Measurement {
+    started: String,
+    server: BTreeMap<String, String>,
+    /// The threads' recorders merged, not yet [`Recorder::finish`]ed.
+    recorder: Recorder,
+    /// From the end of warm-up to the last reply.
+    duration_s: f64,
+    unanswered: u64,
+    disconnects: u64,
+    pushes: u64,
+    protocol_errors: Vec<String>,
+    idle: Option<IdleResult>,
+    cpu_seconds: f64,
+    wall_seconds: f64,
+}
+
+impl Measurement {
+    fn repetition(&self) -> RepetitionResult {
+        RepetitionResult {
+            requests: self.recorder.requests(),
+            errors: self.recorder.errors,
+            throughput_rps: throughput(self.recorder.requests(), self.duration_s),
+            duration_s: round_to(self.duration_s, 1000.0),
+            latency_us: Percentiles::of(&self.recorder.latency),
+        }
+    }
+
+    fn cpu_percent(&self) -> f64 {
+        cpu_percent(self.cpu_seconds, self.wall_seconds)
+    }
+}
+
+/// Requests per second, to 0.1.
+fn throughput(requests: u64, duration_s: f64) -> f64 {
+    if duration_s > 0.0 {
+        round_to(requests as f64 / duration_s, 10.0)
+    } else {
+        0.0
+    }
+}
+
+fn cpu_percent(cpu_seconds: f64, wall_seconds: f64) -> f64 {
+    if wall_seconds > 0.0 {
+        (100.0 * cpu_seconds / wall_seconds).round()
+    } else {
+        0.0
+    }
+}
+
+/// `value` rounded to `1/per` (`per` = 10: one decimal).
+fn round_to(value: f64, per: f64) -> f64 {
+    (value * per).round() / per
+}
+
+/// One repetition: opens the sessions, runs the load threads, and merges what they recorded.
+fn measure(
+    cli: &Cli,
+    target: &Target,
+    mix: &Mix,
+    load: RunLoad,
+    seed: u64,
+    label: &str,
+) -> Result<Measurement, Failure> {
     let started = report::utc_now();
     let mut sources = SourceAddresses::default();
     // Sessions first, so a wrong address or password fails before anything else happens.
@@ -488,7 +674,7 @@ fn run_target(
         requests: cli.requests,
         drain_ns: cli.drain.as_nanos() as u64,
         spin_ns: cli.spin.saturating_mul(1000),
-        seed: seed ^ fnv(&target.name),
+        seed,
     };
     let progress = Progress::new(load.threads);
     let cpu_before = process_cpu_seconds();
@@ -508,7 +694,7 @@ fn run_target(
                     .expect("spawning a load thread")
             })
             .collect();
-        watch(cli, &label, &plan, &progress, || {
+        watch(cli, label, &plan, &progress, || {
             handles.iter().all(|h| h.is_finished())
         });
         handles
@@ -522,6 +708,7 @@ fn run_target(
     let mut recorder = Recorder::new(
         mix.commands.len(),
         matches!(load.model, Model::Closed { .. }),
+        Timeline::new(plan.measure_start_ns(), plan.duration_ns),
     );
     let (mut unanswered, mut disconnects, mut pushes) = (0, 0, 0);
     let mut protocol_errors = Vec::new();
@@ -533,25 +720,79 @@ fn run_target(
         pushes += output.pushes;
         protocol_errors.extend(output.protocol_errors);
     }
-    recorder.finish();
     protocol_errors.truncate(20);
-    let idle_result = idle.as_ref().map(|idle| IdleResult {
+    let idle = idle.map(|idle| IdleResult {
         requested: cli.idle,
         opened: idle.len(),
         closed_by_server: idle.closed_by_server(),
     });
-    drop(idle);
+    let elapsed_ns = recorder
+        .last_reply_ns
+        .saturating_sub(plan.measure_start_ns());
+    Ok(Measurement {
+        started,
+        server: server.into_iter().collect(),
+        recorder,
+        duration_s: elapsed_ns as f64 / 1e9,
+        unanswered,
+        disconnects,
+        pushes,
+        protocol_errors,
+        idle,
+        cpu_seconds,
+        wall_seconds,
+    })
+}
 
-    let measure_start = plan.start_ns + plan.warmup_ns;
-    let elapsed_ns = recorder.last_reply_ns.saturating_sub(measure_start);
-    let duration_s = elapsed_ns as f64 / 1e9;
-    let requests = recorder.requests();
-    let throughput_rps = if duration_s > 0.0 {
-        requests as f64 / duration_s
-    } else {
-        0.0
-    };
+/// The run's result: the repetitions' histograms and counts merged into the overall fields, as
+/// if they were one longer run, with each repetition and each of its seconds listed too.
+fn merge_repetitions(
+    cli: &Cli,
+    target: &Target,
+    mix: &Mix,
+    load: RunLoad,
+    sweep: Option<BTreeMap<String, f64>>,
+    measurements: Vec<Measurement>,
+) -> Outcome {
     let open_loop = matches!(load.model, Model::Open { .. });
+    let several = measurements.len() > 1;
+    let (started, server) = measurements
+        .first()
+        .map(|m| (m.started.clone(), m.server.clone()))
+        .unwrap_or_default();
+    let mut recorder = Recorder::new(mix.commands.len(), !open_loop, Timeline::default());
+    let mut repetitions = Vec::with_capacity(measurements.len());
+    let mut timeline = Vec::new();
+    let mut idle: Option<IdleResult> = None;
+    let (mut duration_s, mut cpu_seconds, mut wall_seconds) = (0.0, 0.0, 0.0);
+    let (mut unanswered, mut disconnects, mut pushes) = (0, 0, 0);
+    let mut protocol_errors = Vec::new();
+    for (index, mut measurement) in measurements.into_iter().enumerate() {
+        repetitions.push(measurement.repetition());
+        // Each repetition's seconds count from its own start; only the totals add up.
+        let seconds = std::mem::take(&mut measurement.recorder.timeline);
+        timeline.extend(report::timeline(&seconds, several.then_some(index + 1)));
+        recorder.merge(&measurement.recorder);
+        duration_s += measurement.duration_s;
+        cpu_seconds += measurement.cpu_seconds;
+        wall_seconds += measurement.wall_seconds;
+        unanswered += measurement.unanswered;
+        disconnects += measurement.disconnects;
+        pushes += measurement.pushes;
+        protocol_errors.extend(measurement.protocol_errors);
+        // The worst repetition speaks for all: fewest sessions opened, most closed.
+        idle = match (idle, measurement.idle) {
+            (Some(a), Some(b)) => Some(IdleResult {
+                requested: a.requested,
+                opened: a.opened.min(b.opened),
+                closed_by_server: a.closed_by_server.max(b.closed_by_server),
+            }),
+            (a, b) => a.or(b),
+        };
+    }
+    recorder.finish();
+    protocol_errors.truncate(20);
+    let requests = recorder.requests();
     let mut commands = BTreeMap::new();
     for (command, record) in mix.commands.iter().zip(&recorder.commands) {
         commands.insert(
@@ -564,62 +805,40 @@ fn run_target(
             },
         );
     }
-    let server: BTreeMap<String, String> = server.into_iter().collect();
-    let cpu_percent = if wall_seconds > 0.0 {
-        100.0 * cpu_seconds / wall_seconds
-    } else {
-        0.0
-    };
     let result = TargetResult {
         name: target.name.clone(),
         address: target.address.clone(),
         started,
         server,
         load: load_settings(cli, target, load),
-        sweep: match (parameter, value) {
-            (Some(p), Some(v)) => Some(BTreeMap::from([(p.name().to_string(), v)])),
-            _ => None,
-        },
+        sweep,
         requests,
         errors: recorder.errors,
         errors_by_kind: recorder.errors_by_kind.iter().cloned().collect(),
         unanswered,
         disconnects,
         protocol_errors,
-        throughput_rps: (throughput_rps * 10.0).round() / 10.0,
-        duration_s: (duration_s * 1000.0).round() / 1000.0,
+        throughput_rps: throughput(requests, duration_s),
+        duration_s: round_to(duration_s, 1000.0),
         latency_us: Percentiles::of(&recorder.latency),
         service_time_us: Percentiles::of(&recorder.service),
         send_lag_us: open_loop.then(|| Percentiles::of(&recorder.send_lag)),
         commands,
-        idle: idle_result,
+        idle,
         client: ClientResult {
-            cpu_seconds: (cpu_seconds * 100.0).round() / 100.0,
-            cpu_percent: cpu_percent.round(),
+            cpu_seconds: round_to(cpu_seconds, 100.0),
+            cpu_percent: cpu_percent(cpu_seconds, wall_seconds),
             pushes,
         },
+        repetitions,
+        timeline,
     };
-    if !cli.quiet {
-        eprintln!(
-            "[{label}] {} requests in {:.2} s: {:.0} req/s, p50 {} µs, p99 {} µs, {} errors (client CPU {:.0}%)",
-            result.requests,
-            result.duration_s,
-            result.throughput_rps,
-            result.latency_us.p50,
-            result.latency_us.p99,
-            result.errors,
-            cpu_percent,
-        );
-        for error in &result.protocol_errors {
-            eprintln!("[{label}] protocol error: {error}");
-        }
-    }
-    Ok(Outcome {
+    Outcome {
         result,
         latency: recorder.latency,
         service: recorder.service,
         open_loop,
-    })
+    }
 }
 
 /// Shows progress while the load threads run, and stops them if the server stops answering.
@@ -708,16 +927,16 @@ fn write_outputs(
     if let Some(path) = &cli.table {
         write(path, table)?;
     }
+    let subtitle = match summary.targets.first() {
+        Some(first) if summary.sweep.is_none() => format!(
+            "{} · {} · kernel {}",
+            report::describe_load(&first.load),
+            summary.date,
+            summary.kernel
+        ),
+        _ => format!("{} · kernel {}", summary.date, summary.kernel),
+    };
     for path in &cli.plot {
-        let subtitle = match summary.targets.first() {
-            Some(first) if summary.sweep.is_none() => format!(
-                "{} · {} · kernel {}",
-                report::describe_load(&first.load),
-                summary.date,
-                summary.kernel
-            ),
-            _ => format!("{} · kernel {}", summary.date, summary.kernel),
-        };
         let percentile_path = match &summary.sweep {
             Some(sweep) => {
                 let series = sweep_series(summary, &sweep.parameter);
@@ -741,7 +960,50 @@ fn write_outputs(
         )
         .map_err(|e| format!("drawing {}: {e}", percentile_path.display()))?;
     }
+    if !cli.timeline_plot.is_empty() {
+        let series = timeline_series(outcomes);
+        for path in &cli.timeline_plot {
+            plot::timeline_chart(
+                path,
+                "Latency and throughput per second",
+                &subtitle,
+                &series,
+            )
+            .map_err(|e| format!("drawing {}: {e}", path.display()))?;
+        }
+    }
     Ok(())
+}
+
+/// One line per run; its repetitions follow each other on the x axis.
+fn timeline_series(outcomes: &[Outcome]) -> Vec<plot::TimelineSeries> {
+    outcomes
+        .iter()
+        .map(|outcome| {
+            let mut repetitions: Vec<Vec<plot::TimelinePoint>> = Vec::new();
+            // Each repetition's seconds run from 0 and follow the previous repetition's, so
+            // an entry's place in the list is its place on the axis.
+            for (index, second) in outcome.result.timeline.iter().enumerate() {
+                if second.second == 0 || repetitions.is_empty() {
+                    repetitions.push(Vec::new());
+                }
+                repetitions
+                    .last_mut()
+                    .expect("a repetition was started")
+                    .push(plot::TimelinePoint {
+                        x: index as f64 + 0.5,
+                        throughput: second.throughput_rps,
+                        p50: second.p50_us,
+                        p99: second.p99_us,
+                        max: second.max_us,
+                    });
+            }
+            plot::TimelineSeries {
+                label: run_display_label(&outcome.result),
+                repetitions,
+            }
+        })
+        .collect()
 }
 
 fn percentile_series(outcomes: &[Outcome]) -> Vec<plot::PercentileSeries> {
@@ -933,5 +1195,108 @@ mod tests {
     fn cli_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn diff_is_a_command_and_flags_still_run_a_load() {
+        let cli = Cli::try_parse_from(["ringport-bench", "-t", "h:1", "--mix", "PING"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(
+            (cli.targets.as_slice(), cli.repeat),
+            (&["h:1".to_string()][..], 1)
+        );
+        let cli = Cli::try_parse_from(["ringport-bench", "diff", "a.json", "b.json"]).unwrap();
+        match cli.command {
+            Some(Command::Diff { a, b }) => {
+                assert_eq!((a, b), (PathBuf::from("a.json"), PathBuf::from("b.json")));
+            }
+            None => panic!("diff not parsed"),
+        }
+        assert!(Cli::try_parse_from(["ringport-bench", "diff", "a.json"]).is_err());
+        assert!(Cli::try_parse_from(["ringport-bench", "--repeat", "0"]).is_err());
+    }
+
+    /// A repetition of a closed-loop PING run that got `replies` replies of `latency_ns` each,
+    /// spread over its seconds.
+    fn measurement(replies: u64, latency_ns: u64, seconds: u64) -> Measurement {
+        const S: u64 = 1_000_000_000;
+        let start = 7 * S;
+        let mut recorder = Recorder::new(1, true, Timeline::new(start, Some(seconds * S)));
+        for k in 0..replies {
+            let reply_ns = start + latency_ns + k * (seconds * S - latency_ns) / replies;
+            let request = schedule::InFlight {
+                intended_ns: reply_ns - latency_ns,
+                sent_ns: reply_ns - latency_ns,
+                command: 0,
+                recorded: true,
+            };
+            recorder.record(&request, reply_ns, None);
+        }
+        Measurement {
+            started: "2025-01-31T12:00:00Z".into(),
+            server: BTreeMap::new(),
+            recorder,
+            duration_s: seconds as f64,
+            unanswered: 1,
+            disconnects: 0,
+            pushes: 0,
+            protocol_errors: Vec::new(),
+            idle: None,
+            cpu_seconds: 0.5,
+            wall_seconds: 1.0,
+        }
+    }
+
+    #[test]
+    fn repetitions_merge_into_the_totals() {
+        let cli = Cli::try_parse_from(["ringport-bench", "--repeat", "2"]).unwrap();
+        let target = Target::parse("ringport=127.0.0.1:6380", None, None).unwrap();
+        let mix = Mix::parse("PING", 10, 1).unwrap();
+        let load = run_load(&cli, None, None);
+        let measurements = vec![
+            measurement(3000, 100_000, 3),
+            measurement(1000, 1_000_000, 2),
+        ];
+        let outcome = merge_repetitions(&cli, &target, &mix, load, None, measurements);
+        let result = &outcome.result;
+        assert_eq!(result.requests, 4000);
+        assert_eq!(result.unanswered, 2);
+        assert_eq!(result.duration_s, 5.0);
+        assert_eq!(result.throughput_rps, 800.0);
+        assert_eq!(result.client.cpu_percent, 50.0);
+        // The overall percentiles are those of all replies together.
+        assert!((result.latency_us.p50 - 100.0).abs() < 0.5);
+        assert!((result.latency_us.p90 - 1000.0).abs() < 1.0);
+        assert_eq!(result.latency_us, result.service_time_us);
+        assert_eq!(result.commands["PING"].requests, 4000);
+        let throughputs: Vec<f64> = result
+            .repetitions
+            .iter()
+            .map(|r| r.throughput_rps)
+            .collect();
+        assert_eq!(throughputs, vec![1000.0, 500.0]);
+        assert!((result.repetitions[1].latency_us.p50 - 1000.0).abs() < 1.0);
+        // Each repetition keeps its own seconds, numbered from 0.
+        let seconds: Vec<(Option<usize>, usize, u64)> = result
+            .timeline
+            .iter()
+            .map(|s| (s.repetition, s.second, s.requests))
+            .collect();
+        assert_eq!(
+            seconds,
+            vec![
+                (Some(1), 0, 1000),
+                (Some(1), 1, 1000),
+                (Some(1), 2, 1000),
+                (Some(2), 0, 500),
+                (Some(2), 1, 500),
+            ]
+        );
+        let series = timeline_series(std::slice::from_ref(&outcome));
+        assert_eq!(series[0].repetitions.len(), 2);
+        assert_eq!(series[0].repetitions[1][0].x, 3.5);
+        let json = serde_json::to_value(result).unwrap();
+        assert_eq!(json["repetitions"].as_array().unwrap().len(), 2);
+        assert_eq!(json["timeline"].as_array().unwrap().len(), 5);
     }
 }

@@ -1,7 +1,8 @@
 //! Results: the JSON summary, the table, and what every result records about where it ran.
 
-use hdrhistogram::Histogram;
-use serde::Serialize;
+use crate::record::Timeline;
+use hdrhistogram::{Counter, Histogram};
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -64,7 +65,7 @@ pub struct LoadSettings {
 }
 
 /// Percentiles of one histogram, in microseconds.
-#[derive(Debug, Serialize, Clone, PartialEq)]
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
 pub struct Percentiles {
     pub p50: f64,
     pub p90: f64,
@@ -77,10 +78,14 @@ pub struct Percentiles {
     pub mean: f64,
 }
 
+/// Nanoseconds to microseconds, rounded to 0.1 µs.
+fn us(ns: f64) -> f64 {
+    (ns / 100.0).round() / 10.0
+}
+
 impl Percentiles {
     /// From a histogram of nanoseconds.
     pub fn of(histogram: &Histogram<u64>) -> Percentiles {
-        let us = |ns: f64| (ns / 100.0).round() / 10.0;
         if histogram.is_empty() {
             return Percentiles {
                 p50: 0.0,
@@ -103,6 +108,60 @@ impl Percentiles {
             mean: us(histogram.mean()),
         }
     }
+}
+
+/// One repetition of a run (`--repeat`), so a comparison can tell change from noise.
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq)]
+pub struct RepetitionResult {
+    #[serde(default)]
+    pub requests: u64,
+    #[serde(default)]
+    pub errors: u64,
+    pub throughput_rps: f64,
+    #[serde(default)]
+    pub duration_s: f64,
+    pub latency_us: Percentiles,
+}
+
+/// One second of a run's measured time.
+#[derive(Debug, Serialize, Clone, PartialEq)]
+pub struct TimelineSecond {
+    /// With `--repeat`, which repetition (from 1); each has its own seconds from 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repetition: Option<usize>,
+    /// Whole seconds since the end of warm-up, by reply time.
+    pub second: usize,
+    pub requests: u64,
+    pub throughput_rps: f64,
+    /// `None` (null) in a second without replies.
+    pub p50_us: Option<f64>,
+    pub p99_us: Option<f64>,
+    pub max_us: Option<f64>,
+}
+
+/// The JSON entries of a timeline: one per second up to the last reply, empty seconds included
+/// (they are what a stall looks like).
+pub fn timeline(timeline: &Timeline, repetition: Option<usize>) -> Vec<TimelineSecond> {
+    fn at<C: Counter>(histogram: Option<&Histogram<C>>, q: f64) -> Option<f64> {
+        histogram.map(|h| us(h.value_at_quantile(q) as f64))
+    }
+    timeline
+        .seconds()
+        .enumerate()
+        .map(|(second, histogram)| {
+            let requests = histogram.map_or(0, |h| h.len());
+            TimelineSecond {
+                repetition,
+                second,
+                requests,
+                // Each entry spans one second (the last one may be partial: see the README).
+                throughput_rps: requests as f64 / 1.0,
+                p50_us: at(histogram, 0.5),
+                p99_us: at(histogram, 0.99),
+                max_us: histogram.map(|h| us(h.max() as f64)),
+            }
+        })
+        .collect()
 }
 
 #[derive(Debug, Serialize, Clone)]
@@ -160,6 +219,10 @@ pub struct TargetResult {
     pub idle: Option<IdleResult>,
     /// The bench's own cost, to tell when the client is the bottleneck.
     pub client: ClientResult,
+    /// Each repetition on its own (one without `--repeat`); the fields above merge them all.
+    pub repetitions: Vec<RepetitionResult>,
+    /// Per second of measured time, each repetition in turn.
+    pub timeline: Vec<TimelineSecond>,
 }
 
 #[derive(Debug, Serialize, Clone)]
@@ -213,7 +276,7 @@ pub fn machine() -> (String, Host) {
 }
 
 /// A latency cell: one decimal below 100 us, whole microseconds above.
-fn micros(value: f64) -> String {
+pub fn micros(value: f64) -> String {
     if value < 100.0 {
         format!("{value:.1}")
     } else {
@@ -415,6 +478,21 @@ pub fn table(summary: &Summary) -> String {
                 idle.opened, idle.requested, idle.closed_by_server
             ));
         }
+        if run.repetitions.len() > 1 {
+            let range = |pick: fn(&RepetitionResult) -> f64, format: fn(f64) -> String| {
+                let values = run.repetitions.iter().map(pick);
+                let min = values.clone().fold(f64::INFINITY, f64::min);
+                let max = values.fold(f64::NEG_INFINITY, f64::max);
+                format!("{}–{}", format(min), format(max))
+            };
+            notes.push(format!(
+                "{} repetitions, req/s {}, p50 {} µs, p99 {} µs",
+                run.repetitions.len(),
+                range(|r| r.throughput_rps, |v| format!("{v:.0}")),
+                range(|r| r.latency_us.p50, micros),
+                range(|r| r.latency_us.p99, micros)
+            ));
+        }
         if let Some(lag) = &run.send_lag_us {
             if lag.p99 > 1000.0 {
                 notes.push(format!(
@@ -463,5 +541,46 @@ mod tests {
         assert!((p.max - 1000.0).abs() < 1.0, "{p:?}");
         let json = serde_json::to_value(&p).unwrap();
         assert!(json.get("p99.9").is_some() && json.get("p99.99").is_some());
+    }
+
+    #[test]
+    fn timeline_has_one_entry_per_second() {
+        const S: u64 = 1_000_000_000;
+        let mut timeline = Timeline::new(10 * S, None);
+        for k in 0..300 {
+            timeline.record(10 * S + k * 1_000_000, 50_000);
+        }
+        timeline.record(13 * S + 5, 2_000_000_000);
+        let entries = super::timeline(&timeline, None);
+        let counts: Vec<u64> = entries.iter().map(|e| e.requests).collect();
+        assert_eq!(counts, vec![300, 0, 0, 1]);
+        assert_eq!(
+            entries.iter().map(|e| e.second).collect::<Vec<_>>(),
+            vec![0, 1, 2, 3]
+        );
+        assert_eq!(entries[0].throughput_rps, 300.0);
+        assert!((entries[0].p50_us.unwrap() - 50.0).abs() < 0.5);
+        assert_eq!(entries[1].p99_us, None);
+        assert!((entries[3].max_us.unwrap() - 2_000_000.0).abs() < 20_000.0);
+
+        let json = serde_json::to_value(&entries).unwrap();
+        let array = json.as_array().unwrap();
+        assert_eq!(array.len(), 4);
+        assert_eq!(array[0]["requests"], 300);
+        assert_eq!(array[0]["throughput_rps"], 300.0);
+        assert!(array[0].get("repetition").is_none());
+        assert!(array[2]["p50_us"].is_null());
+        for key in [
+            "second",
+            "requests",
+            "throughput_rps",
+            "p50_us",
+            "p99_us",
+            "max_us",
+        ] {
+            assert!(array[3].get(key).is_some(), "{key}");
+        }
+        let repeated = serde_json::to_value(super::timeline(&timeline, Some(2))).unwrap();
+        assert_eq!(repeated[0]["repetition"], 2);
     }
 }

@@ -288,6 +288,9 @@ mod tests {
         service_at_least_half_second: u64,
         latency_at_least_ten_ms: u64,
         requests: u64,
+        /// Replies in each second of the run, and the longest latency among them.
+        replies_per_second: Vec<u64>,
+        max_per_second: Vec<u64>,
     }
 
     /// One connection at 1,000 req/s for 4 s against a server that answers in 100 us, except
@@ -302,7 +305,7 @@ mod tests {
             quota: None,
         };
         let mut pacer = OpenLoop::new(Schedule::new(Arrivals::Even, 1000.0, 1, 0, 0, 1), window);
-        let mut recorder = Recorder::new(1, false);
+        let mut recorder = Recorder::new(1, false, crate::record::Timeline::default());
         let mut inflight: VecDeque<(InFlight, u64)> = VecDeque::new();
         let mut server_free_ns = 0;
         let mut clock = 0;
@@ -357,6 +360,16 @@ mod tests {
             service_at_least_half_second: count_from(&recorder.service, SECOND / 2),
             latency_at_least_ten_ms: count_from(&recorder.latency, 10 * MILLISECOND),
             requests: recorder.latency.len(),
+            replies_per_second: recorder
+                .timeline
+                .seconds()
+                .map(|s| s.map_or(0, |h| h.len()))
+                .collect(),
+            max_per_second: recorder
+                .timeline
+                .seconds()
+                .map(|s| s.map_or(0, |h| h.max()))
+                .collect(),
         }
     }
 
@@ -382,6 +395,17 @@ mod tests {
         );
         // ... while service time sees only the one request that was in flight when it began.
         assert_eq!(run.service_at_least_half_second, 1);
+        // The timeline puts the stall where it was: no reply in second 1, then the backlog and
+        // its second-long wait in second 2.
+        assert_eq!(run.replies_per_second[1], 0, "{:?}", run.replies_per_second);
+        assert!(
+            run.replies_per_second[2] > 1500,
+            "{:?}",
+            run.replies_per_second
+        );
+        assert!(run.max_per_second[2] > 900 * MILLISECOND);
+        assert!(run.max_per_second[0] < MILLISECOND && run.max_per_second[3] < MILLISECOND);
+        assert_eq!(run.replies_per_second.iter().sum::<u64>(), run.requests);
     }
 
     #[test]

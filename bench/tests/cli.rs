@@ -407,6 +407,86 @@ fn check_idle_sessions_and_sweeps_and_charts(server: &Server) {
 }
 
 #[test]
+fn repetitions_timeline_and_diff() {
+    for server in servers() {
+        eprintln!(
+            "repetitions_timeline_and_diff: {} at {}",
+            server.kind, server.address
+        );
+        check_repetitions_timeline_and_diff(&server);
+    }
+}
+
+fn check_repetitions_timeline_and_diff(server: &Server) {
+    let dir = scratch(server, "repeat");
+    let chart = dir.join("timeline.svg");
+    let summary = bench_json(
+        server,
+        &dir,
+        &[
+            "-c",
+            "2",
+            "--requests",
+            "300",
+            "--repeat",
+            "3",
+            "--timeline-plot",
+            chart.to_str().unwrap(),
+        ],
+    );
+    let run = &summary["targets"][0];
+    let repetitions = run["repetitions"].as_array().unwrap();
+    assert_eq!(repetitions.len(), 3);
+    for repetition in repetitions {
+        assert_eq!(count(&repetition["requests"]), 300);
+        assert!(repetition["throughput_rps"].as_f64().unwrap() > 0.0);
+        assert!(repetition["latency_us"]["p99.9"].as_f64().unwrap() > 0.0);
+    }
+    // The overall fields merge the repetitions.
+    assert_eq!(count(&run["requests"]), 900);
+    let timeline = run["timeline"].as_array().unwrap();
+    let per_second: u64 = timeline.iter().map(|s| count(&s["requests"])).sum();
+    assert_eq!(per_second, 900);
+    for repetition in 1..=3 {
+        let seconds: Vec<u64> = timeline
+            .iter()
+            .filter(|s| count(&s["repetition"]) == repetition)
+            .map(|s| count(&s["second"]))
+            .collect();
+        assert_eq!(seconds, (0..seconds.len() as u64).collect::<Vec<_>>());
+    }
+    let svg = std::fs::read_to_string(&chart).unwrap();
+    assert!(svg.contains("Latency and throughput per second"));
+
+    // A run compared with itself changes nothing.
+    let json = dir.join("summary.json");
+    let output = Command::new(env!("CARGO_BIN_EXE_ringport-bench"))
+        .arg("diff")
+        .args([&json, &json])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("| req/s |") && stdout.contains("| p99.9 µs |"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Overall: no change beyond noise"),
+        "{stdout}"
+    );
+    let output = Command::new(env!("CARGO_BIN_EXE_ringport-bench"))
+        .arg("diff")
+        .arg(&json)
+        .arg(dir.join("missing.json"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("missing.json"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn wrong_password_and_unreachable_targets_fail_clearly() {
     for server in servers() {
         eprintln!(

@@ -279,9 +279,8 @@ impl<H: Handler> EventLoop<H, Epoll> {
                 s.io.sent = 0;
                 std::mem::swap(&mut s.io.out, &mut s.io.sending);
                 if s.io.sending.is_empty() {
-                    // A burst may have grown the buffer; an idle session should not keep it.
-                    if s.io.sending.capacity() > 64 * 1024 {
-                        s.io.sending = Vec::new();
+                    if s.io.release_idle_buffers() {
+                        bump(&self.core.stats.buffers_released);
                     }
                     return;
                 }

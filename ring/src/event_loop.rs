@@ -45,6 +45,8 @@ pub struct RingStats {
     pub bytes_in: AtomicU64,
     pub bytes_out: AtomicU64,
     pub messages: AtomicU64,
+    /// Output buffers given back after a burst, once a session's output was all sent.
+    pub buffers_released: AtomicU64,
     /// 1 when this ring fell back to poll-then-recv because the kernel refused the buffer ring.
     pub recv_fallback: AtomicU64,
 }

@@ -105,6 +105,28 @@ pub(crate) struct Slot<C> {
     pub(crate) conn: Option<C>,
 }
 
+/// Output buffers larger than this are given back once a session's output is all sent: a burst
+/// (a large value, a deep pipeline) must not stay with a session that then sits idle for hours.
+pub(crate) const IDLE_BUFFER_KEEP: usize = 4 * 1024;
+
+impl SlotIo {
+    /// Once everything queued is sent: frees output buffers a burst grew past
+    /// [`IDLE_BUFFER_KEEP`]; the next burst allocates again. Returns whether it freed one.
+    pub(crate) fn release_idle_buffers(&mut self) -> bool {
+        if self.send_inflight || self.sent < self.sending.len() || !self.out.is_empty() {
+            return false;
+        }
+        let mut released = false;
+        for buffer in [&mut self.out, &mut self.sending] {
+            if buffer.capacity() > IDLE_BUFFER_KEEP {
+                *buffer = Vec::new();
+                released = true;
+            }
+        }
+        released
+    }
+}
+
 impl<C> Slot<C> {
     /// The callback view of this open session, which lives at `slot`.
     pub(crate) fn session(&mut self, slot: u32) -> Session<'_, C> {

@@ -82,6 +82,42 @@ pub fn pin_current_thread(core: usize) -> bool {
     core_affinity::set_for_current(core_affinity::CoreId { id: core })
 }
 
+/// How a pool thread competes for CPU with the rings (`--pool-priority`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ThreadPriority {
+    /// `SCHED_IDLE`: runs only on a core nothing else wants. Heavy work cannot delay a ring at
+    /// all, but a core kept busy by the rings starves it.
+    Idle,
+    /// `SCHED_BATCH` at nice 19: a ring that wants the core gets about 98% of it, the pool the
+    /// rest, so pool work never starves; and a waking pool thread does not preempt a ring.
+    Batch,
+    /// As the rings (the thread is left as it was started).
+    Normal,
+}
+
+/// Gives the calling thread `priority`. Lowering a thread's priority needs no privilege.
+pub fn set_current_thread_priority(priority: ThreadPriority) -> io::Result<()> {
+    let (policy, nice) = match priority {
+        ThreadPriority::Idle => (libc::SCHED_IDLE, 0),
+        ThreadPriority::Batch => (libc::SCHED_BATCH, 19),
+        ThreadPriority::Normal => return Ok(()),
+    };
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 names the calling thread (the syscall is per thread); `param` is a live local
+    // of the right type, only read.
+    if unsafe { libc::sched_setscheduler(0, policy, &param) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if nice != 0 {
+        // SAFETY: PRIO_PROCESS with who 0 is the calling thread on Linux (nice values are per
+        // thread); no memory is passed.
+        if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, nice) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// Raises the soft `RLIMIT_NOFILE` towards `want`, capped at the hard limit; returns the soft
 /// limit now in force. Each session is one descriptor, so a dense server (and a test or load
 /// tool that holds many sessions) needs this.

@@ -35,11 +35,13 @@ pub struct Disable {
     /// holds its thread lock across it and deadlocks); implies no DEFER_TASKRUN, whose
     /// completions only appear inside `io_uring_enter`.
     pub enter_wait: bool,
+    /// Do not batch completions under load with `min_wait_usec` (`IORING_FEAT_MIN_TIMEOUT`).
+    pub min_wait: bool,
 }
 
 impl Disable {
     /// The names accepted by [`Disable::parse_list`].
-    pub const NAMES: [&'static str; 8] = [
+    pub const NAMES: [&'static str; 9] = [
         "multishot-accept",
         "multishot-recv",
         "buf-ring",
@@ -48,6 +50,7 @@ impl Disable {
         "coop-taskrun",
         "ext-arg",
         "enter-wait",
+        "min-wait",
     ];
 
     /// Parses a comma-separated list such as `multishot-recv,buf-ring`.
@@ -63,6 +66,7 @@ impl Disable {
                 "coop-taskrun" => disable.coop_taskrun = true,
                 "ext-arg" => disable.ext_arg = true,
                 "enter-wait" => disable.enter_wait = true,
+                "min-wait" => disable.min_wait = true,
                 other => {
                     return Err(format!(
                         "unknown fast path '{other}' (known: {})",
@@ -79,7 +83,8 @@ impl Disable {
         let mut d = Disable::default();
         match profile {
             "newest" => {}
-            "6.1" => {}
+            // Min-wait came with 6.12.
+            "6.1" => d.min_wait = true,
             "5.15" | "5.10" => {
                 d.multishot_accept = true;
                 d.multishot_recv = true;
@@ -87,6 +92,7 @@ impl Disable {
                 d.single_issuer = true;
                 d.defer_taskrun = true;
                 d.coop_taskrun = true;
+                d.min_wait = true;
             }
             other => {
                 return Err(format!(
@@ -108,6 +114,7 @@ impl Disable {
             coop_taskrun: self.coop_taskrun || other.coop_taskrun,
             ext_arg: self.ext_arg || other.ext_arg,
             enter_wait: self.enter_wait || other.enter_wait,
+            min_wait: self.min_wait || other.min_wait,
         }
     }
 }
@@ -148,6 +155,9 @@ pub struct Features {
     /// Block in `poll(2)` on the ring fd instead of inside `io_uring_enter` (see
     /// [`Disable::enter_wait`]).
     pub poll_wait: bool,
+    /// `IORING_FEAT_MIN_TIMEOUT` (6.12): a blocking wait may collect several completions for a
+    /// few microseconds under load (see `uring.rs`'s `wait`).
+    pub min_wait: bool,
     /// `IORING_FEAT_NODROP` (5.5): the kernel buffers overflowing completions instead of dropping.
     pub nodrop: bool,
     /// Opcodes the kernel reports in `IORING_REGISTER_PROBE`.
@@ -241,6 +251,10 @@ pub fn probe(disable: Disable) -> Result<Features, Unavailable> {
         .is_ok();
     let ext_arg = plain.params().is_feature_ext_arg() && !disable.ext_arg;
     let nodrop = plain.params().is_feature_nodrop();
+    let min_wait = ext_arg
+        && !disable.enter_wait
+        && !disable.min_wait
+        && plain.params().is_feature_min_timeout();
 
     let mut probe = Probe::new();
     let have_probe = plain.submitter().register_probe(&mut probe).is_ok();
@@ -271,6 +285,7 @@ pub fn probe(disable: Disable) -> Result<Features, Unavailable> {
         coop_taskrun,
         ext_arg,
         poll_wait: disable.enter_wait,
+        min_wait,
         nodrop,
         opcodes,
         accept: if multishot_accept {

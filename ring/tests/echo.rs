@@ -259,6 +259,7 @@ fn fast_paths() {
 fn fallback_paths() {
     exercise(Disable::for_kernel_profile("5.10").unwrap().union(Disable {
         ext_arg: true,
+        min_wait: true,
         ..Disable::default()
     }));
 }

@@ -13,7 +13,7 @@ use ringport_ring::{Context, Sender, Session};
 
 use crate::conn::{Conn, State};
 use crate::msg::{Msg, Replier};
-use crate::pool::Job;
+use crate::pool::{ComputePool, Job};
 use crate::resp::Proto;
 use crate::shared::Shared;
 use crate::storepool::StoreWork;
@@ -109,7 +109,18 @@ impl<'a, 's> Call<'a, 's> {
 
     /// Runs `job` on the compute pool; the session waits for its reply (or gets BUSY at once).
     pub fn offload_compute(&mut self, name: &'static str, job: Job) {
-        match self.shared.compute.submit(job) {
+        let shared = self.shared;
+        self.offload_to(&shared.compute, name, job);
+    }
+
+    /// Runs AUTH's `job` on the auth pool, which heavy commands never queue on.
+    pub fn offload_auth(&mut self, name: &'static str, job: Job) {
+        let shared = self.shared;
+        self.offload_to(&shared.auth, name, job);
+    }
+
+    fn offload_to(&mut self, pool: &ComputePool, name: &'static str, job: Job) {
+        match pool.submit(job) {
             Ok(()) => {
                 let now = self.cx.now;
                 let conn = self.conn_mut();

@@ -756,7 +756,7 @@ fn start_auth(call: &mut Call<'_, '_>, user: String, password: Vec<u8>, then: Af
         };
         shared.auth_cache.finish(&user, &password, &hash, verdict);
     });
-    call.offload_compute("auth", job);
+    call.offload_auth("auth", job);
 }
 
 /// Counts a wrong password for (address, user) and answers it, late when that pair is past its
