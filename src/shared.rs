@@ -177,6 +177,11 @@ impl Shared {
         }
     }
 
+    /// [`Shared::record_command`] for the command at row `index` of the table.
+    pub fn record_command_at(&self, ring: usize, index: usize, started: Instant, failed: bool) {
+        self.commands.record(ring, index, started, failed);
+    }
+
     /// Counts a command name that is not in the table.
     pub fn record_unknown(&self, _ring: usize) {
         self.counters

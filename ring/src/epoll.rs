@@ -10,11 +10,10 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::Ordering;
 
 use std::time::Duration;
 
-use crate::event_loop::{bump, timeout_ms, Backend, Core, Drained, EventLoop, RingConfig};
+use crate::event_loop::{add, bump, timeout_ms, Backend, Core, Drained, EventLoop, RingConfig};
 use crate::handler::Handler;
 use crate::mailbox::Receiver;
 use crate::token::{self, Op};
@@ -154,10 +153,7 @@ impl<H: Handler> Backend<H> for Epoll {
             };
         }
         io.ready = n as usize;
-        lp.core
-            .stats
-            .completions
-            .fetch_add(n as u64, Ordering::Relaxed);
+        add(&lp.core.stats.completions, n as u64);
         Ok(())
     }
 
@@ -297,10 +293,7 @@ impl<H: Handler> EventLoop<H, Epoll> {
             };
             if n >= 0 {
                 s.io.sent += n as usize;
-                self.core
-                    .stats
-                    .bytes_out
-                    .fetch_add(n as u64, Ordering::Relaxed);
+                add(&self.core.stats.bytes_out, n as u64);
                 continue;
             }
             match errno() {

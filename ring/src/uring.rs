@@ -17,7 +17,7 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use crate::bufring::BufRing;
 use crate::event_loop::{
-    bump, errno_name, timeout_ms, Backend, Core, Drained, EventLoop, RingConfig,
+    add, bump, errno_name, timeout_ms, Backend, Core, Drained, EventLoop, RingConfig,
 };
 use crate::handler::{Closing, Handler};
 use crate::mailbox::Receiver;
@@ -225,9 +225,7 @@ impl<H: Handler> Backend<H> for Uring {
             lp.arm_timeout(timeout);
         }
         let stats = &lp.core.stats;
-        stats
-            .submissions
-            .fetch_add(lp.io.uring.submission().len() as u64, Ordering::Relaxed);
+        add(&stats.submissions, lp.io.uring.submission().len() as u64);
         bump(&stats.enters);
         // Under load (the last reap took several completions) a wait collects up to twice as
         // many for at most MIN_WAIT, then returns on the first: fewer enters per request, at the
@@ -586,9 +584,7 @@ impl<H: Handler> EventLoop<H, Uring> {
         if io.uring.submission().cq_overflow() {
             bump(&stats.cq_overflow);
         }
-        stats
-            .completions
-            .fetch_add(io.batch.len() as u64, Ordering::Relaxed);
+        add(&stats.completions, io.batch.len() as u64);
     }
 
     fn dispatch_completion(&mut self, c: Completion) {
@@ -777,10 +773,7 @@ impl<H: Handler> EventLoop<H, Uring> {
             self.maybe_finish_close(slot);
             return;
         }
-        self.core
-            .stats
-            .bytes_out
-            .fetch_add(c.result as u64, Ordering::Relaxed);
+        add(&self.core.stats.bytes_out, c.result as u64);
         let s = &mut self.core.slab[slot as usize];
         s.io.sent += c.result as usize;
         if s.io.sent == s.io.sending.len() {

@@ -218,7 +218,7 @@ pub fn execute(call: &mut Call<'_, '_>, handlers: &Handlers, args: &Args) {
     if !call.conn().authenticated && !spec.before_auth {
         err(call.out(), "NOAUTH Authentication required.");
         call.shared
-            .record_command(call.cx.ring, spec.name, call.cx.now, true);
+            .record_command_at(call.cx.ring, index, call.cx.now, true);
         return;
     }
     if !arity_ok(spec, args.len()) {
@@ -227,7 +227,7 @@ pub fn execute(call: &mut Call<'_, '_>, handlers: &Handlers, args: &Args) {
             &format!("ERR wrong number of arguments for '{}' command", spec.name),
         );
         call.shared
-            .record_command(call.cx.ring, spec.name, call.cx.now, true);
+            .record_command_at(call.cx.ring, index, call.cx.now, true);
         return;
     }
     call.conn_mut().last_command = spec.name;
@@ -263,7 +263,7 @@ pub fn execute(call: &mut Call<'_, '_>, handlers: &Handlers, args: &Args) {
     if call.conn().state != State::Waiting {
         let failed = call.out().get(before) == Some(&b'-');
         call.shared
-            .record_command(call.cx.ring, spec.name, call.cx.now, failed);
+            .record_command_at(call.cx.ring, index, call.cx.now, failed);
     }
 }
 
