@@ -21,6 +21,16 @@ pub enum State {
     Waiting,
 }
 
+/// The names a client gave itself.
+#[derive(Debug, Default)]
+pub struct ClientNames {
+    /// `CLIENT SETNAME`.
+    pub name: Option<Vec<u8>>,
+    /// `CLIENT SETINFO LIB-NAME` / `LIB-VER`.
+    pub lib_name: Option<Vec<u8>>,
+    pub lib_ver: Option<Vec<u8>>,
+}
+
 /// What a session remembers between commands.
 pub struct Conn {
     /// `CLIENT ID`: unique over the server's life.
@@ -31,11 +41,9 @@ pub struct Conn {
     pub user: Option<Arc<str>>,
     /// Reply protocol chosen by HELLO.
     pub proto: Proto,
-    /// `CLIENT SETNAME`.
-    pub name: Option<Vec<u8>>,
-    /// `CLIENT SETINFO LIB-NAME` / `LIB-VER`.
-    pub lib_name: Option<Vec<u8>>,
-    pub lib_ver: Option<Vec<u8>>,
+    /// `CLIENT SETNAME` and `SETINFO`: boxed, since most sessions never set them and every
+    /// idle session pays for the inline size.
+    pub names: Option<Box<ClientNames>>,
     /// Whether an authenticated session was ever seen (Waiting after AUTH returns here).
     pub authenticated: bool,
     /// Bytes received but not yet parsed (a partial command, or input behind a pending one).
@@ -70,6 +78,16 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// The client's names, created on first use.
+    pub fn names_mut(&mut self) -> &mut ClientNames {
+        self.names.get_or_insert_with(Box::default)
+    }
+
+    /// `CLIENT SETNAME`'s name, if set.
+    pub fn name(&self) -> Option<&[u8]> {
+        self.names.as_deref()?.name.as_deref()
+    }
+
     /// True when nothing is pending and no input waits: the session may close on a drain.
     pub fn idle(&self) -> bool {
         self.state != State::Waiting && self.inbuf.is_empty()
@@ -79,11 +97,13 @@ impl Conn {
     /// the ring still holds to send to this session.
     pub fn info_line(&self, listen_addr: SocketAddr, pending_output: usize) -> String {
         let now = std::time::Instant::now();
-        let name = self
-            .name
-            .as_deref()
-            .map(String::from_utf8_lossy)
-            .unwrap_or_default();
+        let names = self.names.as_deref();
+        let text = |field: Option<&Vec<u8>>| {
+            field
+                .map(|bytes| String::from_utf8_lossy(bytes).into_owned())
+                .unwrap_or_default()
+        };
+        let name = text(names.and_then(|n| n.name.as_ref()));
         format!(
             "id={} addr={} laddr={} fd=0 name={} age={} idle={} flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 watch=0 qbuf={} qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem={} tot-mem=0 events=r cmd={} user={} redir=-1 resp={} lib-name={} lib-ver={}\n",
             self.client_id,
@@ -97,8 +117,8 @@ impl Conn {
             self.last_command,
             self.user.as_deref().unwrap_or(""),
             if self.proto == Proto::Resp3 { 3 } else { 2 },
-            self.lib_name.as_deref().map(String::from_utf8_lossy).unwrap_or_default(),
-            self.lib_ver.as_deref().map(String::from_utf8_lossy).unwrap_or_default(),
+            text(names.and_then(|n| n.lib_name.as_ref())),
+            text(names.and_then(|n| n.lib_ver.as_ref())),
         )
     }
 }

@@ -293,9 +293,8 @@ impl Handler for RingHandler {
             state: State::Unauthenticated,
             user: None,
             proto: Proto::Resp2,
-            name: None,
-            lib_name: None,
-            lib_ver: None,
+            names: None,
+
             authenticated: false,
             inbuf: Default::default(),
             parse_progress: Default::default(),

@@ -337,7 +337,7 @@ impl<H: Handler> Core<H> {
             .handler
             .on_open(&cx, SessionId { slot, generation }, peer);
         let slot_ref = entry.insert(Slot {
-            io: SlotIo::new(fd, generation, peer),
+            io: SlotIo::new(fd, generation),
             conn: Some(conn),
         });
         let mut session = slot_ref.session(slot);

@@ -80,7 +80,6 @@ pub(crate) struct SlotIo {
     pub(crate) peer_eof: bool,
     pub(crate) fd: RawFd,
     pub(crate) generation: u32,
-    pub(crate) peer: Option<SocketAddr>,
     /// Replies queued by the handler, not yet handed to the kernel.
     pub(crate) out: Vec<u8>,
     /// Bytes the kernel owns while `send_inflight`; never touched then.
@@ -155,11 +154,6 @@ impl<C> Session<'_, C> {
         self.id
     }
 
-    /// The peer address, when the kernel still knew it at accept.
-    pub fn peer(&self) -> Option<SocketAddr> {
-        self.io.peer
-    }
-
     /// The output buffer: append replies; the ring sends them after the callback returns, one
     /// send for everything queued in this batch.
     pub fn out(&mut self) -> &mut Vec<u8> {
@@ -232,11 +226,10 @@ pub(crate) enum Settled {
 
 impl SlotIo {
     /// The I/O state of a freshly accepted session.
-    pub(crate) fn new(fd: RawFd, generation: u32, peer: Option<SocketAddr>) -> SlotIo {
+    pub(crate) fn new(fd: RawFd, generation: u32) -> SlotIo {
         SlotIo {
             fd,
             generation,
-            peer,
             out: Vec::new(),
             sending: Vec::new(),
             sent: 0,

@@ -32,7 +32,7 @@ impl<H: Handler> Harness<H> {
         let mut harness = Harness {
             handler,
             slot: Slot {
-                io: SlotIo::new(-1, 0, peer),
+                io: SlotIo::new(-1, 0),
                 conn: Some(conn),
             },
             mailbox,

@@ -328,7 +328,7 @@ fn client(call: &mut Call<'_, '_>, args: &Args) {
             let id = call.conn().client_id as i64;
             resp::integer(call.out(), id)
         }
-        ("getname", 2) => match call.conn().name.clone() {
+        ("getname", 2) => match call.conn().name().map(<[u8]>::to_vec) {
             Some(name) => resp::bulk(call.out(), &name),
             None => {
                 let proto = call.proto();
@@ -337,7 +337,7 @@ fn client(call: &mut Call<'_, '_>, args: &Args) {
         },
         ("setname", 3) => {
             if valid_client_name(&args[2]) {
-                call.conn_mut().name = if args[2].is_empty() {
+                call.conn_mut().names_mut().name = if args[2].is_empty() {
                     None
                 } else {
                     Some(args[2].to_vec())
@@ -365,11 +365,11 @@ fn client(call: &mut Call<'_, '_>, args: &Args) {
             }
             match attr.as_str() {
                 "lib-name" => {
-                    call.conn_mut().lib_name = Some(value);
+                    call.conn_mut().names_mut().lib_name = Some(value);
                     resp::simple(call.out(), b"OK");
                 }
                 "lib-ver" => {
-                    call.conn_mut().lib_ver = Some(value);
+                    call.conn_mut().names_mut().lib_ver = Some(value);
                     resp::simple(call.out(), b"OK");
                 }
                 _ => err(
@@ -678,7 +678,7 @@ fn hello(call: &mut Call<'_, '_>, args: &Args) {
     }
     call.conn_mut().proto = proto;
     if let Some(name) = setname {
-        call.conn_mut().name = Some(name);
+        call.conn_mut().names_mut().name = Some(name);
     }
     hello_reply(call);
 }
@@ -789,7 +789,7 @@ pub fn finish_auth(call: &mut Call<'_, '_>, outcome: AuthOutcome) {
                 AfterAuth::Hello { proto, setname } => {
                     call.conn_mut().proto = proto;
                     if let Some(name) = setname {
-                        call.conn_mut().name = Some(name);
+                        call.conn_mut().names_mut().name = Some(name);
                     }
                     hello_reply(call);
                 }
