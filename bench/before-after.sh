@@ -5,7 +5,8 @@
 # calls per request (../shared/tools/server-cost) for each run, on io_uring and on epoll.
 # Usage: bench/before-after.sh REV [REQUESTS] [ROUNDS]   (defaults: 300000 requests, 2 rounds)
 # LOOPS="uring epoll" and PIPELINES="1 16" (the defaults) narrow what is measured; TESTS="get"
-# (redis-benchmark test names, default ping_mbulk) measures other commands (embedded store).
+# (redis-benchmark test names, default ping_mbulk) measures other commands (embedded store);
+# CLIENTS="50 1000" (default 50) sets the connection counts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rev=${1:?usage: bench/before-after.sh REV [REQUESTS] [ROUNDS]}
@@ -18,8 +19,8 @@ command -v redis-benchmark >/dev/null || apt-get install -y -qq redis-tools >/de
 echo secret | "$work/after" user add bench --data "$work/data-after" >/dev/null
 echo secret | "$work/before" user add bench --data "$work/data-before" >/dev/null
 echo "machine: $(nproc) cores, kernel $(uname -r), $(date -u +%F); before = $rev ($(git rev-parse --short "$rev")), after = working tree"
-echo "$n requests per run, redis-benchmark -c 50 -r 100000"
-printf '%-7s %-6s %-10s %-3s %s\n' "build" "loop" "test" "-P" "server cost"
+echo "$n requests per run, redis-benchmark -r 100000"
+printf '%-7s %-6s %-10s %-5s %-3s %s\n' "build" "loop" "test" "-c" "-P" "server cost"
 for round in $(seq "$rounds"); do
   for loop in ${LOOPS:-uring epoll}; do
     for build in before after; do
@@ -29,11 +30,13 @@ for round in $(seq "$rounds"); do
       pid=$!
       for _ in $(seq 100); do grep -q listening "$work/out" && break; sleep 0.1; done
       for test in ${TESTS:-ping_mbulk}; do
-        for pipeline in ${PIPELINES:-1 16}; do
-          load=(redis-benchmark -h 127.0.0.1 -p 16398 --user bench -a secret -t "$test" -c 50 -n "$n" -r 100000 -P "$pipeline" -q)
-          printf '%-7s %-6s %-10s %-3s ' "$build" "$loop" "$test" "$pipeline"
-          "$cost" "$pid" "$n" -- "${load[@]}" 2>/dev/null | tr '\n' ' ' | sed 's/  */ /g'
-          echo
+        for clients in ${CLIENTS:-50}; do
+          for pipeline in ${PIPELINES:-1 16}; do
+            load=(redis-benchmark -h 127.0.0.1 -p 16398 --user bench -a secret -t "$test" -c "$clients" -n "$n" -r 100000 -P "$pipeline" -q)
+            printf '%-7s %-6s %-10s %-5s %-3s ' "$build" "$loop" "$test" "$clients" "$pipeline"
+            "$cost" "$pid" "$n" -- "${load[@]}" 2>/dev/null | tr '\n' ' ' | sed 's/  */ /g'
+            echo
+          done
         done
       done
       kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""

@@ -9,7 +9,9 @@
 #   open        open loop at $RATE requests/s (latency from intended send time)
 #
 # Usage: bench/compare.sh [OUT_DIR]          (default bench/results/<UTC date>)
-# Settings (environment): DURATION=10s WARMUP=2s CONNECTIONS=50 RATE=20000 MIX=PING IDLE=0
+# Each load runs REPEAT times against each server (medians and spreads in the JSON, for
+# `ringport-bench diff`), with a per-second latency and throughput chart (NAME.timeline.svg).
+# Settings (environment): DURATION=10s WARMUP=2s CONNECTIONS=50 RATE=20000 MIX=PING IDLE=0 REPEAT=3
 #   REDIS_ONLY=1 skips ringport; REDIS_PORT=16479 RINGPORT_PORT=16480;
 #   RINGPORT_FLAGS='--rings 1' adds flags to `ringport serve`; NO_BUILD=1 uses the binaries
 #   already in target/release.
@@ -91,14 +93,14 @@ fi
 
 mkdir -p "$out"
 common=("${targets[@]}" --connections "$connections" --duration "$duration" --warmup "$warmup"
-  --mix "$mix" --idle "$idle")
+  --mix "$mix" --idle "$idle" --repeat "${REPEAT:-3}")
 run() {
   local name=$1
   shift
   echo "== $name"
   "$bench" "${common[@]}" "$@" \
     --hgrm "$out/$name.hgrm" --json "$out/$name.json" --table "$out/$name.md" \
-    --plot "$out/$name.svg" --plot "$out/$name.png" >/dev/null
+    --plot "$out/$name.svg" --plot "$out/$name.png" --timeline-plot "$out/$name.timeline.svg" >/dev/null
 }
 run closed-p1 --pipeline 1
 run closed-p16 --pipeline 16

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# User-space memory per idle authenticated session, by the slope method: the server's RSS with
+# 6,000 and with 18,000 idle sessions open (held by ringport-bench --idle in a process of its own,
+# spread over 127.0.0.x source addresses), (RSS18k - RSS6k) / 12,000, so per-ring and per-process
+# fixed costs do not count. Also the RSS at 0 sessions. For ringport at REV (before), ringport at
+# the working tree (after) and redis-server, one after the other in one run.
+# Usage: bench/idle-memory.sh REV [LOW] [HIGH]    (defaults 6000 18000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rev=${1:?usage: bench/idle-memory.sh REV [LOW] [HIGH]}
+low=${2:-6000}
+high=${3:-18000}
+command -v redis-server >/dev/null || apt-get install -y -qq redis-server redis-tools >/dev/null
+. bench/two-builds.sh "$rev"
+cargo build --release -q -p ringport-bench
+bench=target/release/ringport-bench
+port=16430
+rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+clients() { redis-cli -p $port --user bench --pass secret --no-auth-warning INFO clients 2>/dev/null | tr -d '\r' | sed -n 's/^connected_clients://p'; }
+# RSS in kB of the server (pid) while N idle sessions are held open.
+rss_with() {
+  local server=$1 n=$2
+  "$bench" -t "bench:secret@127.0.0.1:$port" --idle "$n" -c 1 --rate 10 -d 600s --threads 1 >/dev/null 2>&1 &
+  local holder=$!
+  for _ in $(seq 600); do
+    [ "$(clients || echo 0)" -ge "$n" ] 2>/dev/null && break
+    sleep 0.2
+  done
+  sleep 3
+  local rss
+  rss=$(rss_kb "$server")
+  kill "$holder"; wait "$holder" 2>/dev/null || true
+  for _ in $(seq 100); do [ "$(clients || echo 9)" -le 2 ] 2>/dev/null && break; sleep 0.2; done
+  echo "$rss"
+}
+measure() { # name pid -> one line
+  local name=$1 server=$2
+  sleep 1
+  local r0 rlow rhigh
+  r0=$(rss_kb "$server")
+  rlow=$(rss_with "$server" "$low")
+  rhigh=$(rss_with "$server" "$high")
+  printf '%-28s %10s %10s %10s %14s\n' "$name" "$r0" "$rlow" "$rhigh" \
+    "$(awk -v a="$rlow" -v b="$rhigh" -v n=$((high - low)) 'BEGIN { printf "%.0f", (b - a) * 1024 / n }')"
+}
+echo "machine: $(nproc) cores, kernel $(uname -r), $(date -u +%F); before = $rev ($(git rev-parse --short "$rev")), after = working tree"
+printf '%-28s %10s %10s %10s %14s\n' "server" "RSS kB @0" "@$low" "@$high" "B/session"
+for build in before after; do
+  rm -rf "$work/data"
+  echo secret | "$work/$build" user add bench --data "$work/data" >/dev/null
+  "$work/$build" serve --listen 127.0.0.1:$port --data "$work/data" --log-level warn --max-sessions 100000 >"$work/out" 2>&1 &
+  pid=$!
+  for _ in $(seq 100); do grep -q listening "$work/out" && break; sleep 0.1; done
+  measure "ringport $build" "$pid"
+  kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
+done
+redis-server --port $port --bind 127.0.0.1 --save '' --appendonly no --maxclients $((high + 500)) \
+  --user bench on '>secret' '~*' '&*' '+@all' --daemonize no >"$work/redis.out" 2>&1 &
+pid=$!
+for _ in $(seq 100); do redis-cli -p $port PING >/dev/null 2>&1 && break; sleep 0.1; done
+measure "redis-server $(redis-server --version | awk '{print $3}')" "$pid"
+kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
+echo "(idle sessions: ringport-bench --idle, authenticated, one holder process; B/session = RSS slope between $low and $high)"
