@@ -193,7 +193,11 @@ fn run(args: ServeArgs, extra: Vec<CommandDef>) -> Result<(), StartError> {
         .union(
             ringport_ring::Disable::for_kernel_profile(&args.kernel_profile)
                 .map_err(|e| format!("--kernel-profile: {e}"))?,
-        );
+        )
+        .union(ringport_ring::Disable {
+            min_wait: !args.uring_min_wait,
+            ..ringport_ring::Disable::default()
+        });
     let cores = ringport_ring::usable_cores();
     let core_count = cores.len().max(1);
     let ring_count = args.rings.unwrap_or(core_count).max(1);
