@@ -264,9 +264,8 @@ mod tests {
 /// logged and the thread runs as the rings do.
 pub fn lower_priority(priority: ringport_ring::ThreadPriority) {
     if let Err(error) = ringport_ring::set_current_thread_priority(priority) {
-        if let Some(name) = std::thread::current().name() {
-            tracing::warn!(thread = name, ?priority, %error, "cannot lower a pool thread's CPU priority");
-        }
+        let thread = std::thread::current();
+        tracing::warn!(thread = thread.name().unwrap_or("?"), ?priority, %error, "cannot lower a pool thread's CPU priority");
     }
 }
 

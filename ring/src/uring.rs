@@ -225,7 +225,7 @@ impl<H: Handler> Backend<H> for Uring {
             lp.arm_timeout(timeout);
         }
         let stats = &lp.core.stats;
-        add(&stats.submissions, lp.io.uring.submission().len() as u64);
+        add(&stats.submissions, to_submit as u64);
         bump(&stats.enters);
         // Under load (the last reap took several completions) a wait collects up to twice as
         // many for at most MIN_WAIT, then returns on the first: fewer enters per request, at the
