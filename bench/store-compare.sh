@@ -9,7 +9,7 @@
 #   redis-benchmark SET/GET at -c 16 on the embedded store, for reference.
 #   and a SQL-defined command reading the same row as GET (`[[command]]`, reply "value"), side by
 #   side with the built-in GET at -c 16: what the generic path costs against the hand-written one.
-# Usage: bench/store-compare.sh [REQUESTS] [SECONDS]   (defaults 200000, 10)
+# Usage: bench/store-compare.sh [REQUESTS] [SECONDS]   (defaults 200000, 10; ROUNDS=3)
 # Extra serve flags: RINGPORT_FLAGS="--store-threads 8" bench/store-compare.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,9 +38,15 @@ as_pg "$bindir/pg_ctl" -D "$work/pg" -l "$work/pg/log" -w \
 url="host=$work/sock port=5499 user=postgres dbname=postgres"
 pgbench() { as_pg "$bindir/pgbench" -h "$work/sock" -p 5499 -U postgres "$@" postgres 2>/dev/null; }
 tps() { sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -1 | cut -d. -f1; }
-# Before each measured phase: flush what the previous one wrote, so that a checkpoint does not
-# land in the middle of the next one (it did: a GET run's p99 went from 2 ms to 7 ms).
-checkpoint() { as_pg "$bindir/psql" -h "$work/sock" -p 5499 -U postgres -q -c CHECKPOINT postgres >/dev/null; }
+# Before each measured phase: vacuum and flush what the previous one wrote. Without the
+# checkpoint, one landed in the middle of the next phase (a GET run's p99 went from 2 ms to 7 ms).
+# The vacuum puts both sides on the same footing: pgbench -S reads a table that `pgbench -i` has
+# just vacuumed, ringport's GETs would otherwise read pages full of the dead row versions the SET
+# phase left (autovacuum keeps them pruned in a running system).
+checkpoint() {
+  as_pg "$bindir/psql" -h "$work/sock" -p 5499 -U postgres -q -c VACUUM -c CHECKPOINT postgres >/dev/null
+}
+median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
 start_ringport() {
   local name=$1 port=$2; shift 2
@@ -82,19 +88,19 @@ cat >"$work/upsert.sql" <<'SQL'
 \set k random(0, 99999)
 INSERT INTO ringport_kv (owner, key, value) VALUES ('pgbench', convert_to('key:' || :k, 'UTF8'), '\x787878') ON CONFLICT (owner, key) DO UPDATE SET value = EXCLUDED.value;
 SQL
-checkpoint
-read16=$(pgbench -S -M prepared -c 16 -j 2 -T "$seconds" | tps)
-checkpoint
-read200=$(pgbench -S -M prepared -c 200 -j 2 -T "$seconds" | tps)
-checkpoint
-upsert16=$(pgbench -f "$work/upsert.sql" -M prepared -c 16 -j 2 -T "$seconds" | tps)
-
-checkpoint
-set16=$(rb 16395 set 16)
-checkpoint
-get16=$(rb 16395 get 16)
-checkpoint
-get200=$(rb 16395 get 200)
+# The host is noisy (one load's figure moves by a quarter between runs), so each ceiling and its
+# ringport twin run back to back, ROUNDS times, and the medians are compared.
+rounds=${ROUNDS:-3}
+for round in $(seq "$rounds"); do
+  checkpoint; upsert16+=" $(pgbench -f "$work/upsert.sql" -M prepared -c 16 -j 2 -T "$seconds" | tps)"
+  checkpoint; set16+=" $(rb 16395 set 16)"
+  checkpoint; read16+=" $(pgbench -S -M prepared -c 16 -j 2 -T "$seconds" | tps)"
+  checkpoint; get16+=" $(rb 16395 get 16)"
+  checkpoint; read200+=" $(pgbench -S -M prepared -c 200 -j 2 -T "$seconds" | tps)"
+  checkpoint; get200+=" $(rb 16395 get 200)"
+  echo "round $round: GET -c 16 $(ratio "${get16##* }" "${read16##* }"), -c 200 $(ratio "${get200##* }" "${read200##* }"), SET $(ratio "${set16##* }" "${upsert16##* }")"
+done
+for v in upsert16 set16 read16 get16 read200 get200; do printf -v "$v" '%s' "$(median <<<"${!v}")"; done
 checkpoint
 sqlget16=$(redis-benchmark -h 127.0.0.1 -p 16395 --user bench -a secret -c 16 -n "$n" -r 100000 -q sqlget key:__rand_int__ 2>/dev/null |
   tr '\r' '\n' | sed -n 's/.*: \([0-9.]*\) requests per second.*/\1/p' | tail -1 | cut -d. -f1)
@@ -110,7 +116,7 @@ printf '%-34s %12s %12s %8s %10s %10s\n' "load" "ceiling/s" "ringport/s" "ratio"
 printf '%-34s %12s %12s %8s %10s %10s\n' "GET vs pgbench -S, -c 16" "$read16" "$get16" "$(ratio "$get16" "$read16")" "$get16_p50" "$get16_p99"
 printf '%-34s %12s %12s %8s %10s %10s\n' "GET vs pgbench -S, -c 200" "$read200" "$get200" "$(ratio "$get200" "$read200")" "$get200_p50" "$get200_p99"
 printf '%-34s %12s %12s %8s %10s %10s\n' "SET vs pgbench upsert, -c 16" "$upsert16" "$set16" "$(ratio "$set16" "$upsert16")" "$set16_p50" "$set16_p99"
-echo "(ringport/s: redis-benchmark -n $n -r 100000; p50/p99: ringport-bench closed loop, ${seconds} s; ceilings: pgbench -M prepared -j 2 -T $seconds)"
+echo "(medians of $rounds rounds; ringport/s: redis-benchmark -n $n -r 100000; p50/p99: ringport-bench closed loop, ${seconds} s; ceilings: pgbench -M prepared -j 2 -T $seconds)"
 echo
 echo "SQL-defined read of the same row (sqlget key) vs built-in GET, redis-benchmark -c 16: $sqlget16/s vs $get16/s ($(ratio "$sqlget16" "$get16"))"
 
