@@ -115,9 +115,25 @@ pub struct ServeArgs {
     #[arg(long)]
     #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// Address to listen on.
+    /// Address to listen on (plain TCP).
     #[arg(long, default_value = "127.0.0.1:6380")]
     pub listen: SocketAddr,
+    /// Also serve TLS on this address (needs --tls-cert and --tls-key).
+    #[arg(long)]
+    pub tls_listen: Option<SocketAddr>,
+    /// Serve TLS only: no plain --listen port (needs --tls-listen).
+    #[arg(long)]
+    pub no_plain: bool,
+    /// The TLS port's certificate chain (PEM); reread on SIGHUP.
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM); reread on SIGHUP.
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM): when given, every TLS client must present a certificate they
+    /// signed.
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
     /// Number of rings (default: one per usable core).
     #[arg(long)]
     pub rings: Option<usize>,

@@ -25,6 +25,7 @@ pub mod systemd;
 pub mod table;
 #[doc(hidden)]
 pub mod testkit;
+pub mod tls;
 pub mod userdir;
 pub mod users;
 

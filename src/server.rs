@@ -2,11 +2,13 @@
 //! one `SO_REUSEPORT` listener per ring, run one pinned ring thread per core, and drain on
 //! SIGTERM or SIGINT.
 
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use ringport_ring::{AcceptPath, EpollLoop, Features, RecvPath, Ring, RingConfig};
+use ringport_ring::{AcceptPath, EpollLoop, Features, Listener, RecvPath, Ring, RingConfig};
 
 use crate::auth;
 use crate::commands::{self, api::CommandDef, api::Handlers};
@@ -166,6 +168,15 @@ pub fn check_config(file: &std::path::Path) -> Result<(), StartError> {
             args.store.store = Some(url);
         }
     }
+    if let Some(files) = crate::tls::TlsFiles::from_args(&args)? {
+        files.load()?;
+        println!(
+            "# {}: TLS certificate {} and key {} load",
+            file.display(),
+            files.cert.display(),
+            files.key.display()
+        );
+    }
     let sql = config_file_commands(file)?;
     if !sql.is_empty() {
         let spec = StoreSpec::parse(args.store.store.as_deref(), &args.store.data)
@@ -293,33 +304,37 @@ fn run(args: ServeArgs, extra: Vec<CommandDef>) -> Result<(), StartError> {
     // With socket activation every ring shares the passed listener (multishot accept on one
     // socket from several rings); otherwise each ring opens its own SO_REUSEPORT listener and
     // the first one fixes the port (the operator may have asked for port 0).
-    let activated = crate::systemd::activated_listeners()?;
-    let mut listeners = Vec::new();
-    let listen_addr = if let Some(first) = activated.into_iter().next() {
-        let addr = ringport_ring::local_addr(&first).map_err(|e| e.to_string())?;
-        tracing::info!(%addr, "using the listener passed by the service manager (socket activation)");
-        for _ in 1..ring_count {
-            listeners.push(
-                first
-                    .try_clone()
-                    .map_err(|e| format!("cannot share the listener: {e}"))?,
-            );
-        }
-        listeners.insert(0, first);
-        addr
+    let tls_files = crate::tls::TlsFiles::from_args(&args)?;
+    let mut ring_listeners: Vec<Vec<Listener>> = (0..ring_count).map(|_| Vec::new()).collect();
+    let plain_addr = if args.no_plain {
+        None
     } else {
-        let first = ringport_ring::listen(args.listen, 65535)
-            .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-        let addr = ringport_ring::local_addr(&first).map_err(|e| e.to_string())?;
-        listeners.push(first);
-        for _ in 1..ring_count {
-            listeners.push(
-                ringport_ring::listen(addr, 65535)
-                    .map_err(|e| format!("cannot listen on {addr}: {e}"))?,
-            );
+        let fds = plain_listeners(&args, ring_count)?;
+        let addr = ringport_ring::local_addr(&fds[0]).map_err(|e| e.to_string())?;
+        for (ring, fd) in ring_listeners.iter_mut().zip(fds) {
+            ring.push(Listener::plain(fd));
         }
-        addr
+        Some(addr)
     };
+    let tls = match (&tls_files, args.tls_listen) {
+        (Some(files), Some(addr)) => {
+            let acceptor = ringport_ring::TlsAcceptor::new(files.load()?);
+            let fds = reuseport_listeners(addr, ring_count)?;
+            let addr = ringport_ring::local_addr(&fds[0]).map_err(|e| e.to_string())?;
+            for (ring, fd) in ring_listeners.iter_mut().zip(fds) {
+                ring.push(Listener {
+                    fd,
+                    tls: Some(acceptor.clone()),
+                });
+            }
+            tracing::info!(%addr, cert = %files.cert.display(), client_certificates = files.ca.is_some(), "TLS");
+            Some((acceptor, addr))
+        }
+        _ => None,
+    };
+    let listen_addr = plain_addr
+        .or(tls.as_ref().map(|(_, addr)| *addr))
+        .expect("TlsFiles::from_args refuses --no-plain without --tls-listen");
 
     let mut senders = Vec::new();
     let mut receivers = Vec::new();
@@ -352,11 +367,11 @@ fn run(args: ServeArgs, extra: Vec<CommandDef>) -> Result<(), StartError> {
     let global_sessions = Arc::new(AtomicUsize::new(0));
     let mut threads = Vec::new();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
-    for ((index, listener), receiver) in listeners.into_iter().enumerate().zip(receivers) {
+    for ((index, listeners), receiver) in ring_listeners.into_iter().enumerate().zip(receivers) {
         let sender = senders[index].clone();
         let config = RingConfig {
             index,
-            listener,
+            listeners,
             sq_entries: 4096,
             recv_buffers: args.recv_buffers,
             recv_buffer_size: args.recv_buffer_size,
@@ -417,12 +432,32 @@ fn run(args: ServeArgs, extra: Vec<CommandDef>) -> Result<(), StartError> {
         }
     }
     tracing::info!(%listen_addr, rings = ring_count, "ready");
-    println!("ringport listening on {listen_addr}");
+    // The TLS line first: a reader that waits for the plain one has seen both.
+    if let Some((_, addr)) = &tls {
+        println!("ringport TLS listening on {addr}");
+    }
+    if let Some(addr) = plain_addr {
+        println!("ringport listening on {addr}");
+    }
     crate::systemd::notify(&format!(
         "READY=1\nSTATUS=listening on {listen_addr}, {ring_count} rings"
     ));
 
-    wait_for_signal();
+    wait_for_signal(|| {
+        if let (Some(files), Some((acceptor, _))) = (&tls_files, &tls) {
+            match files.load() {
+                Ok(config) => {
+                    acceptor.reload(config);
+                    tracing::info!(cert = %files.cert.display(), "SIGHUP: TLS certificates reloaded; new sessions use them");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: TLS certificates not reloaded; keeping the ones in use");
+                }
+            }
+        } else {
+            tracing::info!("SIGHUP: nothing to reload (no TLS port)");
+        }
+    });
     crate::systemd::notify("STOPPING=1\nSTATUS=draining");
     tracing::info!("draining: no new connections; finishing commands in flight");
     for sender in &senders {
@@ -456,9 +491,10 @@ fn epoll_features() -> Features {
     }
 }
 
-fn wait_for_signal() {
-    use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
+/// Blocks until SIGTERM or SIGINT; runs `on_hup` for each SIGHUP meanwhile.
+fn wait_for_signal(on_hup: impl Fn()) {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot install signal handlers; running until killed");
@@ -467,7 +503,49 @@ fn wait_for_signal() {
             }
         }
     };
-    if let Some(signal) = signals.forever().next() {
+    for signal in signals.forever() {
+        if signal == SIGHUP {
+            on_hup();
+            continue;
+        }
         tracing::info!(signal, "signal received");
+        return;
     }
+}
+
+/// The plain port: the socket passed by the service manager, shared by every ring, or one
+/// `SO_REUSEPORT` listener per ring on `--listen`.
+fn plain_listeners(args: &ServeArgs, rings: usize) -> Result<Vec<OwnedFd>, String> {
+    let activated = crate::systemd::activated_listeners()?;
+    let Some(first) = activated.into_iter().next() else {
+        return reuseport_listeners(args.listen, rings);
+    };
+    let addr = ringport_ring::local_addr(&first).map_err(|e| e.to_string())?;
+    tracing::info!(%addr, "using the listener passed by the service manager (socket activation)");
+    let mut fds = Vec::with_capacity(rings);
+    for _ in 1..rings {
+        fds.push(
+            first
+                .try_clone()
+                .map_err(|e| format!("cannot share the listener: {e}"))?,
+        );
+    }
+    fds.insert(0, first);
+    Ok(fds)
+}
+
+/// One `SO_REUSEPORT` listener per ring on `addr`; the first fixes the port (the operator may
+/// have asked for port 0).
+fn reuseport_listeners(addr: SocketAddr, rings: usize) -> Result<Vec<OwnedFd>, String> {
+    let first =
+        ringport_ring::listen(addr, 65535).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let bound = ringport_ring::local_addr(&first).map_err(|e| e.to_string())?;
+    let mut fds = vec![first];
+    for _ in 1..rings {
+        fds.push(
+            ringport_ring::listen(bound, 65535)
+                .map_err(|e| format!("cannot listen on {bound}: {e}"))?,
+        );
+    }
+    Ok(fds)
 }

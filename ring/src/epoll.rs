@@ -170,7 +170,7 @@ impl<H: Handler> Backend<H> for Epoll {
                 panic!("epoll event with a token we never registered: {data:#x}");
             };
             match op {
-                Op::Accept => lp.on_acceptable(),
+                Op::Accept => lp.on_acceptable(slot as usize),
                 Op::Wake => lp.on_wake(),
                 Op::Recv => lp.on_ready(slot, generation, events),
                 other => panic!("epoll event for op {other:?}, which epoll never registers"),
@@ -184,17 +184,20 @@ impl<H: Handler> EventLoop<H, Epoll> {
         if on == self.io.accepting {
             return;
         }
-        let fd = self.core.config.listener.as_raw_fd();
-        let result = if on {
-            self.io
-                .ctl(libc::EPOLL_CTL_ADD, fd, libc::EPOLLIN as u32, token::ACCEPT)
-        } else {
-            self.io.ctl(libc::EPOLL_CTL_DEL, fd, 0, 0)
-        };
-        match result {
-            Ok(()) => self.io.accepting = on,
-            Err(e) => panic!("epoll_ctl on our own listener failed: {e}"),
+        for (index, listener) in self.core.config.listeners.iter().enumerate() {
+            let fd = listener.fd.as_raw_fd();
+            let result = if on {
+                let token = token::accept(index as u32);
+                self.io
+                    .ctl(libc::EPOLL_CTL_ADD, fd, libc::EPOLLIN as u32, token)
+            } else {
+                self.io.ctl(libc::EPOLL_CTL_DEL, fd, 0, 0)
+            };
+            if let Err(e) = result {
+                panic!("epoll_ctl on our own listener failed: {e}");
+            }
         }
+        self.io.accepting = on;
     }
 
     fn on_wake(&mut self) {
@@ -209,7 +212,7 @@ impl<H: Handler> EventLoop<H, Epoll> {
         };
     }
 
-    fn on_acceptable(&mut self) {
+    fn on_acceptable(&mut self, index: usize) {
         // Bounded, so a connection flood cannot starve established sessions.
         for _ in 0..64 {
             if self.core.draining {
@@ -218,7 +221,7 @@ impl<H: Handler> EventLoop<H, Epoll> {
             // SAFETY: null address pointers are allowed; the listener is ours.
             let fd = unsafe {
                 libc::accept4(
-                    self.core.config.listener.as_raw_fd(),
+                    self.core.config.listeners[index].fd.as_raw_fd(),
                     std::ptr::null_mut(),
                     std::ptr::null_mut(),
                     libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
@@ -230,7 +233,7 @@ impl<H: Handler> EventLoop<H, Epoll> {
                 }
                 return;
             }
-            self.admit(fd);
+            self.admit(fd, index);
         }
     }
 
@@ -273,6 +276,7 @@ impl<H: Handler> EventLoop<H, Epoll> {
             if s.io.sent == s.io.sending.len() {
                 s.io.sending.clear();
                 s.io.sent = 0;
+                s.io.seal();
                 std::mem::swap(&mut s.io.out, &mut s.io.sending);
                 if s.io.sending.is_empty() {
                     if s.io.release_idle_buffers() {

@@ -23,6 +23,7 @@ use crate::handler::{
 use crate::mailbox::{Envelope, Receiver};
 use crate::probe::Features;
 use crate::timer::{Entry, TimerWheel};
+use crate::tls::{Tls, TlsAcceptor};
 use crate::token;
 use crate::SessionId;
 
@@ -47,6 +48,8 @@ pub struct RingStats {
     pub messages: AtomicU64,
     /// Output buffers given back after a burst, once a session's output was all sent.
     pub buffers_released: AtomicU64,
+    /// TLS sessions closed because TLS failed (not TLS at all, a bad or missing certificate).
+    pub tls_errors: AtomicU64,
     /// 1 when this ring fell back to poll-then-recv because the kernel refused the buffer ring.
     pub recv_fallback: AtomicU64,
 }
@@ -82,8 +85,9 @@ pub(crate) fn errno_name(errno: i32) -> String {
 pub struct RingConfig {
     /// This ring's index (0-based), for logs and stats.
     pub index: usize,
-    /// The ring's own `SO_REUSEPORT` listener (see [`crate::listen`]).
-    pub listener: OwnedFd,
+    /// The ring's own `SO_REUSEPORT` listeners (see [`crate::listen`]): one per port the server
+    /// serves (plain, TLS).
+    pub listeners: Vec<Listener>,
     /// Submission queue entries; the completion queue gets 8x as many.
     pub sq_entries: u32,
     /// Provided buffers in the buffer ring (power of two) and their size.
@@ -106,6 +110,19 @@ pub struct RingConfig {
     pub stats: Arc<RingStats>,
     /// Faults to inject, for tests of the fallbacks.
     pub faults: Faults,
+}
+
+/// A listening socket and what its sessions speak.
+pub struct Listener {
+    pub fd: OwnedFd,
+    /// TLS for every session accepted here; `None`: plain TCP.
+    pub tls: Option<Arc<TlsAcceptor>>,
+}
+
+impl Listener {
+    pub fn plain(fd: OwnedFd) -> Listener {
+        Listener { fd, tls: None }
+    }
 }
 
 /// Faults a test can force: set-up failures, to prove each fast path falls back instead of
@@ -173,6 +190,9 @@ pub(crate) struct Core<H: Handler> {
     pub(crate) draining: bool,
     drain_deadline: Option<Instant>,
     reject_log: LogLimiter,
+    tls_log: LogLimiter,
+    /// Decrypted input of TLS sessions, on its way to the handler: one buffer per ring.
+    plain: Vec<u8>,
     cut: bool,
 }
 
@@ -213,6 +233,8 @@ impl<H: Handler> Core<H> {
             draining: false,
             drain_deadline: None,
             reject_log: LogLimiter::new(),
+            tls_log: LogLimiter::new(),
+            plain: Vec::new(),
             cut: false,
             config,
         }
@@ -241,15 +263,48 @@ impl<H: Handler> Core<H> {
             .is_some_and(|s| s.io.generation == generation && !s.io.closed)
     }
 
-    /// Hands bytes to the handler for an open session.
+    /// Hands bytes to the handler for an open session, decrypted first on a TLS one.
     pub(crate) fn deliver(&mut self, slot: u32, data: &[u8]) {
         add(&self.stats.bytes_in, data.len() as u64);
         let cx = self.context();
         let s = &mut self.slab[slot as usize];
-        if !s.io.closed {
+        if s.io.closed {
+            return;
+        }
+        let Some(tls) = s.io.tls.as_mut() else {
             let mut session = s.session(slot);
             self.handler.on_data(&cx, &mut session, data);
+            return;
+        };
+        let mut plain = std::mem::take(&mut self.plain);
+        if let Err(error) = tls.receive(data, &mut plain) {
+            let handshaking = tls.handshaking();
+            s.io.closing = match error {
+                crate::tls::Error::NotTls => Closing::Now,
+                // The alert rustls queued goes out before the close.
+                _ => Closing::AfterFlush,
+            };
+            bump(&self.stats.tls_errors);
+            if let Some(suppressed) = self.tls_log.allow(self.now) {
+                // SAFETY: the session's own socket, open while its slot is.
+                let fd = unsafe { BorrowedFd::borrow_raw(s.io.fd) };
+                let peer = socket2::SockRef::from(&fd)
+                    .peer_addr()
+                    .ok()
+                    .and_then(|a| a.as_socket());
+                tracing::info!(ring = self.config.index, peer = ?peer, %error, handshaking, suppressed,
+                    "TLS failed; closing the session");
+            }
         }
+        if !plain.is_empty() && s.io.closing != Closing::Now {
+            let mut session = s.session(slot);
+            self.handler.on_data(&cx, &mut session, &plain);
+        }
+        plain.clear();
+        if plain.capacity() > crate::handler::IDLE_BUFFER_KEEP {
+            plain = Vec::new();
+        }
+        self.plain = plain;
     }
 
     /// Tells the handler the peer will send nothing more.
@@ -318,7 +373,7 @@ impl<H: Handler> Core<H> {
 
     /// Gives an accepted socket a slot and a generation, then lets the handler open and start
     /// the session.
-    fn open_session(&mut self, fd: RawFd) -> u32 {
+    fn open_session(&mut self, fd: RawFd, tls: Option<Box<Tls>>) -> u32 {
         bump(&self.stats.accepted);
         self.stats.sessions.fetch_add(1, Ordering::Relaxed);
         // SAFETY: fd was just accepted and is owned by this ring until closed.
@@ -336,8 +391,10 @@ impl<H: Handler> Core<H> {
         let conn = self
             .handler
             .on_open(&cx, SessionId { slot, generation }, peer);
+        let mut io = SlotIo::new(fd, generation);
+        io.tls = tls;
         let slot_ref = entry.insert(Slot {
-            io: SlotIo::new(fd, generation),
+            io,
             conn: Some(conn),
         });
         let mut session = slot_ref.session(slot);
@@ -430,14 +487,35 @@ impl<H: Handler, B: Backend<H>> EventLoop<H, B> {
         Ok(())
     }
 
-    /// A connection was accepted: refuse it (draining, or `max_sessions` reached) or open a
-    /// session for it and start watching its input.
-    pub(crate) fn admit(&mut self, fd: RawFd) {
+    /// A connection was accepted on `listener`: refuse it (draining, or `max_sessions` reached)
+    /// or open a session for it and start watching its input.
+    pub(crate) fn admit(&mut self, fd: RawFd, listener: usize) {
         if self.core.draining || !self.core.claim_session(fd) {
             B::discard(self, fd);
             return;
         }
-        let slot = self.core.open_session(fd);
+        let tls = match self
+            .core
+            .config
+            .listeners
+            .get(listener)
+            .and_then(|l| l.tls.as_ref())
+        {
+            None => None,
+            Some(acceptor) => match acceptor.accept() {
+                Ok(tls) => Some(Box::new(tls)),
+                Err(e) => {
+                    tracing::warn!(ring = self.core.config.index, error = %e, "cannot start TLS for a new connection; closing it");
+                    self.core
+                        .config
+                        .global_sessions
+                        .fetch_sub(1, Ordering::AcqRel);
+                    B::discard(self, fd);
+                    return;
+                }
+            },
+        };
+        let slot = self.core.open_session(fd, tls);
         if let Err(e) = B::watch(self, slot) {
             tracing::warn!(ring = self.core.config.index, error = %e, "cannot watch a new session; closing it");
             self.begin_close(slot, CloseReason::PeerGone);
@@ -516,7 +594,7 @@ impl<H: Handler, B: Backend<H>> EventLoop<H, B> {
                 continue;
             };
             s.io.in_dirty_list = false;
-            if !s.io.closed && !s.io.send_inflight && !s.io.out.is_empty() {
+            if !s.io.closed && !s.io.send_inflight && s.io.has_output() {
                 B::send(self, slot);
             }
         }
@@ -653,9 +731,11 @@ impl<H: Handler, B: Backend<H>> EventLoop<H, B> {
         self.core.draining = true;
         self.core.drain_deadline = Some(self.core.now + self.core.config.drain_timeout);
         B::stop_accepting(self);
-        // SAFETY: shutting down our own listening socket stops new connections from queueing on
-        // it; the descriptor itself stays open (in `config`) until the ring is dropped.
-        unsafe { libc::shutdown(self.core.config.listener.as_raw_fd(), libc::SHUT_RDWR) };
+        for listener in &self.core.config.listeners {
+            // SAFETY: shutting down our own listening socket stops new connections from queueing
+            // on it; the descriptor itself stays open (in `config`) until the ring is dropped.
+            unsafe { libc::shutdown(listener.fd.as_raw_fd(), libc::SHUT_RDWR) };
+        }
         let slots: Vec<u32> = self.core.slab.iter().map(|(k, _)| k as u32).collect();
         for slot in slots {
             let core = &mut self.core;

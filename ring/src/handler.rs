@@ -6,6 +6,7 @@ use std::os::fd::RawFd;
 use std::time::Instant;
 
 use crate::timer::{Entry, TimerWheel};
+use crate::tls::Tls;
 use crate::SessionId;
 
 /// Why a session ended.
@@ -97,6 +98,8 @@ pub(crate) struct SlotIo {
     pub(crate) deadline: Option<Instant>,
     pub(crate) deadline_dirty: bool,
     pub(crate) deadline_tick: u64,
+    /// A TLS session's state (boxed: most sessions are plain, and a plain one pays a pointer).
+    pub(crate) tls: Option<Box<Tls>>,
 }
 
 pub(crate) struct Slot<C> {
@@ -112,7 +115,7 @@ impl SlotIo {
     /// Once everything queued is sent: frees output buffers a burst grew past
     /// [`IDLE_BUFFER_KEEP`]; the next burst allocates again. Returns whether it freed one.
     pub(crate) fn release_idle_buffers(&mut self) -> bool {
-        if self.send_inflight || self.sent < self.sending.len() || !self.out.is_empty() {
+        if self.send_inflight || self.sent < self.sending.len() || self.has_output() {
             return false;
         }
         let mut released = false;
@@ -244,6 +247,23 @@ impl SlotIo {
             deadline_dirty: false,
             deadline_tick: 0,
             peer_eof: false,
+            tls: None,
+        }
+    }
+
+    /// Whether anything waits to be sent: replies, or TLS records of the ring's own (the
+    /// handshake, an alert).
+    pub(crate) fn has_output(&self) -> bool {
+        !self.out.is_empty() || self.tls.as_ref().is_some_and(|t| t.wants_write())
+    }
+
+    /// Makes `out` ready for the wire, right before it goes to the kernel: a TLS session's
+    /// plaintext becomes records here, so everything queued since the last send is one write.
+    pub(crate) fn seal(&mut self) {
+        if let Some(tls) = self.tls.as_mut() {
+            // The session's last words end with close_notify, so the peer can tell our close
+            // from a cut connection.
+            tls.seal(&mut self.out, self.closing == Closing::AfterFlush);
         }
     }
 
@@ -276,12 +296,12 @@ impl SlotIo {
         }
         match self.closing {
             Closing::Now => return Settled::Close(CloseReason::Requested),
-            Closing::AfterFlush if self.out.is_empty() && !self.send_inflight => {
+            Closing::AfterFlush if !self.has_output() && !self.send_inflight => {
                 return Settled::Close(self.close_reason)
             }
             _ => {}
         }
-        if !self.out.is_empty() && !self.send_inflight && !self.in_dirty_list {
+        if self.has_output() && !self.send_inflight && !self.in_dirty_list {
             self.in_dirty_list = true;
             return Settled::Flush;
         }

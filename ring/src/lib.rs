@@ -25,6 +25,7 @@ pub mod harness;
 pub mod mailbox;
 pub mod probe;
 pub mod timer;
+mod tls;
 pub mod token;
 mod uring;
 
@@ -33,10 +34,11 @@ use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 
 pub use epoll::EpollLoop;
-pub use event_loop::{Faults, RingConfig, RingStats};
+pub use event_loop::{Faults, Listener, RingConfig, RingStats};
 pub use handler::{CloseReason, Context, Handler, LogLimiter, Session, Sessions};
 pub use mailbox::{mailbox, Receiver, Sender};
 pub use probe::{probe, AcceptPath, Disable, Features, RecvPath, Unavailable};
+pub use tls::TlsAcceptor;
 pub use uring::Ring;
 
 /// Names one session: its slab slot and the generation the slot had when the session began.

@@ -44,8 +44,13 @@ const _: () = assert!(Op::Poll as u8 as u32 <= 0xff);
 pub const WAKE: u64 = encode(Op::Wake, 0, 0);
 /// The ring's wait timeout: a reserved value with no session.
 pub const TIMEOUT: u64 = encode(Op::Timeout, 0, 0);
-/// Accept completions: a reserved value with no session.
-pub const ACCEPT: u64 = encode(Op::Accept, 0, 0);
+/// Accept completions of the ring's first listener: a reserved value with no session.
+pub const ACCEPT: u64 = accept(0);
+
+/// Accept completions of the ring's listener `index`, which takes the slot's place.
+pub const fn accept(index: u32) -> u64 {
+    encode(Op::Accept, 0, index)
+}
 
 /// Packs an op kind, a generation and a slot into one `user_data`.
 pub const fn encode(op: Op, generation: u32, slot: u32) -> u64 {

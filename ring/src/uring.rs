@@ -50,7 +50,8 @@ pub(crate) struct Uring {
     backlog: VecDeque<squeue::Entry>,
     batch: Vec<Completion>,
     rearm_recv: Vec<(u32, u32)>,
-    accept_armed: bool,
+    /// Per listener: an accept is armed on it.
+    accept_armed: Vec<bool>,
     /// Kernels without EXT_ARG wait with a timeout op: when the armed one expires, if any.
     timeout_armed: Option<Instant>,
     /// A remove of the armed timeout op is in flight (a nearer deadline came up).
@@ -126,7 +127,7 @@ impl<H: Handler> Ring<H> {
             backlog: VecDeque::new(),
             batch: Vec::with_capacity(config.sq_entries as usize * 8),
             rearm_recv: Vec::new(),
-            accept_armed: false,
+            accept_armed: vec![false; config.listeners.len()],
             timeout_armed: None,
             timeout_removing: false,
             single_shot_recv: config.faults.final_recv_completions,
@@ -136,7 +137,7 @@ impl<H: Handler> Ring<H> {
             io,
             core: Core::new(config, handler, mailbox),
         };
-        lp.submit_accept();
+        lp.submit_accepts();
         lp.submit_wake_read();
         Ok(Ring(lp))
     }
@@ -188,13 +189,15 @@ impl<H: Handler> Backend<H> for Uring {
     }
 
     fn stop_accepting(lp: &mut EventLoop<H, Self>) {
-        if lp.io.accept_armed {
-            lp.cancel(token::ACCEPT);
+        for index in 0..lp.io.accept_armed.len() {
+            if lp.io.accept_armed[index] {
+                lp.cancel(token::accept(index as u32));
+            }
         }
     }
 
     fn resume_accepting(lp: &mut EventLoop<H, Self>) {
-        lp.submit_accept();
+        lp.submit_accepts();
     }
 
     fn prepare(lp: &mut EventLoop<H, Self>) {
@@ -304,7 +307,8 @@ impl Uring {
     fn quiesce(&mut self) {
         self.outstanding -= self.backlog.len();
         self.backlog.clear();
-        for user_data in [token::ACCEPT, token::WAKE, token::TIMEOUT] {
+        let accepts = (0..self.accept_armed.len() as u32).map(token::accept);
+        for user_data in accepts.chain([token::WAKE, token::TIMEOUT]) {
             let entry = opcode::AsyncCancel::new(user_data)
                 .build()
                 .user_data(token::encode(Op::Cancel, 0, 0));
@@ -405,11 +409,17 @@ impl<H: Handler> EventLoop<H, Uring> {
         }
     }
 
-    fn submit_accept(&mut self) {
-        if self.io.accept_armed || self.core.draining {
+    fn submit_accepts(&mut self) {
+        for index in 0..self.core.config.listeners.len() {
+            self.submit_accept(index);
+        }
+    }
+
+    fn submit_accept(&mut self, index: usize) {
+        if self.io.accept_armed[index] || self.core.draining {
             return;
         }
-        let fd = types::Fd(self.core.config.listener.as_raw_fd());
+        let fd = types::Fd(self.core.config.listeners[index].fd.as_raw_fd());
         let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
         let entry = match self.core.config.features.accept {
             AcceptPath::Multishot => opcode::AcceptMulti::new(fd).flags(flags).build(),
@@ -419,11 +429,11 @@ impl<H: Handler> EventLoop<H, Uring> {
                     .build()
             }
         }
-        .user_data(token::ACCEPT);
+        .user_data(token::accept(index as u32));
         // SAFETY: accept names no memory of ours (null address pointers); the listener fd stays
         // open until the accept is cancelled and its completion reaped (see `stop_accepting`).
         unsafe { self.push(entry) };
-        self.io.accept_armed = true;
+        self.io.accept_armed[index] = true;
     }
 
     fn submit_wake_read(&mut self) {
@@ -474,6 +484,7 @@ impl<H: Handler> EventLoop<H, Uring> {
         if s.io.sent == s.io.sending.len() {
             s.io.sending.clear();
             s.io.sent = 0;
+            s.io.seal();
             std::mem::swap(&mut s.io.out, &mut s.io.sending);
         }
         if s.io.sending.is_empty() {
@@ -595,7 +606,7 @@ impl<H: Handler> EventLoop<H, Uring> {
             );
         };
         match op {
-            Op::Accept => self.on_accept(c),
+            Op::Accept => self.on_accept(slot as usize, c),
             Op::Recv => self.on_recv(slot, generation, c),
             Op::Poll => self.on_poll(slot, generation, c),
             Op::Send => self.on_send(slot, generation, c),
@@ -610,11 +621,11 @@ impl<H: Handler> EventLoop<H, Uring> {
 
     // ---- accept ----
 
-    fn on_accept(&mut self, c: Completion) {
+    fn on_accept(&mut self, index: usize, c: Completion) {
         let more =
             self.core.config.features.accept == AcceptPath::Multishot && cqueue::more(c.flags);
         if !more {
-            self.io.accept_armed = false;
+            self.io.accept_armed[index] = false;
         }
         if c.result < 0 {
             let errno = -c.result;
@@ -623,19 +634,19 @@ impl<H: Handler> EventLoop<H, Uring> {
             }
             if self.core.accept_failed(errno) {
                 if more {
-                    self.cancel(token::ACCEPT);
+                    self.cancel(token::accept(index as u32));
                 }
                 return;
             }
             if !more && self.core.accept_paused_until.is_none() {
-                self.submit_accept();
+                self.submit_accept(index);
             }
             return;
         }
         if !more && self.core.accept_paused_until.is_none() {
-            self.submit_accept();
+            self.submit_accept(index);
         }
-        self.admit(c.result);
+        self.admit(c.result, index);
     }
 
     // ---- receive ----
@@ -780,7 +791,7 @@ impl<H: Handler> EventLoop<H, Uring> {
             s.io.sending.clear();
             s.io.sent = 0;
         }
-        if !s.io.closed && (s.io.sent < s.io.sending.len() || !s.io.out.is_empty()) {
+        if !s.io.closed && (s.io.sent < s.io.sending.len() || s.io.has_output()) {
             self.submit_send(slot);
         } else if s.io.release_idle_buffers() {
             bump(&self.core.stats.buffers_released);

@@ -125,7 +125,7 @@ fn start_on(disable: Disable, epoll: bool, faults: Faults) -> Running {
     let global_sessions = Arc::new(AtomicUsize::new(0));
     let config = RingConfig {
         index: 0,
-        listener,
+        listeners: vec![ringport_ring::Listener::plain(listener)],
         sq_entries: 64,
         recv_buffers: 16,
         recv_buffer_size: 4096,

@@ -285,6 +285,12 @@ impl Server {
         });
         let (tx, rx) = mpsc::channel();
         let printed = self.stdout.clone();
+        // A TLS-only server prints no plain line; its TLS port is the one.
+        let prefix = if self.builder.flags.iter().any(|f| f == "--no-plain") {
+            "ringport TLS listening on "
+        } else {
+            "ringport listening on "
+        };
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stdout).lines() {
@@ -293,7 +299,7 @@ impl Server {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .push(line.clone());
-                if let Some(addr) = line.strip_prefix("ringport listening on ") {
+                if let Some(addr) = line.strip_prefix(prefix) {
                     if !sent {
                         let _ = tx.send(addr.trim().to_string());
                         sent = true;
@@ -363,6 +369,19 @@ impl Server {
                     .ok()
             })
             .unwrap_or_else(|| panic!("no 'metrics on' line; stdout: {:?}", self.stdout()))
+    }
+
+    /// The TLS port (`--tls-listen`), from its listening line, printed before the plain one.
+    pub fn tls_addr(&self) -> SocketAddr {
+        self.stdout()
+            .iter()
+            .rev()
+            .find_map(|line| {
+                line.strip_prefix("ringport TLS listening on ")?
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no 'TLS listening on' line; stdout: {:?}", self.stdout()))
     }
 
     /// The server's resident memory in KiB (`VmRSS` of /proc/PID/status).
