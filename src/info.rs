@@ -104,7 +104,7 @@ fn write_section(shared: &Shared, section: &str, out: &mut String) {
             for (i, r) in shared.rings.iter().enumerate() {
                 let _ = write!(
                     out,
-                    "ring{i}:sessions={},accepted={},closed={},rejected={},accept_errors={},completions={},submissions={},enters={},bufring_exhausted={},cq_overflow={},sq_backlogged={},messages={},bytes_in={},bytes_out={},buffers_released={}\r\n",
+                    "ring{i}:sessions={},accepted={},closed={},rejected={},accept_errors={},completions={},submissions={},enters={},bufring_exhausted={},cq_overflow={},sq_backlogged={},messages={},bytes_in={},bytes_out={},buffers_released={},tls_errors={}\r\n",
                     r.sessions.load(Ordering::Relaxed),
                     r.accepted.load(Ordering::Relaxed),
                     r.closed.load(Ordering::Relaxed),
@@ -120,6 +120,7 @@ fn write_section(shared: &Shared, section: &str, out: &mut String) {
                     r.bytes_in.load(Ordering::Relaxed),
                     r.bytes_out.load(Ordering::Relaxed),
                     r.buffers_released.load(Ordering::Relaxed),
+                    r.tls_errors.load(Ordering::Relaxed),
                 );
             }
         }

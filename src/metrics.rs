@@ -242,6 +242,12 @@ impl Collector for ServerCollector {
         )?;
         counter_family(
             &mut e,
+            "ringport_ring_tls_errors",
+            "TLS sessions closed because TLS failed (plain text on the TLS port, a bad or missing certificate), per ring",
+            &ring_rows(&|r| load(&r.tls_errors)),
+        )?;
+        counter_family(
+            &mut e,
             "ringport_ring_bufring_exhausted",
             "Receives that found the buffer ring empty (ENOBUFS), per ring",
             &ring_rows(&|r| load(&r.bufring_exhausted)),

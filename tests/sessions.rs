@@ -529,7 +529,10 @@ fn buffers_released(conn: &mut common::RawConn) -> u64 {
     String::from_utf8_lossy(&text)
         .lines()
         .filter_map(|line| line.split("buffers_released=").nth(1))
-        .map(|n| n.trim().parse::<u64>().expect("a count"))
+        .map(|n| {
+            let n = n.split(',').next().unwrap_or_default();
+            n.trim().parse::<u64>().expect("a count")
+        })
         .sum()
 }
 

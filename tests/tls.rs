@@ -169,6 +169,13 @@ fn a_plain_text_client_on_the_tls_port_is_closed_and_logged() {
         b""
     );
     wait_for_log(&server, "not TLS");
+    let info: String = redis::cmd("INFO").arg("rings").query(&mut tls).unwrap();
+    let errors: u64 = info
+        .lines()
+        .filter_map(|l| l.split("tls_errors=").nth(1))
+        .map(|n| n.trim().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(errors, 1, "{info}");
     // Nothing else noticed.
     let pong: String = redis::cmd("PING").query(&mut tls).unwrap();
     assert_eq!(pong, "PONG");
@@ -328,4 +335,34 @@ fn wait_for_log(server: &Server, needle: &str) {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+#[test]
+fn config_check_loads_the_tls_files() {
+    let pki = Pki::new("check");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ringport.toml");
+    let check = |key_path: &str| {
+        std::fs::write(
+            &file,
+            format!(
+                "tls-listen = \"127.0.0.1:0\"\ntls-cert = \"{}\"\ntls-key = \"{key_path}\"\n",
+                tls::path_str(&pki.cert_path())
+            ),
+        )
+        .unwrap();
+        Command::new(env!("CARGO_BIN_EXE_ringport"))
+            .args(["config", "check"])
+            .arg(&file)
+            .output()
+            .unwrap()
+    };
+    let good = check(&tls::path_str(&pki.key_path()));
+    assert!(good.status.success(), "{good:?}");
+    assert!(String::from_utf8_lossy(&good.stdout).contains("TLS certificate"));
+    // The certificate given as the key: refused, naming the flag and the file.
+    let bad = check(&tls::path_str(&pki.cert_path()));
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("--tls-key"), "{stderr}");
 }
