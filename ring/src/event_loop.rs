@@ -112,6 +112,9 @@ pub struct RingConfig {
     pub faults: Faults,
 }
 
+/// The most a ring's buffer of decrypted input keeps between receives.
+const PLAIN_KEEP: usize = 1 << 20;
+
 /// A listening socket and what its sessions speak.
 pub struct Listener {
     pub fd: OwnedFd,
@@ -301,7 +304,9 @@ impl<H: Handler> Core<H> {
             self.handler.on_data(&cx, &mut session, &plain);
         }
         plain.clear();
-        if plain.capacity() > crate::handler::IDLE_BUFFER_KEEP {
+        // One buffer per ring, not per session: it may keep what a large receive needed, up to
+        // a bound, so TLS bulk traffic does not reallocate on every receive.
+        if plain.capacity() > PLAIN_KEEP {
             plain = Vec::new();
         }
         self.plain = plain;
