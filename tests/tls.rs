@@ -216,6 +216,7 @@ fn a_handshake_that_never_finishes_is_closed_at_the_auth_timeout() {
         waited >= Duration::from_millis(900),
         "closed after {waited:?}, before the auth timeout"
     );
+    wait_for_log(&server, "TLS handshake never finished");
 }
 
 #[test]

@@ -281,6 +281,7 @@ impl<H: Handler> Core<H> {
         };
         let mut plain = std::mem::take(&mut self.plain);
         if let Err(error) = tls.receive(data, &mut plain) {
+            tls.failed = true;
             let handshaking = tls.handshaking();
             s.io.closing = match error {
                 crate::tls::Error::NotTls => Closing::Now,
@@ -723,6 +724,21 @@ impl<H: Handler, B: Backend<H>> EventLoop<H, B> {
             return;
         }
         s.io.closed = true;
+        if let Some(tls) = s.io.tls.as_ref() {
+            // The server ended a session whose handshake never finished (the auth timeout, a
+            // limit): a TLS problem the peer may not report, so say it here.
+            if tls.handshaking() && !tls.failed && reason != CloseReason::PeerGone {
+                bump(&core.stats.tls_errors);
+                if let Some(suppressed) = core.tls_log.allow(core.now) {
+                    tracing::info!(
+                        ring = core.config.index,
+                        ?reason,
+                        suppressed,
+                        "TLS handshake never finished; session closed"
+                    );
+                }
+            }
+        }
         let id = SessionId {
             slot,
             generation: s.io.generation,

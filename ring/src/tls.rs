@@ -40,6 +40,7 @@ impl TlsAcceptor {
         Ok(Tls {
             conn,
             received: false,
+            failed: false,
             close_notified: false,
         })
     }
@@ -50,6 +51,8 @@ pub(crate) struct Tls {
     conn: ServerConnection,
     /// Some bytes came in (the first is checked, see `receive`).
     received: bool,
+    /// `receive` failed (and said so in the log).
+    pub(crate) failed: bool,
     close_notified: bool,
 }
 
