@@ -652,6 +652,7 @@ mod tests {
             value_size: 32,
             idle: 0,
             resp3: false,
+            tls: false,
             authenticated: true,
         };
         let target = TargetResult {

@@ -10,10 +10,15 @@
 //! Open loop: each connection follows its [`OpenLoop`] schedule; a request due while the
 //! connection already has `max_inflight` outstanding waits, and everything overdue leaves in one
 //! pipelined write as soon as there is room. Either way its latency counts from its intended time.
+//!
+//! With `--tls` a connection also holds its rustls session (handshake done during set-up):
+//! requests go through it on the way out ([`Loop::flush`]), replies on the way in
+//! ([`Loop::on_readable`]); a plain connection takes the same paths less one branch.
 
 use crate::record::{Recorder, Timeline};
 use crate::resp::{Reply, ReplyScanner};
 use crate::schedule::{Arrivals, InFlight, OpenLoop, Schedule, Window};
+use crate::session::Session;
 use crate::workload::{Mix, Rng};
 use rustix::buffer::spare_capacity;
 use rustix::event::epoll;
@@ -21,6 +26,7 @@ use rustix::time::{
     timerfd_create, timerfd_settime, ClockId, Itimerspec, TimerfdClockId, TimerfdFlags,
     TimerfdTimerFlags, Timespec,
 };
+use rustls::ClientConnection;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::io::{self, Read, Write};
@@ -151,6 +157,8 @@ pub struct ThreadOutput {
 /// One connection of the load.
 struct Connection {
     stream: TcpStream,
+    /// With `--tls`, its session (boxed: a plain connection stays small).
+    tls: Option<Box<ClientConnection>>,
     /// Position among all connections of the run (for its schedule and quota).
     index: usize,
     out: Vec<u8>,
@@ -175,7 +183,7 @@ struct Connection {
 /// requests are sent and answered or the drain time runs out.
 pub fn run_thread(
     plan: &Plan,
-    streams: Vec<(usize, TcpStream)>,
+    streams: Vec<(usize, Session)>,
     thread_index: usize,
     progress: &Progress,
 ) -> io::Result<ThreadOutput> {
@@ -204,6 +212,9 @@ struct Loop<'a> {
     /// blocked; exactly one entry each.
     due: BinaryHeap<Reverse<(u64, usize)>>,
     read_buffer: Vec<u8>,
+    /// TLS records as read from a socket, before rustls decrypts them into `read_buffer`;
+    /// empty without TLS.
+    tls_buffer: Vec<u8>,
     rng: Rng,
     recorder: Recorder,
     /// Connections still sending.
@@ -219,7 +230,7 @@ struct Loop<'a> {
 impl<'a> Loop<'a> {
     fn new(
         plan: &'a Plan,
-        streams: Vec<(usize, TcpStream)>,
+        streams: Vec<(usize, Session)>,
         thread_index: usize,
         progress: &'a Progress,
     ) -> io::Result<Loop<'a>> {
@@ -235,7 +246,8 @@ impl<'a> Loop<'a> {
             epoll::EventFlags::IN,
         )?;
         let mut connections = Vec::with_capacity(streams.len());
-        for (slot, (index, stream)) in streams.into_iter().enumerate() {
+        let tls = streams.iter().any(|(_, session)| session.tls.is_some());
+        for (slot, (index, Session { stream, tls })) in streams.into_iter().enumerate() {
             epoll::add(
                 &epoll,
                 &stream,
@@ -264,6 +276,7 @@ impl<'a> Loop<'a> {
             };
             connections.push(Connection {
                 stream,
+                tls,
                 index,
                 out: Vec::with_capacity(512),
                 out_sent: 0,
@@ -289,6 +302,11 @@ impl<'a> Loop<'a> {
             due: BinaryHeap::with_capacity(connections.len()),
             connections,
             read_buffer: vec![0; READ_BUFFER_BYTES],
+            tls_buffer: if tls {
+                vec![0; READ_BUFFER_BYTES]
+            } else {
+                Vec::new()
+            },
             rng: Rng::new(
                 plan.seed ^ (thread_index as u64 + 1).wrapping_mul(0xa076_1d64_78bd_642f),
             ),
@@ -562,26 +580,42 @@ impl<'a> Loop<'a> {
     /// Writes as much of `slot`'s output as the socket takes; arms EPOLLOUT for the rest.
     fn flush(&mut self, slot: usize) {
         let connection = &mut self.connections[slot];
-        while connection.out_sent < connection.out.len() {
-            match (&connection.stream).write(&connection.out[connection.out_sent..]) {
-                Ok(written) => connection.out_sent += written,
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                    if !connection.writable_armed {
-                        connection.writable_armed = true;
-                        let _ = epoll::modify(
-                            &self.epoll,
-                            &connection.stream,
-                            epoll::EventData::new_u64(slot as u64),
-                            epoll::EventFlags::IN | epoll::EventFlags::OUT,
-                        );
-                    }
-                    return;
+        let done = match &mut connection.tls {
+            None => loop {
+                if connection.out_sent == connection.out.len() {
+                    break Ok(true);
                 }
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    self.lose(slot);
-                    return;
+                match (&connection.stream).write(&connection.out[connection.out_sent..]) {
+                    Ok(written) => connection.out_sent += written,
+                    Err(error) if error.kind() == io::ErrorKind::WouldBlock => break Ok(false),
+                    Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                    Err(error) => break Err(error),
                 }
+            },
+            Some(tls) => flush_tls(
+                tls,
+                &connection.stream,
+                &connection.out,
+                &mut connection.out_sent,
+            ),
+        };
+        match done {
+            Ok(true) => {}
+            Ok(false) => {
+                if !connection.writable_armed {
+                    connection.writable_armed = true;
+                    let _ = epoll::modify(
+                        &self.epoll,
+                        &connection.stream,
+                        epoll::EventData::new_u64(slot as u64),
+                        epoll::EventFlags::IN | epoll::EventFlags::OUT,
+                    );
+                }
+                return;
+            }
+            Err(_) => {
+                self.lose(slot);
+                return;
             }
         }
         connection.out.clear();
@@ -599,63 +633,15 @@ impl<'a> Loop<'a> {
 
     /// Reads and records every reply `slot` has, then sends what the replies made room for.
     fn on_readable(&mut self, slot: usize) {
-        let mut answered = 0;
-        let mut reply_ns = 0;
-        loop {
-            let connection = &mut self.connections[slot];
-            let read = match (&connection.stream).read(&mut self.read_buffer) {
-                Ok(0) => {
-                    self.lose(slot);
-                    return;
-                }
-                Ok(read) => read,
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => {
-                    self.lose(slot);
-                    return;
-                }
-            };
-            reply_ns = now_ns();
-            let recorder = &mut self.recorder;
-            let inflight = &mut connection.inflight;
-            let mut unexpected = 0;
-            let scanned = connection.scanner.feed(&self.read_buffer[..read], |reply| {
-                let Some(request) = inflight.pop_front() else {
-                    unexpected += 1;
-                    return;
-                };
-                if request.recorded {
-                    let error = match reply {
-                        Reply::Value => None,
-                        Reply::Error(word) => Some(word),
-                    };
-                    recorder.record(&request, reply_ns, error);
-                }
-            });
-            let scanned = match scanned {
-                Ok(scanned) => scanned,
-                Err(error) => {
-                    self.protocol_errors
-                        .push(format!("connection {}: {error}", connection.index));
-                    self.lose(slot);
-                    return;
-                }
-            };
-            if unexpected > 0 {
-                self.protocol_errors.push(format!(
-                    "connection {}: {unexpected} replies with no request outstanding",
-                    connection.index
-                ));
-            }
-            let matched = scanned - unexpected;
-            answered += matched;
-            self.replies += matched;
-            self.outstanding -= matched as usize;
-            if read < self.read_buffer.len() {
-                break;
-            }
-        }
+        let read = if self.connections[slot].tls.is_some() {
+            self.read_tls(slot)
+        } else {
+            self.read_plain(slot)
+        };
+        let Some((answered, reply_ns)) = read else {
+            self.lose(slot);
+            return;
+        };
         if answered == 0 {
             return;
         }
@@ -671,6 +657,104 @@ impl<'a> Loop<'a> {
                 }
             }
         }
+    }
+
+    /// Reads what a plain `slot` has and records its replies: (replies, time of the last
+    /// read), or `None` when the connection is lost.
+    fn read_plain(&mut self, slot: usize) -> Option<(u64, u64)> {
+        let mut answered = 0;
+        let mut reply_ns = 0;
+        loop {
+            let connection = &mut self.connections[slot];
+            let read = match (&connection.stream).read(&mut self.read_buffer) {
+                Ok(0) => return None,
+                Ok(read) => read,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return None,
+            };
+            reply_ns = now_ns();
+            let matched = scan_replies(
+                connection,
+                &self.read_buffer[..read],
+                reply_ns,
+                &mut self.recorder,
+                &mut self.protocol_errors,
+            )?;
+            answered += matched;
+            self.replies += matched;
+            self.outstanding -= matched as usize;
+            if read < self.read_buffer.len() {
+                break;
+            }
+        }
+        Some((answered, reply_ns))
+    }
+
+    /// [`Loop::read_plain`] for a TLS `slot`: what one read from the socket brings goes
+    /// through rustls (a record's worth at a time), and the plaintext into the reply scanner.
+    fn read_tls(&mut self, slot: usize) -> Option<(u64, u64)> {
+        let mut answered = 0;
+        let mut reply_ns = 0;
+        let connection = &mut self.connections[slot];
+        loop {
+            let read = match (&connection.stream).read(&mut self.tls_buffer) {
+                Ok(0) => return None,
+                Ok(read) => read,
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return None,
+            };
+            // Records that arrived in one read share one reply time, as plain replies do.
+            reply_ns = now_ns();
+            let mut records = &self.tls_buffer[..read];
+            while !records.is_empty() {
+                let tls = connection.tls.as_mut().expect("a TLS connection");
+                if tls.read_tls(&mut records).is_err() {
+                    return None;
+                }
+                let state = match tls.process_new_packets() {
+                    Ok(state) => state,
+                    Err(error) => {
+                        // Send rustls's alert (best effort), then give the connection up.
+                        let _ = tls.write_tls(&mut &connection.stream);
+                        self.protocol_errors
+                            .push(format!("connection {}: TLS: {error}", connection.index));
+                        return None;
+                    }
+                };
+                let mut pending = state.plaintext_bytes_to_read();
+                while pending > 0 {
+                    let tls = connection.tls.as_mut().expect("a TLS connection");
+                    let plaintext = match tls.reader().read(&mut self.read_buffer) {
+                        Ok(0) | Err(_) => return None,
+                        Ok(plaintext) => plaintext,
+                    };
+                    pending = pending.saturating_sub(plaintext);
+                    let matched = scan_replies(
+                        connection,
+                        &self.read_buffer[..plaintext],
+                        reply_ns,
+                        &mut self.recorder,
+                        &mut self.protocol_errors,
+                    )?;
+                    answered += matched;
+                    self.replies += matched;
+                    self.outstanding -= matched as usize;
+                }
+                if state.peer_has_closed() {
+                    return None;
+                }
+            }
+            if read < self.tls_buffer.len() {
+                break;
+            }
+        }
+        // rustls may have something of its own to send (answering a key update): now.
+        if connection.tls.as_ref().is_some_and(|tls| tls.wants_write()) {
+            self.flush(slot);
+        }
+        Some((answered, reply_ns))
     }
 
     /// The server closed or reset `slot`: what it had outstanding is unanswered.
@@ -692,5 +776,73 @@ impl<'a> Loop<'a> {
         let _ = epoll::delete(&self.epoll, &connection.stream);
         let _ = connection.stream.shutdown(std::net::Shutdown::Both);
         // A heap entry for this slot may remain; release_open ignores connections not sending.
+    }
+}
+
+/// Feeds `bytes` (plaintext from `connection`) to its reply scanner and records each reply
+/// against the request it answers. The replies matched, or `None` when the stream is malformed
+/// (the connection cannot be trusted after that).
+fn scan_replies(
+    connection: &mut Connection,
+    bytes: &[u8],
+    reply_ns: u64,
+    recorder: &mut Recorder,
+    protocol_errors: &mut Vec<String>,
+) -> Option<u64> {
+    let inflight = &mut connection.inflight;
+    let mut unexpected = 0;
+    let scanned = connection.scanner.feed(bytes, |reply| {
+        let Some(request) = inflight.pop_front() else {
+            unexpected += 1;
+            return;
+        };
+        if request.recorded {
+            let error = match reply {
+                Reply::Value => None,
+                Reply::Error(word) => Some(word),
+            };
+            recorder.record(&request, reply_ns, error);
+        }
+    });
+    let scanned = match scanned {
+        Ok(scanned) => scanned,
+        Err(error) => {
+            protocol_errors.push(format!("connection {}: {error}", connection.index));
+            return None;
+        }
+    };
+    if unexpected > 0 {
+        protocol_errors.push(format!(
+            "connection {}: {unexpected} replies with no request outstanding",
+            connection.index
+        ));
+    }
+    Some(scanned - unexpected)
+}
+
+/// [`Loop::flush`] for a TLS connection: the plaintext goes into rustls (as much as its
+/// buffer takes), the records out to the socket, until both are empty (`Ok(true)`) or the
+/// socket would block (`Ok(false)`: EPOLLOUT needed, rustls still wants to write).
+fn flush_tls(
+    tls: &mut ClientConnection,
+    stream: &TcpStream,
+    out: &[u8],
+    out_sent: &mut usize,
+) -> io::Result<bool> {
+    loop {
+        if *out_sent < out.len() {
+            *out_sent += tls.writer().write(&out[*out_sent..])?;
+        }
+        while tls.wants_write() {
+            match tls.write_tls(&mut &*stream) {
+                Ok(_) => {}
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
+            }
+        }
+        if *out_sent == out.len() {
+            return Ok(true);
+        }
     }
 }

@@ -18,6 +18,7 @@ mod request;
 mod resp;
 mod schedule;
 mod session;
+mod tls;
 mod workload;
 
 use clap::Parser;
@@ -45,7 +46,8 @@ use workload::Mix;
     name = "ringport-bench",
     version,
     after_help = AFTER_HELP,
-    args_conflicts_with_subcommands = true
+    args_conflicts_with_subcommands = true,
+    group(clap::ArgGroup::new("tls_verify").args(["tls_ca", "tls_insecure"]))
 )]
 struct Cli {
     /// Without a command, runs the load the options describe.
@@ -68,6 +70,39 @@ struct Cli {
     /// Open every connection with HELLO 3 (RESP3 replies); AUTH goes in the HELLO.
     #[arg(long)]
     resp3: bool,
+
+    /// Connect to every target with TLS (needs --tls-ca or --tls-insecure). Every session is
+    /// TLS, --idle ones included; handshakes are done before the measured phase.
+    #[arg(long, requires = "tls_verify")]
+    tls: bool,
+
+    /// With --tls: PEM file of the CA certificate(s) the server's certificate must chain to
+    /// (for a self-signed certificate, the certificate itself).
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls",
+        conflicts_with = "tls_insecure"
+    )]
+    tls_ca: Option<PathBuf>,
+
+    /// With --tls: accept any server certificate, unverified (self-signed test servers). The
+    /// handshake costs the same.
+    #[arg(long, requires = "tls")]
+    tls_insecure: bool,
+
+    /// With --tls: client certificate chain (PEM) for servers that require one; with --tls-key.
+    #[arg(long, value_name = "FILE", requires_all = ["tls", "tls_key"])]
+    tls_cert: Option<PathBuf>,
+
+    /// With --tls: the client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires_all = ["tls", "tls_cert"])]
+    tls_key: Option<PathBuf>,
+
+    /// With --tls: the name the server's certificate must be issued for, also sent as SNI
+    /// (default: the target's host; localhost when that is an IP address).
+    #[arg(long, value_name = "NAME", requires = "tls")]
+    tls_server_name: Option<String>,
 
     /// Load connections, spread over the threads.
     #[arg(short = 'c', long, default_value_t = 50)]
@@ -203,6 +238,7 @@ Examples:
   ringport-bench -t redis=127.0.0.1:6379 -t ringport=bench:pw@127.0.0.1:6380 \\
       --sweep connections=1,10,100,1000 --plot sweep.png
   ringport-bench -t 127.0.0.1:6380 --repeat 5 --json before.json --timeline-plot before.svg
+  ringport-bench -t bench:pw@127.0.0.1:6381 --tls --tls-ca cert.pem --idle 10000
   ringport-bench diff before.json after.json";
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -337,12 +373,28 @@ impl From<String> for Failure {
 fn run(cli: &Cli) -> Result<(), Failure> {
     raise_open_file_limit();
     let mix = Mix::parse(&cli.mix, cli.keyspace, cli.value_size)?;
-    let targets = cli
+    let mut targets = cli
         .targets
         .iter()
         .map(|spec| Target::parse(spec, cli.user.as_deref(), cli.password.as_deref()))
         .collect::<Result<Vec<_>, _>>()
         .map_err(Failure::Setup)?;
+    if cli.tls {
+        let config = tls::client_config(&tls::TlsFlags {
+            ca: cli.tls_ca.clone(),
+            insecure: cli.tls_insecure,
+            cert: cli.tls_cert.clone(),
+            key: cli.tls_key.clone(),
+        })
+        .map_err(Failure::Setup)?;
+        for target in &mut targets {
+            target.tls = Some(tls::TlsTarget {
+                config: config.clone(),
+                server_name: tls::server_name(&target.address, cli.tls_server_name.as_deref())
+                    .map_err(Failure::Setup)?,
+            });
+        }
+    }
     let mut names: Vec<&str> = targets.iter().map(|t| t.name.as_str()).collect();
     names.sort_unstable();
     names.dedup();
@@ -471,6 +523,7 @@ fn load_settings(cli: &Cli, target: &Target, load: RunLoad) -> LoadSettings {
         value_size: cli.value_size,
         idle: cli.idle,
         resp3: cli.resp3,
+        tls: target.tls.is_some(),
         authenticated: target.password.is_some(),
     }
 }
@@ -653,15 +706,16 @@ fn measure(
     } else {
         None
     };
-    for stream in &sessions {
-        stream
+    for session in &sessions {
+        session
+            .stream
             .set_nonblocking(true)
             .map_err(|e| format!("set_nonblocking: {e}"))?;
     }
-    let mut per_thread: Vec<Vec<(usize, std::net::TcpStream)>> =
+    let mut per_thread: Vec<Vec<(usize, session::Session)>> =
         (0..load.threads).map(|_| Vec::new()).collect();
-    for (index, stream) in sessions.into_iter().enumerate() {
-        per_thread[index % load.threads].push((index, stream));
+    for (index, session) in sessions.into_iter().enumerate() {
+        per_thread[index % load.threads].push((index, session));
     }
     let duration = effective_duration(cli);
     let plan = Plan {
@@ -721,7 +775,7 @@ fn measure(
         protocol_errors.extend(output.protocol_errors);
     }
     protocol_errors.truncate(20);
-    let idle = idle.map(|idle| IdleResult {
+    let idle = idle.map(|mut idle| IdleResult {
         requested: cli.idle,
         opened: idle.len(),
         closed_by_server: idle.closed_by_server(),

@@ -61,6 +61,9 @@ pub struct LoadSettings {
     pub value_size: usize,
     pub idle: usize,
     pub resp3: bool,
+    /// Written only when true, so summaries from before `--tls` compare without a difference.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub tls: bool,
     pub authenticated: bool,
 }
 
@@ -323,6 +326,9 @@ pub fn describe_load(load: &LoadSettings) -> String {
     ));
     if load.resp3 {
         parts.push("RESP3".into());
+    }
+    if load.tls {
+        parts.push("TLS".into());
     }
     parts.join(", ")
 }

@@ -2,10 +2,14 @@
 //!
 //! Set-up is blocking and batched (connect a batch, write every handshake, then read every
 //! reply), so thousands of sessions open quickly even when AUTH is slow (ringport verifies
-//! argon2id hashes). Errors say which target and what to do.
+//! argon2id hashes). With `--tls` each session's handshake is part of its set-up: the
+//! ClientHello leaves with the batch, the AUTH waits in rustls until the handshake is done, and
+//! reading the AUTH reply completes both. Errors say which target and what to do.
 
 use crate::request::encode_command;
 use crate::resp::{Reply, ReplyScanner};
+use crate::tls::TlsTarget;
+use rustls::ClientConnection;
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, ToSocketAddrs};
@@ -26,6 +30,8 @@ pub struct Target {
     pub socket_address: SocketAddr,
     pub user: Option<String>,
     pub password: Option<String>,
+    /// With `--tls`: how to open TLS sessions to it.
+    pub tls: Option<TlsTarget>,
 }
 
 impl Target {
@@ -66,6 +72,7 @@ impl Target {
             socket_address,
             user,
             password,
+            tls: None,
         })
     }
 }
@@ -99,35 +106,221 @@ pub struct SourceAddresses {
     octet: u8,
 }
 
-/// Opens `count` sessions to `target`, each authenticated (and switched to RESP3 when asked).
+/// One open session: its socket and, with `--tls`, the rustls state on top of it.
+pub struct Session {
+    pub stream: TcpStream,
+    /// Boxed, so a plain session does not carry a TLS session's size.
+    pub tls: Option<Box<ClientConnection>>,
+}
+
+/// rustls's verdict on a session, carried through `io::Error` to [`lost`].
+#[derive(Debug)]
+struct TlsFailure(rustls::Error);
+
+impl std::fmt::Display for TlsFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}{}", self.0, crate::tls::hint(&self.0))
+    }
+}
+
+impl std::error::Error for TlsFailure {}
+
+impl Session {
+    /// Sends `bytes` (blocking). With TLS before the handshake is done, they wait in rustls
+    /// and leave encrypted as soon as it is; what rustls has to send (the ClientHello first)
+    /// leaves now.
+    pub fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match &mut self.tls {
+            None => self.stream.write_all(bytes),
+            Some(tls) => {
+                tls.writer().write_all(bytes)?;
+                send_tls(tls, &mut self.stream)
+            }
+        }
+    }
+
+    /// Reads exactly one reply (blocking), returning its raw bytes; with TLS, drives the
+    /// handshake on the way.
+    pub fn read_reply(&mut self) -> io::Result<Vec<u8>> {
+        let mut scanner = ReplyScanner::new();
+        let mut bytes = Vec::new();
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            // Only one command is outstanding, so the server sends only its reply: read what
+            // is there.
+            let read = match &mut self.tls {
+                None => self.stream.read(&mut chunk)?,
+                Some(tls) => read_plaintext(tls, &mut self.stream, &mut chunk)?,
+            };
+            if read == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the server closed the connection",
+                ));
+            }
+            bytes.extend_from_slice(&chunk[..read]);
+            if self.tls.is_none()
+                && bytes.len() >= 2
+                && matches!(bytes[0], 0x15 | 0x16)
+                && bytes[1] == 3
+            {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the server answered with a TLS record (is that a TLS port? add --tls)",
+                ));
+            }
+            let done = scanner
+                .feed(&chunk[..read], |_| {})
+                .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error.to_string()))?;
+            if done > 0 {
+                return Ok(bytes);
+            }
+        }
+    }
+
+    /// Sends one command and returns its raw reply.
+    pub fn command(&mut self, args: &[&str]) -> io::Result<Vec<u8>> {
+        let mut request = Vec::new();
+        encode_command(&mut request, args);
+        self.write_all(&request)?;
+        self.read_reply()
+    }
+
+    /// With TLS, completes the handshake (blocking); nothing to do without.
+    fn finish_handshake(&mut self) -> io::Result<()> {
+        let Some(tls) = &mut self.tls else {
+            return Ok(());
+        };
+        while tls.is_handshaking() {
+            send_tls(tls, &mut self.stream)?;
+            if tls.read_tls(&mut self.stream)? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the server closed the connection during the TLS handshake",
+                ));
+            }
+            process_tls(tls, &mut self.stream)?;
+        }
+        send_tls(tls, &mut self.stream)
+    }
+
+    /// Whether the server has closed the session (non-blocking check; leaves the socket
+    /// non-blocking).
+    fn closed_by_server(&mut self) -> bool {
+        if self.stream.set_nonblocking(true).is_err() {
+            return true;
+        }
+        let Some(tls) = &mut self.tls else {
+            let mut byte = [0u8; 1];
+            return match (&self.stream).read(&mut byte) {
+                Ok(0) => true,
+                Ok(_) => false,
+                Err(error) => error.kind() != io::ErrorKind::WouldBlock,
+            };
+        };
+        // Whatever the server sent since (session tickets, a close_notify) goes through
+        // rustls; a closed socket or a close_notify means closed.
+        loop {
+            match tls.read_tls(&mut self.stream) {
+                Ok(0) => return true,
+                Ok(_) => match tls.process_new_packets() {
+                    Ok(state) if state.peer_has_closed() => return true,
+                    Ok(_) => {
+                        let mut plaintext = [0u8; 4096];
+                        while matches!(tls.reader().read(&mut plaintext), Ok(n) if n > 0) {}
+                    }
+                    Err(_) => return true,
+                },
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return true,
+            }
+        }
+    }
+}
+
+/// Writes everything rustls has to send (blocking).
+fn send_tls(tls: &mut ClientConnection, stream: &mut TcpStream) -> io::Result<()> {
+    while tls.wants_write() {
+        tls.write_tls(stream)?;
+    }
+    Ok(())
+}
+
+/// Processes what `read_tls` brought in; on a TLS error, sends rustls's alert first.
+fn process_tls(tls: &mut ClientConnection, stream: &mut TcpStream) -> io::Result<()> {
+    if let Err(error) = tls.process_new_packets() {
+        let _ = send_tls(tls, stream);
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            TlsFailure(error),
+        ));
+    }
+    Ok(())
+}
+
+/// Blocking read of plaintext from a TLS session, driving the handshake (and sending what it
+/// answers) as needed. 0 when the server closed the session.
+fn read_plaintext(
+    tls: &mut ClientConnection,
+    stream: &mut TcpStream,
+    buffer: &mut [u8],
+) -> io::Result<usize> {
+    loop {
+        send_tls(tls, stream)?;
+        match tls.reader().read(buffer) {
+            Ok(read) => return Ok(read),
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
+            Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+            Err(error) => return Err(error),
+        }
+        if tls.read_tls(stream)? == 0 {
+            return Ok(0);
+        }
+        process_tls(tls, stream)?;
+    }
+}
+
+/// Opens `count` sessions to `target`, each authenticated (and switched to RESP3 when asked),
+/// with its TLS handshake done when the target has TLS.
 pub fn open_sessions(
     target: &Target,
     count: usize,
     resp3: bool,
     sources: &mut SourceAddresses,
-) -> Result<Vec<TcpStream>, SetupError> {
+) -> Result<Vec<Session>, SetupError> {
     let handshake = handshake_bytes(target, resp3);
     let mut sessions = Vec::with_capacity(count);
     let mut batch = Vec::with_capacity(BATCH.min(count));
     while sessions.len() < count {
         let want = BATCH.min(count - sessions.len());
         for _ in 0..want {
-            let mut stream = connect(target, sources)?;
-            if !handshake.is_empty() {
-                stream
-                    .write_all(&handshake)
-                    .map_err(|error| lost(target, error))?;
-            }
-            batch.push(stream);
+            let stream = connect(target, sources)?;
+            let tls = match &target.tls {
+                None => None,
+                Some(tls) => Some(Box::new(tls.connect().map_err(|error| {
+                    SetupError(format!("TLS to {}: {error}", target.describe()))
+                })?)),
+            };
+            let mut session = Session { stream, tls };
+            // With TLS this sends the ClientHello even when there is nothing to say.
+            session
+                .write_all(&handshake)
+                .map_err(|error| lost(target, error))?;
+            batch.push(session);
         }
-        for mut stream in batch.drain(..) {
-            if !handshake.is_empty() {
-                let reply = read_reply(&mut stream).map_err(|error| lost(target, error))?;
+        for mut session in batch.drain(..) {
+            if handshake.is_empty() {
+                session
+                    .finish_handshake()
+                    .map_err(|error| lost(target, error))?;
+            } else {
+                let reply = session.read_reply().map_err(|error| lost(target, error))?;
                 if reply.first() == Some(&b'-') || reply.first() == Some(&b'!') {
                     return Err(handshake_failed(target, resp3, &reply));
                 }
             }
-            sessions.push(stream);
+            sessions.push(session);
         }
     }
     Ok(sessions)
@@ -166,8 +359,20 @@ fn handshake_failed(target: &Target, resp3: bool, reply: &[u8]) -> SetupError {
 }
 
 fn lost(target: &Target, error: io::Error) -> SetupError {
+    if let Some(failure) = error.get_ref().and_then(|e| e.downcast_ref::<TlsFailure>()) {
+        return SetupError(format!("TLS to {} failed: {failure}", target.describe()));
+    }
+    let hint = match (&target.tls, error.kind()) {
+        // ringport's TLS port closes a plain-text client without a word.
+        (None, io::ErrorKind::UnexpectedEof) => " (if that is a TLS port, add --tls)",
+        (Some(_), io::ErrorKind::UnexpectedEof) => {
+            " (is that port speaking TLS? does the server want a client certificate, \
+             --tls-cert and --tls-key?)"
+        }
+        _ => "",
+    };
     SetupError(format!(
-        "lost the connection to {} during set-up: {error}",
+        "lost the connection to {} during set-up: {error}{hint}",
         target.describe()
     ))
 }
@@ -237,39 +442,6 @@ fn connect_from(address: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpSt
     Ok(socket.into())
 }
 
-/// Reads exactly one reply (blocking), returning its raw bytes.
-pub fn read_reply(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
-    let mut scanner = ReplyScanner::new();
-    let mut bytes = Vec::new();
-    let mut chunk = [0u8; 16 * 1024];
-    loop {
-        // Read one byte at a time once something has arrived would be slow; instead read what
-        // is there. Only one command is outstanding, so the server sends only its reply.
-        let read = stream.read(&mut chunk)?;
-        if read == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the server closed the connection",
-            ));
-        }
-        bytes.extend_from_slice(&chunk[..read]);
-        let done = scanner
-            .feed(&chunk[..read], |_| {})
-            .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error.to_string()))?;
-        if done > 0 {
-            return Ok(bytes);
-        }
-    }
-}
-
-/// Sends one command on a blocking session and returns its raw reply.
-pub fn command(stream: &mut TcpStream, args: &[&str]) -> io::Result<Vec<u8>> {
-    let mut request = Vec::new();
-    encode_command(&mut request, args);
-    stream.write_all(&request)?;
-    read_reply(stream)
-}
-
 /// The first line of a reply, without its CRLF, for messages.
 pub fn first_line(reply: &[u8]) -> String {
     let end = reply
@@ -282,10 +454,12 @@ pub fn first_line(reply: &[u8]) -> String {
 /// What the server says it is: selected `INFO server` fields (version, I/O backend), or the
 /// reason there is none. Fails with advice when the server wants AUTH and none was given.
 pub fn server_info(
-    stream: &mut TcpStream,
+    session: &mut Session,
     target: &Target,
 ) -> Result<Vec<(String, String)>, SetupError> {
-    let reply = command(stream, &["INFO", "server"]).map_err(|error| lost(target, error))?;
+    let reply = session
+        .command(&["INFO", "server"])
+        .map_err(|error| lost(target, error))?;
     let mut scanner = ReplyScanner::new();
     let mut error_word = None;
     let _ = scanner.feed(&reply, |r| {
@@ -332,7 +506,7 @@ pub fn server_info(
 
 /// Idle sessions held open for the whole run (`--idle`).
 pub struct IdleSessions {
-    sessions: Vec<TcpStream>,
+    sessions: Vec<Session>,
 }
 
 impl IdleSessions {
@@ -351,19 +525,11 @@ impl IdleSessions {
     }
 
     /// How many of them the server has closed by now.
-    pub fn closed_by_server(&self) -> usize {
+    pub fn closed_by_server(&mut self) -> usize {
         let mut closed = 0;
-        let mut byte = [0u8; 1];
-        for stream in &self.sessions {
-            if stream.set_nonblocking(true).is_err() {
+        for session in &mut self.sessions {
+            if session.closed_by_server() {
                 closed += 1;
-                continue;
-            }
-            match (&*stream).read(&mut byte) {
-                Ok(0) => closed += 1,
-                Ok(_) => {}
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => closed += 1,
             }
         }
         closed
