@@ -14,7 +14,7 @@ use crate::config::{config_file_commands, BackendChoice, ServeArgs};
 use crate::msg::Msg;
 use crate::pool::ComputePool;
 use crate::session::RingHandler;
-use crate::shared::Shared;
+use crate::shared::{Phase, Shared};
 use crate::store::{self, StoreSpec, UserRecord};
 use crate::storepool::StorePool;
 use crate::table::Table;
@@ -422,8 +422,21 @@ fn run(args: ServeArgs, extra: Vec<CommandDef>) -> Result<(), StartError> {
         "READY=1\nSTATUS=listening on {listen_addr}, {ring_count} rings"
     ));
 
-    wait_for_signal();
+    shared.lifecycle.set(Phase::Serving);
+
+    let mut signals = wait_for_signal();
+    // Not ready first: a load balancer (or Kubernetes) notices only at its next health check,
+    // and sessions it sends meanwhile must still be accepted, or their clients see a refused
+    // or closed connection instead of a server elsewhere.
+    shared.lifecycle.set(Phase::Draining);
     crate::systemd::notify("STOPPING=1\nSTATUS=draining");
+    if !args.drain_grace.is_zero() {
+        tracing::info!(
+            grace = ?args.drain_grace,
+            "not ready: /ready answers 503; still accepting until the grace ends"
+        );
+        wait_for_grace(args.drain_grace, &mut signals);
+    }
     tracing::info!("draining: no new connections; finishing commands in flight");
     for sender in &senders {
         sender.drain();
@@ -456,7 +469,9 @@ fn epoll_features() -> Features {
     }
 }
 
-fn wait_for_signal() {
+/// Waits for SIGTERM or SIGINT; returns the handle that keeps catching them (if they cannot be
+/// caught at all, this waits until the process is killed).
+fn wait_for_signal() -> signal_hook::iterator::Signals {
     use signal_hook::consts::{SIGINT, SIGTERM};
     let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT]) {
         Ok(s) => s,
@@ -469,5 +484,23 @@ fn wait_for_signal() {
     };
     if let Some(signal) = signals.forever().next() {
         tracing::info!(signal, "signal received");
+    }
+    signals
+}
+
+/// Sleeps through the drain grace; a second SIGTERM or SIGINT ends it, for the operator who
+/// wants the process gone now.
+fn wait_for_grace(grace: Duration, signals: &mut signal_hook::iterator::Signals) {
+    let deadline = std::time::Instant::now() + grace;
+    loop {
+        if let Some(signal) = signals.pending().next() {
+            tracing::info!(signal, "second signal received: ending the grace early");
+            return;
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(50)));
     }
 }
