@@ -16,26 +16,18 @@ cd "$(dirname "$0")/.."
 n=${1:-200000}
 seconds=${2:-10}
 ci/ensure-postgres >/dev/null
-bindir=$(ci/ensure-postgres | sed -n 's/^PostgreSQL found: //p')
 command -v redis-benchmark >/dev/null || apt-get install -y -qq redis-tools >/dev/null
 command -v jq >/dev/null || apt-get install -y -qq jq >/dev/null
 cargo build --release -q -p ringport -p ringport-bench
 work=$(mktemp -d /tmp/ringport-store-compare.XXXXXX)
-chmod 755 "$work"
 pids=()
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  as_pg "$bindir/pg_ctl" -D "$work/pg" -m fast stop >/dev/null 2>&1 || true
+  pg_stop
   rm -rf "$work"
 }
 trap cleanup EXIT
-mkdir -p "$work/pg" "$work/sock"
-[ "$(id -u)" = 0 ] && chown postgres "$work/pg" "$work/sock"
-as_pg "$bindir/initdb" -D "$work/pg" -A trust -U postgres >/dev/null
-as_pg "$bindir/pg_ctl" -D "$work/pg" -l "$work/pg/log" -w \
-  -o "-c listen_addresses='' -c unix_socket_directories=$work/sock -c max_connections=300 -p 5499" start >/dev/null
-url="host=$work/sock port=5499 user=postgres dbname=postgres"
+. bench/throwaway-pg.sh 5499
 pgbench() { as_pg "$bindir/pgbench" -h "$work/sock" -p 5499 -U postgres "$@" postgres 2>/dev/null; }
 tps() { sed -n 's/^tps = \([0-9.]*\).*/\1/p' | head -1 | cut -d. -f1; }
 # Before each measured phase: vacuum and flush what the previous one wrote. Without the

@@ -226,6 +226,13 @@ pub struct ServeArgs {
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     #[serde(serialize_with = "duration_text")]
     pub drain_timeout: Duration,
+    /// On SIGTERM, how long `/ready` answers 503 while the server still accepts and serves as
+    /// before, so a load balancer's health check (or Kubernetes) takes it out of rotation
+    /// before it stops accepting; then the drain begins. A second signal ends it early. 0: stop
+    /// accepting at once.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    #[serde(serialize_with = "duration_text")]
+    pub drain_grace: Duration,
     /// Page cache of the embedded store (redb), e.g. 64mb. redb's own default is 1 GiB, which
     /// a few large values fill and which is never given back.
     #[arg(long, default_value = "64mb", value_parser = parse_size)]

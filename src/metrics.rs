@@ -1,6 +1,8 @@
 //! The Prometheus `/metrics` endpoint, served by one small thread off the rings: the server's
 //! counters, the rings' statistics and the per-command book ([`crate::cmdstats`]) in the
-//! OpenMetrics text format.
+//! OpenMetrics text format. The same thread answers the probes of load balancers and
+//! orchestrators: `/health` (the process is alive) and `/ready` (send it new sessions:
+//! [`Shared::readiness`]).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -367,7 +369,46 @@ impl Collector for ServerCollector {
     }
 }
 
-/// Serves `GET /metrics` on `addr` from a small thread; returns the bound address.
+/// One HTTP/1.1 response that closes the connection.
+fn response(status: &str, content_type: &str, body: &str) -> String {
+    format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// The answer to one request line's method and path.
+fn route(method: &str, path: &str, shared: &Arc<Shared>) -> String {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    let path = path.split_once('?').map_or(path, |(path, _)| path);
+    match (method, path) {
+        ("GET", "/metrics") => response(
+            "200 OK",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            &render(shared),
+        ),
+        // Liveness: this thread answers, so the process is not wedged as a whole. Kubernetes
+        // restarts a pod whose liveness probe fails, so it stays 200 through a drain.
+        ("GET", "/health") => response("200 OK", TEXT, "ok\n"),
+        // Readiness: whether a load balancer should send new sessions here.
+        ("GET", "/ready") => match shared.readiness() {
+            Ok(()) => response("200 OK", TEXT, "ready\n"),
+            Err(why) => response(
+                "503 Service Unavailable",
+                TEXT,
+                &format!("not ready: {why}\n"),
+            ),
+        },
+        _ => response(
+            "404 Not Found",
+            TEXT,
+            "not found: try /metrics, /health or /ready\n",
+        ),
+    }
+}
+
+/// Serves `GET /metrics`, `/health` and `/ready` on `addr` from a small thread; returns the
+/// bound address.
 pub fn serve(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let local = listener.local_addr()?;
@@ -392,20 +433,7 @@ pub fn serve(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<SocketAdd
                 }
                 let mut parts = request_line.split_whitespace();
                 let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-                let response = if method == "GET" && (path == "/metrics" || path.starts_with("/metrics?")) {
-                    let body = render(&shared);
-                    format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/openmetrics-text; version=1.0.0; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    )
-                } else {
-                    let body = "not found: try /metrics\n";
-                    format!(
-                        "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    )
-                };
-                let _ = stream.write_all(response.as_bytes());
+                let _ = stream.write_all(route(method, path, &shared).as_bytes());
             }
         })?;
     Ok(local)
@@ -429,5 +457,47 @@ mod tests {
         // The last bucket is the one prometheus-client writes as le="+Inf".
         assert_eq!(*b.last().unwrap(), (f64::MAX, 1));
         assert_eq!(b.iter().map(|(_, n)| n).sum::<u64>(), 3);
+    }
+
+    /// `/ready` follows the lifecycle, `/health` does not: a load balancer stops sending new
+    /// sessions when a drain begins, while an orchestrator's liveness probe must not restart
+    /// the draining process.
+    #[test]
+    fn ready_follows_start_and_drain_and_health_stays_up() {
+        use crate::shared::Phase;
+        let data = tempfile::tempdir().unwrap();
+        let server = crate::testkit::TestServer::start(data.path(), &[]);
+        let shared = &server.shared;
+        let status = |path: &str| {
+            let text = route("GET", path, shared);
+            text.lines().next().unwrap_or_default().to_string()
+        };
+        assert_eq!(status("/ready"), "HTTP/1.1 503 Service Unavailable");
+        assert!(route("GET", "/ready", shared)
+            .ends_with("not ready: starting: not every ring listens yet\n"));
+        assert_eq!(status("/health"), "HTTP/1.1 200 OK");
+
+        shared.lifecycle.set(Phase::Serving);
+        // The store workers mark their connections up as they start.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while status("/ready") != "HTTP/1.1 200 OK" {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{}",
+                route("GET", "/ready", shared)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(status("/ready?verbose"), "HTTP/1.1 200 OK");
+
+        shared.lifecycle.set(Phase::Draining);
+        assert_eq!(status("/ready"), "HTTP/1.1 503 Service Unavailable");
+        assert!(route("GET", "/ready", shared).contains("not ready: draining"));
+        assert_eq!(status("/health"), "HTTP/1.1 200 OK");
+        assert_eq!(status("/nothing"), "HTTP/1.1 404 Not Found");
+        assert_eq!(
+            route("POST", "/ready", shared).lines().next(),
+            Some("HTTP/1.1 404 Not Found")
+        );
     }
 }

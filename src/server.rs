@@ -16,7 +16,7 @@ use crate::config::{config_file_commands, BackendChoice, ServeArgs};
 use crate::msg::Msg;
 use crate::pool::ComputePool;
 use crate::session::RingHandler;
-use crate::shared::Shared;
+use crate::shared::{Phase, Shared};
 use crate::store::{self, StoreSpec, UserRecord};
 use crate::storepool::StorePool;
 use crate::table::Table;
@@ -443,7 +443,9 @@ fn run(args: ServeArgs, extra: Vec<CommandDef>) -> Result<(), StartError> {
         "READY=1\nSTATUS=listening on {listen_addr}, {ring_count} rings"
     ));
 
-    wait_for_signal(|| {
+    shared.lifecycle.set(Phase::Serving);
+
+    let mut signals = wait_for_signal(|| {
         if let (Some(files), Some((acceptor, _))) = (&tls_files, &tls) {
             match files.load() {
                 Ok(config) => {
@@ -458,7 +460,18 @@ fn run(args: ServeArgs, extra: Vec<CommandDef>) -> Result<(), StartError> {
             tracing::info!("SIGHUP: nothing to reload (no TLS port)");
         }
     });
+    // Not ready first: a load balancer (or Kubernetes) notices only at its next health check,
+    // and sessions it sends meanwhile must still be accepted, or their clients see a refused
+    // or closed connection instead of a server elsewhere.
+    shared.lifecycle.set(Phase::Draining);
     crate::systemd::notify("STOPPING=1\nSTATUS=draining");
+    if !args.drain_grace.is_zero() {
+        tracing::info!(
+            grace = ?args.drain_grace,
+            "not ready: /ready answers 503; still accepting until the grace ends"
+        );
+        wait_for_grace(args.drain_grace, &mut signals);
+    }
     tracing::info!("draining: no new connections; finishing commands in flight");
     for sender in &senders {
         sender.drain();
@@ -491,8 +504,10 @@ fn epoll_features() -> Features {
     }
 }
 
-/// Blocks until SIGTERM or SIGINT; runs `on_hup` for each SIGHUP meanwhile.
-fn wait_for_signal(on_hup: impl Fn()) {
+/// Blocks until SIGTERM or SIGINT, running `on_hup` for each SIGHUP meanwhile; returns the
+/// handle that keeps catching them (if they cannot be caught at all, this waits until the
+/// process is killed).
+fn wait_for_signal(on_hup: impl Fn()) -> signal_hook::iterator::Signals {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
@@ -509,7 +524,29 @@ fn wait_for_signal(on_hup: impl Fn()) {
             continue;
         }
         tracing::info!(signal, "signal received");
-        return;
+        break;
+    }
+    signals
+}
+
+/// Sleeps through the drain grace; a second SIGTERM or SIGINT ends it, for the operator who
+/// wants the process gone now.
+fn wait_for_grace(grace: Duration, signals: &mut signal_hook::iterator::Signals) {
+    let deadline = std::time::Instant::now() + grace;
+    loop {
+        // SIGHUP is caught too (certificate reloads); it does not end the grace.
+        if let Some(signal) = signals
+            .pending()
+            .find(|&s| s != signal_hook::consts::SIGHUP)
+        {
+            tracing::info!(signal, "second signal received: ending the grace early");
+            return;
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        std::thread::sleep(left.min(Duration::from_millis(50)));
     }
 }
 

@@ -5,7 +5,7 @@
 //! without importing the module that starts them.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -60,6 +60,37 @@ pub struct Counters {
     pub unknown_commands: AtomicU64,
 }
 
+/// Where the server is in its life, as a load balancer or an orchestrator asks (`/ready`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Phase {
+    /// Rings are being set up: nothing listens yet, or not every ring does.
+    Starting = 0,
+    /// Every ring listens.
+    Serving = 1,
+    /// SIGTERM or SIGINT arrived: new sessions belong elsewhere, even while the rings still
+    /// accept during `--drain-grace`.
+    Draining = 2,
+}
+
+/// The [`Phase`], set by start-up and the signal handler, read by the metrics thread.
+#[derive(Debug, Default)]
+pub struct Lifecycle(AtomicU8);
+
+impl Lifecycle {
+    pub fn phase(&self) -> Phase {
+        match self.0.load(Ordering::Acquire) {
+            0 => Phase::Starting,
+            1 => Phase::Serving,
+            _ => Phase::Draining,
+        }
+    }
+
+    pub fn set(&self, phase: Phase) {
+        self.0.store(phase as u8, Ordering::Release);
+    }
+}
+
 /// What every ring and pool job shares, read-mostly.
 pub struct Shared {
     pub config: RuntimeConfig,
@@ -96,6 +127,8 @@ pub struct Shared {
     pub table: Arc<Table>,
     /// Per ring, per command calls, errors and latency.
     pub commands: CommandBook,
+    /// Starting, serving or draining: what `/ready` reports.
+    pub lifecycle: Lifecycle,
 }
 
 impl Shared {
@@ -167,6 +200,7 @@ impl Shared {
             commands: CommandBook::new(ring_count, &table),
             table,
             log_limiters: Default::default(),
+            lifecycle: Lifecycle::default(),
         }
     }
 
@@ -204,5 +238,24 @@ impl Shared {
     /// Commands executed so far.
     pub fn total_commands(&self) -> u64 {
         self.commands.total_calls() + self.counters.unknown_commands.load(Ordering::Relaxed)
+    }
+
+    /// Whether new sessions should be sent here: every ring listens, no drain has begun, and at
+    /// least one store connection is up (a session on an instance without one could
+    /// authenticate, users being in memory, but every store command would fail). `Err` says
+    /// why not, for the operator reading `/ready`.
+    pub fn readiness(&self) -> Result<(), &'static str> {
+        match self.lifecycle.phase() {
+            Phase::Starting => Err("starting: not every ring listens yet"),
+            Phase::Draining => Err("draining: shutting down, send new sessions elsewhere"),
+            Phase::Serving => {
+                let workers = &self.store.store_stats().workers;
+                if workers.iter().any(|w| w.up.load(Ordering::Relaxed)) {
+                    Ok(())
+                } else {
+                    Err("no store connection is up")
+                }
+            }
+        }
     }
 }

@@ -1,11 +1,13 @@
 //! SIGTERM drains (issue 2): commands in flight finish, every reply is flushed, sessions close,
-//! and the process exits 0.
+//! and the process exits 0. With `--drain-grace` (issue 16) `/ready` turns 503 first, while the
+//! server still accepts and serves for the grace, so a load balancer moves new sessions away
+//! before anything is refused.
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::{encode, sha256_rounds, Reply, Server};
+use common::{encode, http_status, sha256_rounds, Reply, Server};
 
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -99,4 +101,72 @@ fn sigterm_finishes_store_writes_in_flight() {
     let mut raw = server.raw_authed();
     assert_eq!(raw.cmd(&[b"GET", b"drained"]), Reply::bulk("yes"));
     assert_eq!(raw.cmd(&[b"GET", b"counter"]), Reply::bulk("1"));
+}
+
+#[test]
+fn sigterm_turns_unready_first_and_stops_accepting_after_the_grace() {
+    const GRACE: Duration = Duration::from_millis(1500);
+    let mut server = Server::builder()
+        .flag("--drain-grace", "1500ms")
+        .flag("--metrics-addr", "127.0.0.1:0")
+        .start();
+    let metrics = server.metrics_addr();
+    // Ready once the store's connections are up, which may trail the listening line a little.
+    common::eventually("/ready answers 200", || {
+        http_status(metrics, "/ready") == 200
+    });
+    let mut before = server.raw_authed();
+
+    // Timed from before the signal: the server's grace cannot start earlier than that.
+    let signalled = Instant::now();
+    server.signal("TERM");
+    while http_status(metrics, "/ready") != 503 {
+        assert!(
+            signalled.elapsed() < GRACE,
+            "/ready still 200 after {:?} of the grace",
+            signalled.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(http_status(metrics, "/health"), 200, "alive while draining");
+    // Within the grace nothing changes for clients: old sessions are served, new ones accepted.
+    assert_eq!(before.cmd(&[b"SET", b"k", b"v"]), Reply::ok());
+    let mut during = server.raw_authed();
+    assert_eq!(during.cmd(&[b"GET", b"k"]), Reply::bulk("v"));
+    assert!(
+        signalled.elapsed() < GRACE,
+        "the checks above outlasted the grace ({:?}); the test proves nothing",
+        signalled.elapsed()
+    );
+
+    // Then the drain as before: idle sessions are closed with nothing more sent, and the
+    // process exits 0, not before the grace is over.
+    assert_eq!(before.replies_to_eof(DRAIN_TIMEOUT), Vec::<Reply>::new());
+    assert_eq!(during.replies_to_eof(DRAIN_TIMEOUT), Vec::<Reply>::new());
+    assert!(signalled.elapsed() >= GRACE, "closed within the grace");
+    let status = server
+        .wait_exit(DRAIN_TIMEOUT)
+        .expect("ringport exits after draining");
+    assert!(status.success(), "drained server exited with {status}");
+}
+
+#[test]
+fn a_second_signal_ends_the_grace() {
+    let mut server = Server::builder().flag("--drain-grace", "60s").start();
+    let mut idle = server.raw_authed();
+    server.signal("TERM");
+    // The grace is under way when the session is still served.
+    assert_eq!(idle.cmd(&[b"PING"]), Reply::Simple("PONG".into()));
+    server.signal("INT");
+    let started = Instant::now();
+    assert_eq!(idle.replies_to_eof(DRAIN_TIMEOUT), Vec::<Reply>::new());
+    let status = server
+        .wait_exit(DRAIN_TIMEOUT)
+        .expect("ringport exits after draining");
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the second signal did not end the 60 s grace ({:?})",
+        started.elapsed()
+    );
 }

@@ -11,7 +11,7 @@ mod common;
 mod pg;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -21,7 +21,8 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{
-    add_user, profile_flags, sha256_rounds, RawConn, Reply, Server, PASSWORD, REPLY_TIMEOUT, USER,
+    add_user, eventually, http_get, profile_flags, sha256_rounds, RawConn, Reply, Server, PASSWORD,
+    REPLY_TIMEOUT, USER,
 };
 
 fn binary() -> &'static str {
@@ -73,40 +74,6 @@ fn ring_sessions(conn: &mut RawConn) -> Vec<u64> {
     rings.sort();
     assert!(!rings.is_empty(), "INFO rings names no ring: {text}");
     rings.into_iter().map(|(_, n)| n).collect()
-}
-
-/// `GET path` over HTTP/1.1; returns (status line, headers lowercased, body).
-fn http_get(addr: SocketAddr, path: &str) -> (String, HashMap<String, String>, String) {
-    let mut stream = TcpStream::connect_timeout(&addr, REPLY_TIMEOUT)
-        .unwrap_or_else(|e| panic!("connect to the metrics endpoint {addr}: {e}"));
-    stream.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/openmetrics-text\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = Vec::new();
-    stream
-        .read_to_end(&mut response)
-        .expect("read the HTTP response to its end");
-    let response = String::from_utf8(response).expect("the response is UTF-8");
-    let (head, body) = response
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no header end in {response:?}"));
-    let mut lines = head.split("\r\n");
-    let status = lines.next().unwrap_or_default().to_string();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-        .collect::<HashMap<_, _>>();
-    if let Some(length) = headers.get("content-length") {
-        assert_eq!(
-            length.parse::<usize>().unwrap(),
-            body.len(),
-            "Content-Length must match the body"
-        );
-    }
-    (status, headers, body.to_string())
 }
 
 /// One sample line: `name{labels} value`.
@@ -535,15 +502,6 @@ impl Drop for Proc {
         if std::thread::panicking() {
             eprintln!("---- process output ----\n{}\n----", self.output());
         }
-    }
-}
-
-/// Polls `condition` until it holds, failing after [`REPLY_TIMEOUT`] (liveness, not speed).
-fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + REPLY_TIMEOUT;
-    while !condition() {
-        assert!(Instant::now() < deadline, "never: {what}");
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -14,7 +14,8 @@
 //!   two instances run on one PostgreSQL is seen by both "within a second": each is polled up
 //!   to a liveness bound of [`SEEN_WITHIN`], and the time it took is printed, not asserted;
 //! - a change made while the watch connection is gone is seen once it is back (it reads the
-//!   whole table again).
+//!   whole table again);
+//! - `/ready` answers 503 while no store connection is up, and 200 again once one is (issue 16).
 //!
 //! The servers run with the AUTH failure limits off (`0`): the polls below fail on purpose many
 //! times a second, and the limiter is not what these tests are about.
@@ -27,7 +28,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{add_user, sha256_rounds, Reply, Server, ServerBuilder, PASSWORD, USER};
+use common::{add_user, http_get, sha256_rounds, Reply, Server, ServerBuilder, PASSWORD, USER};
 
 /// The liveness bound on "seen within a second".
 const SEEN_WITHIN: Duration = Duration::from_secs(5);
@@ -40,6 +41,7 @@ fn wrongpass() -> Reply {
 fn server_on(url: &str, users: &[(&str, &str)]) -> Server {
     let mut builder: ServerBuilder = Server::builder()
         .store(url)
+        .flag("--metrics-addr", "127.0.0.1:0")
         .flag("--auth-failures-per-minute", "0")
         .flag("--auth-user-failures-per-minute", "0")
         .flag("--max-auth-failures", "1000");
@@ -110,6 +112,22 @@ fn until_auth(server: &Server, user: &str, password: &str, want: &Reply, what: &
     }
 }
 
+/// Polls `/ready` until it answers `status`, up to [`SEEN_WITHIN`]; returns the body.
+fn until_ready_is(server: &Server, status: u16, what: &str) -> String {
+    let deadline = Instant::now() + SEEN_WITHIN;
+    loop {
+        let (line, _, body) = http_get(server.metrics_addr(), "/ready");
+        if line.split_whitespace().nth(1) == Some(&status.to_string()) {
+            return body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: /ready still answers {line:?} {body:?} after {SEEN_WITHIN:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Polls the server's log until `line` appears, up to [`SEEN_WITHIN`].
 fn until_logged(server: &Server, line: &str) {
     let deadline = Instant::now() + SEEN_WITHIN;
@@ -152,8 +170,12 @@ fn users_known_before_a_postgres_outage_authenticate_during_it() {
     );
     until_auth(&server, "dave", "dave-pw", &wrongpass(), "dave disabled");
 
+    until_ready_is(&server, 200, "before the outage");
     cluster.stop();
     until_logged(&server, LOST);
+    // A load balancer sends new sessions to an instance whose store answers, if there is one.
+    let body = until_ready_is(&server, 503, "during the outage");
+    assert_eq!(body, "not ready: no store connection is up\n");
 
     let mut bob = server.raw();
     let started = Instant::now();
@@ -198,6 +220,7 @@ fn users_known_before_a_postgres_outage_authenticate_during_it() {
 
     cluster.start_again();
     until_logged(&server, BACK);
+    until_ready_is(&server, 200, "after the outage");
     // Followed again without a restart of ringport.
     add_user(&server.data_path(), Some(&url), "erin", "erin-pw");
     until_auth(

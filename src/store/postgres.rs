@@ -408,6 +408,34 @@ impl Link {
             }
         })
     }
+
+    /// Drives an idle connection without waiting, so that one the server closed meanwhile (a
+    /// restart, an outage) is noticed now rather than by the next call's failure: only calls
+    /// drive it otherwise. A poll, one zero-timeout turn of the runtime's I/O driver (what
+    /// `yield_now` gets inside `block_on`), and a poll again: a few microseconds, one
+    /// `epoll_wait`.
+    fn notice_close(&mut self) {
+        let Link {
+            runtime,
+            driver,
+            driver_done,
+            ..
+        } = self;
+        if *driver_done {
+            return;
+        }
+        runtime.block_on(async {
+            for turn in 0..2 {
+                if turn > 0 {
+                    tokio::task::yield_now().await;
+                }
+                if poll_fn(|context| Poll::Ready(driver.as_mut().poll(context).is_ready())).await {
+                    *driver_done = true;
+                    return;
+                }
+            }
+        });
+    }
 }
 
 /// One live connection and its prepared statements.
@@ -764,6 +792,9 @@ impl Conn for PostgresConn {
     }
 
     fn ready(&mut self) -> bool {
+        if let Some(session) = &mut self.session {
+            session.link.notice_close();
+        }
         self.ensure_session().is_ok()
     }
 

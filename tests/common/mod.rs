@@ -4,13 +4,14 @@
 //! - [`Server::start`] / [`Server::builder`]: users are created first (`ringport user add`), then
 //!   the server starts on `127.0.0.1:0`; its port comes from the `ringport listening on ADDR`
 //!   line on stdout. Extra flags and a store URL go through [`ServerBuilder`].
-//! - Dropping a [`Server`] sends SIGTERM, waits, then SIGKILLs; a failing test gets the tail of
-//!   the server's log on stderr.
+//! - Servers start with `--drain-grace 0` (a test may give its own). Dropping a [`Server`] sends
+//!   SIGTERM, waits, then SIGKILLs; a failing test gets the tail of the server's log on stderr.
 //! - [`RawConn`]: a plain `TcpStream` for bytes no client library would send, with a small RESP
 //!   reader ([`Reply`]) and a read-until-EOF that tells a closed connection from a silent one.
 //! - [`Server::client`]: an authenticated `redis::Connection` (RESP2 unless asked otherwise).
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -253,6 +254,10 @@ impl Server {
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(self.data_path())
+            // No load balancer watches a test's server, so a drain needs no grace before it
+            // stops accepting (and each test's SIGTERM at the end would wait it out); a test's
+            // own `--drain-grace` comes later and wins.
+            .args(["--drain-grace", "0"])
             .args(profile_flags())
             .args(&self.builder.flags)
             .env_remove("RINGPORT_STORE_URL")
@@ -524,22 +529,62 @@ impl Drop for Server {
     }
 }
 
-/// The body of `GET path` over plain HTTP/1.1 (the metrics endpoint).
-pub fn http_body(addr: SocketAddr, path: &str) -> String {
-    let mut stream = TcpStream::connect(addr).expect("connect to the metrics endpoint");
+/// `GET path` over HTTP/1.1 (the metrics port: `/metrics`, `/health`, `/ready`); returns (status
+/// line, headers lowercased, body), checking that `Content-Length` matches the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> (String, HashMap<String, String>, String) {
+    let mut stream = TcpStream::connect_timeout(&addr, REPLY_TIMEOUT)
+        .unwrap_or_else(|e| panic!("connect to the metrics endpoint {addr}: {e}"));
     stream.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/openmetrics-text\r\nConnection: close\r\n\r\n"
     )
-    .expect("send the request");
-    let mut response = String::new();
+    .unwrap();
+    let mut response = Vec::new();
     stream
-        .read_to_string(&mut response)
-        .expect("read the response");
-    match response.split_once("\r\n\r\n") {
-        Some((_, body)) => body.to_string(),
-        None => panic!("no HTTP body in {response:?}"),
+        .read_to_end(&mut response)
+        .expect("read the HTTP response to its end");
+    let response = String::from_utf8(response).expect("the response is UTF-8");
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in {response:?}"));
+    let mut lines = head.split("\r\n");
+    let status = lines.next().unwrap_or_default().to_string();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect::<HashMap<_, _>>();
+    if let Some(length) = headers.get("content-length") {
+        assert_eq!(
+            length.parse::<usize>().unwrap(),
+            body.len(),
+            "Content-Length must match the body"
+        );
+    }
+    (status, headers, body.to_string())
+}
+
+/// The body of `GET path` (the metrics endpoint).
+pub fn http_body(addr: SocketAddr, path: &str) -> String {
+    http_get(addr, path).2
+}
+
+/// The HTTP status code of `GET path` (`/ready`: 200 or 503).
+pub fn http_status(addr: SocketAddr, path: &str) -> u16 {
+    let (status, _, _) = http_get(addr, path);
+    status
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("GET {path}: no status code in {status:?}"))
+}
+
+/// Polls `condition` until it holds, failing after [`REPLY_TIMEOUT`] (liveness, not speed).
+pub fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + REPLY_TIMEOUT;
+    while !condition() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -382,23 +382,29 @@ impl Owned {
                 self.data.display()
             )
         };
-        let script = format!(
-            "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {stop}; rm -rf '{base}'",
-            pid = std::process::id(),
-            base = base.display()
-        );
-        // Its own process group: a signal to the test's group (Ctrl-C, `timeout`) must not take
-        // the watchdog down with the test.
-        let child = Command::new("sh")
-            .args(["-c", &script])
-            .process_group(0)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the PostgreSQL watchdog");
+        let child = after_test_process(&format!("{stop}; rm -rf '{}'", base.display()));
         *self.watchdog.get_mut().unwrap() = Some(child);
     }
+}
+
+/// A shell that runs `script` once this test process has exited, however it exits (a panic that
+/// skips `Drop`, `kill -9`): the watchdog of whatever a test starts that must not outlive it.
+/// Kill the returned child when the test cleans up after itself.
+pub fn after_test_process(script: &str) -> Child {
+    let script = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {script}",
+        pid = std::process::id()
+    );
+    // Its own process group: a signal to the test's group (Ctrl-C, `timeout`) must not take the
+    // watchdog down with the test.
+    Command::new("sh")
+        .args(["-c", &script])
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start a watchdog")
 }
 
 /// Panics with the program's output (and the server log) unless it succeeded.
