@@ -323,6 +323,7 @@ impl Backend for Postgres {
             next_attempt: None,
             down: None,
             in_transaction: false,
+            last_probe: Instant::now(),
         }))
     }
 
@@ -628,7 +629,13 @@ struct PostgresConn {
     /// Inside a user-defined command's transaction ([`super::Sql::begin`]): a lost connection
     /// fails the calls instead of reconnecting, so nothing runs outside the transaction.
     in_transaction: bool,
+    /// When `ready` last drove the idle connection (see [`Link::notice_close`]).
+    last_probe: Instant,
 }
+
+/// How often `ready` drives an idle connection to notice a close: it runs before every batch,
+/// and a busy worker learns of a close from its calls anyway.
+const PROBE_EVERY: Duration = Duration::from_millis(100);
 
 impl PostgresConn {
     /// Makes sure a live session exists, reconnecting if allowed.
@@ -793,7 +800,10 @@ impl Conn for PostgresConn {
 
     fn ready(&mut self) -> bool {
         if let Some(session) = &mut self.session {
-            session.link.notice_close();
+            if self.last_probe.elapsed() >= PROBE_EVERY {
+                self.last_probe = Instant::now();
+                session.link.notice_close();
+            }
         }
         self.ensure_session().is_ok()
     }
