@@ -2,8 +2,8 @@
 //! flags, the name each target's certificate is checked against, and a verifier for
 //! `--tls-insecure`.
 //!
-//! rustls runs sans-I/O: set-up drives it on blocking sockets ([`crate::session`]), the load
-//! loop on non-blocking ones ([`crate::engine`]). The handshake is done during set-up, so the
+//! rustls runs sans-I/O: set-up drives it on blocking sockets (`session.rs`), the load loop on
+//! non-blocking ones (`engine.rs`); this module knows neither. The handshake is done during set-up, so the
 //! measured phase starts on established sessions.
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
