@@ -4,10 +4,11 @@
 //! set it through their call context.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use crate::resp::Proto;
+use crate::resp::{Args, Proto};
+use crate::store::Entry;
 use crate::storepool::JobTicket;
 
 /// The session's place in its life. Each handler notes which states it expects.
@@ -29,6 +30,27 @@ pub struct ClientNames {
     /// `CLIENT SETINFO LIB-NAME` / `LIB-VER`.
     pub lib_name: Option<Vec<u8>>,
     pub lib_ver: Option<Vec<u8>>,
+}
+
+/// A session's transaction state: MULTI's queue and WATCH's keys. Boxed in [`Conn`], present
+/// only while either is in use.
+#[derive(Debug, Default)]
+pub struct Transaction {
+    /// The commands queued since MULTI; `None` outside MULTI.
+    pub queued: Option<Vec<Args>>,
+    /// A command was refused while queueing: EXEC answers `-EXECABORT`.
+    pub dirty: bool,
+    /// The WATCHed keys, filled by WATCH's store job before its reply (the session runs one
+    /// command at a time, so EXEC always sees them complete).
+    pub watched: Arc<Mutex<Watched>>,
+}
+
+/// The WATCHed keys and what each held (value and expiry) when WATCH read it.
+#[derive(Debug, Default)]
+pub struct Watched {
+    pub keys: Vec<(Vec<u8>, Option<Entry>)>,
+    /// A WATCH could not read its keys (the store failed): EXEC aborts.
+    pub failed: bool,
 }
 
 /// What a session remembers between commands.
@@ -75,6 +97,8 @@ pub struct Conn {
     pub auth_deadline: Option<Instant>,
     /// While a store job is pending: when to ask the store pool whether it is stuck.
     pub store_deadline: Option<Instant>,
+    /// MULTI / WATCH state, while in use.
+    pub transaction: Option<Box<Transaction>>,
 }
 
 impl Conn {
@@ -86,6 +110,13 @@ impl Conn {
     /// `CLIENT SETNAME`'s name, if set.
     pub fn name(&self) -> Option<&[u8]> {
         self.names.as_deref()?.name.as_deref()
+    }
+
+    /// Whether the session is between MULTI and EXEC/DISCARD: commands are queued, not run.
+    pub fn in_multi(&self) -> bool {
+        self.transaction
+            .as_ref()
+            .is_some_and(|transaction| transaction.queued.is_some())
     }
 
     /// True when nothing is pending and no input waits: the session may close on a drain.

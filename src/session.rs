@@ -98,19 +98,20 @@ impl RingHandler {
                     }
                     s.conn.commands += 1;
                     s.conn.last_active = cx.now;
-                    let folded = if s.conn.authenticated && is_get(&args) {
+                    // Inside MULTI a GET is queued like any command, never folded.
+                    let folded = if s.conn.authenticated && !s.conn.in_multi() && is_get(&args) {
                         fold_gets(&mut self.probe, &buf[pos..], limits, &args[1])
                     } else {
                         None
                     };
-                    let mut call = Call::new(cx, &self.shared, &self.sender, s);
+                    let mut call = Call::new(cx, &self.shared, &self.handlers, &self.sender, s);
                     match folded {
                         Some((keys, used)) => {
                             pos += used;
                             call.conn_mut().commands += keys.len() as u64 - 1;
                             commands::execute_gets(&mut call, keys);
                         }
-                        None => commands::execute(&mut call, &self.handlers, &args),
+                        None => commands::execute(&mut call, &args),
                     }
                     self.enforce_output_limit(s);
                 }
@@ -312,6 +313,7 @@ impl Handler for RingHandler {
             store_ticket: None,
             auth_deadline: Some(cx.now + self.shared.config.auth_timeout),
             store_deadline: None,
+            transaction: None,
         }
     }
 
@@ -387,7 +389,10 @@ impl Handler for RingHandler {
             }
             Msg::Auth(_, outcome) => {
                 let failed = !matches!(outcome, AuthOutcome::Verified { .. });
-                commands::finish_auth(&mut Call::new(cx, &self.shared, &self.sender, s), outcome);
+                commands::finish_auth(
+                    &mut Call::new(cx, &self.shared, &self.handlers, &self.sender, s),
+                    outcome,
+                );
                 failed
             }
             Msg::OverOutputLimit(_) => {

@@ -1,6 +1,12 @@
 //! The store pool: store commands run here on blocking workers, one store connection each, so a
 //! slow query or a store outage never blocks a ring. The queue is bounded; when it is full the
 //! command gets `-BUSY` at once.
+//!
+//! Beside the workers, one `store-sweep` thread with a connection of its own removes expired
+//! keys ([`Conn::sweep_expired`]): a batch of at most [`SWEEP_BATCH`] keys per short
+//! transaction, the next batch at once while batches come back full, else a pause of
+//! [`SWEEP_INTERVAL`]. It never takes a worker's connection, so a backlog of expired keys
+//! delays no command; reads never depend on it (an expired key is absent either way).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -10,7 +16,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 
 use crate::pool::{Busy, PoolStats};
-use crate::store::{Backend, Conn, StoreError};
+use crate::store::{now_ms, Backend, Conn, StoreError, SWEEP_BATCH};
+
+/// How long the sweep rests after a batch that was not full.
+pub const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
 
 /// A store job: it gets the worker's connection, or the reason there is none right now.
 pub type StoreJob = Box<dyn FnOnce(Result<&mut dyn Conn, StoreError>) + Send + 'static>;
@@ -127,6 +136,8 @@ pub struct StoreStats {
     pub batch_max: AtomicU64,
     /// Per worker, that is per store connection.
     pub workers: Vec<WorkerStats>,
+    /// Expired keys the sweep removed.
+    pub swept: AtomicU64,
 }
 
 /// One worker's connection, for INFO.
@@ -201,7 +212,19 @@ impl StorePool {
                     })
                     .expect("spawn store worker")
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let mut handles = handles;
+        let sweeper = {
+            let (backend, store, shutdown) = (backend.clone(), store.clone(), shutdown.clone());
+            std::thread::Builder::new()
+                .name("store-sweep".into())
+                .spawn(move || {
+                    crate::pool::lower_priority(priority);
+                    run_sweep(&*backend, &store, &shutdown);
+                })
+                .expect("spawn the store sweep thread")
+        };
+        handles.push(sweeper);
         StorePool {
             sender,
             progress_us,
@@ -267,7 +290,9 @@ impl StorePool {
     pub fn note_error(&self, error: &StoreError) {
         match error {
             StoreError::Unavailable(_) => self.store.unavailable.fetch_add(1, Ordering::Relaxed),
-            StoreError::Other(_) => self.store.errors.fetch_add(1, Ordering::Relaxed),
+            StoreError::Other(_) | StoreError::Conflict => {
+                self.store.errors.fetch_add(1, Ordering::Relaxed)
+            }
             // The command's own error, as INCR on a string is: the store is fine.
             StoreError::NotInteger | StoreError::Overflow | StoreError::Sql(_) => 0,
         };
@@ -327,6 +352,32 @@ impl Progress {
     fn now_us(&self) -> u64 {
         // Never 0, which means "not started" in a ticket.
         (self.epoch.elapsed().as_micros() as u64).max(1)
+    }
+}
+
+/// The sweep thread: removes expired keys in batches until shutdown. A store that is down is
+/// retried at the next pause; the sweep's connection reconnects as any other.
+fn run_sweep(backend: &dyn Backend, store: &StoreStats, shutdown: &AtomicBool) {
+    let mut conn: Option<Box<dyn Conn>> = None;
+    while !shutdown.load(Ordering::Acquire) {
+        if conn.is_none() {
+            conn = backend.connect().ok();
+        }
+        let removed = match conn
+            .as_mut()
+            .map(|conn| conn.sweep_expired(now_ms(), SWEEP_BATCH))
+        {
+            Some(Ok(removed)) => removed,
+            Some(Err(error)) => {
+                tracing::debug!(%error, "the expiry sweep failed; it tries again");
+                0
+            }
+            None => 0,
+        };
+        store.swept.fetch_add(removed as u64, Ordering::Relaxed);
+        if removed < SWEEP_BATCH {
+            std::thread::sleep(SWEEP_INTERVAL);
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use std::process::{Command, Stdio};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use ringport::store::{self, Backend, Conn, StoreError, StoreSpec, UserRecord};
+use ringport::store::{self, Backend, Conn, Entry, StoreError, StoreSpec, UserRecord};
 
 /// An open store plus whatever keeps it alive (its temp dir).
 struct Store {
@@ -80,7 +80,22 @@ on_both_backends!(
     writes_are_visible_to_other_connections,
     sleep_waits,
     users_crud,
+    transact_commits_all_or_nothing,
+    expired_keys_are_absent_before_any_sweep,
+    plain_writes_clear_an_expiry_and_incr_keeps_it,
+    txn_scans_counts_and_clears_one_owner,
 );
+
+// These take the store by value: counting its rows closes the embedded one first.
+#[test]
+fn embedded_sweep_removes_expired_rows_in_bounded_batches() {
+    sweep_removes_expired_rows_in_bounded_batches(embedded_store());
+}
+
+#[test]
+fn postgres_sweep_removes_expired_rows_in_bounded_batches() {
+    sweep_removes_expired_rows_in_bounded_batches(postgres_store("sweep"));
+}
 
 fn describes_itself(store: &Store) {
     let description = store.backend.describe();
@@ -937,4 +952,205 @@ fn postgres_watch_users_follows_changes_and_ends_with_its_sink() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+fn transact_commits_all_or_nothing(store: &Store) {
+    let mut conn = store.conn();
+    let answer = store::transact(&mut *conn, "alice", |txn| {
+        assert_eq!(txn.get(b"a")?, None);
+        txn.put(b"a", b"1", None)?;
+        txn.put(b"b", b"2", Some(txn.now_ms() + 60_000))?;
+        // What the transaction wrote, it reads back.
+        Ok(txn.get(b"a")?.map(|entry| entry.value))
+    })
+    .unwrap();
+    assert_eq!(answer, Some(b"1".to_vec()));
+    assert_eq!(
+        conn.mget("alice", &[b"a", b"b"]).unwrap(),
+        vec![Some(b"1".to_vec()), Some(b"2".to_vec())]
+    );
+    let refused = store::transact(&mut *conn, "alice", |txn| -> Result<(), StoreError> {
+        txn.put(b"a", b"changed", None)?;
+        assert!(txn.delete(b"b")?);
+        txn.put(b"c", b"new", None)?;
+        Err(StoreError::NotInteger)
+    });
+    assert_eq!(refused, Err(StoreError::NotInteger));
+    assert_eq!(
+        conn.mget("alice", &[b"a", b"b", b"c"]).unwrap(),
+        vec![Some(b"1".to_vec()), Some(b"2".to_vec()), None],
+        "a body's error rolls back every write of it"
+    );
+    // Another owner's keys are not in alice's transaction.
+    let bobs = store::transact(&mut *conn, "bob", |txn| txn.get(b"a")).unwrap();
+    assert_eq!(bobs, None);
+    let entry = store::transact(&mut *conn, "alice", |txn| txn.get(b"b"))
+        .unwrap()
+        .expect("b is live");
+    assert!(entry.expires_at_ms.is_some(), "{entry:?}");
+}
+
+/// Puts `key` for alice, expiring `ms` from now.
+fn put_expiring(conn: &mut dyn Conn, key: &[u8], value: &[u8], ms: i64) {
+    store::transact(conn, "alice", |txn| {
+        let at = txn.now_ms() + ms;
+        txn.put(key, value, Some(at))
+    })
+    .unwrap();
+}
+
+fn expired_keys_are_absent_before_any_sweep(store: &Store) {
+    let mut conn = store.conn();
+    put_expiring(&mut *conn, b"short", b"v", 200);
+    conn.set("alice", b"forever", b"f").unwrap();
+    assert_eq!(conn.get("alice", b"short").unwrap(), Some(b"v".to_vec()));
+    std::thread::sleep(Duration::from_millis(250));
+    // No sweep ran (this connection never called one); every read path checks the time.
+    assert_eq!(conn.get("alice", b"short").unwrap(), None);
+    assert_eq!(
+        conn.get_many(&[("alice", b"short"), ("alice", b"forever")]),
+        vec![Ok(None), Ok(Some(b"f".to_vec()))]
+    );
+    assert_eq!(
+        conn.mget("alice", &[b"short", b"forever"]).unwrap(),
+        vec![None, Some(b"f".to_vec())]
+    );
+    assert_eq!(conn.exists("alice", &[b"short", b"forever"]).unwrap(), 1);
+    let seen = store::transact(&mut *conn, "alice", |txn| {
+        Ok((txn.get(b"short")?, txn.set_expiry(b"short", None)?))
+    })
+    .unwrap();
+    assert_eq!(seen, (None, false));
+    assert_eq!(conn.del("alice", &[b"short", b"forever"]).unwrap(), 1);
+    // An expired key starts INCR from zero.
+    put_expiring(&mut *conn, b"n", b"41", 50);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(conn.incr_by("alice", b"n", 1).unwrap(), 1);
+}
+
+fn plain_writes_clear_an_expiry_and_incr_keeps_it(store: &Store) {
+    let mut conn = store.conn();
+    // 500 ms: time for the writes and the first check below on a busy machine.
+    put_expiring(&mut *conn, b"s", b"1", 500);
+    put_expiring(&mut *conn, b"m", b"1", 500);
+    put_expiring(&mut *conn, b"b", b"1", 500);
+    put_expiring(&mut *conn, b"n", b"1", 500);
+    conn.set("alice", b"s", b"2").unwrap();
+    conn.mset("alice", &[(b"m", b"2")]).unwrap();
+    assert_eq!(conn.set_many(&[("alice", b"b", b"2")]), vec![Ok(())]);
+    assert_eq!(conn.incr_by("alice", b"n", 1).unwrap(), 2);
+    let expiry = |conn: &mut dyn Conn, key: &[u8]| {
+        store::transact(conn, "alice", |txn| txn.get(key))
+            .unwrap()
+            .map(|entry: Entry| entry.expires_at_ms.is_some())
+    };
+    assert_eq!(
+        expiry(&mut *conn, b"n"),
+        Some(true),
+        "INCR keeps the expiry"
+    );
+    std::thread::sleep(Duration::from_millis(550));
+    for key in [&b"s"[..], b"m", b"b"] {
+        assert_eq!(expiry(&mut *conn, key), Some(false), "{key:?}");
+    }
+    assert_eq!(conn.get("alice", b"n").unwrap(), None);
+}
+
+/// How many key-value rows the store holds, expired or not: for the embedded store the
+/// backend is closed first (the file allows one opener) and the file read directly.
+fn stored_rows(store: Store, conn: Box<dyn Conn>) -> u64 {
+    match store.backend.kind() {
+        "postgres" => {
+            let mut conn = conn;
+            let sql = conn.sql().expect("PostgreSQL has SQL");
+            let result = sql.query("SELECT count(*) FROM ringport_kv", &[]).unwrap();
+            match result.rows[0][0] {
+                store::SqlValue::Int(count) => count as u64,
+                ref other => panic!("count(*) gave {other:?}"),
+            }
+        }
+        _ => {
+            drop(conn);
+            let Store { backend, _dir } = store;
+            drop(backend);
+            let dir = _dir.expect("an embedded store has a dir");
+            let path = dir.path().join("data").join("ringport.redb");
+            let db = redb::Database::open(&path).expect("reopen the store file");
+            let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
+            let kv: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("kv");
+            redb::ReadableTableMetadata::len(&txn.open_table(kv).unwrap()).unwrap()
+        }
+    }
+}
+
+fn sweep_removes_expired_rows_in_bounded_batches(store: Store) {
+    let mut conn = store.conn();
+    let keys: Vec<Vec<u8>> = (0..1_200)
+        .map(|i| format!("gone{i}").into_bytes())
+        .collect();
+    store::transact(&mut *conn, "alice", |txn| {
+        let past = txn.now_ms() - 1;
+        for key in &keys {
+            txn.put(key, b"x", Some(past))?;
+        }
+        txn.put(b"later", b"x", Some(txn.now_ms() + 60_000))?;
+        txn.put(b"never", b"x", None)
+    })
+    .unwrap();
+    put_expiring(&mut *conn, b"also gone", b"x", -1);
+    let now = store::now_ms();
+    let mut batches = Vec::new();
+    loop {
+        let removed = conn.sweep_expired(now, store::SWEEP_BATCH).unwrap();
+        batches.push(removed);
+        if removed == 0 {
+            break;
+        }
+    }
+    assert_eq!(
+        batches,
+        vec![500, 500, 201, 0],
+        "1,201 expired keys, 500 a batch"
+    );
+    assert_eq!(
+        conn.mget("alice", &[b"later", b"never"]).unwrap(),
+        vec![Some(b"x".to_vec()), Some(b"x".to_vec())]
+    );
+    assert_eq!(
+        stored_rows(store, conn),
+        2,
+        "only the live keys' rows are left"
+    );
+}
+
+fn txn_scans_counts_and_clears_one_owner(store: &Store) {
+    let mut conn = store.conn();
+    // "al" is a prefix of "alice": the owner boundary must hold in key order too.
+    conn.mset("al", &[(b"ice:x", b"1")]).unwrap();
+    conn.mset(
+        "alice",
+        &[(b"b", b"1"), (b"", b"1"), (b"a", b"1"), (b"\xff", b"1")],
+    )
+    .unwrap();
+    conn.mset("alicf", &[(b"a", b"1")]).unwrap();
+    put_expiring(&mut *conn, b"expired", b"1", -1);
+    let (all, pages, count) = store::transact(&mut *conn, "alice", |txn| {
+        let all = txn.scan(None, usize::MAX)?;
+        let first = txn.scan(None, 2)?;
+        let second = txn.scan(first.last().map(Vec::as_slice), 2)?;
+        let third = txn.scan(second.last().map(Vec::as_slice), 2)?;
+        Ok((all, [first, second, third], txn.count()?))
+    })
+    .unwrap();
+    let want: Vec<Vec<u8>> = vec![b"".to_vec(), b"a".to_vec(), b"b".to_vec(), b"\xff".to_vec()];
+    assert_eq!(all, want, "live keys only, in byte order");
+    assert_eq!(pages.concat(), want);
+    assert_eq!(count, 4);
+    store::transact(&mut *conn, "alice", |txn| txn.clear()).unwrap();
+    assert_eq!(
+        store::transact(&mut *conn, "alice", |txn| txn.count()).unwrap(),
+        0
+    );
+    assert_eq!(conn.get("al", b"ice:x").unwrap(), Some(b"1".to_vec()));
+    assert_eq!(conn.get("alicf", b"a").unwrap(), Some(b"1".to_vec()));
 }

@@ -8,6 +8,7 @@ mod pg;
 
 mod common;
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{encode, sha256_rounds, RawConn, Reply, Server, PASSWORD, USER};
@@ -75,6 +76,10 @@ on_both_backends!(
     slow_store_commands_never_stall_other_sessions,
     batched_gets_and_sets_keep_each_sessions_order,
     a_pipeline_of_gets_is_answered_in_order_and_counted,
+    users_never_see_each_others_keys,
+    scan_returns_each_key_present_throughout_exactly_once,
+    redis_py_default_pipeline_is_a_transaction,
+    kill_9_during_exec_leaves_all_or_nothing,
 );
 
 fn ok() -> Reply {
@@ -1171,4 +1176,254 @@ fn assert_alive_raw(conn: &mut RawConn) {
         conn.cmd(&[b"HASH", b"2", b"x"]),
         Reply::bulk(sha256_rounds(b"x", 2))
     );
+}
+
+/// Issue 17: the sweep thread removes expired keys by itself, on both stores: INFO counts what
+/// it removed, and on PostgreSQL the rows themselves are gone.
+#[test]
+fn the_sweep_removes_expired_keys_of_a_running_server() {
+    for backend in [Backend::Embedded, Backend::Postgres] {
+        let url = PgCluster::shared().fresh_url("sweep_thread");
+        let mut builder = Server::builder();
+        if backend == Backend::Postgres {
+            builder = builder.store(&url).flag("--store-threads", "2");
+        }
+        let server = builder.start();
+        let mut conn = server.raw_authed();
+        for i in 0..50 {
+            let key = format!("k{i}");
+            assert_eq!(
+                conn.cmd(&[b"SET", key.as_bytes(), b"v", b"PX", b"100"]),
+                ok()
+            );
+        }
+        assert_eq!(conn.cmd(&[b"SET", b"kept", b"v"]), ok());
+        common::eventually("INFO store counts 50 swept keys", || {
+            let Reply::Bulk(info) = conn.cmd(&[b"INFO", b"store"]) else {
+                panic!("INFO is a bulk string")
+            };
+            String::from_utf8_lossy(&info).contains("\r\nstore_expired_swept:50\r\n")
+        });
+        if backend == Backend::Postgres {
+            let mut client = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+            let rows: i64 = client
+                .query_one("SELECT count(*) FROM ringport_kv", &[])
+                .unwrap()
+                .get(0);
+            assert_eq!(rows, 1, "only the key without an expiry is stored");
+        }
+        assert_eq!(conn.cmd(&[b"GET", b"kept"]), Reply::bulk("v"));
+    }
+}
+
+/// The items of an array reply.
+fn array(reply: Reply) -> Vec<Reply> {
+    match reply {
+        Reply::Array(items) => items,
+        other => panic!("expected an array, got {other:?}"),
+    }
+}
+
+/// Issue 17: SCAN, KEYS, DBSIZE, RANDOMKEY and FLUSHDB see and change the session user's keys
+/// only, also where one user's name is a prefix of the other's.
+fn users_never_see_each_others_keys(backend: Backend) {
+    let server = start(backend, "users_never_see_each_others_keys", &[]);
+    let mut alice = server.raw_authed();
+    let mut bob = server.raw();
+    bob.auth(BOB, BOB_PASSWORD);
+    for key in [&b"a1"[..], b"a2", b"shared"] {
+        assert_eq!(alice.cmd(&[b"SET", key, b"v"]), ok());
+    }
+    assert_eq!(bob.cmd(&[b"SET", b"shared", b"v"]), ok());
+    assert_eq!(bob.cmd(&[b"SET", b"b1", b"v", b"PX", b"100000"]), ok());
+    let sorted = |reply: Reply| {
+        let mut keys = array(reply);
+        keys.sort_by_key(|key| match key {
+            Reply::Bulk(bytes) => bytes.clone(),
+            other => panic!("{other:?}"),
+        });
+        keys
+    };
+    assert_eq!(
+        sorted(alice.cmd(&[b"KEYS", b"*"])),
+        vec![Reply::bulk("a1"), Reply::bulk("a2"), Reply::bulk("shared")]
+    );
+    assert_eq!(
+        sorted(bob.cmd(&[b"KEYS", b"*"])),
+        vec![Reply::bulk("b1"), Reply::bulk("shared")]
+    );
+    assert_eq!(alice.cmd(&[b"DBSIZE"]), Reply::Int(3));
+    assert_eq!(bob.cmd(&[b"DBSIZE"]), Reply::Int(2));
+    let scanned = array(bob.cmd(&[b"SCAN", b"0", b"COUNT", b"100"]));
+    assert_eq!(scanned[0], Reply::bulk("0"));
+    assert_eq!(
+        sorted(scanned[1].clone()),
+        vec![Reply::bulk("b1"), Reply::bulk("shared")]
+    );
+    for _ in 0..20 {
+        let key = bob.cmd(&[b"RANDOMKEY"]);
+        assert!(
+            key == Reply::bulk("b1") || key == Reply::bulk("shared"),
+            "{key:?}"
+        );
+    }
+    assert_eq!(bob.cmd(&[b"FLUSHDB"]), ok());
+    assert_eq!(bob.cmd(&[b"DBSIZE"]), Reply::Int(0));
+    assert_eq!(bob.cmd(&[b"RANDOMKEY"]), Reply::Nil);
+    assert_eq!(
+        alice.cmd(&[b"DBSIZE"]),
+        Reply::Int(3),
+        "bob's FLUSHDB left alice's keys"
+    );
+    assert_eq!(alice.cmd(&[b"GET", b"shared"]), Reply::bulk("v"));
+}
+
+/// Issue 17: SCAN's cursor is a position in the key order, so keys written and deleted between
+/// pages never make a key present throughout come twice or not at all.
+fn scan_returns_each_key_present_throughout_exactly_once(backend: Backend) {
+    let server = start(backend, "scan_exactly_once", &[]);
+    let mut conn = server.raw_authed();
+    let mut writer = server.raw_authed();
+    let steady: Vec<String> = (0..60).map(|i| format!("steady:{i:02}")).collect();
+    for key in &steady {
+        assert_eq!(conn.cmd(&[b"SET", key.as_bytes(), b"v"]), ok());
+    }
+    let mut cursor = b"0".to_vec();
+    let mut seen: Vec<Vec<u8>> = Vec::new();
+    for page in 0.. {
+        // Between pages: new keys before, among and after the steady ones, and some removed.
+        for key in [
+            format!("a:{page}"),
+            format!("steady:{page:02}x"),
+            format!("z:{page}"),
+        ] {
+            assert_eq!(writer.cmd(&[b"SET", key.as_bytes(), b"v"]), ok());
+        }
+        let doomed = format!("steady:{:02}x", page.max(1) - 1);
+        writer.cmd(&[b"DEL", doomed.as_bytes()]);
+        let mut reply =
+            array(conn.cmd(&[b"SCAN", &cursor, b"COUNT", b"7", b"MATCH", b"steady:??"]));
+        for key in array(reply.pop().unwrap()) {
+            let Reply::Bulk(key) = key else {
+                panic!("{key:?}")
+            };
+            seen.push(key);
+        }
+        let Some(Reply::Bulk(next)) = reply.pop() else {
+            panic!("a cursor")
+        };
+        if next == b"0" {
+            break;
+        }
+        cursor = next;
+        assert!(page < 1_000, "SCAN never ended");
+    }
+    let want: Vec<Vec<u8>> = steady.iter().map(|key| key.as_bytes().to_vec()).collect();
+    seen.sort();
+    assert_eq!(seen, want, "each steady key exactly once");
+}
+
+/// Issue 17: redis-py's default `pipeline()` wraps its commands in MULTI/EXEC. Its replies, a
+/// run-time error inside, a queue-time error (nothing applied) and WATCH with another client's
+/// write in between (WatchError), as redis-py reports them.
+fn redis_py_default_pipeline_is_a_transaction(backend: Backend) {
+    let server = start(backend, "redis_py_pipeline", &[]);
+    let script = format!(
+        "import redis\n\
+         r = redis.Redis(host='127.0.0.1', port={port}, username='{USER}', password='{PASSWORD}')\n\
+         other = redis.Redis(host='127.0.0.1', port={port}, username='{USER}', password='{PASSWORD}')\n\
+         p = r.pipeline()\n\
+         for _ in range(10): p.incr('n')\n\
+         p.set('k', 'v', px=100000)\n\
+         p.get('k')\n\
+         p.incr('k')\n\
+         out = p.execute(raise_on_error=False)\n\
+         print(out[:12], type(out[12]).__name__, r.get('n'), r.ttl('k') > 0)\n\
+         p = r.pipeline()\n\
+         p.set('x', 1)\n\
+         p.execute_command('NOSUCHCOMMAND')\n\
+         try:\n    p.execute()\n    print('committed')\n\
+         except redis.exceptions.ResponseError as e:\n    print('aborted', r.get('x'))\n\
+         with r.pipeline() as p:\n\
+         \x20   p.watch('w')\n\
+         \x20   other.set('w', 'theirs')\n\
+         \x20   p.multi()\n\
+         \x20   p.set('w', 'mine')\n\
+         \x20   try:\n        p.execute()\n        print('committed')\n\
+         \x20   except redis.WatchError:\n        print('watch error', r.get('w'))\n\
+         def add(pipe):\n\
+         \x20   value = int(pipe.get('n'))\n\
+         \x20   pipe.multi()\n\
+         \x20   pipe.set('n', value + 5)\n\
+         print(r.transaction(add, 'n'), r.get('n'))\n",
+        port = server.addr.port()
+    );
+    let py = Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("run python3 (ci/test installs python3-redis)");
+    let stdout = String::from_utf8_lossy(&py.stdout);
+    let stderr = String::from_utf8_lossy(&py.stderr);
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [
+            "[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, True, b'v'] ResponseError b'10' True",
+            "aborted None",
+            "watch error b'theirs'",
+            "[True] b'15'",
+        ],
+        "redis-py stderr: {stderr}"
+    );
+}
+
+/// Issue 17: EXEC is one store transaction, so `kill -9` while it runs leaves all of it or
+/// none. Each round sends a transaction of 2,000 SETs and kills the server a different while
+/// after the EXEC went out (before, during or after the commit); the last round waits for
+/// EXEC's reply first, so its transaction must be there after the restart.
+fn kill_9_during_exec_leaves_all_or_nothing(backend: Backend) {
+    let mut server = start(backend, "kill_9_during_exec", &[]);
+    let value = vec![b'v'; 512];
+    let mut outcomes = Vec::new();
+    for (round, delay_ms) in [Some(1u64), Some(20), Some(60), Some(200), None]
+        .into_iter()
+        .enumerate()
+    {
+        let mut raw = server.raw_authed();
+        let keys: Vec<String> = (0..2_000).map(|i| format!("round{round}:{i}")).collect();
+        let mut batch = encode(&[b"MULTI"]);
+        for key in &keys {
+            batch.extend(encode(&[b"SET", key.as_bytes(), &value]));
+        }
+        batch.extend(encode(&[b"EXEC"]));
+        raw.send(&batch);
+        match delay_ms {
+            Some(delay_ms) => std::thread::sleep(Duration::from_millis(delay_ms)),
+            None => {
+                assert_eq!(raw.read_reply(), ok(), "MULTI");
+                for _ in &keys {
+                    assert_eq!(raw.read_reply(), Reply::Simple("QUEUED".into()));
+                }
+                assert_eq!(raw.read_reply(), Reply::Array(vec![ok(); 2_000]), "EXEC");
+            }
+        }
+        server.kill9();
+        server.restart();
+        let mut check = server.raw_authed();
+        let mut args: Vec<&[u8]> = vec![b"EXISTS"];
+        args.extend(keys.iter().map(|key| key.as_bytes()));
+        let Reply::Int(present) = check.cmd(&args) else {
+            panic!("EXISTS answers an integer")
+        };
+        assert!(
+            present == 0 || present == 2_000,
+            "round {round}: {present} of 2000 keys after kill -9 mid-EXEC"
+        );
+        outcomes.push(present);
+    }
+    assert_eq!(
+        outcomes.last(),
+        Some(&2_000),
+        "an acknowledged EXEC survives kill -9"
+    );
+    eprintln!("keys present after each kill: {outcomes:?}");
 }

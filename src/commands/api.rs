@@ -187,7 +187,7 @@ impl<'a> StoreCtx<'a> {
     fn sql(&mut self) -> Result<&mut dyn Sql, StoreError> {
         self.conn.sql().ok_or_else(|| {
             StoreError::Sql(
-                "this command needs the PostgreSQL store (--store postgres://...)".into(),
+                "this command runs SQL: it needs the PostgreSQL store (--store postgres://...), outside MULTI".into(),
             )
         })
     }

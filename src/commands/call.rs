@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use ringport_ring::{Context, Sender, Session};
 
+use super::api::Handlers;
 use crate::conn::{Conn, State};
 use crate::msg::{Msg, Replier};
 use crate::pool::{ComputePool, Job};
@@ -26,6 +27,8 @@ pub struct Call<'a, 's> {
     /// The ring's index and the time of this batch of completions.
     pub cx: &'a Context,
     pub shared: &'a Arc<Shared>,
+    /// Every command's handler, row for row with `shared.table` (EXEC runs queued ones).
+    pub(crate) handlers: &'a Handlers,
     /// The ring's own mailbox, cloned into every job so results come back to this ring.
     mailbox: &'a Sender<Msg>,
     session: &'a mut Session<'s, Conn>,
@@ -35,12 +38,14 @@ impl<'a, 's> Call<'a, 's> {
     pub fn new(
         cx: &'a Context,
         shared: &'a Arc<Shared>,
+        handlers: &'a Handlers,
         mailbox: &'a Sender<Msg>,
         session: &'a mut Session<'s, Conn>,
     ) -> Self {
         Call {
             cx,
             shared,
+            handlers,
             mailbox,
             session,
         }

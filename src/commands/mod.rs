@@ -10,7 +10,12 @@
 
 pub mod api;
 mod call;
+mod glob;
+mod keyspace;
+mod long_double;
+mod multi;
 pub mod sql;
+mod strings;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -27,7 +32,7 @@ use crate::store::{Conn as StoreConn, StoreError};
 use crate::storepool::{GetWork, SetWork, StoreWork};
 use crate::table::{arity_ok, Class, Spec};
 
-use api::{Argv, CommandDef, Handler, Handlers, Inline, Reply, Request, StoreCtx};
+use api::{Argv, CommandDef, Handler, Inline, Reply, Request, StoreCtx};
 pub use call::Call;
 use call::BUSY;
 
@@ -39,19 +44,25 @@ fn lower(arg: &[u8]) -> String {
     String::from_utf8_lossy(arg).to_ascii_lowercase()
 }
 
-/// Redis 7's reply for an unknown command, with the first args quoted.
+/// Redis 7's reply for an unknown command: the name (up to 128 bytes), then the arguments,
+/// each quoted, while the list is shorter than 128 bytes, each cut to what is left of the 128
+/// (`processCommand`'s loop, byte for byte).
 fn unknown_command(out: &mut Vec<u8>, args: &Args) {
-    let mut msg = format!(
-        "ERR unknown command '{}', with args beginning with: ",
-        String::from_utf8_lossy(&truncate(&args[0], 128))
-    );
-    for arg in args.iter().skip(1).take(8) {
-        msg.push_str(&format!(
-            "'{}' ",
-            String::from_utf8_lossy(&truncate(arg, 128))
-        ));
+    let mut message = b"ERR unknown command '".to_vec();
+    message.extend(args[0].iter().take(128));
+    message.extend_from_slice(b"', with args beginning with: ");
+    let mut quoted: Vec<u8> = Vec::new();
+    for arg in args.iter().skip(1) {
+        if quoted.len() >= 128 {
+            break;
+        }
+        let room = 128 - quoted.len();
+        quoted.push(b'\'');
+        quoted.extend(arg.iter().take(room));
+        quoted.extend_from_slice(b"' ");
     }
-    resp::error(out, msg.as_bytes());
+    message.extend_from_slice(&quoted);
+    resp::error(out, &message);
 }
 
 fn truncate(arg: &[u8], n: usize) -> Vec<u8> {
@@ -76,6 +87,14 @@ pub fn builtins() -> Vec<CommandDef> {
     let connection = |def: CommandDef, flags: &[&'static str]| {
         with_flags(def, flags)
             .group("connection")
+            .origin("built-in")
+    };
+    let keyspace = |def: CommandDef, flags: &[&'static str]| {
+        with_flags(def, flags).group("generic").origin("built-in")
+    };
+    let transactions = |def: CommandDef, flags: &[&'static str]| {
+        with_flags(def, flags)
+            .group("transactions")
             .origin("built-in")
     };
     let string = |def: CommandDef, flags: &[&'static str], keys: (i32, i32, i32)| {
@@ -153,11 +172,11 @@ pub fn builtins() -> Vec<CommandDef> {
         )
         .summary("Gets the value of a key."),
         string(
-            CommandDef::session("set", 3, Store, set),
+            CommandDef::session("set", -3, Store, set),
             &["write", "denyoom"],
             (1, 1, 1),
         )
-        .summary("Sets the value of a key."),
+        .summary("Sets the value of a key: NX, XX, GET, EX, PX, EXAT, PXAT, KEEPTTL."),
         string(CommandDef::store("del", -2, del), &["write"], (1, -1, 1))
             .summary("Deletes keys; replies with how many existed."),
         string(
@@ -193,13 +212,202 @@ pub fn builtins() -> Vec<CommandDef> {
             (1, -1, 2),
         )
         .summary("Sets several keys at once."),
+        string(
+            CommandDef::store("decr", 2, |ctx| incr_by(ctx, -1)),
+            &["write", "denyoom", "fast"],
+            (1, 1, 1),
+        )
+        .summary("Decrements the integer value of a key by one."),
+        string(
+            CommandDef::store("decrby", 3, strings::decrby),
+            &["write", "denyoom", "fast"],
+            (1, 1, 1),
+        )
+        .summary("Decrements the integer value of a key."),
+        string(
+            CommandDef::store("incrbyfloat", 3, strings::incrbyfloat),
+            &["write", "denyoom", "fast"],
+            (1, 1, 1),
+        )
+        .summary("Increments the floating point value of a key."),
+        string(
+            CommandDef::store("unlink", -2, del),
+            &["write", "fast"],
+            (1, -1, 1),
+        )
+        .summary("Deletes keys; replies with how many existed."),
+        string(
+            CommandDef::store("setex", 4, strings::setex),
+            &["write", "denyoom"],
+            (1, 1, 1),
+        )
+        .summary("Sets the value and the expiry (seconds) of a key."),
+        string(
+            CommandDef::store("psetex", 4, strings::psetex),
+            &["write", "denyoom"],
+            (1, 1, 1),
+        )
+        .summary("Sets the value and the expiry (milliseconds) of a key."),
+        string(
+            CommandDef::store("setnx", 3, strings::setnx),
+            &["write", "denyoom", "fast"],
+            (1, 1, 1),
+        )
+        .summary("Sets a key only if it does not exist."),
+        string(
+            CommandDef::store("getex", -2, strings::getex),
+            &["write", "fast"],
+            (1, 1, 1),
+        )
+        .summary("Gets a value and sets or removes its expiry."),
+        string(
+            CommandDef::store("getdel", 2, strings::getdel),
+            &["write", "fast"],
+            (1, 1, 1),
+        )
+        .summary("Gets a value and deletes its key."),
+        string(
+            CommandDef::store("expire", -3, strings::expire),
+            &["write", "fast"],
+            (1, 1, 1),
+        )
+        .summary("Sets a key's expiry in seconds: NX, XX, GT, LT."),
+        string(
+            CommandDef::store("pexpire", -3, strings::pexpire),
+            &["write", "fast"],
+            (1, 1, 1),
+        )
+        .summary("Sets a key's expiry in milliseconds: NX, XX, GT, LT."),
+        string(
+            CommandDef::store("expireat", -3, strings::expireat),
+            &["write", "fast"],
+            (1, 1, 1),
+        )
+        .summary("Sets a key's expiry as a Unix time in seconds: NX, XX, GT, LT."),
+        string(
+            CommandDef::store("pexpireat", -3, strings::pexpireat),
+            &["write", "fast"],
+            (1, 1, 1),
+        )
+        .summary("Sets a key's expiry as a Unix time in milliseconds: NX, XX, GT, LT."),
+        string(
+            CommandDef::store("ttl", 2, strings::ttl),
+            &["readonly", "fast"],
+            (1, 1, 1),
+        )
+        .summary("A key's time to live in seconds."),
+        string(
+            CommandDef::store("pttl", 2, strings::pttl),
+            &["readonly", "fast"],
+            (1, 1, 1),
+        )
+        .summary("A key's time to live in milliseconds."),
+        string(
+            CommandDef::store("persist", 2, strings::persist),
+            &["write", "fast"],
+            (1, 1, 1),
+        )
+        .summary("Removes a key's expiry."),
+        string(
+            CommandDef::store("append", 3, strings::append),
+            &["write", "denyoom", "fast"],
+            (1, 1, 1),
+        )
+        .summary("Appends to a key's value; replies with the new length."),
+        string(
+            CommandDef::store("strlen", 2, strings::strlen),
+            &["readonly", "fast"],
+            (1, 1, 1),
+        )
+        .summary("The length of a key's value."),
+        string(
+            CommandDef::store("getrange", 4, strings::getrange),
+            &["readonly"],
+            (1, 1, 1),
+        )
+        .summary("A substring of a key's value."),
+        string(
+            CommandDef::store("setrange", 4, strings::setrange),
+            &["write", "denyoom"],
+            (1, 1, 1),
+        )
+        .summary("Overwrites part of a key's value at an offset."),
+        string(
+            CommandDef::store("msetnx", -3, strings::msetnx),
+            &["write", "denyoom"],
+            (1, -1, 2),
+        )
+        .summary("Sets several keys, only if none of them exists."),
+        string(
+            CommandDef::store("type", 2, strings::type_of),
+            &["readonly", "fast"],
+            (1, 1, 1),
+        )
+        .summary("The type of a key's value: string, or none."),
+        string(
+            CommandDef::store("rename", 3, strings::rename),
+            &["write"],
+            (1, 2, 1),
+        )
+        .summary("Renames a key, replacing any key of the new name."),
+        string(
+            CommandDef::store("renamenx", 3, strings::renamenx),
+            &["write", "fast"],
+            (1, 2, 1),
+        )
+        .summary("Renames a key, only if the new name is free."),
+        keyspace(CommandDef::store("scan", -2, keyspace::scan), &["readonly"])
+            .summary("Iterates over your keys: MATCH, COUNT, TYPE."),
+        keyspace(CommandDef::store("keys", 2, keyspace::keys), &["readonly"])
+            .summary("Your keys that match a glob pattern."),
+        keyspace(
+            CommandDef::store("dbsize", 1, keyspace::dbsize),
+            &["readonly", "fast"],
+        )
+        .summary("How many keys you have."),
+        keyspace(
+            CommandDef::store("flushdb", -1, keyspace::flushdb),
+            &["write"],
+        )
+        .summary("Deletes all your keys (ASYNC and SYNC both commit before the reply)."),
+        keyspace(
+            CommandDef::store("randomkey", 1, keyspace::randomkey),
+            &["readonly"],
+        )
+        .summary("One of your keys, at random."),
+        transactions(
+            CommandDef::session("multi", 1, OnRing, multi::multi),
+            &["noscript", "loading", "stale", "fast"],
+        )
+        .summary("Starts a transaction: commands are queued until EXEC."),
+        transactions(
+            CommandDef::session("exec", 1, Store, multi::exec),
+            &["noscript", "loading", "stale"],
+        )
+        .summary("Runs the queued commands, the store ones as one store transaction."),
+        transactions(
+            CommandDef::session("discard", 1, OnRing, multi::discard),
+            &["noscript", "loading", "stale", "fast"],
+        )
+        .summary("Discards the queued commands."),
+        transactions(
+            CommandDef::session("watch", -2, Store, multi::watch),
+            &["noscript", "loading", "stale", "fast"],
+        )
+        .keys(1, -1, 1)
+        .summary("EXEC aborts if any of these keys changes before it."),
+        transactions(
+            CommandDef::session("unwatch", 1, OnRing, multi::unwatch),
+            &["noscript", "loading", "stale", "fast"],
+        )
+        .summary("Forgets the WATCHed keys."),
         connection(CommandDef::session("sleep", 2, Store, sleep), &[])
             .summary("SLEEP ms: a store call that takes ms milliseconds."),
     ]
 }
 
-/// Executes one parsed command on the ring.
-pub fn execute(call: &mut Call<'_, '_>, handlers: &Handlers, args: &Args) {
+/// Executes one parsed command on the ring (inside MULTI: queues it).
+pub fn execute(call: &mut Call<'_, '_>, args: &Args) {
     debug_assert_ne!(
         call.conn().state,
         State::Waiting,
@@ -208,11 +416,13 @@ pub fn execute(call: &mut Call<'_, '_>, handlers: &Handlers, args: &Args) {
     // The reference, not the Arc: `spec` borrows the table for the whole call, and a clone here
     // would cost two locked instructions per command.
     let shared: &Arc<Shared> = call.shared;
+    let handlers = call.handlers;
     let Some((index, spec)) = shared.table.lookup(&args[0]) else {
         if !call.conn().authenticated {
             err(call.out(), "NOAUTH Authentication required.");
         } else {
             unknown_command(call.out(), args);
+            multi::refused_while_queueing(call);
         }
         call.shared.record_unknown(call.cx.ring);
         return;
@@ -224,12 +434,19 @@ pub fn execute(call: &mut Call<'_, '_>, handlers: &Handlers, args: &Args) {
         return;
     }
     if !arity_ok(spec, args.len()) {
-        err(
-            call.out(),
-            &format!("ERR wrong number of arguments for '{}' command", spec.name),
-        );
+        let message = format!("wrong number of arguments for '{}' command", spec.name);
+        if spec.name == "exec" {
+            multi::abort_exec(call, &message);
+        } else {
+            err(call.out(), &format!("ERR {message}"));
+            multi::refused_while_queueing(call);
+        }
         call.shared
             .record_command_at(call.cx.ring, index, call.cx.now, true);
+        return;
+    }
+    if call.conn().in_multi() && !multi::runs_inside_multi(spec.name) {
+        multi::queue(call, spec, &handlers.0[index], args);
         return;
     }
     call.conn_mut().last_command = spec.name;
@@ -246,20 +463,8 @@ pub fn execute(call: &mut Call<'_, '_>, handlers: &Handlers, args: &Args) {
             );
         }
         Handler::Store(f) => {
-            let (f, request, replier) = (f.clone(), Request::of(call, args), call.replier());
-            let shared = call.shared.clone();
-            let job = Box::new(move |conn: Result<&mut dyn StoreConn, StoreError>| {
-                match conn.and_then(|c| f(&mut StoreCtx::new(&request, c))) {
-                    Ok(reply) => send_reply(
-                        &replier,
-                        &reply,
-                        request.proto(),
-                        shared.config.max_output_buffer,
-                    ),
-                    Err(e) => store_failed(&shared, replier, &e),
-                }
-            });
-            call.offload_store(spec.name, StoreWork::Job(job), Duration::ZERO);
+            let f = f.clone();
+            offload_store_handler(call, spec.name, args, move |ctx| f(ctx));
         }
     }
     if call.conn().state != State::Waiting {
@@ -267,6 +472,30 @@ pub fn execute(call: &mut Call<'_, '_>, handlers: &Handlers, args: &Args) {
         call.shared
             .record_command_at(call.cx.ring, index, call.cx.now, failed);
     }
+}
+
+/// Runs a store handler for this command on the store pool; its reply leaves once it returned,
+/// so after anything it wrote has committed.
+fn offload_store_handler(
+    call: &mut Call<'_, '_>,
+    name: &'static str,
+    args: &Args,
+    f: impl FnOnce(&mut StoreCtx<'_>) -> Result<Reply, StoreError> + Send + 'static,
+) {
+    let (request, replier) = (Request::of(call, args), call.replier());
+    let shared = call.shared.clone();
+    let job = Box::new(move |conn: Result<&mut dyn StoreConn, StoreError>| {
+        match conn.and_then(|c| f(&mut StoreCtx::new(&request, c))) {
+            Ok(reply) => send_reply(
+                &replier,
+                &reply,
+                request.proto(),
+                shared.config.max_output_buffer,
+            ),
+            Err(e) => store_failed(&shared, replier, &e),
+        }
+    });
+    call.offload_store(name, StoreWork::Job(job), Duration::ZERO);
 }
 
 /// Runs an inline handler; a panic answers this command alone (the handler holds nothing of
@@ -887,7 +1116,12 @@ fn get(call: &mut Call<'_, '_>, args: &Args) {
 }
 
 fn set(call: &mut Call<'_, '_>, args: &Args) {
-    offload_set(call, args[1].to_vec(), args[2].to_vec());
+    if args.len() == 3 {
+        offload_set(call, args[1].to_vec(), args[2].to_vec());
+    } else {
+        // Options read the key before writing it: one transaction, not the folded fast path.
+        offload_store_handler(call, "set", args, strings::set_with_options);
+    }
 }
 
 fn keys_from(request: &Request, from: usize) -> Vec<&[u8]> {

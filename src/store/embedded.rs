@@ -5,18 +5,29 @@
 //! since its last commit in one write transaction and commits it with `Durability::Immediate`
 //! (group commit): one fsync covers every write of the batch, and each caller gets its answer
 //! only after that commit returned. A write that fails (INCR of a non-integer) writes nothing and
-//! does not disturb the others of its batch.
+//! does not disturb the others of its batch. [`Conn::transact`] opens its own write transaction
+//! on the worker's thread: redb's write lock serialises it with the committer's batches, and it
+//! is as durable as they are.
 //!
 //! Tables:
 //!
 //! | table | key | value |
 //! | --- | --- | --- |
 //! | `kv` | [`kv_key`]: owner length (u16, big-endian), owner, key | the value |
+//! | `kv_expires` | [`kv_key`] of a key that has an expiry time | the time, ms since the epoch |
+//! | `kv_expiry_queue` | [`queue_key`]: the time (sortable), then the [`kv_key`] | nothing |
 //! | `users` | name | [`encode_user`]: disabled flag (one byte), argon2id PHC hash |
 //! | `meta` | `"schema_version"` | [`SCHEMA_VERSION`] |
 //!
-//! Architecture invariant: only the committer thread opens write transactions.
+//! Expiry lives beside `kv`, not inside its values, so that rows written before schema version
+//! 2 read as they are, and a key without an expiry (most) costs one lookup more on a read hit and
+//! nothing else. `kv_expiry_queue` orders keys by expiry time for the sweep.
+//!
+//! Architecture invariant: write transactions are opened by the committer thread and by
+//! `transact`, nothing else; every write transaction keeps `kv`, `kv_expires` and
+//! `kv_expiry_queue` in step (through [`Tables`]).
 
+use std::ops::Bound;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -29,15 +40,22 @@ use redb::{
     WriteTransaction,
 };
 
-use super::{incremented, Backend, Conn, StoreError, UserRecord};
+use super::{
+    incremented, live, now_ms, values_within, Backend, Conn, Entry, StoreError, Txn, TxnBody,
+    UserRecord,
+};
 
 /// The file inside the data directory.
 pub const FILE_NAME: &str = "ringport.redb";
 
 /// The layout this code reads and writes; stored in `meta` at creation.
-pub const SCHEMA_VERSION: u64 = 1;
+/// Version 2 added `kv_expires` and `kv_expiry_queue` (created on open; version 1 files need no
+/// rewrite).
+pub const SCHEMA_VERSION: u64 = 2;
 
 const KV: TableDefinition<&[u8], &[u8]> = TableDefinition::new("kv");
+const EXPIRES: TableDefinition<&[u8], i64> = TableDefinition::new("kv_expires");
+const EXPIRY_QUEUE: TableDefinition<&[u8], ()> = TableDefinition::new("kv_expiry_queue");
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
@@ -162,10 +180,17 @@ fn create_tables(db: &Database) -> Result<Result<(), StoreError>, redb::Error> {
     txn.set_durability(Durability::Immediate)?;
     let version = {
         txn.open_table(KV)?;
+        txn.open_table(EXPIRES)?;
+        txn.open_table(EXPIRY_QUEUE)?;
         txn.open_table(USERS)?;
         let mut meta = txn.open_table(META)?;
         let stored = meta.get("schema_version")?.map(|guard| guard.value());
         match stored {
+            // Older layouts only lack tables, created above.
+            Some(version) if version < SCHEMA_VERSION => {
+                meta.insert("schema_version", SCHEMA_VERSION)?;
+                SCHEMA_VERSION
+            }
             Some(version) => version,
             None => {
                 meta.insert("schema_version", SCHEMA_VERSION)?;
@@ -281,30 +306,47 @@ impl EmbeddedConn {
         Ok(answer)
     }
 
-    /// Runs `read` on the `kv` table in a fresh read transaction.
+    /// Runs `read` on the key-value tables in a fresh read transaction.
     fn read_kv<T>(
         &self,
-        read: impl FnOnce(&redb::ReadOnlyTable<&'static [u8], &'static [u8]>) -> Result<T, StoreError>,
+        read: impl FnOnce(&Reader) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         let txn = self.shared.db.begin_read().map_err(storage_error)?;
-        let table = txn.open_table(KV).map_err(storage_error)?;
-        read(&table)
+        let reader = Reader {
+            kv: txn.open_table(KV).map_err(storage_error)?,
+            expires: txn.open_table(EXPIRES).map_err(storage_error)?,
+            now_ms: now_ms(),
+        };
+        read(&reader)
     }
 }
 
-/// The value stored under an encoded key ([`kv_key`]), copied out of the read transaction.
-fn value_of(
-    table: &redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
-    key: &[u8],
-) -> Result<Option<Vec<u8>>, StoreError> {
-    let value = table.get(key).map_err(storage_error)?;
-    Ok(value.map(|guard| guard.value().to_vec()))
+/// The key-value tables of one read transaction, and the time the read treats as now.
+struct Reader {
+    kv: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+    expires: redb::ReadOnlyTable<&'static [u8], i64>,
+    now_ms: i64,
+}
+
+impl Reader {
+    /// The live value stored under an encoded key ([`kv_key`]), copied out of the transaction.
+    fn value(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let Some(value) = self.kv.get(key).map_err(storage_error)? else {
+            return Ok(None);
+        };
+        let expires = self.expires.get(key).map_err(storage_error)?;
+        if live(expires.map(|guard| guard.value()), self.now_ms) {
+            Ok(Some(value.value().to_vec()))
+        } else {
+            Ok(None)
+        }
+    }
 }
 
 impl Conn for EmbeddedConn {
     fn get(&mut self, owner: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let key = kv_key(owner, key)?;
-        self.read_kv(|table| value_of(table, &key))
+        self.read_kv(|table| table.value(&key))
     }
 
     fn get_many(&mut self, keys: &[(&str, &[u8])]) -> Vec<Result<Option<Vec<u8>>, StoreError>> {
@@ -312,7 +354,7 @@ impl Conn for EmbeddedConn {
         let read = self.read_kv(|table| {
             Ok(keys
                 .iter()
-                .map(|(owner, key)| value_of(table, &kv_key(owner, key)?))
+                .map(|(owner, key)| table.value(&kv_key(owner, key)?))
                 .collect())
         });
         read.unwrap_or_else(|error| keys.iter().map(|_| Err(error.clone())).collect())
@@ -350,18 +392,7 @@ impl Conn for EmbeddedConn {
             .iter()
             .map(|key| kv_key(owner, key))
             .collect::<Result<Vec<_>, _>>()?;
-        self.read_kv(|table| {
-            let (mut values, mut total) = (Vec::with_capacity(keys.len()), 0usize);
-            for key in &keys {
-                let value = value_of(table, key)?;
-                total = total.saturating_add(value.as_ref().map_or(0, Vec::len));
-                values.push(value);
-                if total > budget {
-                    break;
-                }
-            }
-            Ok(values)
-        })
+        self.read_kv(|table| values_within(&keys, budget, |key| table.value(key)))
     }
 
     fn set(&mut self, owner: &str, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
@@ -405,7 +436,7 @@ impl Conn for EmbeddedConn {
         self.read_kv(|table| {
             let mut count = 0;
             for key in &keys {
-                if table.get(key.as_slice()).map_err(storage_error)?.is_some() {
+                if table.value(key)?.is_some() {
                     count += 1;
                 }
             }
@@ -421,6 +452,36 @@ impl Conn for EmbeddedConn {
         match self.write(op)? {
             Outcome::Integer(value) => Ok(value),
             other => unreachable!("incr_by answered {other:?}"),
+        }
+    }
+
+    fn transact(&mut self, owner: &str, body: &mut TxnBody<'_>) -> Result<(), StoreError> {
+        let mut txn = self.shared.db.begin_write().map_err(storage_error)?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(storage_error)?;
+        let outcome = {
+            let mut scope = EmbeddedTxn {
+                tables: Tables::open(&txn).map_err(storage_error)?,
+                owner,
+                now_ms: now_ms(),
+                wrote: false,
+            };
+            body(&mut scope).map(|()| scope.wrote)
+        };
+        match outcome {
+            Ok(true) => txn.commit().map_err(storage_error),
+            Ok(false) => txn.abort().map_err(storage_error),
+            Err(error) => {
+                let _ = txn.abort();
+                Err(error)
+            }
+        }
+    }
+
+    fn sweep_expired(&mut self, now_ms: i64, limit: usize) -> Result<usize, StoreError> {
+        match self.write(WriteOp::Sweep { now_ms, limit })? {
+            Outcome::Count(removed) => Ok(usize::try_from(removed).unwrap_or(0)),
+            other => unreachable!("sweep answered {other:?}"),
         }
     }
 
@@ -469,12 +530,32 @@ impl Conn for EmbeddedConn {
 /// One write, with its keys already encoded by [`kv_key`].
 #[derive(Debug)]
 enum WriteOp {
-    Set { key: Vec<u8>, value: Vec<u8> },
-    Mset { pairs: Vec<(Vec<u8>, Vec<u8>)> },
-    Del { keys: Vec<Vec<u8>> },
-    IncrBy { key: Vec<u8>, delta: i64 },
-    PutUser { name: String, row: Vec<u8> },
-    DelUser { name: String },
+    Set {
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Mset {
+        pairs: Vec<(Vec<u8>, Vec<u8>)>,
+    },
+    Del {
+        keys: Vec<Vec<u8>>,
+    },
+    IncrBy {
+        key: Vec<u8>,
+        delta: i64,
+    },
+    PutUser {
+        name: String,
+        row: Vec<u8>,
+    },
+    DelUser {
+        name: String,
+    },
+    /// Remove up to `limit` keys whose expiry time is `now_ms` or earlier.
+    Sweep {
+        now_ms: i64,
+        limit: usize,
+    },
 }
 
 /// What a committed write answers.
@@ -557,10 +638,15 @@ fn apply_batch(
     txn.set_durability(Durability::Immediate)
         .map_err(|error| BatchError::Commit(storage_error(error)))?;
     let mut outcomes = Vec::with_capacity(batch.len());
-    for (index, job) in batch.iter().enumerate() {
-        match apply(&txn, &job.op) {
-            Ok(outcome) => outcomes.push(outcome),
-            Err(error) => return Err(BatchError::Job(index, storage_error(error))),
+    {
+        let mut tables =
+            Tables::open(&txn).map_err(|error| BatchError::Commit(storage_error(error)))?;
+        let now = now_ms();
+        for (index, job) in batch.iter().enumerate() {
+            match apply(&txn, &mut tables, now, &job.op) {
+                Ok(outcome) => outcomes.push(outcome),
+                Err(error) => return Err(BatchError::Job(index, storage_error(error))),
+            }
         }
     }
     txn.commit()
@@ -568,41 +654,43 @@ fn apply_batch(
     Ok(outcomes)
 }
 
-/// Applies one write inside `txn`. The outer error is a storage error (abandon the
-/// transaction); the inner one is the job's own answer (nothing written).
-fn apply(txn: &WriteTransaction, op: &WriteOp) -> Result<Result<Outcome, StoreError>, redb::Error> {
+/// Applies one write inside `txn`, whose key-value tables are `tables`, at time `now`. The
+/// outer error is a storage error (abandon the transaction); the inner one is the job's own
+/// answer (nothing written).
+fn apply(
+    txn: &WriteTransaction,
+    tables: &mut Tables<'_>,
+    now: i64,
+    op: &WriteOp,
+) -> Result<Result<Outcome, StoreError>, redb::Error> {
     match op {
         WriteOp::Set { key, value } => {
-            txn.open_table(KV)?
-                .insert(key.as_slice(), value.as_slice())?;
+            tables.put(key, value, None)?;
             Ok(Ok(Outcome::Done))
         }
         WriteOp::Mset { pairs } => {
-            let mut table = txn.open_table(KV)?;
             for (key, value) in pairs {
-                table.insert(key.as_slice(), value.as_slice())?;
+                tables.put(key, value, None)?;
             }
             Ok(Ok(Outcome::Done))
         }
         WriteOp::Del { keys } => {
-            let mut table = txn.open_table(KV)?;
             let mut removed = 0;
             for key in keys {
-                if table.remove(key.as_slice())?.is_some() {
+                if tables.remove(key, now)? {
                     removed += 1;
                 }
             }
             Ok(Ok(Outcome::Count(removed)))
         }
         WriteOp::IncrBy { key, delta } => {
-            let mut table = txn.open_table(KV)?;
-            let next = {
-                let current = table.get(key.as_slice())?;
-                incremented(current.as_ref().map(|guard| guard.value()), *delta)
-            };
+            // INCR keeps a live key's expiry, as Redis does.
+            let current = tables.entry(key, now)?;
+            let next = incremented(current.as_ref().map(|entry| entry.value.as_slice()), *delta);
             match next {
                 Ok(next) => {
-                    table.insert(key.as_slice(), next.to_string().as_bytes())?;
+                    let expiry = current.and_then(|entry| entry.expires_at_ms);
+                    tables.put(key, next.to_string().as_bytes(), expiry)?;
                     Ok(Ok(Outcome::Integer(next)))
                 }
                 Err(error) => Ok(Err(error)),
@@ -617,6 +705,234 @@ fn apply(txn: &WriteTransaction, op: &WriteOp) -> Result<Result<Outcome, StoreEr
             let existed = txn.open_table(USERS)?.remove(name.as_str())?.is_some();
             Ok(Ok(Outcome::Existed(existed)))
         }
+        WriteOp::Sweep { now_ms, limit } => {
+            let removed = tables.sweep(*now_ms, *limit)?;
+            Ok(Ok(Outcome::Count(
+                i64::try_from(removed).unwrap_or(i64::MAX),
+            )))
+        }
+    }
+}
+
+/// The `kv_expiry_queue` key of a key expiring at `expires_at_ms`: the time as 8 bytes that sort
+/// as the numbers do (big-endian, sign bit flipped), then the [`kv_key`].
+pub fn queue_key(expires_at_ms: i64, key: &[u8]) -> Vec<u8> {
+    let mut encoded = Vec::with_capacity(8 + key.len());
+    encoded.extend_from_slice(&sortable(expires_at_ms));
+    encoded.extend_from_slice(key);
+    encoded
+}
+
+fn sortable(ms: i64) -> [u8; 8] {
+    (u64::from_ne_bytes(ms.to_ne_bytes()) ^ (1 << 63)).to_be_bytes()
+}
+
+/// The key-value tables of one write transaction. Every write of a key goes through here, so
+/// that `kv`, `kv_expires` and `kv_expiry_queue` always agree.
+struct Tables<'t> {
+    kv: redb::Table<'t, &'static [u8], &'static [u8]>,
+    expires: redb::Table<'t, &'static [u8], i64>,
+    queue: redb::Table<'t, &'static [u8], ()>,
+}
+
+impl<'t> Tables<'t> {
+    fn open(txn: &'t WriteTransaction) -> Result<Tables<'t>, redb::Error> {
+        Ok(Tables {
+            kv: txn.open_table(KV)?,
+            expires: txn.open_table(EXPIRES)?,
+            queue: txn.open_table(EXPIRY_QUEUE)?,
+        })
+    }
+
+    /// The live entry under an encoded key at `now`.
+    fn entry(&self, key: &[u8], now: i64) -> Result<Option<Entry>, redb::Error> {
+        let Some(value) = self.kv.get(key)? else {
+            return Ok(None);
+        };
+        let expires_at_ms = self.expires.get(key)?.map(|guard| guard.value());
+        Ok(Entry::if_live(expires_at_ms, now, || {
+            value.value().to_vec()
+        }))
+    }
+
+    fn put(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        expires_at_ms: Option<i64>,
+    ) -> Result<(), redb::Error> {
+        self.kv.insert(key, value)?;
+        self.set_expiry(key, expires_at_ms)
+    }
+
+    /// Sets or clears the expiry of a stored key.
+    fn set_expiry(&mut self, key: &[u8], expires_at_ms: Option<i64>) -> Result<(), redb::Error> {
+        let old = match expires_at_ms {
+            Some(at) => self.expires.insert(key, at)?.map(|guard| guard.value()),
+            None => self.expires.remove(key)?.map(|guard| guard.value()),
+        };
+        if old == expires_at_ms {
+            return Ok(());
+        }
+        if let Some(old) = old {
+            self.queue.remove(queue_key(old, key).as_slice())?;
+        }
+        if let Some(at) = expires_at_ms {
+            self.queue.insert(queue_key(at, key).as_slice(), ())?;
+        }
+        Ok(())
+    }
+
+    /// Removes a key; whether it was live at `now`.
+    fn remove(&mut self, key: &[u8], now: i64) -> Result<bool, redb::Error> {
+        if self.kv.remove(key)?.is_none() {
+            return Ok(false);
+        }
+        let expires_at_ms = self.expires.get(key)?.map(|guard| guard.value());
+        self.set_expiry(key, None)?;
+        Ok(live(expires_at_ms, now))
+    }
+
+    /// Up to `limit` live keys (their encoded form) under `prefix` (an owner's [`kv_key`] of
+    /// the empty key), from `start` on (excluded when `after`).
+    fn live_keys(
+        &self,
+        prefix: &[u8],
+        start: &[u8],
+        after: bool,
+        limit: usize,
+        now: i64,
+    ) -> Result<Vec<Vec<u8>>, redb::Error> {
+        let lower = if after {
+            Bound::Excluded(start)
+        } else {
+            Bound::Included(start)
+        };
+        let mut keys = Vec::new();
+        for row in self.kv.range::<&[u8]>((lower, Bound::Unbounded))? {
+            if keys.len() >= limit {
+                break;
+            }
+            let (key, _) = row?;
+            let key = key.value();
+            if !key.starts_with(prefix) {
+                break;
+            }
+            if live(self.expires.get(key)?.map(|guard| guard.value()), now) {
+                keys.push(key.to_vec());
+            }
+        }
+        Ok(keys)
+    }
+
+    /// Removes up to `limit` keys whose expiry time is `now` or earlier, oldest first.
+    fn sweep(&mut self, now: i64, limit: usize) -> Result<usize, redb::Error> {
+        let upper = sortable(now.saturating_add(1));
+        let mut due = Vec::new();
+        for row in self.queue.range::<&[u8]>(..&upper[..])?.take(limit) {
+            due.push(row?.0.value().to_vec());
+        }
+        for queued in &due {
+            let key = &queued[8..];
+            self.kv.remove(key)?;
+            self.expires.remove(key)?;
+            self.queue.remove(queued.as_slice())?;
+        }
+        Ok(due.len())
+    }
+}
+
+/// [`Txn`] on one redb write transaction, for one owner.
+struct EmbeddedTxn<'t, 'o> {
+    tables: Tables<'t>,
+    owner: &'o str,
+    now_ms: i64,
+    /// Whether anything was written: a transaction that only read is not committed.
+    wrote: bool,
+}
+
+impl Txn for EmbeddedTxn<'_, '_> {
+    fn now_ms(&self) -> i64 {
+        self.now_ms
+    }
+
+    fn get(&mut self, key: &[u8]) -> Result<Option<Entry>, StoreError> {
+        let key = kv_key(self.owner, key)?;
+        self.tables.entry(&key, self.now_ms).map_err(storage_error)
+    }
+
+    fn put(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        expires_at_ms: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let key = kv_key(self.owner, key)?;
+        self.wrote = true;
+        self.tables
+            .put(&key, value, expires_at_ms)
+            .map_err(storage_error)
+    }
+
+    fn delete(&mut self, key: &[u8]) -> Result<bool, StoreError> {
+        let key = kv_key(self.owner, key)?;
+        self.wrote = true;
+        self.tables.remove(&key, self.now_ms).map_err(storage_error)
+    }
+
+    fn set_expiry(&mut self, key: &[u8], expires_at_ms: Option<i64>) -> Result<bool, StoreError> {
+        let key = kv_key(self.owner, key)?;
+        if self
+            .tables
+            .entry(&key, self.now_ms)
+            .map_err(storage_error)?
+            .is_none()
+        {
+            return Ok(false);
+        }
+        self.wrote = true;
+        self.tables
+            .set_expiry(&key, expires_at_ms)
+            .map_err(storage_error)?;
+        Ok(true)
+    }
+
+    fn scan(&mut self, after: Option<&[u8]>, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        let prefix = kv_key(self.owner, b"")?;
+        let start = kv_key(self.owner, after.unwrap_or_default())?;
+        let keys = self
+            .tables
+            .live_keys(&prefix, &start, after.is_some(), limit, self.now_ms)
+            .map_err(storage_error)?;
+        Ok(keys
+            .into_iter()
+            .map(|key| key[prefix.len()..].to_vec())
+            .collect())
+    }
+
+    fn count(&mut self) -> Result<u64, StoreError> {
+        let prefix = kv_key(self.owner, b"")?;
+        let keys = self
+            .tables
+            .live_keys(&prefix, &prefix, false, usize::MAX, self.now_ms)
+            .map_err(storage_error)?;
+        Ok(keys.len() as u64)
+    }
+
+    fn clear(&mut self) -> Result<(), StoreError> {
+        let prefix = kv_key(self.owner, b"")?;
+        // Expired keys go too: i64::MIN as now makes every stored key live.
+        let keys = self
+            .tables
+            .live_keys(&prefix, &prefix, false, usize::MAX, i64::MIN)
+            .map_err(storage_error)?;
+        self.wrote = true;
+        for key in keys {
+            self.tables
+                .remove(&key, self.now_ms)
+                .map_err(storage_error)?;
+        }
+        Ok(())
     }
 }
 
@@ -670,6 +986,18 @@ mod tests {
         assert_eq!(split_kv_key(b"\0"), None);
         assert_eq!(split_kv_key(b"\0\x05ab"), None);
         assert_eq!(split_kv_key(b"\0\x01\xff"), None);
+    }
+
+    #[test]
+    fn queue_keys_sort_by_expiry_time_then_key() {
+        let times = [i64::MIN, -1, 0, 1, 1_700_000_000_000, i64::MAX];
+        for pair in times.windows(2) {
+            assert!(
+                queue_key(pair[0], b"z") < queue_key(pair[1], b"a"),
+                "{pair:?}"
+            );
+        }
+        assert!(queue_key(5, b"a") < queue_key(5, b"b"));
     }
 
     #[test]

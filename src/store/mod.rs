@@ -14,7 +14,8 @@
 //! - PostgreSQL ([`postgres`]): tokio-postgres behind blocking calls, each with a deadline; one
 //!   connection per [`Conn`], prepared statements, schema created and migrated by [`open`].
 //!
-//! Contract of every write (`set`, `mset`, `del`, `incr_by`, `put_user`, `del_user`): it returns
+//! Contract of every write (`set`, `mset`, `del`, `incr_by`, `transact`, `sweep_expired`,
+//! `put_user`, `del_user`): it returns
 //! `Ok` only after the store committed it durably (redb: a `Durability::Immediate` commit;
 //! PostgreSQL: a committed transaction under the server's default `synchronous_commit`), so a
 //! `+OK` the client saw survives `kill -9` of the server.
@@ -22,6 +23,11 @@
 //! Contract of an outage: when the store cannot be reached or does not answer (down, unreachable,
 //! hung), every call returns [`StoreError::Unavailable`] within about a second, and the same
 //! [`Conn`] works again by itself once the store is back (see [`postgres`] for how).
+//!
+//! Expiry: every key may carry an expiry time (ms since the Unix epoch). Every read treats a key
+//! whose time has come as absent, whether or not it is still stored; a plain write (`set`,
+//! `mset`, `set_many`) clears the expiry, as Redis's SET does; [`Conn::sweep_expired`], called
+//! by the server's sweep thread, removes expired keys in batches of at most [`SWEEP_BATCH`].
 //!
 //! Users are read once at start-up and then kept current through [`Backend::watch_users`], so
 //! that AUTH asks memory, not the store, and works through an outage (the server holds the
@@ -47,6 +53,10 @@ pub enum StoreError {
     Overflow,
     /// Anything else: a configuration error, a file that cannot be opened, a limit of the backend.
     Other(String),
+    /// A [`Conn::transact`] body met a concurrent writer (PostgreSQL: a key it read as absent
+    /// was created meanwhile); the transaction was rolled back and `transact` runs it again.
+    /// A client sees it only when every attempt conflicted, as a store error.
+    Conflict,
     /// A statement of a user-defined command that PostgreSQL refused (bad input, a constraint):
     /// its message is the client's answer, `-ERR message`.
     Sql(String),
@@ -61,7 +71,7 @@ impl StoreError {
             StoreError::Unavailable(_) => Cow::Borrowed("ERR store unavailable"),
             StoreError::NotInteger => Cow::Borrowed("ERR value is not an integer or out of range"),
             StoreError::Overflow => Cow::Borrowed("ERR increment or decrement would overflow"),
-            StoreError::Other(_) => Cow::Borrowed("ERR store error"),
+            StoreError::Other(_) | StoreError::Conflict => Cow::Borrowed("ERR store error"),
             StoreError::Sql(message) => Cow::Owned(format!("ERR {message}")),
         }
     }
@@ -74,6 +84,7 @@ impl fmt::Display for StoreError {
             StoreError::NotInteger => f.write_str("value is not an integer or out of range"),
             StoreError::Overflow => f.write_str("increment or decrement would overflow"),
             StoreError::Other(why) => f.write_str(why),
+            StoreError::Conflict => f.write_str("the transaction kept meeting concurrent writers"),
             StoreError::Sql(message) => f.write_str(message),
         }
     }
@@ -246,6 +257,115 @@ pub trait Sql {
     fn rollback(&mut self);
 }
 
+/// A key as a [`Txn`] sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub value: Vec<u8>,
+    /// When the key expires, in ms since the Unix epoch; `None`: never.
+    pub expires_at_ms: Option<i64>,
+}
+
+impl Entry {
+    /// The entry of a stored key, or `None` when its expiry time has come by `now_ms`; the
+    /// value is fetched only for a live key.
+    pub fn if_live(
+        expires_at_ms: Option<i64>,
+        now_ms: i64,
+        value: impl FnOnce() -> Vec<u8>,
+    ) -> Option<Entry> {
+        live(expires_at_ms, now_ms).then(|| Entry {
+            value: value(),
+            expires_at_ms,
+        })
+    }
+}
+
+/// The values of `keys`, each fetched with `value`, in order, stopping once they pass `budget`
+/// bytes in all (the one that passes it included): what [`Conn::mget_within`] returns.
+pub fn values_within<K>(
+    keys: impl IntoIterator<Item = K>,
+    budget: usize,
+    mut value: impl FnMut(K) -> Result<Option<Vec<u8>>, StoreError>,
+) -> Result<Vec<Option<Vec<u8>>>, StoreError> {
+    let (mut values, mut total) = (Vec::new(), 0usize);
+    for key in keys {
+        let found = value(key)?;
+        total = total.saturating_add(found.as_ref().map_or(0, Vec::len));
+        values.push(found);
+        if total > budget {
+            break;
+        }
+    }
+    Ok(values)
+}
+
+/// One user's keys inside one store transaction ([`Conn::transact`]). A key whose expiry time
+/// has come ([`Txn::now_ms`] or later) is absent, whether or not the sweep removed it yet.
+pub trait Txn: Send {
+    /// The transaction's clock (ms since the Unix epoch), read once when it began, so that every
+    /// expiry decision inside it agrees.
+    fn now_ms(&self) -> i64;
+    /// The live entry of `key`, or `None`.
+    fn get(&mut self, key: &[u8]) -> Result<Option<Entry>, StoreError>;
+    /// Sets `key` to `value` with this expiry (`None`: none), whatever it held.
+    fn put(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        expires_at_ms: Option<i64>,
+    ) -> Result<(), StoreError>;
+    /// Removes `key`; whether it was live.
+    fn delete(&mut self, key: &[u8]) -> Result<bool, StoreError>;
+    /// Changes the expiry of a live `key`; `false` (nothing changed) when it is absent.
+    fn set_expiry(&mut self, key: &[u8], expires_at_ms: Option<i64>) -> Result<bool, StoreError>;
+    /// Up to `limit` live keys in byte order, from the first (`after` = `None`) or from the
+    /// first one past `after`.
+    fn scan(&mut self, after: Option<&[u8]>, limit: usize) -> Result<Vec<Vec<u8>>, StoreError>;
+    /// How many live keys the owner has.
+    fn count(&mut self) -> Result<u64, StoreError>;
+    /// Removes every key of the owner, live or expired.
+    fn clear(&mut self) -> Result<(), StoreError>;
+}
+
+/// What [`Conn::transact`] runs: it may run more than once (see [`StoreError::Conflict`]).
+pub type TxnBody<'a> = dyn FnMut(&mut dyn Txn) -> Result<(), StoreError> + 'a;
+
+/// How many times [`Conn::transact`] runs a body that met a concurrent writer.
+pub const TRANSACT_ATTEMPTS: usize = 8;
+
+/// Most expired keys one sweep call removes, in one short transaction.
+pub const SWEEP_BATCH: usize = 500;
+
+/// Runs `body` in one store transaction of `owner`'s keys ([`Conn::transact`]) and returns what
+/// it returned. `body` runs again, from the start, only if the transaction met a concurrent
+/// writer, so it must compute its result from what it reads.
+pub fn transact<T>(
+    conn: &mut dyn Conn,
+    owner: &str,
+    mut body: impl FnMut(&mut dyn Txn) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    let mut result = None;
+    conn.transact(owner, &mut |txn| {
+        result = Some(body(txn)?);
+        Ok(())
+    })?;
+    Ok(result.expect("a committed transaction ran its body"))
+}
+
+/// Now, in ms since the Unix epoch: the clock every expiry is measured on.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+        })
+}
+
+/// Whether an entry expiring at `expires_at_ms` is live at `now_ms`.
+pub fn live(expires_at_ms: Option<i64>, now_ms: i64) -> bool {
+    expires_at_ms.is_none_or(|at| at > now_ms)
+}
+
 /// One store worker's connection. Key-value calls are scoped by `owner`.
 pub trait Conn: Send {
     /// SQL on this connection; `None` on a store that has none (embedded).
@@ -294,6 +414,18 @@ pub trait Conn: Send {
     /// ([`parse_redis_i64`]) else [`StoreError::NotInteger`]; a result outside i64 is
     /// [`StoreError::Overflow`]. Atomic under concurrent calls from other connections and processes.
     fn incr_by(&mut self, owner: &str, key: &[u8], delta: i64) -> Result<i64, StoreError>;
+    /// Runs `body` against `owner`'s keys in one store transaction: committed durably before
+    /// this returns `Ok` when `body` returns `Ok` (nothing is written when it wrote nothing),
+    /// rolled back when it returns `Err`, which this returns. A body that met a concurrent
+    /// writer ([`StoreError::Conflict`]) is run again, up to [`TRANSACT_ATTEMPTS`] times.
+    ///
+    /// Embedded: one redb write transaction, serialised with the committer's batches by redb's
+    /// write lock. PostgreSQL: `BEGIN`, row locks on what it reads, `COMMIT`, on this
+    /// connection; each statement has the call deadline.
+    fn transact(&mut self, owner: &str, body: &mut TxnBody<'_>) -> Result<(), StoreError>;
+    /// Removes at most `limit` keys (of any owner) whose expiry time is `now_ms` or earlier,
+    /// in one short transaction; returns how many it removed.
+    fn sweep_expired(&mut self, now_ms: i64, limit: usize) -> Result<usize, StoreError>;
     /// A store call that takes `ms` (PostgreSQL: `pg_sleep`; embedded: a timed wait).
     fn sleep(&mut self, ms: u64) -> Result<(), StoreError>;
     /// The user named `name`, or `None`.

@@ -6,8 +6,14 @@
 //! ```sql
 //! ringport_schema_version(version integer primary key, applied_at timestamptz)
 //! ringport_users(name text primary key, hash text not null, disabled boolean not null default false)
-//! ringport_kv(owner text collate "C", key bytea, value bytea not null, primary key (owner, key))
+//! ringport_kv(owner text collate "C", key bytea, value bytea not null, primary key (owner, key),
+//!             expires_at bigint)  -- ms since the Unix epoch, null: never (migration 4)
 //! ```
+//!
+//! Every read treats a row whose `expires_at` has come as absent (the time is the client's clock,
+//! passed as a parameter, the one [`super::Txn::now_ms`] uses); the sweep deletes such rows in
+//! batches of at most [`super::SWEEP_BATCH`], one short statement each, through the partial
+//! index on `expires_at`.
 //!
 //! Outage handling, per connection:
 //!
@@ -46,7 +52,10 @@ use tokio_postgres::config::Host;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{Client, Config, NoTls, Statement};
 
-use super::{incremented, redact_password, Backend, Conn, StoreError, UserRecord, UserSink};
+use super::{
+    incremented, live, now_ms, redact_password, values_within, Backend, Conn, Entry, Sql,
+    StoreError, Txn, TxnBody, UserRecord, UserSink, TRANSACT_ATTEMPTS,
+};
 
 mod sql;
 pub mod watch;
@@ -133,6 +142,14 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
     (
         3,
         "ALTER TABLE ringport_kv ALTER COLUMN owner TYPE text COLLATE \"C\";",
+    ),
+    // Expiry (EXPIRE, SET ... PX): a nullable column, so existing rows need no rewrite, and a
+    // partial index that holds only the keys that expire, for the sweep.
+    (
+        4,
+        "ALTER TABLE ringport_kv ADD COLUMN IF NOT EXISTS expires_at bigint;
+         CREATE INDEX IF NOT EXISTS ringport_kv_expires_at ON ringport_kv (expires_at)
+             WHERE expires_at IS NOT NULL;",
     ),
 ];
 
@@ -459,6 +476,16 @@ struct Statements {
     compare_and_set: Statement,
     get_for_update: Statement,
     update: Statement,
+    get_entry: Statement,
+    put_entry: Statement,
+    insert_entry: Statement,
+    delete_entry: Statement,
+    set_expiry: Statement,
+    scan_first: Statement,
+    scan_after: Statement,
+    count: Statement,
+    clear: Statement,
+    sweep: Statement,
     sleep: Statement,
     user: Statement,
     put_user: Statement,
@@ -502,46 +529,100 @@ async fn prepare(client: &Client) -> Result<Statements, tokio_postgres::Error> {
         }
     }
     Ok(Statements {
-            get: client.prepare("SELECT value FROM ringport_kv WHERE owner = $1 AND key = $2").await?,
+            get: client.prepare(
+                "SELECT value FROM ringport_kv WHERE owner = $1 AND key = $2
+                 AND (expires_at IS NULL OR expires_at > $3)",
+            ).await?,
             get_many: client.prepare(
                 "SELECT wanted.ord, kv.value
                  FROM unnest($1::text[], $2::bytea[]) WITH ORDINALITY AS wanted(owner, key, ord)
-                 JOIN ringport_kv kv ON kv.owner = wanted.owner AND kv.key = wanted.key",
+                 JOIN ringport_kv kv ON kv.owner = wanted.owner AND kv.key = wanted.key
+                 AND (kv.expires_at IS NULL OR kv.expires_at > $3)",
             ).await?,
             mget: client.prepare(
-                "SELECT key, value FROM ringport_kv WHERE owner = $1 AND key = ANY($2::bytea[])",
+                "SELECT key, value FROM ringport_kv WHERE owner = $1 AND key = ANY($2::bytea[])
+                 AND (expires_at IS NULL OR expires_at > $3)",
             ).await?,
             set_many: client.prepare(
                 "INSERT INTO ringport_kv (owner, key, value)
                  SELECT * FROM unnest($1::text[], $2::bytea[], $3::bytea[])
-                 ON CONFLICT (owner, key) DO UPDATE SET value = EXCLUDED.value",
+                 ON CONFLICT (owner, key) DO UPDATE SET value = EXCLUDED.value, expires_at = NULL",
             ).await?,
             set: client.prepare(
                 "INSERT INTO ringport_kv (owner, key, value) VALUES ($1, $2, $3)
-                 ON CONFLICT (owner, key) DO UPDATE SET value = EXCLUDED.value",
+                 ON CONFLICT (owner, key) DO UPDATE SET value = EXCLUDED.value, expires_at = NULL",
             ).await?,
             mset: client.prepare(
                 "INSERT INTO ringport_kv (owner, key, value)
                  SELECT $1, pair.key, pair.value FROM unnest($2::bytea[], $3::bytea[]) AS pair(key, value)
-                 ON CONFLICT (owner, key) DO UPDATE SET value = EXCLUDED.value",
+                 ON CONFLICT (owner, key) DO UPDATE SET value = EXCLUDED.value, expires_at = NULL",
             ).await?,
-            del: client
-                .prepare("DELETE FROM ringport_kv WHERE owner = $1 AND key = ANY($2::bytea[])").await?,
+            del: client.prepare(
+                "WITH removed AS (
+                     DELETE FROM ringport_kv WHERE owner = $1 AND key = ANY($2::bytea[])
+                     RETURNING expires_at)
+                 SELECT count(*) FROM removed WHERE expires_at IS NULL OR expires_at > $3",
+            ).await?,
             exists: client.prepare(
-                "SELECT key FROM ringport_kv WHERE owner = $1 AND key = ANY($2::bytea[])",
+                "SELECT key FROM ringport_kv WHERE owner = $1 AND key = ANY($2::bytea[])
+                 AND (expires_at IS NULL OR expires_at > $3)",
             ).await?,
             insert_if_absent: client.prepare(
                 "INSERT INTO ringport_kv (owner, key, value) VALUES ($1, $2, $3)
                  ON CONFLICT (owner, key) DO NOTHING",
             ).await?,
             compare_and_set: client.prepare(
-                "UPDATE ringport_kv SET value = $4 WHERE owner = $1 AND key = $2 AND value = $3",
+                "UPDATE ringport_kv SET value = $4, expires_at = $6
+                 WHERE owner = $1 AND key = $2 AND value = $3
+                 AND expires_at IS NOT DISTINCT FROM $5",
             ).await?,
             get_for_update: client.prepare(
-                "SELECT value FROM ringport_kv WHERE owner = $1 AND key = $2 FOR UPDATE",
+                "SELECT value, expires_at FROM ringport_kv WHERE owner = $1 AND key = $2 FOR UPDATE",
             ).await?,
-            update: client
-                .prepare("UPDATE ringport_kv SET value = $3 WHERE owner = $1 AND key = $2").await?,
+            update: client.prepare(
+                "UPDATE ringport_kv SET value = $3, expires_at = $4 WHERE owner = $1 AND key = $2",
+            ).await?,
+            get_entry: client.prepare(
+                "SELECT value, expires_at FROM ringport_kv WHERE owner = $1 AND key = $2",
+            ).await?,
+            put_entry: client.prepare(
+                "INSERT INTO ringport_kv (owner, key, value, expires_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (owner, key)
+                 DO UPDATE SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at",
+            ).await?,
+            insert_entry: client.prepare(
+                "INSERT INTO ringport_kv (owner, key, value, expires_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (owner, key) DO NOTHING",
+            ).await?,
+            delete_entry: client.prepare(
+                "DELETE FROM ringport_kv WHERE owner = $1 AND key = $2 RETURNING expires_at",
+            ).await?,
+            set_expiry: client.prepare(
+                "UPDATE ringport_kv SET expires_at = $3 WHERE owner = $1 AND key = $2
+                 AND (expires_at IS NULL OR expires_at > $4)",
+            ).await?,
+            scan_first: client.prepare(
+                "SELECT key FROM ringport_kv WHERE owner = $1
+                 AND (expires_at IS NULL OR expires_at > $2) ORDER BY key LIMIT $3",
+            ).await?,
+            scan_after: client.prepare(
+                "SELECT key FROM ringport_kv WHERE owner = $1 AND key > $4
+                 AND (expires_at IS NULL OR expires_at > $2) ORDER BY key LIMIT $3",
+            ).await?,
+            count: client.prepare(
+                "SELECT count(*) FROM ringport_kv WHERE owner = $1
+                 AND (expires_at IS NULL OR expires_at > $2)",
+            ).await?,
+            clear: client.prepare("DELETE FROM ringport_kv WHERE owner = $1").await?,
+            // SKIP LOCKED: a row a transaction holds is left for the next sweep, so the sweep
+            // never waits on a client's transaction (nor it on the sweep).
+            sweep: client.prepare(
+                "DELETE FROM ringport_kv WHERE (owner, key) IN (
+                     SELECT owner, key FROM ringport_kv
+                     WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2
+                     FOR UPDATE SKIP LOCKED)
+                 AND expires_at <= $1",
+            ).await?,
             sleep: client.prepare("SELECT pg_sleep($1::float8)").await?,
             user: client
                 .prepare("SELECT name, hash, disabled FROM ringport_users WHERE name = $1").await?,
@@ -793,6 +874,151 @@ fn statement_error(error: &tokio_postgres::Error) -> StoreError {
     }
 }
 
+/// [`Txn`] inside a `BEGIN` on one connection, for one owner. Rows it reads are locked
+/// (`FOR UPDATE`) until the commit; a key it read as absent has no row to lock, so writing it
+/// inserts only if still absent, and a concurrent insert is a [`StoreError::Conflict`] (the
+/// transaction runs again).
+struct PostgresTxn<'c, 'o> {
+    conn: &'c mut PostgresConn,
+    owner: &'o str,
+    now_ms: i64,
+    /// Keys read as having no row at all.
+    absent: HashSet<Vec<u8>>,
+}
+
+/// A deadlock between two transactions (PostgreSQL aborted this one) is a conflict: running it
+/// again succeeds once the other committed.
+fn conflict_or(error: tokio_postgres::Error) -> Failure {
+    if error.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED)
+        || error.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE)
+    {
+        Failure::Store(StoreError::Conflict)
+    } else {
+        Failure::Postgres(error)
+    }
+}
+
+impl Txn for PostgresTxn<'_, '_> {
+    fn now_ms(&self) -> i64 {
+        self.now_ms
+    }
+
+    fn get(&mut self, key: &[u8]) -> Result<Option<Entry>, StoreError> {
+        let owner = self.owner;
+        let row = self.conn.run(Duration::ZERO, async |client, statements| {
+            client
+                .query_opt(&statements.get_for_update, &[&owner, &key])
+                .await
+                .map_err(conflict_or)
+        })?;
+        let Some(row) = row else {
+            self.absent.insert(key.to_vec());
+            return Ok(None);
+        };
+        Ok(Entry::if_live(row.get(1), self.now_ms, || row.get(0)))
+    }
+
+    fn put(
+        &mut self,
+        key: &[u8],
+        value: &[u8],
+        expires_at_ms: Option<i64>,
+    ) -> Result<(), StoreError> {
+        let (owner, was_absent) = (self.owner, self.absent.remove(key));
+        let written = self.conn.run(Duration::ZERO, async |client, statements| {
+            let statement = if was_absent {
+                &statements.insert_entry
+            } else {
+                &statements.put_entry
+            };
+            client
+                .execute(statement, &[&owner, &key, &value, &expires_at_ms])
+                .await
+                .map_err(conflict_or)
+        })?;
+        if written == 0 {
+            return Err(StoreError::Conflict);
+        }
+        Ok(())
+    }
+
+    fn delete(&mut self, key: &[u8]) -> Result<bool, StoreError> {
+        let owner = self.owner;
+        let removed = self.conn.run(Duration::ZERO, async |client, statements| {
+            client
+                .query_opt(&statements.delete_entry, &[&owner, &key])
+                .await
+                .map_err(conflict_or)
+        })?;
+        if removed.is_none() {
+            self.absent.insert(key.to_vec());
+        }
+        Ok(removed.is_some_and(|row| live(row.get(0), self.now_ms)))
+    }
+
+    fn set_expiry(&mut self, key: &[u8], expires_at_ms: Option<i64>) -> Result<bool, StoreError> {
+        let (owner, now) = (self.owner, self.now_ms);
+        let changed = self.conn.run(Duration::ZERO, async |client, statements| {
+            client
+                .execute(
+                    &statements.set_expiry,
+                    &[&owner, &key, &expires_at_ms, &now],
+                )
+                .await
+                .map_err(conflict_or)
+        })?;
+        Ok(changed > 0)
+    }
+
+    fn scan(&mut self, after: Option<&[u8]>, limit: usize) -> Result<Vec<Vec<u8>>, StoreError> {
+        let (owner, now) = (self.owner, self.now_ms);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.conn.run(Duration::ZERO, async |client, statements| {
+            let rows = match after {
+                None => {
+                    client
+                        .query(&statements.scan_first, &[&owner, &now, &limit])
+                        .await
+                }
+                Some(after) => {
+                    client
+                        .query(&statements.scan_after, &[&owner, &now, &limit, &after])
+                        .await
+                }
+            };
+            Ok(rows
+                .map_err(conflict_or)?
+                .into_iter()
+                .map(|row| row.get(0))
+                .collect())
+        })
+    }
+
+    fn count(&mut self) -> Result<u64, StoreError> {
+        let (owner, now) = (self.owner, self.now_ms);
+        let count: i64 = self.conn.run(Duration::ZERO, async |client, statements| {
+            let row = client
+                .query_one(&statements.count, &[&owner, &now])
+                .await
+                .map_err(conflict_or)?;
+            Ok(row.get(0))
+        })?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    fn clear(&mut self) -> Result<(), StoreError> {
+        let owner = self.owner;
+        self.conn.run(Duration::ZERO, async |client, statements| {
+            client
+                .execute(&statements.clear, &[&owner])
+                .await
+                .map_err(conflict_or)?;
+            Ok(())
+        })?;
+        Ok(())
+    }
+}
+
 impl Conn for PostgresConn {
     fn sql(&mut self) -> Option<&mut dyn super::Sql> {
         Some(self)
@@ -810,7 +1036,9 @@ impl Conn for PostgresConn {
 
     fn get(&mut self, owner: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         self.run(Duration::ZERO, async |client, statements| {
-            let row = client.query_opt(&statements.get, &[&owner, &key]).await?;
+            let row = client
+                .query_opt(&statements.get, &[&owner, &key, &now_ms()])
+                .await?;
             Ok(row.map(|row| row.get(0)))
         })
     }
@@ -825,7 +1053,9 @@ impl Conn for PostgresConn {
             return Ok(Vec::new());
         }
         self.run(Duration::ZERO, async |client, statements| {
-            let rows = client.query(&statements.mget, &[&owner, &keys]).await?;
+            let rows = client
+                .query(&statements.mget, &[&owner, &keys, &now_ms()])
+                .await?;
             let mut found: HashMap<Vec<u8>, Vec<u8>> = rows
                 .into_iter()
                 .map(|row| (row.get(0), row.get(1)))
@@ -835,22 +1065,15 @@ impl Conn for PostgresConn {
             for key in keys {
                 *remaining.entry(key).or_default() += 1;
             }
-            let (mut values, mut total) = (Vec::with_capacity(keys.len()), 0usize);
-            for key in keys {
+            Ok(values_within(keys, budget, |key| {
                 let left = remaining.get_mut(key).expect("counted above");
                 *left -= 1;
-                let value = if *left == 0 {
+                Ok(if *left == 0 {
                     found.remove(*key)
                 } else {
                     found.get(*key).cloned()
-                };
-                total = total.saturating_add(value.as_ref().map_or(0, Vec::len));
-                values.push(value);
-                if total > budget {
-                    break;
-                }
-            }
-            Ok(values)
+                })
+            })?)
         })
     }
 
@@ -871,7 +1094,7 @@ impl Conn for PostgresConn {
         let names: Vec<&[u8]> = keys.iter().map(|(_, key)| *key).collect();
         let values = self.run(Duration::ZERO, async |client, statements| {
             let rows = client
-                .query(&statements.get_many, &[&owners, &names])
+                .query(&statements.get_many, &[&owners, &names, &now_ms()])
                 .await?;
             let mut values = vec![None; keys.len()];
             for row in rows {
@@ -955,8 +1178,10 @@ impl Conn for PostgresConn {
             return Ok(0);
         }
         self.run(Duration::ZERO, async |client, statements| {
-            let removed = client.execute(&statements.del, &[&owner, &keys]).await?;
-            Ok(i64::try_from(removed).unwrap_or(i64::MAX))
+            let row = client
+                .query_one(&statements.del, &[&owner, &keys, &now_ms()])
+                .await?;
+            Ok(row.get(0))
         })
     }
 
@@ -965,7 +1190,9 @@ impl Conn for PostgresConn {
             return Ok(0);
         }
         self.run(Duration::ZERO, async |client, statements| {
-            let rows = client.query(&statements.exists, &[&owner, &keys]).await?;
+            let rows = client
+                .query(&statements.exists, &[&owner, &keys, &now_ms()])
+                .await?;
             let present: HashSet<Vec<u8>> = rows.into_iter().map(|row| row.get(0)).collect();
             let count = keys.iter().filter(|key| present.contains(**key)).count();
             Ok(i64::try_from(count).unwrap_or(i64::MAX))
@@ -974,14 +1201,21 @@ impl Conn for PostgresConn {
 
     fn incr_by(&mut self, owner: &str, key: &[u8], delta: i64) -> Result<i64, StoreError> {
         self.run(Duration::ZERO, async |client, statements| {
-            // Optimistic: read, then write only if the value is still what we read. Each
+            // Optimistic: read, then write only if the row is still what we read. Each
             // statement commits on its own; two round trips and one commit when uncontended.
+            // A live key keeps its expiry (as Redis's INCR); an expired one starts from 0.
             for _ in 0..INCR_OPTIMISTIC_ATTEMPTS {
-                let current: Option<Vec<u8>> = client
-                    .query_opt(&statements.get, &[&owner, &key])
-                    .await?
-                    .map(|row| row.get(0));
-                let next = incremented(current.as_deref(), delta)?;
+                let row = client
+                    .query_opt(&statements.get_entry, &[&owner, &key])
+                    .await?;
+                let now = now_ms();
+                let current: Option<(Vec<u8>, Option<i64>)> =
+                    row.map(|row| (row.get(0), row.get(1)));
+                let live_value = current
+                    .as_ref()
+                    .filter(|(_, expires_at)| live(*expires_at, now))
+                    .map(|(value, _)| value.as_slice());
+                let next = incremented(live_value, delta)?;
                 let text = next.to_string().into_bytes();
                 let written = match &current {
                     None => {
@@ -992,11 +1226,19 @@ impl Conn for PostgresConn {
                             )
                             .await?
                     }
-                    Some(old) => {
+                    Some((old, old_expiry)) => {
+                        let new_expiry = old_expiry.filter(|_| live_value.is_some());
                         client
                             .execute(
                                 &statements.compare_and_set,
-                                &[&owner, &key, &old.as_slice(), &text.as_slice()],
+                                &[
+                                    &owner,
+                                    &key,
+                                    &old.as_slice(),
+                                    &text.as_slice(),
+                                    old_expiry,
+                                    &new_expiry,
+                                ],
                             )
                             .await?
                     }
@@ -1010,18 +1252,57 @@ impl Conn for PostgresConn {
             transaction
                 .execute(&statements.insert_if_absent, &[&owner, &key, &&b"0"[..]])
                 .await?;
-            let current: Vec<u8> = transaction
+            let row = transaction
                 .query_one(&statements.get_for_update, &[&owner, &key])
-                .await?
-                .get(0);
+                .await?;
+            let (stored, stored_expiry): (Vec<u8>, Option<i64>) = (row.get(0), row.get(1));
+            let (current, expires_at) = if live(stored_expiry, now_ms()) {
+                (stored, stored_expiry)
+            } else {
+                (b"0".to_vec(), None)
+            };
             // An error here drops the transaction, which rolls back the '0' placeholder too.
             let next = incremented(Some(&current), delta)?;
             let text = next.to_string().into_bytes();
             transaction
-                .execute(&statements.update, &[&owner, &key, &text.as_slice()])
+                .execute(
+                    &statements.update,
+                    &[&owner, &key, &text.as_slice(), &expires_at],
+                )
                 .await?;
             transaction.commit().await?;
             Ok(next)
+        })
+    }
+
+    fn transact(&mut self, owner: &str, body: &mut TxnBody<'_>) -> Result<(), StoreError> {
+        for _ in 0..TRANSACT_ATTEMPTS {
+            self.begin()?;
+            let outcome = body(&mut PostgresTxn {
+                conn: self,
+                owner,
+                now_ms: now_ms(),
+                absent: HashSet::new(),
+            });
+            match outcome {
+                Ok(()) => return self.commit(),
+                Err(StoreError::Conflict) => self.rollback(),
+                Err(error) => {
+                    self.rollback();
+                    return Err(error);
+                }
+            }
+        }
+        Err(StoreError::Conflict)
+    }
+
+    fn sweep_expired(&mut self, now_ms: i64, limit: usize) -> Result<usize, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.run(Duration::ZERO, async |client, statements| {
+            let removed = client
+                .execute(&statements.sweep, &[&now_ms, &limit])
+                .await?;
+            Ok(usize::try_from(removed).unwrap_or(usize::MAX))
         })
     }
 

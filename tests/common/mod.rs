@@ -785,8 +785,18 @@ impl RawConn {
     /// The next reply; panics if the connection closes or nothing arrives within
     /// [`REPLY_TIMEOUT`].
     pub fn read_reply(&mut self) -> Reply {
-        match self.try_read_reply(REPLY_TIMEOUT) {
-            Ok(reply) => reply,
+        self.read_frame().0
+    }
+
+    /// The next reply as the wire carried it, every byte (differential tests compare these);
+    /// panics as [`RawConn::read_reply`] does.
+    pub fn read_raw_reply(&mut self) -> Vec<u8> {
+        self.read_frame().1
+    }
+
+    fn read_frame(&mut self) -> (Reply, Vec<u8>) {
+        match self.try_read_frame(REPLY_TIMEOUT) {
+            Ok(frame) => frame,
             Err(end) => panic!(
                 "no reply ({end:?}); {} bytes buffered: {:?}",
                 self.buf.len(),
@@ -797,11 +807,15 @@ impl RawConn {
 
     /// The next reply, or why none came within `timeout`.
     pub fn try_read_reply(&mut self, timeout: Duration) -> Result<Reply, ReadEnd> {
+        self.try_read_frame(timeout).map(|(reply, _)| reply)
+    }
+
+    /// The next reply, parsed and as its bytes, or why none came within `timeout`.
+    fn try_read_frame(&mut self, timeout: Duration) -> Result<(Reply, Vec<u8>), ReadEnd> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some((reply, used)) = parse_reply(&self.buf) {
-                self.buf.drain(..used);
-                return Ok(reply);
+                return Ok((reply, self.buf.drain(..used).collect()));
             }
             match self.fill(deadline) {
                 Ok(0) => return Err(ReadEnd::Closed),
