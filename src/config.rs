@@ -9,7 +9,7 @@ use serde::{Serialize, Serializer};
 
 /// ringport: a RESP session server on per-core io_uring rings.
 #[derive(Debug, Parser)]
-#[command(name = "ringport", version, about)]
+#[command(name = "ringport", version = crate::version::LONG, about)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -25,6 +25,8 @@ pub enum Command {
     User(UserArgs),
     /// Print what this kernel supports and which path each operation will take.
     Probe(ProbeArgs),
+    /// Print the version, the git commit it was built from and what it was built with.
+    Version,
     /// Work with configuration files.
     Config {
         #[command(subcommand)]
@@ -82,6 +84,27 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// When text logs carry ANSI colour codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogColor {
+    /// Only when stderr is a terminal, so a journal or a redirected file gets plain text.
+    Auto,
+    Always,
+    Never,
+}
+
+impl LogColor {
+    /// Whether to colour, for a writer that is (or is not) a terminal.
+    pub fn colour(self, terminal: bool) -> bool {
+        match self {
+            LogColor::Auto => terminal,
+            LogColor::Always => true,
+            LogColor::Never => false,
+        }
+    }
 }
 
 /// How pool threads compete for CPU with the rings.
@@ -274,9 +297,17 @@ pub struct ServeArgs {
     /// Log level (error, warn, info, debug, trace) or a tracing filter.
     #[arg(long, default_value = "info")]
     pub log_level: String,
+    /// First start only (a store without users): the first user `admin` gets the password on
+    /// this file's first line. Without it (and without RINGPORT_ADMIN_PASSWORD) a random one is
+    /// written to DATA/admin-password, readable only by this user.
+    #[arg(long, env = "RINGPORT_ADMIN_PASSWORD_FILE")]
+    pub admin_password_file: Option<PathBuf>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Colour in text logs: `auto` (only when stderr is a terminal), `always`, `never`.
+    #[arg(long, value_enum, default_value_t = LogColor::Auto)]
+    pub log_color: LogColor,
 }
 
 /// `ringport user ...`.

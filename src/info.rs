@@ -73,8 +73,9 @@ fn write_section(shared: &Shared, section: &str, out: &mut String) {
             };
             let _ = write!(
                 out,
-                "redis_version:{REDIS_COMPAT_VERSION}\r\nringport_version:{}\r\nredis_mode:standalone\r\nos:Linux {}\r\narch_bits:64\r\nprocess_id:{}\r\ntcp_port:{}\r\nlisten:{}\r\nuptime_in_seconds:{uptime}\r\nuptime_in_days:{}\r\ncores:{}\r\nrings:{}\r\nbackend:{}\r\naccept_path:{}\r\nrecv_path:{}\r\nsetup_flags:{}\r\n",
-                env!("CARGO_PKG_VERSION"),
+                "redis_version:{REDIS_COMPAT_VERSION}\r\nringport_version:{}\r\nringport_git_commit:{}\r\nredis_mode:standalone\r\nos:Linux {}\r\narch_bits:64\r\nprocess_id:{}\r\ntcp_port:{}\r\nlisten:{}\r\nuptime_in_seconds:{uptime}\r\nuptime_in_days:{}\r\ncores:{}\r\nrings:{}\r\nbackend:{}\r\naccept_path:{}\r\nrecv_path:{}\r\nsetup_flags:{}\r\n",
+                crate::version::VERSION,
+                crate::version::COMMIT,
                 kernel,
                 std::process::id(),
                 shared.listen_addr.port(),

@@ -28,6 +28,7 @@ pub mod testkit;
 pub mod tls;
 pub mod userdir;
 pub mod users;
+pub mod version;
 
 /// What a program embedding ringport needs to define its own commands.
 pub mod api {

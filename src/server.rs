@@ -37,8 +37,10 @@ fn init_logging(args: &ServeArgs) {
         );
         EnvFilter::new("info,tokio_postgres=info,postgres=info")
     });
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(args.log_color.colour(std::io::stderr().is_terminal()))
         .with_writer(std::io::stderr);
     let _ = match args.log_format {
         crate::config::LogFormat::Json => builder.json().try_init(),
@@ -46,11 +48,75 @@ fn init_logging(args: &ServeArgs) {
     };
 }
 
+/// How the first user gets its password, on a first start (a store without users).
+#[derive(Debug, Clone, Default)]
+pub struct FirstAdmin {
+    /// `--admin-password-file`: the password is the file's first line.
+    pub password_file: Option<std::path::PathBuf>,
+    /// Where a generated password is written (the data directory) when nothing gives one.
+    pub data_dir: std::path::PathBuf,
+}
+
+/// The file a generated first password goes to, in the data directory.
+pub const GENERATED_PASSWORD_FILE: &str = "admin-password";
+
+impl FirstAdmin {
+    /// The password the operator gave (`--admin-password-file`, else `RINGPORT_ADMIN_PASSWORD`),
+    /// or `None` to generate one.
+    fn given(&self) -> Result<Option<String>, StartError> {
+        if let Some(path) = &self.password_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                format!("--admin-password-file {}: cannot read: {e}", path.display())
+            })?;
+            let password = text.lines().next().unwrap_or("").to_string();
+            if password.is_empty() {
+                return Err(format!(
+                    "--admin-password-file {}: the first line is empty",
+                    path.display()
+                ));
+            }
+            return Ok(Some(password));
+        }
+        match std::env::var("RINGPORT_ADMIN_PASSWORD") {
+            Ok(password) if !password.is_empty() => Ok(Some(password)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Writes a generated password where only this user can read it, and says where.
+    fn keep(&self, password: &str) -> Result<std::path::PathBuf, StartError> {
+        use std::io::Write;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.data_dir)
+            .map_err(|e| format!("cannot create {}: {e}", self.data_dir.display()))?;
+        let path = self.data_dir.join(GENERATED_PASSWORD_FILE);
+        let write = || -> std::io::Result<()> {
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&path)?;
+            // An older file keeps its mode on open: make sure nobody else can read this one.
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+            writeln!(file, "{password}")?;
+            file.sync_all()
+        };
+        write().map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        Ok(path)
+    }
+}
+
 /// Opens the store named by the arguments and makes sure a first user exists: on first start
-/// an `admin` user is created with a random password, printed once. Returns the store and its
-/// users, as read now.
+/// an `admin` user is created with the password `first` gives, or a random one kept in a file
+/// only this user can read (and shown on stdout when that is a terminal). Never logged.
+/// Returns the store and its users, as read now.
 pub fn open_store(
     spec: &StoreSpec,
+    first: &FirstAdmin,
 ) -> Result<(Arc<dyn store::Backend>, Vec<UserRecord>), StartError> {
     let backend = store::open(spec).map_err(|e| format!("cannot open the store: {e}"))?;
     let mut conn = backend
@@ -60,7 +126,15 @@ pub fn open_store(
         .users()
         .map_err(|e| format!("cannot read users from the store: {e}"))?;
     if users.is_empty() {
-        let password = auth::random_password();
+        let given = first.given()?;
+        let generated = given.is_none();
+        let password = given.unwrap_or_else(auth::random_password);
+        // Written before the user exists: a password nobody can find is a locked-out server.
+        let kept = if generated {
+            Some(first.keep(&password)?)
+        } else {
+            None
+        };
         let admin = UserRecord {
             name: "admin".into(),
             hash: auth::hash_password(password.as_bytes()),
@@ -69,8 +143,22 @@ pub fn open_store(
         conn.put_user(&admin)
             .map_err(|e| format!("cannot create the first user: {e}"))?;
         users.push(admin);
-        println!("No users existed: created user 'admin' with password {password}");
-        println!("(shown once; change it with `ringport user passwd admin`)");
+        match kept {
+            None => {
+                tracing::info!("no users existed: created user 'admin' with the password given")
+            }
+            Some(path) => {
+                tracing::info!(file = %path.display(), "no users existed: created user 'admin' with a generated password, written to this file (readable only by this user); change it with `ringport user passwd admin`, then delete the file");
+                use std::io::IsTerminal;
+                if std::io::stdout().is_terminal() {
+                    println!("No users existed: created user 'admin' with password {password}");
+                    println!(
+                        "(also in {}; change it with `ringport user passwd admin`)",
+                        path.display()
+                    );
+                }
+            }
+        }
     }
     Ok((backend, users))
 }
@@ -258,7 +346,11 @@ fn run(args: ServeArgs, extra: Vec<CommandDef>) -> Result<(), StartError> {
     if let StoreSpec::Embedded { cache_size, .. } = &mut spec {
         *cache_size = args.embedded_cache_size;
     }
-    let (backend, users) = open_store(&spec)?;
+    let first = FirstAdmin {
+        password_file: args.admin_password_file.clone(),
+        data_dir: args.store.data.clone(),
+    };
+    let (backend, users) = open_store(&spec, &first)?;
     tracing::info!(store = %backend.describe(), users = users.len(), "store opened");
     let (table, handlers) = command_table(&args, &*backend, extra)?;
     let (table, handlers) = (Arc::new(table), Arc::new(handlers));

@@ -134,6 +134,12 @@ impl ServerBuilder {
         self
     }
 
+    /// Creates no user at all (not even alice): the server's first start makes `admin`.
+    pub fn no_users(mut self) -> Self {
+        self.users.clear();
+        self
+    }
+
     /// Uses this data dir (shared with another server) instead of a fresh one.
     pub fn data_dir(mut self, dir: Arc<tempfile::TempDir>) -> Self {
         self.data = Some(dir);
