@@ -302,6 +302,9 @@ pub struct ServeArgs {
     /// written to DATA/admin-password, readable only by this user.
     #[arg(long, env = "RINGPORT_ADMIN_PASSWORD_FILE")]
     pub admin_password_file: Option<PathBuf>,
+    /// Do not serve DATA/admin.sock (where `ringport user` manages users while the server runs).
+    #[arg(long)]
+    pub no_admin_socket: bool,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -327,6 +330,9 @@ pub enum UserAction {
     Add {
         /// User name.
         name: String,
+        /// Make the user an admin (may manage users with ACL SETUSER ...).
+        #[arg(long)]
+        admin: bool,
     },
     /// Delete a user.
     Del {

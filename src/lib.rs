@@ -5,6 +5,8 @@
 //! io_uring code (and all `unsafe`) lives in the `ringport-ring` crate.
 #![forbid(unsafe_code)]
 
+pub mod acl;
+pub mod adminsock;
 pub mod auth;
 pub mod cmdstats;
 pub mod commands;

@@ -125,6 +125,16 @@ pub fn open_store(
     let mut users = conn
         .users()
         .map_err(|e| format!("cannot read users from the store: {e}"))?;
+    // A store from before admins existed: its first user, `admin`, becomes the admin it was
+    // meant to be, so someone can manage users over the protocol.
+    if !users.iter().any(|u| u.admin) {
+        if let Some(first_user) = users.iter_mut().find(|u| u.name == "admin") {
+            first_user.admin = true;
+            conn.put_user(first_user)
+                .map_err(|e| format!("cannot make user 'admin' an admin: {e}"))?;
+            tracing::info!("user 'admin' is now an admin (it may manage users with ACL SETUSER)");
+        }
+    }
     if users.is_empty() {
         let given = first.given()?;
         let generated = given.is_none();
@@ -139,6 +149,7 @@ pub fn open_store(
             name: "admin".into(),
             hash: auth::hash_password(password.as_bytes()),
             disabled: false,
+            admin: true,
         };
         conn.put_user(&admin)
             .map_err(|e| format!("cannot create the first user: {e}"))?;
@@ -379,7 +390,7 @@ fn run(args: ServeArgs, extra: Vec<CommandDef>) -> Result<(), StartError> {
     let normal = ringport_ring::ThreadPriority::Normal;
     let compute = ComputePool::start("compute", compute_threads, args.compute_queue, priority);
     let auth_pool = ComputePool::start("auth", auth_threads, args.compute_queue, normal);
-    let store_pool = StorePool::start(backend, store_threads, args.store_queue, normal);
+    let store_pool = StorePool::start(backend.clone(), store_threads, args.store_queue, normal);
     tracing::info!(
         compute_threads,
         auth_threads,
@@ -449,6 +460,20 @@ fn run(args: ServeArgs, extra: Vec<CommandDef>) -> Result<(), StartError> {
         table,
     ));
     let stats = shared.rings.clone();
+    // User changes while running (`ringport user`, through the file's permissions): kept out of
+    // the way of a server whose data directory is not its own to write (PostgreSQL users can
+    // be changed in the store directly).
+    let admin_socket = if args.no_admin_socket || !args.store.data.is_dir() {
+        None
+    } else {
+        match crate::adminsock::start(&args.store.data, shared.clone(), backend) {
+            Ok(socket) => Some(socket),
+            Err(e) => {
+                tracing::warn!(error = %e, "no admin socket: `ringport user` cannot reach this server");
+                None
+            }
+        }
+    };
 
     if let Some(addr) = args.metrics_addr {
         let bound = crate::metrics::serve(addr, shared.clone())
@@ -571,6 +596,7 @@ fn run(args: ServeArgs, extra: Vec<CommandDef>) -> Result<(), StartError> {
     for thread in threads {
         let _ = thread.join();
     }
+    drop(admin_socket);
     compute.shutdown();
     auth_pool.shutdown();
     store_pool.shutdown();

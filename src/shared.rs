@@ -132,6 +132,25 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Closes the sessions `filter` selects on every ring; returns how many closed. Blocks until
+    /// every ring answered, at most 2 s: call it from a pool thread, never from a ring.
+    pub fn kill_sessions(&self, filter: &crate::msg::KillFilter) -> u64 {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        for ring in &self.ring_senders {
+            ring.send_ring(Msg::Kill(filter.clone(), tx.clone()));
+        }
+        drop(tx);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut killed = 0u64;
+        for _ in 0..self.ring_senders.len() {
+            match rx.recv_deadline(deadline) {
+                Ok(n) => killed += n,
+                Err(_) => break,
+            }
+        }
+        killed
+    }
+
     /// Everything the rings and jobs share, from the `serve` settings. One ring per sender.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
