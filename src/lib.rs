@@ -31,6 +31,7 @@ pub mod tls;
 pub mod userdir;
 pub mod users;
 pub mod version;
+pub mod workers;
 
 /// What a program embedding ringport needs to define its own commands.
 pub mod api {

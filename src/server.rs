@@ -21,6 +21,7 @@ use crate::store::{self, StoreSpec, UserRecord};
 use crate::storepool::StorePool;
 use crate::table::Table;
 use crate::userdir::UserDirectory;
+use crate::workers::WorkerPool;
 
 /// Errors that stop start-up, with what to do about them.
 pub type StartError = String;
@@ -236,6 +237,23 @@ impl Server {
     }
 }
 
+/// Starts the config file's `[[worker]]` pools.
+fn start_workers(
+    args: &ServeArgs,
+) -> Result<Vec<(Arc<WorkerPool>, crate::config::WorkerConfig)>, StartError> {
+    let Some(path) = &args.config else {
+        return Ok(Vec::new());
+    };
+    let mut pools = Vec::new();
+    for config in crate::config::config_file_workers(path)? {
+        let pool = WorkerPool::start(&config)?;
+        tracing::info!(pool = %config.name, processes = config.processes, in_flight = config.in_flight,
+            timeout = %config.timeout, commands = config.commands.len(), "worker pool started");
+        pools.push((pool, config));
+    }
+    Ok(pools)
+}
+
 /// Every command the server will know: the built-ins, the config file's SQL commands (checked
 /// against the store) and the program's, as one table; a clash is an error naming both.
 pub fn command_table(
@@ -288,6 +306,16 @@ pub fn check_config(file: &std::path::Path) -> Result<(), StartError> {
             sql.len(),
             backend.describe(),
             table.len()
+        );
+    }
+    // Worker pools are checked as written, without starting their programs.
+    for worker in crate::config::config_file_workers(file)? {
+        println!(
+            "# {}: worker pool '{}' runs {:?}, serves {} command(s)",
+            file.display(),
+            worker.name,
+            worker.run,
+            worker.commands.len()
         );
     }
     println!("# {}: valid; effective settings:", file.display());
@@ -363,6 +391,17 @@ fn run(args: ServeArgs, extra: Vec<CommandDef>) -> Result<(), StartError> {
     };
     let (backend, users) = open_store(&spec, &first)?;
     tracing::info!(store = %backend.describe(), users = users.len(), "store opened");
+    let workers = start_workers(&args)?;
+    let extra = extra
+        .into_iter()
+        .chain(workers.iter().flat_map(|(pool, config)| {
+            config
+                .commands
+                .iter()
+                .map(|command| CommandDef::worker(pool.clone(), command))
+        }))
+        .collect();
+    let workers: Vec<_> = workers.into_iter().map(|(pool, _)| pool).collect();
     let (table, handlers) = command_table(&args, &*backend, extra)?;
     let (table, handlers) = (Arc::new(table), Arc::new(handlers));
     let custom = table
@@ -447,7 +486,7 @@ fn run(args: ServeArgs, extra: Vec<CommandDef>) -> Result<(), StartError> {
         senders.push(sender);
         receivers.push(receiver);
     }
-    let shared = Arc::new(Shared::new(
+    let mut shared = Shared::new(
         &args,
         compute.clone(),
         auth_pool.clone(),
@@ -458,7 +497,9 @@ fn run(args: ServeArgs, extra: Vec<CommandDef>) -> Result<(), StartError> {
         core_count,
         listen_addr,
         table,
-    ));
+    );
+    shared.workers = workers.clone();
+    let shared = Arc::new(shared);
     let stats = shared.rings.clone();
     // User changes while running (`ringport user`, through the file's permissions): kept out of
     // the way of a server whose data directory is not its own to write (PostgreSQL users can
@@ -597,6 +638,9 @@ fn run(args: ServeArgs, extra: Vec<CommandDef>) -> Result<(), StartError> {
         let _ = thread.join();
     }
     drop(admin_socket);
+    for pool in &workers {
+        pool.shutdown();
+    }
     compute.shutdown();
     auth_pool.shutdown();
     store_pool.shutdown();

@@ -101,6 +101,8 @@ pub struct Shared {
     /// Every user, held in memory and kept current by the store's backend: AUTH reads it here,
     /// so it works while the store is down.
     pub users: Arc<UserDirectory>,
+    /// The `[[worker]]` pools (INFO reports them; the server stops them after the drain).
+    pub workers: Vec<Arc<crate::workers::WorkerPool>>,
     pub auth_cache: VerifiedCache,
     /// Failed AUTH attempts per (address, user) and per user per minute.
     pub auth_limiter: FailureLimiter,
@@ -195,6 +197,7 @@ impl Shared {
             auth,
             store,
             users,
+            workers: Vec::new(),
             auth_cache: VerifiedCache::new(100_000),
             auth_limiter: FailureLimiter::new(
                 args.auth_failures_per_minute,

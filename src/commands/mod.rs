@@ -246,6 +246,12 @@ pub fn execute(call: &mut Call<'_, '_>, handlers: &Handlers, args: &Args) {
                 Box::new(move || send_reply(&replier, &f(&request), request.proto(), limit)),
             );
         }
+        Handler::Worker(pool) => {
+            let (owner, proto, replier) = (call.owner(), call.proto(), call.replier());
+            let argv = args.to_vecs();
+            let submitted = pool.submit(&owner, spec.name, &argv, proto, replier);
+            call.waiting_unless_busy(spec.name, submitted.is_ok());
+        }
         Handler::Store(f) => {
             let (f, request, replier) = (f.clone(), Request::of(call, args), call.replier());
             let shared = call.shared.clone();

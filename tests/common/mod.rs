@@ -801,6 +801,21 @@ impl RawConn {
         }
     }
 
+    /// Sends one command and returns its reply's bytes as they came, for byte-exact checks.
+    pub fn cmd_bytes(&mut self, args: &[&[u8]]) -> Vec<u8> {
+        self.send_cmd(args);
+        let deadline = Instant::now() + REPLY_TIMEOUT;
+        loop {
+            if let Some((_, used)) = parse_reply(&self.buf) {
+                return self.buf.drain(..used).collect();
+            }
+            match self.fill(deadline) {
+                Ok(n) if n > 0 => {}
+                other => panic!("no reply: {other:?}"),
+            }
+        }
+    }
+
     /// The next reply, or why none came within `timeout`.
     pub fn try_read_reply(&mut self, timeout: Duration) -> Result<Reply, ReadEnd> {
         let deadline = Instant::now() + timeout;
