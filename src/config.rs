@@ -510,6 +510,9 @@ pub struct WorkerCommandConfig {
     /// Whether it changes data (Redis's `write` flag; else `readonly`).
     #[serde(default)]
     pub write: bool,
+    /// More COMMAND flags (`fast`, `denyoom`, ...), shown by COMMAND INFO.
+    #[serde(default)]
+    pub flags: Vec<String>,
     /// COMMAND DOCS's summary.
     #[serde(default)]
     pub summary: String,

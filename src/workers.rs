@@ -354,6 +354,15 @@ impl WorkerPool {
                     .filter(|(_, p)| p.deadline <= now)
                     .map(|(id, _)| *id)
                     .collect();
+                // Hung: not one reply since a request that timed out was sent. A process that
+                // goes on answering others while one request takes too long is not.
+                let first_sent = expired
+                    .iter()
+                    .map(|id| inner.pending[id].deadline - self.timeout)
+                    .min();
+                let hung = first_sent.is_some_and(|sent| {
+                    inner.requests.is_some() && inner.last_reply.is_none_or(|t| t < sent)
+                });
                 for id in &expired {
                     let pending = inner.pending.remove(id).expect("listed above");
                     proc.in_flight.fetch_sub(1, Relaxed);
@@ -363,10 +372,6 @@ impl WorkerPool {
                         self.name, self.timeout
                     )));
                 }
-                // Nothing answered for a whole timeout while requests waited: the process hangs.
-                let hung = !expired.is_empty()
-                    && inner.requests.is_some()
-                    && inner.last_reply.is_none_or(|t| t + self.timeout <= now);
                 let generation = inner.generation;
                 let restart =
                     inner.requests.is_none() && inner.restart_at.is_some_and(|at| at <= now);

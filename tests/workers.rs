@@ -26,7 +26,8 @@ fn config(dir: &std::path::Path, processes: usize, in_flight: usize, timeout: &s
     ]
     .iter()
     .map(|(name, arity)| {
-        format!("  {{ name = \"{name}\", arity = {arity}, summary = \"test {name}\" }},\n")
+        let flags = if *name == "wecho" { "[\"fast\"]" } else { "[]" };
+        format!("  {{ name = \"{name}\", arity = {arity}, flags = {flags}, summary = \"test {name}\" }},\n")
     })
     .collect::<String>();
     let text = format!(
@@ -172,7 +173,9 @@ fn a_worker_that_writes_garbage_is_restarted() {
 
 #[test]
 fn a_request_that_takes_too_long_times_out_alone() {
-    let setup = start(1, 8, "500ms");
+    let setup = start(1, 8, "1s");
+    // Python has started and answers, so only HANG can take the whole timeout.
+    serves_again(&setup.server);
     let mut hung = setup.server.raw_authed();
     hung.send_cmd(&[b"HANG"]);
     // The same process keeps answering others meanwhile.
@@ -180,7 +183,7 @@ fn a_request_that_takes_too_long_times_out_alone() {
     assert_eq!(cmd(&mut other, &["SLOW", "0", "x"]), Reply::bulk("x"));
     assert_eq!(
         hung.read_reply(),
-        Reply::Error("ERR worker 'test' timed out after 500ms".into())
+        Reply::Error("ERR worker 'test' timed out after 1s".into())
     );
     assert_eq!(cmd(&mut other, &["SLOW", "0", "y"]), Reply::bulk("y"));
     let info = info_workers(&setup.server);
@@ -190,11 +193,12 @@ fn a_request_that_takes_too_long_times_out_alone() {
 
 #[test]
 fn a_worker_that_stops_answering_is_restarted() {
-    let setup = start(1, 8, "500ms");
+    let setup = start(1, 8, "1s");
+    serves_again(&setup.server);
     let mut conn = setup.server.raw_authed();
     assert_eq!(
         cmd(&mut conn, &["FREEZE"]),
-        Reply::Error("ERR worker 'test' timed out after 500ms".into())
+        Reply::Error("ERR worker 'test' timed out after 1s".into())
     );
     serves_again(&setup.server);
     assert!(field(&info_workers(&setup.server), "restarts") >= 1);
@@ -246,6 +250,19 @@ fn worker_commands_show_in_command_info_and_metrics() {
     };
     assert_eq!(row[0], Reply::bulk("slow"));
     assert_eq!(row[1], Reply::Int(3));
+    let Reply::Array(info) = cmd(&mut conn, &["COMMAND", "INFO", "wecho"]) else {
+        panic!("COMMAND INFO is an array")
+    };
+    let Reply::Array(row) = &info[0] else {
+        panic!("one row per command")
+    };
+    assert_eq!(
+        row[2],
+        Reply::Array(vec![
+            Reply::Simple("fast".into()),
+            Reply::Simple("readonly".into())
+        ])
+    );
     let info = info_workers(&setup.server);
     assert_eq!(field(&info, "processes"), 2);
     assert_eq!(field(&info, "up"), 2);
@@ -315,4 +332,36 @@ fn config_check_names_what_is_wrong_with_a_worker_block() {
             "{block}: {stderr}"
         );
     }
+}
+
+#[test]
+fn redis_py_calls_worker_commands() {
+    let setup = start(2, 8, "5s");
+    let script = format!(
+        "import redis\n\
+         r = redis.Redis(port={}, username='{}', password='{}', protocol=3)\n\
+         print(r.execute_command('WECHO', 'from', 'python'))\n\
+         print(r.execute_command('WHOAMI'))\n\
+         p = r.pipeline(transaction=False)\n\
+         for i in range(50):\n    p.execute_command('SLOW', str(50 - i), str(i))\n\
+         print(p.execute() == [str(i).encode() for i in range(50)])\n",
+        setup.server.port(),
+        common::USER,
+        common::PASSWORD
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .expect("python3 (ci/ensure-clients installs python3-redis)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        ["[b'from', b'python']", "b'alice'", "True"],
+        "a pipeline's replies come back in the order it sent them"
+    );
 }

@@ -2,8 +2,8 @@
 
 ringport starts the worker with its stdin and stdout as pipes. Each request is a RESP array of
 bulk strings [id, user, command, args...]; each reply is a RESP array [id, reply], where the
-reply is any RESP value. Requests are handled as asyncio tasks, so a slow one does not hold up
-the others and replies may leave in any order.
+reply is any RESP value. A plain handler is answered at once; an async one runs as an asyncio
+task, so a slow request does not hold up the others and replies may leave in any order.
 
 Use it as a library: define handlers and call `run({"name": handler, ...})`. A handler takes
 (user, args) and returns a value (or awaits one): str -> simple string, bytes -> bulk string,
@@ -66,29 +66,36 @@ async def read_request(reader):
     return parts
 
 
-def reply(request_id, value):
-    out = bytearray()
+def reply(request_id, value, out):
     out += b"*2\r\n"
     encode(request_id, out)
     encode(value, out)
-    sys.stdout.buffer.write(out)
-    sys.stdout.buffer.flush()
 
 
-async def handle(handlers, request_id, user, command, args):
+def call(handlers, user, command, args):
+    """The handler's value, or the error to answer; a coroutine for an async handler."""
     handler = handlers.get(command)
+    if handler is None:
+        return Error(f"ERR this worker has no command '{command}'")
     try:
-        if handler is None:
-            value = Error(f"ERR this worker has no command '{command}'")
-        else:
-            value = handler(user, args)
-            if inspect.isawaitable(value):
-                value = await value
+        return handler(user, args)
+    except Error as e:
+        return e
+    except Exception as e:  # the worker goes on: one command's bug answers that command only
+        return Error(f"ERR {type(e).__name__}: {e}")
+
+
+async def finish(request_id, pending):
+    try:
+        value = await pending
     except Error as e:
         value = e
-    except Exception as e:  # the worker goes on: one command's bug answers that command only
+    except Exception as e:
         value = Error(f"ERR {type(e).__name__}: {e}")
-    reply(request_id, value)
+    out = bytearray()
+    reply(request_id, value, out)
+    sys.stdout.buffer.write(out)
+    sys.stdout.buffer.flush()
 
 
 async def serve(handlers):
@@ -96,13 +103,25 @@ async def serve(handlers):
     reader = asyncio.StreamReader(limit=1 << 26)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     tasks = set()
+    out = bytearray()
     while (request := await read_request(reader)) is not None:
         request_id, user, command, *args = request
-        task = asyncio.create_task(
-            handle(handlers, int(request_id), user.decode(), command.decode(), args)
-        )
-        tasks.add(task)
-        task.add_done_callback(tasks.discard)
+        value = call(handlers, user.decode(), command.decode(), args)
+        if inspect.isawaitable(value):
+            # Slow work runs as a task: replies to later requests may leave first.
+            task = asyncio.create_task(finish(int(request_id), value))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        else:
+            reply(int(request_id), value, out)
+        # Answer everything that came in one read with one write.
+        if out and not reader._buffer:
+            sys.stdout.buffer.write(out)
+            sys.stdout.buffer.flush()
+            out.clear()
+    if out:
+        sys.stdout.buffer.write(out)
+        sys.stdout.buffer.flush()
     # stdin closed: ringport is stopping. Finish what was asked, then exit.
     if tasks:
         await asyncio.wait(tasks)

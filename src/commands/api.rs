@@ -336,6 +336,10 @@ impl CommandDef {
         )
         .origin(&format!("worker pool '{}'", pool.name))
         .summary(&command.summary);
+        let def = command
+            .flags
+            .iter()
+            .fold(def, |def, flag| def.flag(leak(&flag.to_ascii_lowercase())));
         if command.write {
             def.write()
         } else {
