@@ -365,3 +365,36 @@ fn redis_py_calls_worker_commands() {
         "a pipeline's replies come back in the order it sent them"
     );
 }
+
+#[test]
+fn a_worker_in_node_serves_its_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/workers/worker.js");
+    let path = dir.path().join("js.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[worker]]\nname = \"js\"\nrun = [\"node\", \"{script}\"]\nprocesses = 1\n\
+             commands = [{{ name = \"shout\", arity = 2 }}, {{ name = \"sum\", arity = -1 }}]\n"
+        ),
+    )
+    .unwrap();
+    let server = Server::builder()
+        .flag("--config", path.to_str().unwrap())
+        .start();
+    let mut conn = server.raw_authed();
+    assert_eq!(
+        cmd(&mut conn, &["SHOUT", "hello"]),
+        Reply::Simple("HELLO!".into())
+    );
+    assert_eq!(cmd(&mut conn, &["SUM", "1", "2", "39"]), Reply::Int(42));
+    // A pipeline: many requests in one write, answered in order.
+    let mut pipeline = Vec::new();
+    for i in 0..100 {
+        pipeline.extend(common::encode(&[b"SUM", i.to_string().as_bytes(), b"1"]));
+    }
+    conn.send(&pipeline);
+    for i in 0..100 {
+        assert_eq!(conn.read_reply(), Reply::Int(i + 1));
+    }
+}
