@@ -218,6 +218,8 @@ impl WorkerPool {
     fn spawn(self: &Arc<Self>, index: usize) -> std::io::Result<()> {
         let mut child = Command::new(&self.run[0])
             .args(&self.run[1..])
+            // The first admin's password is the server's, not a worker's business.
+            .env_remove("RINGPORT_ADMIN_PASSWORD")
             .env("RINGPORT_WORKER_POOL", &self.name)
             .env("RINGPORT_WORKER_INDEX", index.to_string())
             .stdin(Stdio::piped())

@@ -465,9 +465,17 @@ impl Server {
     ) -> redis::Connection {
         let info = self.connection_info(user, password, protocol);
         let client = redis::Client::open(info).expect("redis client");
-        let conn = client
-            .get_connection_with_timeout(REPLY_TIMEOUT)
-            .unwrap_or_else(|e| panic!("connect as {user}: {e}; log:\n{}", self.log()));
+        // A blocking socket call with a timeout fails with EINTR when this process is stopped
+        // and continued, or a handled signal arrives (signal(7)), and the redis crate does not
+        // retry: a connection attempt cut that way is made again, as RawConn's reads retry.
+        let mut attempts = 0;
+        let conn = loop {
+            match client.get_connection_with_timeout(REPLY_TIMEOUT) {
+                Ok(conn) => break conn,
+                Err(e) if attempts < 3 && interrupted(&e) => attempts += 1,
+                Err(e) => panic!("connect as {user}: {e}; log:\n{}", self.log()),
+            }
+        };
         conn.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
         conn.set_write_timeout(Some(REPLY_TIMEOUT)).unwrap();
         conn
@@ -657,6 +665,14 @@ impl Reply {
             other => panic!("expected an error reply, got {other:?}"),
         }
     }
+}
+
+/// Whether a redis-crate call failed only because a system call was interrupted (EINTR).
+fn interrupted(error: &redis::RedisError) -> bool {
+    let io_kind = std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<std::io::Error>())
+        .map(std::io::Error::kind);
+    io_kind == Some(ErrorKind::Interrupted) || error.to_string().contains("os error 4")
 }
 
 /// Parses one reply from the front of `buf`: `Some((reply, consumed))` once it is complete.
