@@ -9,7 +9,7 @@ use serde::{Serialize, Serializer};
 
 /// ringport: a RESP session server on per-core io_uring rings.
 #[derive(Debug, Parser)]
-#[command(name = "ringport", version, about)]
+#[command(name = "ringport", version = crate::version::LONG, about)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -25,6 +25,8 @@ pub enum Command {
     User(UserArgs),
     /// Print what this kernel supports and which path each operation will take.
     Probe(ProbeArgs),
+    /// Print the version, the git commit it was built from and what it was built with.
+    Version,
     /// Work with configuration files.
     Config {
         #[command(subcommand)]
@@ -82,6 +84,27 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
+}
+
+/// When text logs carry ANSI colour codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogColor {
+    /// Only when stderr is a terminal, so a journal or a redirected file gets plain text.
+    Auto,
+    Always,
+    Never,
+}
+
+impl LogColor {
+    /// Whether to colour, for a writer that is (or is not) a terminal.
+    pub fn colour(self, terminal: bool) -> bool {
+        match self {
+            LogColor::Auto => terminal,
+            LogColor::Always => true,
+            LogColor::Never => false,
+        }
+    }
 }
 
 /// How pool threads compete for CPU with the rings.
@@ -274,9 +297,20 @@ pub struct ServeArgs {
     /// Log level (error, warn, info, debug, trace) or a tracing filter.
     #[arg(long, default_value = "info")]
     pub log_level: String,
+    /// First start only (a store without users): the first user `admin` gets the password on
+    /// this file's first line. Without it (and without RINGPORT_ADMIN_PASSWORD) a random one is
+    /// written to DATA/admin-password, readable only by this user.
+    #[arg(long, env = "RINGPORT_ADMIN_PASSWORD_FILE")]
+    pub admin_password_file: Option<PathBuf>,
+    /// Do not serve DATA/admin.sock (where `ringport user` manages users while the server runs).
+    #[arg(long)]
+    pub no_admin_socket: bool,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Colour in text logs: `auto` (only when stderr is a terminal), `always`, `never`.
+    #[arg(long, value_enum, default_value_t = LogColor::Auto)]
+    pub log_color: LogColor,
 }
 
 /// `ringport user ...`.
@@ -296,6 +330,9 @@ pub enum UserAction {
     Add {
         /// User name.
         name: String,
+        /// Make the user an admin (may manage users with ACL SETUSER ...).
+        #[arg(long)]
+        admin: bool,
     },
     /// Delete a user.
     Del {
@@ -371,8 +408,9 @@ pub fn config_file_flags(path: &std::path::Path) -> Result<Vec<String>, String> 
         .expect("the serve subcommand exists");
     let mut flags = Vec::new();
     for (raw_key, value) in &table {
-        if raw_key == "command" {
-            // `[[command]]` blocks define SQL commands; read by `config_file_commands`.
+        if raw_key == "command" || raw_key == "worker" {
+            // `[[command]]` blocks define SQL commands, `[[worker]]` blocks worker pools; read by
+            // `config_file_commands` and `config_file_workers`.
             continue;
         }
         let key = raw_key.replace('_', "-");
@@ -438,23 +476,114 @@ fn default_true() -> bool {
     true
 }
 
+/// A `[[worker]]` block: a pool of worker processes serving commands over RESP on their
+/// stdin/stdout (docs/workers.md).
+#[derive(Debug, Clone, serde::Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct WorkerConfig {
+    /// The pool's name, in logs, INFO and metrics.
+    pub name: String,
+    /// The program and its arguments, run once per process (no shell).
+    pub run: Vec<String>,
+    /// How many processes.
+    #[serde(default = "default_processes")]
+    pub processes: usize,
+    /// How many requests each process may have in flight; when every process is full the
+    /// command gets `-BUSY`.
+    #[serde(default = "default_in_flight")]
+    pub in_flight: usize,
+    /// How long a request may take before its command gets an error (`5s`, `500ms`).
+    #[serde(default = "default_worker_timeout")]
+    pub timeout: String,
+    /// The commands the pool serves.
+    pub commands: Vec<WorkerCommandConfig>,
+}
+
+/// One command a worker pool serves.
+#[derive(Debug, Clone, serde::Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct WorkerCommandConfig {
+    /// The command's name (lower-case letters, digits, `_-.:`).
+    pub name: String,
+    /// Redis's arity: the exact number of words, the name included; negative: at least.
+    pub arity: i32,
+    /// Whether it changes data (Redis's `write` flag; else `readonly`).
+    #[serde(default)]
+    pub write: bool,
+    /// More COMMAND flags (`fast`, `denyoom`, ...), shown by COMMAND INFO.
+    #[serde(default)]
+    pub flags: Vec<String>,
+    /// COMMAND DOCS's summary.
+    #[serde(default)]
+    pub summary: String,
+}
+
+fn default_processes() -> usize {
+    2
+}
+
+fn default_in_flight() -> usize {
+    16
+}
+
+fn default_worker_timeout() -> String {
+    "5s".into()
+}
+
+/// The `[[worker]]` blocks of a config file, with errors naming the file and the block.
+pub fn config_file_workers(path: &std::path::Path) -> Result<Vec<WorkerConfig>, String> {
+    let where_ = path.display();
+    let mut workers = Vec::new();
+    for (name, worker) in config_file_blocks::<WorkerConfig>(path, "worker")? {
+        let problem = if worker.run.is_empty() {
+            Some("'run' names no program".to_string())
+        } else if worker.processes == 0 || worker.in_flight == 0 {
+            Some("'processes' and 'in-flight' must be at least 1".to_string())
+        } else if worker.commands.is_empty() {
+            Some("it serves no 'commands'".to_string())
+        } else if let Some((command, e)) = worker.commands.iter().find_map(|c| {
+            crate::table::check_name(&c.name)
+                .err()
+                .map(|e| (c.name.clone(), e))
+        }) {
+            Some(format!("command '{command}': {e}"))
+        } else {
+            parse_duration(&worker.timeout)
+                .err()
+                .map(|e| format!("timeout: {e}"))
+        };
+        if let Some(problem) = problem {
+            return Err(format!("{where_}: worker {name}: {problem}"));
+        }
+        workers.push(worker);
+    }
+    Ok(workers)
+}
+
 /// The `[[command]]` blocks of a config file, with errors naming the file and the block.
 pub fn config_file_commands(path: &std::path::Path) -> Result<Vec<SqlCommandConfig>, String> {
-    #[derive(serde::Deserialize)]
-    struct Blocks {
-        #[serde(default)]
-        command: Vec<toml::Value>,
-    }
+    Ok(config_file_blocks(path, "command")?
+        .into_iter()
+        .map(|(_, command)| command)
+        .collect())
+}
+
+/// The `[[key]]` blocks of a config file, each with how errors name it (its `name`, else its
+/// place), with errors naming the file and the block.
+fn config_file_blocks<T: serde::de::DeserializeOwned>(
+    path: &std::path::Path,
+    key: &str,
+) -> Result<Vec<(String, T)>, String> {
     let where_ = path.display();
     let text = std::fs::read_to_string(path).map_err(|e| format!("{where_}: cannot read: {e}"))?;
-    let blocks: Blocks = toml::from_str(&text).map_err(|e: toml::de::Error| {
-        format!(
-            "{where_}: 'command' must be [[command]] blocks: {}",
-            e.message()
-        )
-    })?;
+    let mut table: toml::Table = toml::from_str(&text)
+        .map_err(|e: toml::de::Error| format!("{where_}: not valid TOML: {}", e.message()))?;
+    let blocks = match table.remove(key) {
+        None => return Ok(Vec::new()),
+        Some(toml::Value::Array(blocks)) => blocks,
+        Some(_) => return Err(format!("{where_}: '{key}' must be [[{key}]] blocks")),
+    };
     blocks
-        .command
         .into_iter()
         .enumerate()
         .map(|(i, block)| {
@@ -462,9 +591,10 @@ pub fn config_file_commands(path: &std::path::Path) -> Result<Vec<SqlCommandConf
                 .get("name")
                 .and_then(|n| n.as_str())
                 .map_or_else(|| format!("#{}", i + 1), |n| format!("'{n}'"));
-            block
+            let parsed = block
                 .try_into()
-                .map_err(|e: toml::de::Error| format!("{where_}: command {name}: {}", e.message()))
+                .map_err(|e: toml::de::Error| format!("{where_}: {key} {name}: {}", e.message()))?;
+            Ok((name, parsed))
         })
         .collect()
 }

@@ -8,7 +8,7 @@ use crate::shared::Shared;
 /// The Redis version ringport answers as in HELLO and INFO, for clients that gate features on it.
 pub const REDIS_COMPAT_VERSION: &str = "7.2.0";
 
-const SECTIONS: [&str; 10] = [
+const SECTIONS: [&str; 11] = [
     "server",
     "clients",
     "memory",
@@ -16,6 +16,7 @@ const SECTIONS: [&str; 10] = [
     "stats",
     "compute",
     "store",
+    "workers",
     "commandstats",
     "latencystats",
     "keyspace",
@@ -73,8 +74,9 @@ fn write_section(shared: &Shared, section: &str, out: &mut String) {
             };
             let _ = write!(
                 out,
-                "redis_version:{REDIS_COMPAT_VERSION}\r\nringport_version:{}\r\nredis_mode:standalone\r\nos:Linux {}\r\narch_bits:64\r\nprocess_id:{}\r\ntcp_port:{}\r\nlisten:{}\r\nuptime_in_seconds:{uptime}\r\nuptime_in_days:{}\r\ncores:{}\r\nrings:{}\r\nbackend:{}\r\naccept_path:{}\r\nrecv_path:{}\r\nsetup_flags:{}\r\n",
-                env!("CARGO_PKG_VERSION"),
+                "redis_version:{REDIS_COMPAT_VERSION}\r\nringport_version:{}\r\nringport_git_commit:{}\r\nredis_mode:standalone\r\nos:Linux {}\r\narch_bits:64\r\nprocess_id:{}\r\ntcp_port:{}\r\nlisten:{}\r\nuptime_in_seconds:{uptime}\r\nuptime_in_days:{}\r\ncores:{}\r\nrings:{}\r\nbackend:{}\r\naccept_path:{}\r\nrecv_path:{}\r\nsetup_flags:{}\r\n",
+                crate::version::VERSION,
+                crate::version::COMMIT,
                 kernel,
                 std::process::id(),
                 shared.listen_addr.port(),
@@ -175,6 +177,26 @@ fn write_section(shared: &Shared, section: &str, out: &mut String) {
                     p.rejected.load(Ordering::Relaxed),
                     p.busy_us.load(Ordering::Relaxed),
                 );
+            }
+        }
+        "workers" => {
+            // One line per `[[worker]]` pool, in the style of Redis's keyspace lines.
+            for pool in &shared.workers {
+                let s = &pool.stats;
+                let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+                let fields = [
+                    ("processes", pool.processes() as u64),
+                    ("up", pool.up() as u64),
+                    ("in_flight", pool.in_flight() as u64),
+                    ("requests", load(&s.requests)),
+                    ("replies", load(&s.replies)),
+                    ("timeouts", load(&s.timeouts)),
+                    ("failed", load(&s.failed)),
+                    ("busy", load(&s.busy)),
+                    ("restarts", load(&s.restarts)),
+                ];
+                let fields: Vec<String> = fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let _ = write!(out, "worker_{}:{}\r\n", pool.name, fields.join(","));
             }
         }
         "store" => {

@@ -5,6 +5,8 @@
 //! io_uring code (and all `unsafe`) lives in the `ringport-ring` crate.
 #![forbid(unsafe_code)]
 
+pub mod acl;
+pub mod adminsock;
 pub mod auth;
 pub mod cmdstats;
 pub mod commands;
@@ -28,6 +30,8 @@ pub mod testkit;
 pub mod tls;
 pub mod userdir;
 pub mod users;
+pub mod version;
+pub mod workers;
 
 /// What a program embedding ringport needs to define its own commands.
 pub mod api {

@@ -1,4 +1,4 @@
-//! The `ringport` binary: `serve`, `user`, `probe`.
+//! The `ringport` binary: `serve`, `user`, `probe`, `config`, `version`.
 
 use ringport::config::{Command, ConfigAction};
 
@@ -16,6 +16,10 @@ fn main() {
         Command::Serve(args) => ringport::server::serve(*args),
         Command::User(args) => ringport::users::run(args),
         Command::Probe(args) => ringport::probe::run(args),
+        Command::Version => {
+            print!("{}", ringport::version::text());
+            Ok(())
+        }
         Command::DenyIoUring { command } => deny_io_uring_then_exec(&command),
         Command::Config {
             action: ConfigAction::Check { file },

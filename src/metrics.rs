@@ -182,6 +182,53 @@ impl Collector for ServerCollector {
             &[(vec![], load(&c.auth_rate_limited))],
         )?;
 
+        // Worker pools: one row per pool and outcome.
+        let pool_rows = |f: &dyn Fn(&crate::workers::WorkerStats) -> u64| -> Vec<(Labels, u64)> {
+            s.workers
+                .iter()
+                .map(|p| (vec![("pool", p.name.clone())], f(&p.stats)))
+                .collect()
+        };
+        for (name, help, value) in [
+            (
+                "ringport_worker_requests",
+                "Commands sent to a worker pool",
+                &(|w: &crate::workers::WorkerStats| load(&w.requests))
+                    as &dyn Fn(&crate::workers::WorkerStats) -> u64,
+            ),
+            (
+                "ringport_worker_timeouts",
+                "Worker commands answered an error after the pool's timeout",
+                &|w| load(&w.timeouts),
+            ),
+            (
+                "ringport_worker_failed",
+                "Worker commands answered an error because their process failed",
+                &|w| load(&w.failed),
+            ),
+            (
+                "ringport_worker_busy",
+                "Worker commands answered -BUSY (every process full or down)",
+                &|w| load(&w.busy),
+            ),
+            (
+                "ringport_worker_restarts",
+                "Worker processes restarted",
+                &|w| load(&w.restarts),
+            ),
+        ] {
+            counter_family(&mut e, name, help, &pool_rows(value))?;
+        }
+        gauge_family(
+            &mut e,
+            "ringport_worker_processes_up",
+            "Worker processes running, per pool",
+            &s.workers
+                .iter()
+                .map(|p| (vec![("pool", p.name.clone())], p.up() as i64))
+                .collect::<Vec<_>>(),
+        )?;
+
         let summaries = s.commands.summaries();
         let used: Vec<&CommandSummary> = summaries.iter().filter(|c| c.calls > 0).collect();
         counter_family(

@@ -21,6 +21,7 @@ use crate::store::{self, StoreSpec, UserRecord};
 use crate::storepool::StorePool;
 use crate::table::Table;
 use crate::userdir::UserDirectory;
+use crate::workers::WorkerPool;
 
 /// Errors that stop start-up, with what to do about them.
 pub type StartError = String;
@@ -37,8 +38,10 @@ fn init_logging(args: &ServeArgs) {
         );
         EnvFilter::new("info,tokio_postgres=info,postgres=info")
     });
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(args.log_color.colour(std::io::stderr().is_terminal()))
         .with_writer(std::io::stderr);
     let _ = match args.log_format {
         crate::config::LogFormat::Json => builder.json().try_init(),
@@ -46,11 +49,75 @@ fn init_logging(args: &ServeArgs) {
     };
 }
 
+/// How the first user gets its password, on a first start (a store without users).
+#[derive(Debug, Clone, Default)]
+pub struct FirstAdmin {
+    /// `--admin-password-file`: the password is the file's first line.
+    pub password_file: Option<std::path::PathBuf>,
+    /// Where a generated password is written (the data directory) when nothing gives one.
+    pub data_dir: std::path::PathBuf,
+}
+
+/// The file a generated first password goes to, in the data directory.
+pub const GENERATED_PASSWORD_FILE: &str = "admin-password";
+
+impl FirstAdmin {
+    /// The password the operator gave (`--admin-password-file`, else `RINGPORT_ADMIN_PASSWORD`),
+    /// or `None` to generate one.
+    fn given(&self) -> Result<Option<String>, StartError> {
+        if let Some(path) = &self.password_file {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                format!("--admin-password-file {}: cannot read: {e}", path.display())
+            })?;
+            let password = text.lines().next().unwrap_or("").to_string();
+            if password.is_empty() {
+                return Err(format!(
+                    "--admin-password-file {}: the first line is empty",
+                    path.display()
+                ));
+            }
+            return Ok(Some(password));
+        }
+        match std::env::var("RINGPORT_ADMIN_PASSWORD") {
+            Ok(password) if !password.is_empty() => Ok(Some(password)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Writes a generated password where only this user can read it, and says where.
+    fn keep(&self, password: &str) -> Result<std::path::PathBuf, StartError> {
+        use std::io::Write;
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.data_dir)
+            .map_err(|e| format!("cannot create {}: {e}", self.data_dir.display()))?;
+        let path = self.data_dir.join(GENERATED_PASSWORD_FILE);
+        let write = || -> std::io::Result<()> {
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&path)?;
+            // An older file keeps its mode on open: make sure nobody else can read this one.
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+            writeln!(file, "{password}")?;
+            file.sync_all()
+        };
+        write().map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        Ok(path)
+    }
+}
+
 /// Opens the store named by the arguments and makes sure a first user exists: on first start
-/// an `admin` user is created with a random password, printed once. Returns the store and its
-/// users, as read now.
+/// an `admin` user is created with the password `first` gives, or a random one kept in a file
+/// only this user can read (and shown on stdout when that is a terminal). Never logged.
+/// Returns the store and its users, as read now.
 pub fn open_store(
     spec: &StoreSpec,
+    first: &FirstAdmin,
 ) -> Result<(Arc<dyn store::Backend>, Vec<UserRecord>), StartError> {
     let backend = store::open(spec).map_err(|e| format!("cannot open the store: {e}"))?;
     let mut conn = backend
@@ -59,18 +126,51 @@ pub fn open_store(
     let mut users = conn
         .users()
         .map_err(|e| format!("cannot read users from the store: {e}"))?;
+    // A store from before admins existed: its first user, `admin`, becomes the admin it was
+    // meant to be, so someone can manage users over the protocol.
+    if !users.iter().any(|u| u.admin) {
+        if let Some(first_user) = users.iter_mut().find(|u| u.name == "admin") {
+            first_user.admin = true;
+            conn.put_user(first_user)
+                .map_err(|e| format!("cannot make user 'admin' an admin: {e}"))?;
+            tracing::info!("user 'admin' is now an admin (it may manage users with ACL SETUSER)");
+        }
+    }
     if users.is_empty() {
-        let password = auth::random_password();
+        let given = first.given()?;
+        let generated = given.is_none();
+        let password = given.unwrap_or_else(auth::random_password);
+        // Written before the user exists: a password nobody can find is a locked-out server.
+        let kept = if generated {
+            Some(first.keep(&password)?)
+        } else {
+            None
+        };
         let admin = UserRecord {
             name: "admin".into(),
             hash: auth::hash_password(password.as_bytes()),
             disabled: false,
+            admin: true,
         };
         conn.put_user(&admin)
             .map_err(|e| format!("cannot create the first user: {e}"))?;
         users.push(admin);
-        println!("No users existed: created user 'admin' with password {password}");
-        println!("(shown once; change it with `ringport user passwd admin`)");
+        match kept {
+            None => {
+                tracing::info!("no users existed: created user 'admin' with the password given")
+            }
+            Some(path) => {
+                tracing::info!(file = %path.display(), "no users existed: created user 'admin' with a generated password, written to this file (readable only by this user); change it with `ringport user passwd admin`, then delete the file");
+                use std::io::IsTerminal;
+                if std::io::stdout().is_terminal() {
+                    println!("No users existed: created user 'admin' with password {password}");
+                    println!(
+                        "(also in {}; change it with `ringport user passwd admin`)",
+                        path.display()
+                    );
+                }
+            }
+        }
     }
     Ok((backend, users))
 }
@@ -137,6 +237,23 @@ impl Server {
     }
 }
 
+/// Starts the config file's `[[worker]]` pools.
+fn start_workers(
+    args: &ServeArgs,
+) -> Result<Vec<(Arc<WorkerPool>, crate::config::WorkerConfig)>, StartError> {
+    let Some(path) = &args.config else {
+        return Ok(Vec::new());
+    };
+    let mut pools = Vec::new();
+    for config in crate::config::config_file_workers(path)? {
+        let pool = WorkerPool::start(&config)?;
+        tracing::info!(pool = %config.name, processes = config.processes, in_flight = config.in_flight,
+            timeout = %config.timeout, commands = config.commands.len(), "worker pool started");
+        pools.push((pool, config));
+    }
+    Ok(pools)
+}
+
 /// Every command the server will know: the built-ins, the config file's SQL commands (checked
 /// against the store) and the program's, as one table; a clash is an error naming both.
 pub fn command_table(
@@ -189,6 +306,16 @@ pub fn check_config(file: &std::path::Path) -> Result<(), StartError> {
             sql.len(),
             backend.describe(),
             table.len()
+        );
+    }
+    // Worker pools are checked as written, without starting their programs.
+    for worker in crate::config::config_file_workers(file)? {
+        println!(
+            "# {}: worker pool '{}' runs {:?}, serves {} command(s)",
+            file.display(),
+            worker.name,
+            worker.run,
+            worker.commands.len()
         );
     }
     println!("# {}: valid; effective settings:", file.display());
@@ -258,8 +385,23 @@ fn run(args: ServeArgs, extra: Vec<CommandDef>) -> Result<(), StartError> {
     if let StoreSpec::Embedded { cache_size, .. } = &mut spec {
         *cache_size = args.embedded_cache_size;
     }
-    let (backend, users) = open_store(&spec)?;
+    let first = FirstAdmin {
+        password_file: args.admin_password_file.clone(),
+        data_dir: args.store.data.clone(),
+    };
+    let (backend, users) = open_store(&spec, &first)?;
     tracing::info!(store = %backend.describe(), users = users.len(), "store opened");
+    let workers = start_workers(&args)?;
+    let extra = extra
+        .into_iter()
+        .chain(workers.iter().flat_map(|(pool, config)| {
+            config
+                .commands
+                .iter()
+                .map(|command| CommandDef::worker(pool.clone(), command))
+        }))
+        .collect();
+    let workers: Vec<_> = workers.into_iter().map(|(pool, _)| pool).collect();
     let (table, handlers) = command_table(&args, &*backend, extra)?;
     let (table, handlers) = (Arc::new(table), Arc::new(handlers));
     let custom = table
@@ -287,7 +429,7 @@ fn run(args: ServeArgs, extra: Vec<CommandDef>) -> Result<(), StartError> {
     let normal = ringport_ring::ThreadPriority::Normal;
     let compute = ComputePool::start("compute", compute_threads, args.compute_queue, priority);
     let auth_pool = ComputePool::start("auth", auth_threads, args.compute_queue, normal);
-    let store_pool = StorePool::start(backend, store_threads, args.store_queue, normal);
+    let store_pool = StorePool::start(backend.clone(), store_threads, args.store_queue, normal);
     tracing::info!(
         compute_threads,
         auth_threads,
@@ -344,7 +486,7 @@ fn run(args: ServeArgs, extra: Vec<CommandDef>) -> Result<(), StartError> {
         senders.push(sender);
         receivers.push(receiver);
     }
-    let shared = Arc::new(Shared::new(
+    let mut shared = Shared::new(
         &args,
         compute.clone(),
         auth_pool.clone(),
@@ -355,8 +497,24 @@ fn run(args: ServeArgs, extra: Vec<CommandDef>) -> Result<(), StartError> {
         core_count,
         listen_addr,
         table,
-    ));
+    );
+    shared.workers = workers.clone();
+    let shared = Arc::new(shared);
     let stats = shared.rings.clone();
+    // User changes while running (`ringport user`, through the file's permissions): kept out of
+    // the way of a server whose data directory is not its own to write (PostgreSQL users can
+    // be changed in the store directly).
+    let admin_socket = if args.no_admin_socket || !args.store.data.is_dir() {
+        None
+    } else {
+        match crate::adminsock::start(&args.store.data, shared.clone(), backend) {
+            Ok(socket) => Some(socket),
+            Err(e) => {
+                tracing::warn!(error = %e, "no admin socket: `ringport user` cannot reach this server");
+                None
+            }
+        }
+    };
 
     if let Some(addr) = args.metrics_addr {
         let bound = crate::metrics::serve(addr, shared.clone())
@@ -478,6 +636,10 @@ fn run(args: ServeArgs, extra: Vec<CommandDef>) -> Result<(), StartError> {
     }
     for thread in threads {
         let _ = thread.join();
+    }
+    drop(admin_socket);
+    for pool in &workers {
+        pool.shutdown();
     }
     compute.shutdown();
     auth_pool.shutdown();

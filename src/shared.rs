@@ -101,6 +101,8 @@ pub struct Shared {
     /// Every user, held in memory and kept current by the store's backend: AUTH reads it here,
     /// so it works while the store is down.
     pub users: Arc<UserDirectory>,
+    /// The `[[worker]]` pools (INFO reports them; the server stops them after the drain).
+    pub workers: Vec<Arc<crate::workers::WorkerPool>>,
     pub auth_cache: VerifiedCache,
     /// Failed AUTH attempts per (address, user) and per user per minute.
     pub auth_limiter: FailureLimiter,
@@ -132,6 +134,25 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Closes the sessions `filter` selects on every ring; returns how many closed. Blocks until
+    /// every ring answered, at most 2 s: call it from a pool thread, never from a ring.
+    pub fn kill_sessions(&self, filter: &crate::msg::KillFilter) -> u64 {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        for ring in &self.ring_senders {
+            ring.send_ring(Msg::Kill(filter.clone(), tx.clone()));
+        }
+        drop(tx);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut killed = 0u64;
+        for _ in 0..self.ring_senders.len() {
+            match rx.recv_deadline(deadline) {
+                Ok(n) => killed += n,
+                Err(_) => break,
+            }
+        }
+        killed
+    }
+
     /// Everything the rings and jobs share, from the `serve` settings. One ring per sender.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -176,6 +197,7 @@ impl Shared {
             auth,
             store,
             users,
+            workers: Vec::new(),
             auth_cache: VerifiedCache::new(100_000),
             auth_limiter: FailureLimiter::new(
                 args.auth_failures_per_minute,

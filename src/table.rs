@@ -18,6 +18,8 @@ pub enum Class {
     Compute,
     /// On the store pool.
     Store,
+    /// On a pool of worker processes.
+    Worker,
 }
 
 /// Command names are at most this long (Redis has none longer than 20).

@@ -51,6 +51,7 @@ impl TestServer {
                     name: "alice".into(),
                     hash: crate::auth::hash_password(b"secret"),
                     disabled: false,
+                    admin: false,
                 })?;
                 c.users()
             })

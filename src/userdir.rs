@@ -26,6 +26,8 @@ pub struct UserEntry {
     pub hash: Arc<str>,
     /// A disabled user cannot authenticate.
     pub disabled: bool,
+    /// May manage users (ACL SETUSER ...).
+    pub admin: bool,
 }
 
 impl From<UserRecord> for UserEntry {
@@ -33,6 +35,7 @@ impl From<UserRecord> for UserEntry {
         UserEntry {
             hash: Arc::from(record.hash),
             disabled: record.disabled,
+            admin: record.admin,
         }
     }
 }
@@ -59,6 +62,19 @@ impl UserDirectory {
             .expect("user table lock")
             .get(name)
             .cloned()
+    }
+
+    /// Every user held now, sorted by name (ACL LIST and USERS: a few, not millions).
+    pub fn all(&self) -> Vec<(String, UserEntry)> {
+        let mut all: Vec<(String, UserEntry)> = self
+            .users
+            .read()
+            .expect("user table lock")
+            .iter()
+            .map(|(name, user)| (name.clone(), user.clone()))
+            .collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
     }
 
     /// Users held now.
@@ -106,6 +122,7 @@ mod tests {
             name: name.into(),
             hash: hash.into(),
             disabled,
+            admin: false,
         }
     }
 

@@ -352,6 +352,7 @@ fn user(name: &str, hash: &str, disabled: bool) -> UserRecord {
         name: name.into(),
         hash: hash.into(),
         disabled,
+        admin: false,
     }
 }
 

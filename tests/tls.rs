@@ -367,3 +367,103 @@ fn config_check_loads_the_tls_files() {
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert!(stderr.contains("--tls-key"), "{stderr}");
 }
+
+/// Sends what `conn` has to say a few bytes per write, so that records, and the handshake
+/// messages inside them, reach the server cut at every kind of place.
+fn dribble(conn: &mut rustls::ClientConnection, stream: &mut TcpStream) {
+    let mut wire = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut wire).unwrap();
+    }
+    let mut rest = &wire[..];
+    let mut size = 1;
+    while !rest.is_empty() {
+        let (piece, after) = rest.split_at(size.min(rest.len()));
+        stream.write_all(piece).unwrap();
+        std::thread::sleep(Duration::from_micros(300));
+        rest = after;
+        size = size % 97 + 6;
+    }
+}
+
+#[test]
+fn records_cut_anywhere_by_the_network_are_put_back_together() {
+    let pki = Pki::new("dribble");
+    let server = tls_server(&pki, &[]);
+    let mut stream = TcpStream::connect(server.tls_addr()).unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut conn = rustls::ClientConnection::new(pki.client_config(false), name).unwrap();
+    while conn.is_handshaking() {
+        dribble(&mut conn, &mut stream);
+        if conn.is_handshaking() && conn.wants_read() {
+            conn.read_tls(&mut stream).unwrap();
+            conn.process_new_packets().unwrap();
+        }
+    }
+    // A request in two records, each cut in pieces; the replies come back in order.
+    let request = format!(
+        "AUTH {USER} {PASSWORD}\r\nSET cut {}\r\n",
+        "v".repeat(40_000)
+    );
+    conn.writer().write_all(request.as_bytes()).unwrap();
+    dribble(&mut conn, &mut stream);
+    conn.writer().write_all(b"GET cut\r\nPING\r\n").unwrap();
+    dribble(&mut conn, &mut stream);
+    let want = format!(
+        "+OK\r\n+OK\r\n$40000\r\n{}\r\n+PONG\r\n",
+        "v".repeat(40_000)
+    );
+    let mut got = Vec::new();
+    while got.len() < want.len() {
+        conn.read_tls(&mut stream).unwrap();
+        conn.process_new_packets().unwrap();
+        let mut buf = [0u8; 65536];
+        while let Ok(n) = conn.reader().read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+    assert!(got == want.as_bytes(), "replies changed on the way");
+}
+
+#[test]
+fn garbage_in_the_middle_of_a_handshake_closes_only_that_session() {
+    let pki = Pki::new("garbage");
+    // One ring, so the broken session and the next one share it.
+    let server = tls_server(&pki, &[("--rings", "1")]);
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut conn = rustls::ClientConnection::new(pki.client_config(false), name).unwrap();
+    let mut hello = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut hello).unwrap();
+    }
+    let mut stream = TcpStream::connect(server.tls_addr()).unwrap();
+    stream.set_nodelay(true).unwrap();
+    // Half a ClientHello (rustls holds its place in it), then a record no client sends.
+    stream.write_all(&hello[..hello.len() / 2]).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    stream.write_all(&hello[hello.len() / 2..]).unwrap();
+    stream
+        .write_all(&[0x17, 0x03, 0x03, 0x00, 0x05, 1, 2, 3, 4, 5])
+        .unwrap();
+    bytes_until_closed(&mut stream, Duration::from_secs(10));
+    wait_for_log(&server, "TLS failed");
+
+    // After the handshake: a record that does not decrypt.
+    let mut forged = tls::connect(server.tls_addr(), pki.client_config(false));
+    tls::handshake(&mut forged).unwrap();
+    let mut record = vec![0x17, 0x03, 0x03, 0x00, 0x20];
+    record.extend((0..32u8).map(|i| i.wrapping_mul(37)));
+    forged.sock.write_all(&record).unwrap();
+    bytes_until_closed(&mut forged.sock, Duration::from_secs(10));
+
+    let mut fine = tls_client(&server, &pki, false);
+    let pong: String = redis::cmd("PING").query(&mut fine).unwrap();
+    assert_eq!(pong, "PONG");
+}

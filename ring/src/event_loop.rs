@@ -196,6 +196,9 @@ pub(crate) struct Core<H: Handler> {
     tls_log: LogLimiter,
     /// Decrypted input of TLS sessions, on its way to the handler: one buffer per ring.
     plain: Vec<u8>,
+    /// TLS input being decrypted (rustls works in place): one buffer per ring, so a session
+    /// keeps none of its own between receives.
+    wire: Vec<u8>,
     cut: bool,
 }
 
@@ -238,6 +241,7 @@ impl<H: Handler> Core<H> {
             reject_log: LogLimiter::new(),
             tls_log: LogLimiter::new(),
             plain: Vec::new(),
+            wire: Vec::new(),
             cut: false,
             config,
         }
@@ -280,7 +284,7 @@ impl<H: Handler> Core<H> {
             return;
         };
         let mut plain = std::mem::take(&mut self.plain);
-        if let Err(error) = tls.receive(data, &mut plain) {
+        if let Err(error) = tls.receive(data, &mut self.wire, &mut plain) {
             tls.failed = true;
             let handshaking = tls.handshaking();
             s.io.closing = match error {
@@ -311,6 +315,9 @@ impl<H: Handler> Core<H> {
             plain = Vec::new();
         }
         self.plain = plain;
+        if self.wire.capacity() > PLAIN_KEEP {
+            self.wire = Vec::new();
+        }
     }
 
     /// Tells the handler the peer will send nothing more.

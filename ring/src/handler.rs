@@ -254,7 +254,12 @@ impl SlotIo {
     /// Whether anything waits to be sent: replies, or TLS records of the ring's own (the
     /// handshake, an alert).
     pub(crate) fn has_output(&self) -> bool {
-        !self.out.is_empty() || self.tls.as_ref().is_some_and(|t| t.wants_write())
+        match self.tls.as_ref() {
+            None => !self.out.is_empty(),
+            // Replies to a TLS session that cannot carry them (its handshake never finished, it
+            // failed) are not output: they would never reach the wire.
+            Some(tls) => tls.wants_write() || (!self.out.is_empty() && tls.can_send_data()),
+        }
     }
 
     /// Makes `out` ready for the wire, right before it goes to the kernel: a TLS session's
@@ -263,7 +268,11 @@ impl SlotIo {
         if let Some(tls) = self.tls.as_mut() {
             // The session's last words end with close_notify, so the peer can tell our close
             // from a cut connection.
-            tls.seal(&mut self.out, self.closing == Closing::AfterFlush);
+            tls.seal(
+                &mut self.out,
+                &mut self.sending,
+                self.closing == Closing::AfterFlush,
+            );
         }
     }
 

@@ -236,6 +236,8 @@ pub(crate) enum Handler {
     Compute(Arc<ComputeFn>),
     Store(Arc<StoreFn>),
     Session(SessionFn),
+    /// Sent to a pool of worker processes (`crate::workers`).
+    Worker(Arc<crate::workers::WorkerPool>),
 }
 
 /// One command: its table row and its handler. Built with [`CommandDef::inline`],
@@ -319,6 +321,30 @@ impl CommandDef {
         handler: impl Fn(&mut StoreCtx<'_>) -> Result<Reply, StoreError> + Send + Sync + 'static,
     ) -> CommandDef {
         CommandDef::with(name, arity, Class::Store, Handler::Store(Arc::new(handler)))
+    }
+
+    /// A command served by a pool of worker processes (a `[[worker]]` block).
+    pub fn worker(
+        pool: Arc<crate::workers::WorkerPool>,
+        command: &crate::config::WorkerCommandConfig,
+    ) -> CommandDef {
+        let def = CommandDef::with(
+            &command.name,
+            command.arity,
+            Class::Worker,
+            Handler::Worker(pool.clone()),
+        )
+        .origin(&format!("worker pool '{}'", pool.name))
+        .summary(&command.summary);
+        let def = command
+            .flags
+            .iter()
+            .fold(def, |def, flag| def.flag(leak(&flag.to_ascii_lowercase())));
+        if command.write {
+            def.write()
+        } else {
+            def.readonly()
+        }
     }
 
     pub(crate) fn session(

@@ -125,14 +125,20 @@ impl<'a, 's> Call<'a, 's> {
     }
 
     fn offload_to(&mut self, pool: &ComputePool, name: &'static str, job: Job) {
-        match pool.submit(job) {
-            Ok(()) => {
-                let now = self.cx.now;
-                let conn = self.conn_mut();
-                conn.state = State::Waiting;
-                conn.pending = Some((name, now));
-            }
-            Err(_) => self.out().extend_from_slice(BUSY),
+        let submitted = pool.submit(job).is_ok();
+        self.waiting_unless_busy(name, submitted);
+    }
+
+    /// After handing `name`'s work to a pool: the session waits for the reply, or, when the
+    /// pool was full, gets BUSY at once.
+    pub fn waiting_unless_busy(&mut self, name: &'static str, submitted: bool) {
+        if submitted {
+            let now = self.cx.now;
+            let conn = self.conn_mut();
+            conn.state = State::Waiting;
+            conn.pending = Some((name, now));
+        } else {
+            self.out().extend_from_slice(BUSY);
         }
     }
 

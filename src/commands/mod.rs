@@ -8,6 +8,7 @@
 //! Handlers work through [`Call`] alone; the session calls down into [`execute`] and
 //! [`finish_auth`], never the other way.
 
+pub mod acl;
 pub mod api;
 mod call;
 mod glob;
@@ -159,10 +160,10 @@ pub fn builtins() -> Vec<CommandDef> {
         )
         .summary("Server information and statistics."),
         connection(
-            CommandDef::inline("acl", -2, acl),
+            CommandDef::session("acl", -2, OnRing, acl::acl),
             &["noscript", "loading", "stale"],
         )
-        .summary("ACL WHOAMI."),
+        .summary("Users: WHOAMI; for admins SETUSER, DELUSER, LIST, USERS, GETUSER."),
         connection(CommandDef::compute("hash", 3, hash), &[])
             .summary("HASH rounds data: sha256 applied rounds times, as lowercase hex."),
         string(
@@ -462,6 +463,12 @@ pub fn execute(call: &mut Call<'_, '_>, args: &Args) {
                 Box::new(move || send_reply(&replier, &f(&request), request.proto(), limit)),
             );
         }
+        Handler::Worker(pool) => {
+            let (owner, proto, replier) = (call.owner(), call.proto(), call.replier());
+            let argv = args.to_vecs();
+            let submitted = pool.submit(&owner, spec.name, &argv, proto, replier);
+            call.waiting_unless_busy(spec.name, submitted.is_ok());
+        }
         Handler::Store(f) => {
             let f = f.clone();
             offload_store_handler(call, spec.name, args, move |ctx| f(ctx));
@@ -699,19 +706,7 @@ fn client_kill(call: &mut Call<'_, '_>, args: &Args) {
     let shared = call.shared.clone();
     let replier = call.replier();
     let job = Box::new(move || {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        for ring in &shared.ring_senders {
-            ring.send_ring(Msg::Kill(filter.clone(), tx.clone()));
-        }
-        drop(tx);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        let mut killed = 0u64;
-        for _ in 0..shared.ring_senders.len() {
-            match rx.recv_deadline(deadline) {
-                Ok(n) => killed += n,
-                Err(_) => break,
-            }
-        }
+        let killed = shared.kill_sessions(&filter);
         let mut reply = Vec::new();
         if old_form {
             if killed > 0 {
@@ -810,17 +805,6 @@ fn command(call: &mut Call<'_, '_>, args: &Args) {
                 String::from_utf8_lossy(&truncate(&args[1], 128))
             ),
         ),
-    }
-}
-
-fn acl(cx: &Inline<'_>) -> Reply {
-    match (lower(cx.arg(1)).as_str(), cx.argc()) {
-        ("whoami", 2) => Reply::bulk(cx.user().unwrap_or("default")),
-        ("whoami", _) => Reply::err("wrong number of arguments for 'acl|whoami' command"),
-        _ => Reply::err(format_args!(
-            "unknown subcommand '{}'. Try ACL HELP.",
-            String::from_utf8_lossy(&truncate(cx.arg(1), 128))
-        )),
     }
 }
 

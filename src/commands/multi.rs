@@ -87,6 +87,8 @@ fn can_queue(spec: &Spec, handler: &Handler) -> bool {
             store_equivalent(spec.name).is_some()
                 || matches!(spec.name, "ping" | "info" | "command" | "unwatch")
         }
+        // A worker answers later, from another process: it cannot run inside the transaction.
+        Handler::Worker(_) => false,
     }
 }
 
@@ -283,7 +285,7 @@ fn plan(call: &mut Call<'_, '_>, queued: Vec<Args>) -> Vec<Step> {
                 match handler {
                     Handler::Inline(f) => run_inline(call, spec, f.as_ref(), args),
                     Handler::Session(f) => f(call, args),
-                    Handler::Store(_) | Handler::Compute(_) => {}
+                    Handler::Store(_) | Handler::Compute(_) | Handler::Worker(_) => {}
                 }
                 Step::Answered(call.out().split_off(before))
             }

@@ -253,10 +253,11 @@ pub fn split_kv_key(encoded: &[u8]) -> Option<(&str, &[u8])> {
     Some((std::str::from_utf8(owner).ok()?, key))
 }
 
-/// A user's row in the `users` table: one byte (1 = disabled), then the hash.
+/// A user's row in the `users` table: one byte of flags (bit 0: disabled, bit 1: admin), then
+/// the hash. Rows written before admins existed have bit 1 clear.
 pub fn encode_user(user: &UserRecord) -> Vec<u8> {
     let mut encoded = Vec::with_capacity(1 + user.hash.len());
-    encoded.push(u8::from(user.disabled));
+    encoded.push(u8::from(user.disabled) | (u8::from(user.admin) << 1));
     encoded.extend_from_slice(user.hash.as_bytes());
     encoded
 }
@@ -264,17 +265,16 @@ pub fn encode_user(user: &UserRecord) -> Vec<u8> {
 /// The inverse of [`encode_user`].
 pub fn decode_user(name: &str, encoded: &[u8]) -> Result<UserRecord, StoreError> {
     let corrupt = || StoreError::Other(format!("corrupt user record for '{name}'"));
-    let (&flag, hash) = encoded.split_first().ok_or_else(corrupt)?;
-    let disabled = match flag {
-        0 => false,
-        1 => true,
-        _ => return Err(corrupt()),
-    };
+    let (&flags, hash) = encoded.split_first().ok_or_else(corrupt)?;
+    if flags > 0b11 {
+        return Err(corrupt());
+    }
     let hash = std::str::from_utf8(hash).map_err(|_| corrupt())?;
     Ok(UserRecord {
         name: name.to_string(),
         hash: hash.to_string(),
-        disabled,
+        disabled: flags & 1 != 0,
+        admin: flags & 2 != 0,
     })
 }
 
@@ -1002,15 +1002,18 @@ mod tests {
 
     #[test]
     fn user_rows_round_trip() {
-        for disabled in [false, true] {
+        for (disabled, admin) in [(false, false), (true, false), (false, true), (true, true)] {
             let user = UserRecord {
                 name: "alice".into(),
                 hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
                 disabled,
+                admin,
             };
             assert_eq!(decode_user("alice", &encode_user(&user)), Ok(user));
         }
+        // A row from before admins existed.
+        assert!(!decode_user("x", b"\x01h").unwrap().admin);
         assert!(decode_user("x", b"").is_err());
-        assert!(decode_user("x", b"\x02h").is_err());
+        assert!(decode_user("x", b"\x04h").is_err());
     }
 }

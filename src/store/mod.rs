@@ -101,6 +101,8 @@ pub struct UserRecord {
     pub hash: String,
     /// A disabled user cannot authenticate.
     pub disabled: bool,
+    /// May manage users over the protocol (ACL SETUSER, DELUSER, LIST, USERS, GETUSER).
+    pub admin: bool,
 }
 
 /// `--embedded-cache-size`'s default, for stores opened without the serve flags (`ringport user`).

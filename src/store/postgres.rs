@@ -5,9 +5,10 @@
 //!
 //! ```sql
 //! ringport_schema_version(version integer primary key, applied_at timestamptz)
-//! ringport_users(name text primary key, hash text not null, disabled boolean not null default false)
+//! ringport_users(name text primary key, hash text not null, disabled boolean not null default false,
+//!                admin boolean not null default false)  -- admin: migration 4
 //! ringport_kv(owner text collate "C", key bytea, value bytea not null, primary key (owner, key),
-//!             expires_at bigint)  -- ms since the Unix epoch, null: never (migration 4)
+//!             expires_at bigint)  -- ms since the Unix epoch, null: never (migration 5)
 //! ```
 //!
 //! Every read treats a row whose `expires_at` has come as absent (the time is the client's clock,
@@ -143,10 +144,16 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
         3,
         "ALTER TABLE ringport_kv ALTER COLUMN owner TYPE text COLLATE \"C\";",
     ),
+    // Admins may manage users over the protocol (ACL SETUSER ...). The first start's `admin`
+    // user of an older store is made one by the server (`server::open_store`), not here.
+    (
+        4,
+        "ALTER TABLE ringport_users ADD COLUMN IF NOT EXISTS admin boolean NOT NULL DEFAULT false;",
+    ),
     // Expiry (EXPIRE, SET ... PX): a nullable column, so existing rows need no rewrite, and a
     // partial index that holds only the keys that expire, for the sweep.
     (
-        4,
+        5,
         "ALTER TABLE ringport_kv ADD COLUMN IF NOT EXISTS expires_at bigint;
          CREATE INDEX IF NOT EXISTS ringport_kv_expires_at ON ringport_kv (expires_at)
              WHERE expires_at IS NOT NULL;",
@@ -625,14 +632,15 @@ async fn prepare(client: &Client) -> Result<Statements, tokio_postgres::Error> {
             ).await?,
             sleep: client.prepare("SELECT pg_sleep($1::float8)").await?,
             user: client
-                .prepare("SELECT name, hash, disabled FROM ringport_users WHERE name = $1").await?,
+                .prepare("SELECT name, hash, disabled, admin FROM ringport_users WHERE name = $1").await?,
             put_user: client.prepare(
-                "INSERT INTO ringport_users (name, hash, disabled) VALUES ($1, $2, $3)
-                 ON CONFLICT (name) DO UPDATE SET hash = EXCLUDED.hash, disabled = EXCLUDED.disabled",
+                "INSERT INTO ringport_users (name, hash, disabled, admin) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (name) DO UPDATE
+                 SET hash = EXCLUDED.hash, disabled = EXCLUDED.disabled, admin = EXCLUDED.admin",
             ).await?,
             del_user: client.prepare("DELETE FROM ringport_users WHERE name = $1").await?,
             users: client.prepare(
-                "SELECT name, hash, disabled FROM ringport_users ORDER BY name COLLATE \"C\"",
+                "SELECT name, hash, disabled, admin FROM ringport_users ORDER BY name COLLATE \"C\"",
             ).await?,
             custom: Default::default(),
     })
@@ -1319,11 +1327,7 @@ impl Conn for PostgresConn {
     fn user(&mut self, name: &str) -> Result<Option<UserRecord>, StoreError> {
         self.run(Duration::ZERO, async |client, statements| {
             let row = client.query_opt(&statements.user, &[&name]).await?;
-            Ok(row.map(|row| UserRecord {
-                name: row.get(0),
-                hash: row.get(1),
-                disabled: row.get(2),
-            }))
+            Ok(row.map(watch::record))
         })
     }
 
@@ -1332,7 +1336,7 @@ impl Conn for PostgresConn {
             client
                 .execute(
                     &statements.put_user,
-                    &[&user.name, &user.hash, &user.disabled],
+                    &[&user.name, &user.hash, &user.disabled, &user.admin],
                 )
                 .await?;
             Ok(())
@@ -1348,14 +1352,7 @@ impl Conn for PostgresConn {
     fn users(&mut self) -> Result<Vec<UserRecord>, StoreError> {
         self.run(Duration::ZERO, async |client, statements| {
             let rows = client.query(&statements.users, &[]).await?;
-            Ok(rows
-                .into_iter()
-                .map(|row| UserRecord {
-                    name: row.get(0),
-                    hash: row.get(1),
-                    disabled: row.get(2),
-                })
-                .collect())
+            Ok(rows.into_iter().map(watch::record).collect())
         })
     }
 }

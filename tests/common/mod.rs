@@ -134,6 +134,12 @@ impl ServerBuilder {
         self
     }
 
+    /// Creates no user at all (not even alice): the server's first start makes `admin`.
+    pub fn no_users(mut self) -> Self {
+        self.users.clear();
+        self
+    }
+
     /// Uses this data dir (shared with another server) instead of a fresh one.
     pub fn data_dir(mut self, dir: Arc<tempfile::TempDir>) -> Self {
         self.data = Some(dir);
@@ -459,9 +465,17 @@ impl Server {
     ) -> redis::Connection {
         let info = self.connection_info(user, password, protocol);
         let client = redis::Client::open(info).expect("redis client");
-        let conn = client
-            .get_connection_with_timeout(REPLY_TIMEOUT)
-            .unwrap_or_else(|e| panic!("connect as {user}: {e}; log:\n{}", self.log()));
+        // A blocking socket call with a timeout fails with EINTR when this process is stopped
+        // and continued, or a handled signal arrives (signal(7)), and the redis crate does not
+        // retry: a connection attempt cut that way is made again, as RawConn's reads retry.
+        let mut attempts = 0;
+        let conn = loop {
+            match client.get_connection_with_timeout(REPLY_TIMEOUT) {
+                Ok(conn) => break conn,
+                Err(e) if attempts < 3 && interrupted(&e) => attempts += 1,
+                Err(e) => panic!("connect as {user}: {e}; log:\n{}", self.log()),
+            }
+        };
         conn.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
         conn.set_write_timeout(Some(REPLY_TIMEOUT)).unwrap();
         conn
@@ -653,6 +667,14 @@ impl Reply {
     }
 }
 
+/// Whether a redis-crate call failed only because a system call was interrupted (EINTR).
+fn interrupted(error: &redis::RedisError) -> bool {
+    let io_kind = std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<std::io::Error>())
+        .map(std::io::Error::kind);
+    io_kind == Some(ErrorKind::Interrupted) || error.to_string().contains("os error 4")
+}
+
 /// Parses one reply from the front of `buf`: `Some((reply, consumed))` once it is complete.
 pub fn parse_reply(buf: &[u8]) -> Option<(Reply, usize)> {
     let cr = buf.windows(2).position(|w| w == b"\r\n")?;
@@ -802,6 +824,21 @@ impl RawConn {
                 self.buf.len(),
                 String::from_utf8_lossy(&self.buf[..self.buf.len().min(200)])
             ),
+        }
+    }
+
+    /// Sends one command and returns its reply's bytes as they came, for byte-exact checks.
+    pub fn cmd_bytes(&mut self, args: &[&[u8]]) -> Vec<u8> {
+        self.send_cmd(args);
+        let deadline = Instant::now() + REPLY_TIMEOUT;
+        loop {
+            if let Some((_, used)) = parse_reply(&self.buf) {
+                return self.buf.drain(..used).collect();
+            }
+            match self.fill(deadline) {
+                Ok(n) if n > 0 => {}
+                other => panic!("no reply: {other:?}"),
+            }
         }
     }
 

@@ -158,10 +158,12 @@ impl Watcher {
                     .await?
                     .get(0);
                 let one = client
-                    .prepare("SELECT name, hash, disabled FROM ringport_users WHERE name = $1")
+                    .prepare(
+                        "SELECT name, hash, disabled, admin FROM ringport_users WHERE name = $1",
+                    )
                     .await?;
                 let all = client
-                    .prepare("SELECT name, hash, disabled FROM ringport_users")
+                    .prepare("SELECT name, hash, disabled, admin FROM ringport_users")
                     .await?;
                 Ok((schema, one, all))
             })
@@ -268,11 +270,13 @@ impl Watcher {
     }
 }
 
-fn record(row: tokio_postgres::Row) -> UserRecord {
+/// A user from a row of (name, hash, disabled, admin).
+pub(super) fn record(row: tokio_postgres::Row) -> UserRecord {
     UserRecord {
         name: row.get(0),
         hash: row.get(1),
         disabled: row.get(2),
+        admin: row.get(3),
     }
 }
 
