@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::commands::acl::{admin_reply, check};
+use crate::commands::acl::{change_reply, check, read_reply};
 use crate::resp::{self, parse_command, Args, Limits, Proto};
 use crate::shared::Shared;
 use crate::store::{Backend, Conn};
@@ -115,18 +115,22 @@ fn answer(
         Some(b"ping") => resp::simple(&mut reply, b"PONG"),
         Some(b"acl") if argv.len() >= 2 => match check(argv) {
             Some(message) => resp::error(&mut reply, message.as_bytes()),
-            None => {
-                if conn.is_none() {
-                    *conn = backend.connect().ok();
+            None => match read_reply(shared, argv, Proto::Resp2) {
+                Some(read) => reply = read,
+                None => {
+                    // Only a change needs the store: connect then, once per connection.
+                    if conn.is_none() {
+                        *conn = backend.connect().ok();
+                    }
+                    let store: Result<&mut dyn Conn, _> = match conn.as_mut() {
+                        Some(conn) => Ok(conn.as_mut()),
+                        None => Err(crate::store::StoreError::Unavailable(
+                            "no connection".into(),
+                        )),
+                    };
+                    reply = change_reply(shared, store, argv);
                 }
-                let store: Result<&mut dyn Conn, _> = match conn.as_mut() {
-                    Some(conn) => Ok(conn.as_mut()),
-                    None => Err(crate::store::StoreError::Unavailable(
-                        "no connection".into(),
-                    )),
-                };
-                reply = admin_reply(shared, store, argv, Proto::Resp2);
-            }
+            },
         },
         _ => resp::error(
             &mut reply,

@@ -1,7 +1,7 @@
 //! ACL: WHOAMI for every user; SETUSER, DELUSER, LIST, USERS and GETUSER for admins
 //! ([`crate::acl`] says what they do). Reads answer from the user table on the ring; changes run
 //! on a store worker (a password is hashed there) and answer after the store committed. The
-//! admin socket (`adminsock`) answers through [`admin_reply`] too.
+//! admin socket (`adminsock`) answers through [`read_reply`] and [`change_reply`] too.
 
 use std::time::Duration;
 
@@ -50,58 +50,59 @@ pub(super) fn acl(call: &mut Call<'_, '_>, args: &Args) {
         );
     }
     let proto = call.proto();
-    if !matches!(sub.as_str(), "setuser" | "deluser") {
-        let reply = admin_reply(
-            &shared,
-            Err(StoreError::Other("unused".into())),
-            &argv,
-            proto,
-        );
+    if let Some(reply) = read_reply(&shared, &argv, proto) {
         return call.out().extend_from_slice(&reply);
     }
     let replier = call.replier();
     let job = Box::new(move |conn: Result<&mut dyn StoreConn, StoreError>| {
-        replier.reply(admin_reply(&shared, conn, &argv, proto));
+        replier.reply(change_reply(&shared, conn, &argv));
     });
     call.offload_store("acl", StoreWork::Job(job), Duration::ZERO);
 }
 
-/// The encoded reply to a well-formed ACL request ([`check`]) from an admin. `conn` is used by
-/// SETUSER and DELUSER only, which block on the store (and on argon2id): never call them on a
-/// ring.
-pub fn admin_reply(
-    shared: &Shared,
-    conn: Result<&mut dyn StoreConn, StoreError>,
-    args: &[Vec<u8>],
-    proto: Proto,
-) -> Vec<u8> {
+/// The encoded reply to a well-formed ACL request ([`check`]) from an admin that only reads the
+/// user table (USERS, LIST, GETUSER, WHOAMI): cheap, fit for a ring. `None` for a change.
+pub fn read_reply(shared: &Shared, args: &[Vec<u8>], proto: Proto) -> Option<Vec<u8>> {
     let mut out = Vec::new();
-    let text = |arg: &Vec<u8>| String::from_utf8_lossy(arg).into_owned();
     match lower(&args[1]).as_str() {
         "users" => strings(&mut out, acl::names(&shared.users)),
         "list" => strings(&mut out, acl::list(&shared.users)),
         "getuser" => getuser(&mut out, &shared.users, &text(&args[2]), proto),
         "whoami" => resp::bulk(&mut out, b"admin-socket"),
-        sub => {
-            let done = conn.map_err(AclError::Store).and_then(|conn| {
-                if sub == "setuser" {
-                    let rules = acl::parse_rules(&args[3..]).map_err(AclError::Refused)?;
-                    acl::setuser(conn, &shared.users, &text(&args[2]), &rules)
-                        .map(|()| resp::simple(&mut out, b"OK"))
-                } else {
-                    let names: Vec<String> = args[2..].iter().map(text).collect();
-                    acl::deluser(conn, shared, &names).map(|n| resp::integer(&mut out, n))
-                }
-            });
-            if let Err(error) = done {
-                if let AclError::Store(e) = &error {
-                    shared.store.note_error(e);
-                }
-                resp::error(&mut out, error.resp_message().as_bytes());
-            }
+        _ => return None,
+    }
+    Some(out)
+}
+
+/// The encoded reply to an admin's SETUSER or DELUSER. Blocks on the store (and on argon2id):
+/// never call it on a ring.
+pub fn change_reply(
+    shared: &Shared,
+    conn: Result<&mut dyn StoreConn, StoreError>,
+    args: &[Vec<u8>],
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    let done = conn.map_err(AclError::Store).and_then(|conn| {
+        if lower(&args[1]) == "setuser" {
+            let rules = acl::parse_rules(&args[3..]).map_err(AclError::Refused)?;
+            acl::setuser(conn, &shared.users, &text(&args[2]), &rules)
+                .map(|()| resp::simple(&mut out, b"OK"))
+        } else {
+            let names: Vec<String> = args[2..].iter().map(|a| text(a)).collect();
+            acl::deluser(conn, shared, &names).map(|n| resp::integer(&mut out, n))
         }
+    });
+    if let Err(error) = done {
+        if let AclError::Store(e) = &error {
+            shared.store.note_error(e);
+        }
+        resp::error(&mut out, error.resp_message().as_bytes());
     }
     out
+}
+
+fn text(arg: &[u8]) -> String {
+    String::from_utf8_lossy(arg).into_owned()
 }
 
 fn strings(out: &mut Vec<u8>, items: Vec<String>) {
