@@ -264,7 +264,8 @@ pub struct ServeArgs {
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
     /// Fast paths to switch off (comma-separated: multishot-accept, multishot-recv, buf-ring,
-    /// single-issuer, defer-taskrun, coop-taskrun, ext-arg, enter-wait, min-wait).
+    /// single-issuer, defer-taskrun, coop-taskrun, ext-arg, enter-wait, min-wait,
+    /// direct-descriptors).
     #[arg(long, default_value = "")]
     pub uring_disable: String,
     /// Under load, let a ring's wait collect completions for up to 20 µs (io_uring min-wait,

@@ -103,15 +103,23 @@ impl Collector for ServerCollector {
                 .map(|(i, r)| (vec![("ring", i.to_string())], f(r)))
                 .collect()
         };
+        let ring_gauge = |f: &dyn Fn(&ringport_ring::RingStats) -> u64| -> Vec<(Labels, i64)> {
+            ring_rows(f)
+                .into_iter()
+                .map(|(labels, n)| (labels, n as i64))
+                .collect()
+        };
         gauge_family(
             &mut e,
             "ringport_sessions",
             "Open sessions, per ring",
-            &s.rings
-                .iter()
-                .enumerate()
-                .map(|(i, r)| (vec![("ring", i.to_string())], load(&r.sessions) as i64))
-                .collect::<Vec<_>>(),
+            &ring_gauge(&|r| load(&r.sessions)),
+        )?;
+        gauge_family(
+            &mut e,
+            "ringport_sessions_direct",
+            "Open sessions held in the ring's table of registered files instead of by a descriptor, per ring",
+            &ring_gauge(&|r| load(&r.direct_sessions)),
         )?;
         counter_family(
             &mut e,

@@ -370,6 +370,7 @@ fn run(args: ServeArgs, extra: Vec<CommandDef>) -> Result<(), StartError> {
             coop_taskrun = f.coop_taskrun,
             ext_arg = f.ext_arg,
             min_wait = f.min_wait,
+            direct_descriptors = f.direct,
             "backend io_uring"
         ),
         None => tracing::info!(
@@ -663,6 +664,7 @@ fn epoll_features() -> Features {
         poll_wait: false,
         accept: AcceptPath::SingleShot,
         recv: RecvPath::PollThenRecv,
+        direct: false,
     }
 }
 

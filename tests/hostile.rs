@@ -30,7 +30,10 @@ use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{encode, sha256_rounds, RawConn, Reply, Server, PASSWORD, USER};
+use common::{
+    close_wait, encode, info, open_fds, ring_field_sum, sha256_rounds, RawConn, Reply, Server,
+    PASSWORD, USER,
+};
 
 /// How long the server may take to give every descriptor back once an attack ends (liveness).
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -46,32 +49,6 @@ fn env_number(name: &str, default: u64) -> u64 {
 }
 
 // ---- reading the server ----
-
-/// Descriptors the process holds now (`/proc/PID/fd`).
-fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap_or_else(|e| panic!("read /proc/{pid}/fd: {e}"))
-        .count()
-}
-
-/// The server's TCP connections on `port` in CLOSE-WAIT (the peer closed, the server has not),
-/// from /proc/net/tcp: what a descriptor count that does not come back is made of.
-fn close_wait(port: u16) -> usize {
-    const CLOSE_WAIT: &str = "08";
-    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
-    table
-        .lines()
-        .skip(1)
-        .filter(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let local_port = fields
-                .get(1)
-                .and_then(|a| a.rsplit_once(':'))
-                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
-            local_port == Some(port) && fields.get(3) == Some(&CLOSE_WAIT)
-        })
-        .count()
-}
 
 /// The server's descriptors once an attack is over.
 struct Settled {
@@ -109,28 +86,12 @@ fn assert_settled(settled: &Settled, before: usize, after_what: &str) {
     );
 }
 
-fn info(conn: &mut RawConn, section: &str) -> String {
-    match conn.cmd(&[b"INFO", section.as_bytes()]) {
-        Reply::Bulk(text) => String::from_utf8(text).expect("INFO is text"),
-        other => panic!("INFO {section}: {other:?}"),
-    }
-}
-
 /// A numeric `name:value` line of an INFO section.
 fn info_field(info: &str, name: &str) -> u64 {
     info.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
         .and_then(|value| value.trim().parse().ok())
         .unwrap_or_else(|| panic!("{name} in INFO:\n{info}"))
-}
-
-/// A `name=value` field of `INFO rings`, summed over the rings.
-fn ring_field_sum(info: &str, name: &str) -> u64 {
-    let key = format!("{name}=");
-    info.split([',', ':', '\r', '\n'])
-        .filter_map(|field| field.strip_prefix(key.as_str()))
-        .map(|n| n.parse::<u64>().expect("a number"))
-        .sum()
 }
 
 /// The server's log without the colour codes its text format puts around field names.

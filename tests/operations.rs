@@ -21,8 +21,8 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{
-    add_user, eventually, http_get, profile_flags, sha256_rounds, RawConn, Reply, Server, PASSWORD,
-    REPLY_TIMEOUT, USER,
+    add_user, eventually, http_get, info, profile_flags, sha256_rounds, RawConn, Reply, Server,
+    PASSWORD, REPLY_TIMEOUT, USER,
 };
 
 fn binary() -> &'static str {
@@ -32,14 +32,6 @@ fn binary() -> &'static str {
 // ---------------------------------------------------------------------------------------------
 // Helpers: INFO, HTTP, OpenMetrics.
 // ---------------------------------------------------------------------------------------------
-
-/// `INFO section` on an authenticated raw connection, as text.
-fn info(conn: &mut RawConn, section: &str) -> String {
-    match conn.cmd(&[b"INFO", section.as_bytes()]) {
-        Reply::Bulk(bytes) => String::from_utf8(bytes).expect("INFO is text"),
-        other => panic!("INFO {section}: {other:?}"),
-    }
-}
 
 /// The `field:value` lines of an INFO reply.
 fn info_fields(text: &str) -> HashMap<String, String> {

@@ -170,11 +170,7 @@ fn a_plain_text_client_on_the_tls_port_is_closed_and_logged() {
     );
     wait_for_log(&server, "not TLS");
     let info: String = redis::cmd("INFO").arg("rings").query(&mut tls).unwrap();
-    let errors: u64 = info
-        .lines()
-        .filter_map(|l| l.split("tls_errors=").nth(1))
-        .map(|n| n.trim().parse::<u64>().unwrap())
-        .sum();
+    let errors = common::ring_field_sum(&info, "tls_errors");
     assert_eq!(errors, 1, "{info}");
     // Nothing else noticed.
     let pong: String = redis::cmd("PING").query(&mut tls).unwrap();

@@ -52,6 +52,9 @@ pub struct RingStats {
     pub tls_errors: AtomicU64,
     /// 1 when this ring fell back to poll-then-recv because the kernel refused the buffer ring.
     pub recv_fallback: AtomicU64,
+    /// Sessions now held in the ring's table of registered files rather than by a descriptor
+    /// (io_uring with direct descriptors; see `uring.rs`).
+    pub direct_sessions: AtomicU64,
 }
 
 /// Adds one to a ring's own counter. Each `RingStats` is written by its ring thread alone (others
@@ -194,6 +197,7 @@ pub(crate) struct Core<H: Handler> {
     drain_deadline: Option<Instant>,
     reject_log: LogLimiter,
     tls_log: LogLimiter,
+    pub(crate) direct_log: LogLimiter,
     /// Decrypted input of TLS sessions, on its way to the handler: one buffer per ring.
     plain: Vec<u8>,
     /// TLS input being decrypted (rustls works in place): one buffer per ring, so a session
@@ -240,6 +244,7 @@ impl<H: Handler> Core<H> {
             drain_deadline: None,
             reject_log: LogLimiter::new(),
             tls_log: LogLimiter::new(),
+            direct_log: LogLimiter::new(),
             plain: Vec::new(),
             wire: Vec::new(),
             cut: false,
@@ -294,13 +299,7 @@ impl<H: Handler> Core<H> {
             };
             bump(&self.stats.tls_errors);
             if let Some(suppressed) = self.tls_log.allow(self.now) {
-                // SAFETY: the session's own socket, open while its slot is.
-                let fd = unsafe { BorrowedFd::borrow_raw(s.io.fd) };
-                let peer = socket2::SockRef::from(&fd)
-                    .peer_addr()
-                    .ok()
-                    .and_then(|a| a.as_socket());
-                tracing::info!(ring = self.config.index, peer = ?peer, %error, handshaking, suppressed,
+                tracing::info!(ring = self.config.index, peer = ?tls.peer, %error, handshaking, suppressed,
                     "TLS failed; closing the session");
             }
         }
@@ -405,7 +404,10 @@ impl<H: Handler> Core<H> {
             .handler
             .on_open(&cx, SessionId { slot, generation }, peer);
         let mut io = SlotIo::new(fd, generation);
-        io.tls = tls;
+        io.tls = tls.map(|mut tls| {
+            tls.peer = peer;
+            tls
+        });
         let slot_ref = entry.insert(Slot {
             io,
             conn: Some(conn),
@@ -422,12 +424,16 @@ impl<H: Handler> Core<H> {
         let slots: Vec<u32> = self.slab.iter().map(|(k, _)| k as u32).collect();
         for slot in slots {
             let fd = self.free_slot(slot);
-            // SAFETY: the session's own socket, closed once: its slot is gone.
-            unsafe { libc::close(fd) };
+            // A direct descriptor (-1) closes with the ring's file table.
+            if fd >= 0 {
+                // SAFETY: the session's own socket, closed once: its slot is gone.
+                unsafe { libc::close(fd) };
+            }
         }
     }
 
-    /// Frees a closed slot whose I/O is over; returns the descriptor for the backend to close.
+    /// Frees a closed slot whose I/O is over; returns the descriptor for the backend to close, -1
+    /// for a session on a direct descriptor.
     pub(crate) fn free_slot(&mut self, slot: u32) -> RawFd {
         let s = self.slab.remove(slot as usize);
         self.generations[slot as usize] =

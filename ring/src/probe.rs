@@ -7,6 +7,7 @@
 //! - `IORING_SETUP_COOP_TASKRUN`: 5.19
 //! - `IORING_FEAT_EXT_ARG` (wait with a timeout without a timeout op): 5.11
 //! - `IORING_REGISTER_PROBE`: 5.6
+//! - sparse registered-file tables (direct descriptors), closing a fixed file: 5.19, 5.15
 
 use std::fmt;
 use std::io;
@@ -37,11 +38,14 @@ pub struct Disable {
     pub enter_wait: bool,
     /// Do not batch completions under load with `min_wait_usec` (`IORING_FEAT_MIN_TIMEOUT`).
     pub min_wait: bool,
+    /// Keep every session on a plain descriptor instead of moving it into the ring's table of
+    /// registered files (see `uring.rs`'s `install_direct`).
+    pub direct_descriptors: bool,
 }
 
 impl Disable {
     /// The names accepted by [`Disable::parse_list`].
-    pub const NAMES: [&'static str; 9] = [
+    pub const NAMES: [&'static str; 10] = [
         "multishot-accept",
         "multishot-recv",
         "buf-ring",
@@ -51,6 +55,7 @@ impl Disable {
         "ext-arg",
         "enter-wait",
         "min-wait",
+        "direct-descriptors",
     ];
 
     /// Parses a comma-separated list such as `multishot-recv,buf-ring`.
@@ -67,6 +72,7 @@ impl Disable {
                 "ext-arg" => disable.ext_arg = true,
                 "enter-wait" => disable.enter_wait = true,
                 "min-wait" => disable.min_wait = true,
+                "direct-descriptors" => disable.direct_descriptors = true,
                 other => {
                     return Err(format!(
                         "unknown fast path '{other}' (known: {})",
@@ -93,6 +99,7 @@ impl Disable {
                 d.defer_taskrun = true;
                 d.coop_taskrun = true;
                 d.min_wait = true;
+                d.direct_descriptors = true;
             }
             other => {
                 return Err(format!(
@@ -115,6 +122,7 @@ impl Disable {
             ext_arg: self.ext_arg || other.ext_arg,
             enter_wait: self.enter_wait || other.enter_wait,
             min_wait: self.min_wait || other.min_wait,
+            direct_descriptors: self.direct_descriptors || other.direct_descriptors,
         }
     }
 }
@@ -165,6 +173,11 @@ pub struct Features {
     /// The chosen paths, after `Disable` was applied.
     pub accept: AcceptPath,
     pub recv: RecvPath,
+    /// Sessions live in each ring's sparse table of registered files (5.19) rather than in the
+    /// process's descriptor table, so RLIMIT_NOFILE no longer caps the session count, and an op
+    /// on them skips the file lookup and reference count. Only with multishot recv: the
+    /// poll-then-recv path reads with plain `recv(2)`, which needs a descriptor.
+    pub direct: bool,
 }
 
 /// Why io_uring could not be used at all, with advice for the operator.
@@ -277,6 +290,10 @@ pub fn probe(disable: Disable) -> Result<Features, Unavailable> {
     let multishot_accept = at_least(5, 19) && !disable.multishot_accept;
     let buf_ring = at_least(5, 19) && !disable.buf_ring;
     let multishot_recv = at_least(6, 0) && buf_ring && !disable.multishot_recv;
+    let direct = multishot_recv
+        && !disable.direct_descriptors
+        && has(opcode::Close::CODE)
+        && plain.submitter().register_files_sparse(1).is_ok();
     Ok(Features {
         kernel_release,
         kernel_version,
@@ -298,6 +315,7 @@ pub fn probe(disable: Disable) -> Result<Features, Unavailable> {
         } else {
             RecvPath::PollThenRecv
         },
+        direct,
     })
 }
 
@@ -338,6 +356,7 @@ mod tests {
             assert_eq!(f.accept, AcceptPath::SingleShot);
             assert_eq!(f.recv, RecvPath::PollThenRecv);
             assert!(!f.single_issuer && !f.defer_taskrun && !f.coop_taskrun && !f.ext_arg);
+            assert!(!f.direct);
         }
     }
 }

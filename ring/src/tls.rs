@@ -48,6 +48,7 @@ impl TlsAcceptor {
             received: false,
             failed: false,
             close_notified: false,
+            peer: None,
         })
     }
 }
@@ -66,6 +67,8 @@ pub(crate) struct Tls {
     /// `receive` failed (and said so in the log).
     pub(crate) failed: bool,
     close_notified: bool,
+    /// For the log line of a failure: a session on a direct descriptor has no descriptor to ask.
+    pub(crate) peer: Option<std::net::SocketAddr>,
 }
 
 /// The content type of a TLS handshake record, the first byte of every TLS connection.

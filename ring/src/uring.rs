@@ -39,6 +39,21 @@ const MIN_WAIT: Duration = Duration::from_micros(20);
 /// The most completions such a wait asks for.
 const MIN_WAIT_MAX_WANT: usize = 64;
 
+/// Builds `$build` with `$target` naming a session's socket: its entry in the ring's table of
+/// registered files when it has one (a direct descriptor: `fd` is -1 and the entry is the slot
+/// number), else its plain descriptor. The opcode builders take either type, not one of both.
+macro_rules! with_target {
+    ($io:expr, $slot:expr, |$target:ident| $build:expr) => {
+        if $io.fd < 0 {
+            let $target = types::Fixed($slot);
+            $build
+        } else {
+            let $target = types::Fd($io.fd);
+            $build
+        }
+    };
+}
+
 /// What the io_uring backend keeps besides the shared core.
 pub(crate) struct Uring {
     // Field order is drop order: the io_uring fd closes first, so the kernel has let go of the
@@ -64,6 +79,9 @@ pub(crate) struct Uring {
     outstanding: usize,
     /// Fault injection: [`crate::Faults::final_recv_completions`].
     single_shot_recv: bool,
+    /// Entries in the ring's sparse table of registered files; 0 when sessions keep plain
+    /// descriptors. A session whose slot number is below it lives at that entry.
+    direct_table: u32,
 }
 
 /// A proactor ring. Create it on the thread that will run it (`SINGLE_ISSUER`).
@@ -111,6 +129,7 @@ impl<H: Handler> Ring<H> {
                         "the kernel refused the provided-buffer ring; falling back to poll-then-recv"
                     );
                     config.features.recv = RecvPath::PollThenRecv;
+                    config.features.direct = false;
                     config.stats.recv_fallback.store(1, Ordering::Relaxed);
                     None
                 }
@@ -118,6 +137,12 @@ impl<H: Handler> Ring<H> {
         } else {
             None
         };
+        let direct_table = if config.features.direct {
+            direct_table_size(&uring, &config)
+        } else {
+            0
+        };
+        config.features.direct = direct_table > 0;
         let io = Uring {
             uring,
             bufring,
@@ -132,6 +157,7 @@ impl<H: Handler> Ring<H> {
             timeout_removing: false,
             single_shot_recv: config.faults.final_recv_completions,
             outstanding: 0,
+            direct_table,
         };
         let mut lp = EventLoop {
             io,
@@ -158,8 +184,33 @@ impl<H: Handler> Ring<H> {
     }
 }
 
+/// Registers the ring's sparse file table, as large as the kernel allows one process's table
+/// to be (RLIMIT_NOFILE) and no larger than the server's session cap; 0 (plain descriptors)
+/// when the kernel refuses.
+fn direct_table_size(uring: &IoUring, config: &RingConfig) -> u32 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into a live local.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 0;
+    }
+    // The kernel's own ceiling on a table (IORING_MAX_FIXED_FILES).
+    let size = (limit.rlim_cur.min(config.max_sessions as u64).min(1 << 20) as u32).max(1);
+    match uring.submitter().register_files_sparse(size) {
+        Ok(()) => size,
+        Err(e) => {
+            tracing::warn!(ring = config.index, size, error = %e,
+                "the kernel refused a table of registered files; sessions keep plain descriptors");
+            0
+        }
+    }
+}
+
 impl<H: Handler> Backend<H> for Uring {
     fn watch(lp: &mut EventLoop<H, Self>, slot: u32) -> io::Result<()> {
+        lp.install_direct(slot);
         lp.submit_recv(slot);
         Ok(())
     }
@@ -170,9 +221,24 @@ impl<H: Handler> Backend<H> for Uring {
 
     /// Shutdown makes any recv or send still in flight on the socket complete; the slot is freed
     /// when the last of them has.
+    ///
+    /// A direct descriptor has no number for `shutdown(2)`, and an async shutdown could still be
+    /// waiting in the kernel when the entry is reused, so its ops are cancelled by `user_data`
+    /// instead; the socket closes when its entry is cleared (`maybe_finish_close`).
     fn release(lp: &mut EventLoop<H, Self>, slot: u32) {
         let io = &lp.core.slab[slot as usize].io;
         let (fd, generation, recv_armed) = (io.fd, io.generation, io.recv_armed);
+        if fd < 0 {
+            let send_inflight = io.send_inflight;
+            if recv_armed {
+                lp.cancel(token::encode(Op::Recv, generation, slot));
+            }
+            if send_inflight {
+                lp.cancel(token::encode(Op::Send, generation, slot));
+            }
+            lp.maybe_finish_close(slot);
+            return;
+        }
         // SAFETY: shutdown on a socket we own.
         unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
         if recv_armed && lp.core.config.features.recv == RecvPath::MultishotBufRing {
@@ -285,11 +351,34 @@ impl<H: Handler> Backend<H> for Uring {
     /// still write or read (receive buffers, `wake_word`, slot send buffers) is freed before the
     /// kernel is done with it, and no session's descriptor is left open.
     fn finish(lp: &mut EventLoop<H, Self>) {
-        let fds: Vec<RawFd> = lp.core.slab.iter().map(|(_, s)| s.io.fd).collect();
-        for fd in fds {
-            // SAFETY: shutdown on a session socket we own; it makes its recv, poll and send
-            // complete.
-            unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+        let sessions: Vec<(u32, RawFd, u32, bool, bool)> = lp
+            .core
+            .slab
+            .iter()
+            .map(|(slot, s)| {
+                let io = &s.io;
+                (
+                    slot as u32,
+                    io.fd,
+                    io.generation,
+                    io.recv_armed,
+                    io.send_inflight,
+                )
+            })
+            .collect();
+        for (slot, fd, generation, recv_armed, send_inflight) in sessions {
+            if fd >= 0 {
+                // SAFETY: shutdown on a session socket we own; it makes its recv, poll and send
+                // complete.
+                unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+                continue;
+            }
+            if recv_armed {
+                lp.cancel(token::encode(Op::Recv, generation, slot));
+            }
+            if send_inflight {
+                lp.cancel(token::encode(Op::Send, generation, slot));
+            }
         }
         lp.io.quiesce();
         if lp.io.outstanding > 0 {
@@ -454,22 +543,29 @@ impl<H: Handler> EventLoop<H, Uring> {
         let recv_path = self.core.config.features.recv;
         let s = &mut self.core.slab[slot as usize];
         debug_assert!(!s.io.recv_armed && !s.io.closed);
-        let fd = types::Fd(s.io.fd);
         let entry = match (recv_path, group) {
             (RecvPath::MultishotBufRing, Some(group)) if self.io.single_shot_recv => {
                 let len = self.io.bufring.as_ref().map_or(0, BufRing::buf_size) as u32;
-                opcode::Recv::new(fd, std::ptr::null_mut(), len)
-                    .buf_group(group)
-                    .build()
-                    .flags(squeue::Flags::BUFFER_SELECT)
+                with_target!(s.io, slot, |fd| opcode::Recv::new(
+                    fd,
+                    std::ptr::null_mut(),
+                    len
+                )
+                .buf_group(group)
+                .build())
+                .flags(squeue::Flags::BUFFER_SELECT)
+                .user_data(token::encode(Op::Recv, s.io.generation, slot))
+            }
+            (RecvPath::MultishotBufRing, Some(group)) => {
+                with_target!(s.io, slot, |fd| opcode::RecvMulti::new(fd, group).build())
                     .user_data(token::encode(Op::Recv, s.io.generation, slot))
             }
-            (RecvPath::MultishotBufRing, Some(group)) => opcode::RecvMulti::new(fd, group)
-                .build()
-                .user_data(token::encode(Op::Recv, s.io.generation, slot)),
-            _ => opcode::PollAdd::new(fd, libc::POLLIN as u32)
-                .build()
-                .user_data(token::encode(Op::Poll, s.io.generation, slot)),
+            _ => with_target!(s.io, slot, |fd| opcode::PollAdd::new(
+                fd,
+                libc::POLLIN as u32
+            )
+            .build())
+            .user_data(token::encode(Op::Poll, s.io.generation, slot)),
         };
         s.io.recv_armed = true;
         s.io.ops_in_flight += 1;
@@ -491,13 +587,13 @@ impl<H: Handler> EventLoop<H, Uring> {
             return;
         }
         let remaining = &s.io.sending[s.io.sent..];
-        let entry = opcode::Send::new(
-            types::Fd(s.io.fd),
+        let entry = with_target!(s.io, slot, |fd| opcode::Send::new(
+            fd,
             remaining.as_ptr(),
-            remaining.len() as u32,
+            remaining.len() as u32
         )
         .flags(libc::MSG_NOSIGNAL)
-        .build()
+        .build())
         .user_data(token::encode(Op::Send, s.io.generation, slot));
         s.io.send_inflight = true;
         s.io.ops_in_flight += 1;
@@ -819,6 +915,60 @@ impl<H: Handler> EventLoop<H, Uring> {
             return;
         }
         let fd = self.core.free_slot(slot);
-        self.submit_close(fd);
+        if fd >= 0 {
+            self.submit_close(fd);
+        } else {
+            self.remove_direct(slot);
+        }
+    }
+
+    // ---- direct descriptors ----
+
+    /// Moves a new session's socket into the ring's table of registered files, at the entry of
+    /// its slot number, and closes its plain descriptor: the session then holds no entry of the
+    /// process's descriptor table. Done after `open_session`, which needed the descriptor for
+    /// the peer address and TCP_NODELAY. A session whose slot is past the table, or that the
+    /// kernel refuses, keeps its plain descriptor.
+    fn install_direct(&mut self, slot: u32) {
+        if slot >= self.io.direct_table {
+            return;
+        }
+        let io = &mut self.core.slab[slot as usize].io;
+        match self
+            .io
+            .uring
+            .submitter()
+            .register_files_update(slot, &[io.fd])
+        {
+            Ok(_) => {
+                // SAFETY: the table holds its own reference to the socket; this closes only our
+                // descriptor, which nothing else names.
+                unsafe { libc::close(io.fd) };
+                io.fd = -1;
+                let direct = &self.core.stats.direct_sessions;
+                direct.store(direct.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                if let Some(suppressed) = self.core.direct_log.allow(self.core.now) {
+                    tracing::warn!(ring = self.core.config.index, slot, error = %e, suppressed,
+                        "cannot register a session's socket; it keeps a plain descriptor");
+                }
+            }
+        }
+    }
+
+    /// Clears a closed session's entry, which closes its socket. At once, not by an async op: the
+    /// slot (and with it the entry) may be given to the next connection in this same turn.
+    fn remove_direct(&mut self, slot: u32) {
+        if let Err(e) = self.io.uring.submitter().register_files_update(slot, &[-1]) {
+            // Only a bug of ours (a bad index) gets here; the entry is replaced at its next use.
+            tracing::error!(ring = self.core.config.index, slot, error = %e,
+                "cannot clear a session's registered file");
+        }
+        let direct = &self.core.stats.direct_sessions;
+        direct.store(
+            direct.load(Ordering::Relaxed).saturating_sub(1),
+            Ordering::Relaxed,
+        );
     }
 }

@@ -1,10 +1,14 @@
 //! The commands over a user's whole keyspace: SCAN, KEYS, DBSIZE, FLUSHDB, RANDOMKEY. Each user
 //! is one Redis database: these see and change the session user's keys only.
 //!
-//! SCAN's cursor is the last key the previous call examined, so a key present from the first
-//! call to the last is returned exactly once whatever is written meanwhile (Redis promises
-//! "at least once"). redis-py turns a cursor into an integer, so the key travels as decimal
-//! digits: a `1`, then each byte as three digits (`ab` is `1097098`); `0` starts and ends.
+//! SCAN resumes after the last key the previous call examined, so a key present from the first
+//! call to the last is returned exactly once whatever is written meanwhile (Redis promises "at
+//! least once"). That key stays here, in [`Cursors`]; the client holds a number for it below
+//! 2^53, because clients keep cursors as numbers: node-redis as a JavaScript number (exact only
+//! below 2^53), redis-rs and go-redis as a u64.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{LazyLock, Mutex};
 
 use crate::resp::parse_i64;
 
@@ -15,37 +19,83 @@ use super::strings::{in_txn, syntax_error, Outcome};
 /// SCAN's COUNT when none is given, as Redis.
 const SCAN_COUNT_DEFAULT: i64 = 10;
 
-/// The cursor that resumes after `key`.
-fn encode_cursor(key: &[u8]) -> Vec<u8> {
-    let mut cursor = Vec::with_capacity(1 + 3 * key.len());
-    cursor.push(b'1');
-    for byte in key {
-        cursor.extend_from_slice(format!("{byte:03}").as_bytes());
-    }
-    cursor
+/// A user's newest cursors kept; an older one is refused (`ERR invalid cursor`). A scan uses
+/// only its latest, so this bounds the memory of many scans at once, not the length of one.
+const CURSORS_PER_USER: usize = 1024;
+/// And the bytes of their keys, since a key can be long.
+const CURSOR_BYTES_PER_USER: usize = 4 << 20;
+/// Cursor numbers stay below this: a JavaScript number holds every integer up to it exactly.
+const CURSOR_LIMIT: u64 = 1 << 53;
+
+/// The resume points SCAN handed out, per user, in memory: a cursor lives as long as the process
+/// (a client that reconnects to another instance, or after a restart, gets `ERR invalid cursor`
+/// and starts again). Numbers start at a random point, so a cursor from before a restart is
+/// unlikely to name one issued after it.
+struct Cursors {
+    next: u64,
+    users: HashMap<String, UserCursors>,
 }
 
-/// `Some(None)`: start; `Some(Some(key))`: resume after `key`; `None`: not a cursor of ours.
-fn decode_cursor(cursor: &[u8]) -> Option<Option<Vec<u8>>> {
-    if cursor == b"0" {
+#[derive(Default)]
+struct UserCursors {
+    /// By number, so the oldest go first.
+    keys: BTreeMap<u64, Vec<u8>>,
+    bytes: usize,
+}
+
+static CURSORS: LazyLock<Mutex<Cursors>> = LazyLock::new(|| {
+    Mutex::new(Cursors {
+        next: (rand::random::<u64>() % (CURSOR_LIMIT / 2)).max(1),
+        users: HashMap::new(),
+    })
+});
+
+impl Cursors {
+    /// A new cursor for `user` that resumes after `key`.
+    fn issue(&mut self, user: &str, key: Vec<u8>) -> u64 {
+        let id = self.next;
+        self.next = if id + 1 >= CURSOR_LIMIT { 1 } else { id + 1 };
+        let cursors = self.users.entry(user.to_string()).or_default();
+        cursors.bytes += key.len();
+        cursors.keys.insert(id, key);
+        while cursors.keys.len() > CURSORS_PER_USER
+            || (cursors.bytes > CURSOR_BYTES_PER_USER && cursors.keys.len() > 1)
+        {
+            if let Some((_, old)) = cursors.keys.pop_first() {
+                cursors.bytes -= old.len();
+            }
+        }
+        id
+    }
+
+    /// The key `user`'s cursor `id` resumes after, if it is theirs and still kept.
+    fn resume(&self, user: &str, id: u64) -> Option<Vec<u8>> {
+        self.users.get(user)?.keys.get(&id).cloned()
+    }
+}
+
+fn cursors() -> std::sync::MutexGuard<'static, Cursors> {
+    CURSORS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// `Some(None)`: start; `Some(Some(key))`: resume after `key`; `None`: not a cursor this user
+/// was given (or no longer kept), or not a number at all.
+fn decode_cursor(user: &str, cursor: &[u8]) -> Option<Option<Vec<u8>>> {
+    let id: u64 = std::str::from_utf8(cursor).ok()?.parse().ok()?;
+    if id == 0 {
         return Some(None);
     }
-    let digits = cursor.strip_prefix(b"1")?;
-    if digits.len() % 3 != 0 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    digits
-        .chunks(3)
-        .map(|triple| std::str::from_utf8(triple).ok()?.parse::<u8>().ok())
-        .collect::<Option<Vec<u8>>>()
-        .map(Some)
+    cursors().resume(user, id).map(Some)
 }
 
 /// `SCAN cursor [MATCH pattern] [COUNT count] [TYPE type]`: COUNT keys examined per call (a
 /// page may hold fewer, or none, after MATCH), as Redis's `scanGenericCommand` parses them.
 pub fn scan(ctx: &mut StoreCtx<'_>) -> Outcome {
     let args = ctx.request().args();
-    let Some(after) = decode_cursor(&args[1]) else {
+    let user = ctx.user();
+    let Some(after) = decode_cursor(user, &args[1]) else {
         return Ok(Reply::err("invalid cursor"));
     };
     let (mut count, mut pattern, mut type_name) = (SCAN_COUNT_DEFAULT, None, None);
@@ -75,7 +125,9 @@ pub fn scan(ctx: &mut StoreCtx<'_>) -> Outcome {
     in_txn(ctx, |txn| {
         let keys = txn.scan(after.as_deref(), limit)?;
         let next = match keys.last() {
-            Some(last) if keys.len() >= limit => encode_cursor(last),
+            Some(last) if keys.len() >= limit => {
+                cursors().issue(user, last.clone()).to_string().into_bytes()
+            }
             _ => b"0".to_vec(),
         };
         let page = keys
@@ -144,15 +196,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cursors_round_trip_and_refuse_what_they_cannot_be() {
-        for key in [&b"a"[..], b"", b"\0\xff", b"key:123"] {
-            let cursor = encode_cursor(key);
-            assert!(cursor.iter().all(u8::is_ascii_digit));
-            assert_eq!(decode_cursor(&cursor), Some(Some(key.to_vec())));
+    fn cursors_are_numbers_below_2_pow_53_kept_per_user() {
+        for key in [
+            &b"a"[..],
+            b"",
+            b"\0\xff",
+            b"a key much longer than six bytes",
+        ] {
+            let id = cursors().issue("alice", key.to_vec());
+            assert!(id > 0 && id < CURSOR_LIMIT, "{id}");
+            let text = id.to_string();
+            assert_eq!(
+                decode_cursor("alice", text.as_bytes()),
+                Some(Some(key.to_vec()))
+            );
+            // Another user cannot resume it.
+            assert_eq!(decode_cursor("bob", text.as_bytes()), None);
         }
-        assert_eq!(decode_cursor(b"0"), Some(None));
-        for bad in [&b""[..], b"2", b"10", b"1256", b"1abc", b"-1", b"00"] {
-            assert_eq!(decode_cursor(bad), None, "{bad:?}");
+        assert_eq!(decode_cursor("alice", b"0"), Some(None));
+        for bad in [&b""[..], b"-1", b"1abc", b"1e5", b"18446744073709551616"] {
+            assert_eq!(decode_cursor("alice", bad), None, "{bad:?}");
         }
+        // The oldest are dropped past the bound; the newest stay.
+        for i in 0..CURSORS_PER_USER {
+            cursors().issue("carol", format!("key{i}").into_bytes());
+        }
+        let newest = cursors().issue("carol", b"last".to_vec());
+        assert_eq!(
+            decode_cursor("carol", newest.to_string().as_bytes()),
+            Some(Some(b"last".to_vec()))
+        );
+        assert_eq!(cursors().users["carol"].keys.len(), CURSORS_PER_USER);
+        let big = vec![b'k'; CURSOR_BYTES_PER_USER / 2 + 1];
+        cursors().issue("dave", big.clone());
+        let second = cursors().issue("dave", big);
+        assert_eq!(cursors().users["dave"].keys.len(), 1);
+        assert!(decode_cursor("dave", second.to_string().as_bytes()).is_some());
     }
 }

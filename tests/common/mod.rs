@@ -973,3 +973,46 @@ pub fn assert_alive(conn: &mut redis::Connection) {
 pub fn raise_nofile_limit() -> u64 {
     ringport_ring::raise_nofile_limit(u64::MAX).expect("raise RLIMIT_NOFILE")
 }
+
+/// `INFO section` on an authenticated raw connection, as text.
+pub fn info(conn: &mut RawConn, section: &str) -> String {
+    match conn.cmd(&[b"INFO", section.as_bytes()]) {
+        Reply::Bulk(bytes) => String::from_utf8(bytes).expect("INFO is text"),
+        other => panic!("INFO {section}: {other:?}"),
+    }
+}
+
+/// A `name=value` field of `INFO rings`, summed over the rings.
+pub fn ring_field_sum(info: &str, name: &str) -> u64 {
+    let key = format!("{name}=");
+    info.split([',', ':', '\r', '\n'])
+        .filter_map(|field| field.strip_prefix(key.as_str()))
+        .map(|n| n.parse::<u64>().expect("a number"))
+        .sum()
+}
+
+/// The descriptors a process has open.
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/fd: {e}"))
+        .count()
+}
+
+/// The server's TCP connections on `port` in CLOSE-WAIT (the peer closed, the server has not),
+/// from /proc/net/tcp: what a descriptor count that does not come back is made of.
+pub fn close_wait(port: u16) -> usize {
+    const CLOSE_WAIT: &str = "08";
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields
+                .get(1)
+                .and_then(|a| a.rsplit_once(':'))
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            local_port == Some(port) && fields.get(3) == Some(&CLOSE_WAIT)
+        })
+        .count()
+}
