@@ -53,6 +53,30 @@ pub struct Watched {
     pub failed: bool,
 }
 
+/// A command running on a pool, for the session that waits for it. Boxed in [`Conn`] and
+/// present only meanwhile: an idle session pays a pointer for it.
+pub struct Pending {
+    /// The command's name and when it was parsed.
+    pub command: &'static str,
+    pub started: Instant,
+    /// How many commands the job answers (several folded GETs; else 1).
+    pub calls: u32,
+    /// A store job: its ticket, watched for a store that stopped answering, and when to ask
+    /// the store pool next whether it is stuck.
+    pub store: Option<(Arc<JobTicket>, Instant)>,
+}
+
+impl Pending {
+    pub fn new(command: &'static str, started: Instant) -> Box<Pending> {
+        Box::new(Pending {
+            command,
+            started,
+            calls: 1,
+            store: None,
+        })
+    }
+}
+
 /// What a session remembers between commands.
 pub struct Conn {
     /// `CLIENT ID`: unique over the server's life.
@@ -76,10 +100,8 @@ pub struct Conn {
     pub auth_failures: u32,
     /// The peer sent EOF: finish what was received, flush, close.
     pub peer_eof: bool,
-    /// The command now pending on a pool: its name and when it was parsed.
-    pub pending: Option<(&'static str, Instant)>,
-    /// How many commands the pending job answers (several folded GETs; else 1).
-    pub pending_calls: u32,
+    /// The command now running on a pool, while the session waits for it.
+    pub pending: Option<Box<Pending>>,
     pub peer: Option<SocketAddr>,
     pub created: Instant,
     pub last_active: Instant,
@@ -91,12 +113,8 @@ pub struct Conn {
     pub partial_since: Option<Instant>,
     /// Number of the last job handed to a pool; results for any other number are stale.
     pub job_seq: u64,
-    /// The store job now pending, watched for a store that stopped answering.
-    pub store_ticket: Option<Arc<JobTicket>>,
     /// Until AUTH: when the session is closed for not authenticating.
     pub auth_deadline: Option<Instant>,
-    /// While a store job is pending: when to ask the store pool whether it is stuck.
-    pub store_deadline: Option<Instant>,
     /// MULTI / WATCH state, while in use.
     pub transaction: Option<Box<Transaction>>,
 }

@@ -182,7 +182,11 @@ impl RingHandler {
         } else {
             (None, None)
         };
-        [conn.auth_deadline, conn.store_deadline, idle, partial]
+        let store = conn
+            .pending
+            .as_ref()
+            .and_then(|pending| Some(pending.store.as_ref()?.1));
+        [conn.auth_deadline, store, idle, partial]
             .into_iter()
             .flatten()
             .min()
@@ -211,13 +215,14 @@ impl RingHandler {
     /// a write the store had started, close the session once that answer is sent.
     fn give_up_on_store(&mut self, cx: &Context, s: &mut Session<'_, Conn>, ticket: &JobTicket) {
         let started = ticket.abandon();
-        s.conn.store_ticket = None;
-        s.conn.store_deadline = None;
         // A reply is activity too: a command that ran longer than the idle timeout must not
         // leave its session looking idle the moment it answers.
         s.conn.last_active = cx.now;
-        let (command, started_at) = s.conn.pending.take().unwrap_or(("unknown", cx.now));
-        let calls = std::mem::replace(&mut s.conn.pending_calls, 1);
+        let (command, started_at, calls) = s
+            .conn
+            .pending
+            .take()
+            .map_or(("unknown", cx.now, 1), |p| (p.command, p.started, p.calls));
         s.conn.state = if s.conn.authenticated {
             State::Ready
         } else {
@@ -302,7 +307,6 @@ impl Handler for RingHandler {
             auth_failures: 0,
             peer_eof: false,
             pending: None,
-            pending_calls: 1,
             peer,
             created: cx.now,
             last_active: cx.now,
@@ -310,9 +314,7 @@ impl Handler for RingHandler {
             last_command: "NULL",
             partial_since: None,
             job_seq: 0,
-            store_ticket: None,
             auth_deadline: Some(cx.now + self.shared.config.auth_timeout),
-            store_deadline: None,
             transaction: None,
         }
     }
@@ -370,13 +372,14 @@ impl Handler for RingHandler {
             // The session gave up on this job (the store stopped answering) and moved on.
             return;
         }
-        s.conn.store_ticket = None;
-        s.conn.store_deadline = None;
         // A reply is activity too: a command that ran longer than the idle timeout must not
         // leave its session looking idle the moment it answers.
         s.conn.last_active = cx.now;
-        let (command, started) = s.conn.pending.take().unwrap_or(("unknown", cx.now));
-        let calls = std::mem::replace(&mut s.conn.pending_calls, 1);
+        let (command, started, calls) = s
+            .conn
+            .pending
+            .take()
+            .map_or(("unknown", cx.now, 1), |p| (p.command, p.started, p.calls));
         s.conn.state = if s.conn.authenticated {
             State::Ready
         } else {
@@ -425,15 +428,15 @@ impl Handler for RingHandler {
         let config = &self.shared.config;
         let counters = &self.shared.counters;
         let due = |at: Option<Instant>| at.is_some_and(|at| at <= cx.now);
-        if due(s.conn.store_deadline) {
-            if let Some(ticket) = s.conn.store_ticket.clone() {
-                if self.shared.store.stuck(&ticket, config.store_timeout) {
-                    self.give_up_on_store(cx, s, &ticket);
-                    return;
-                }
+        let store = s.conn.pending.as_mut().and_then(|p| p.store.as_mut());
+        if let Some((ticket, at)) = store.filter(|(_, at)| due(Some(*at))) {
+            if self.shared.store.stuck(ticket, config.store_timeout) {
+                let ticket = ticket.clone();
+                self.give_up_on_store(cx, s, &ticket);
+                return;
             }
             // The job runs, or waits behind jobs that run: look again soon.
-            s.conn.store_deadline = Some(cx.now + store_recheck(config.store_timeout));
+            *at = cx.now + store_recheck(config.store_timeout);
         }
         if due(s.conn.auth_deadline) {
             if s.conn.state == State::Waiting {

@@ -451,20 +451,20 @@ fn accept_errors(conn: &mut redis::Connection) -> u64 {
 
 #[test]
 fn running_out_of_descriptors_on_accept_is_survived() {
-    // Two rings whatever the core count: about 15 descriptors go to start-up (listeners, rings,
-    // eventfds, the store), leaving room for a dozen or so sessions.
+    // One ring whatever the core count: about 12 descriptors go to start-up (listeners, the
+    // ring, eventfds, the store), leaving room for a dozen or so sessions.
     let server = Server::builder()
         .nofile_limit(32)
-        .flag("--rings", "2")
+        .flag("--rings", "1")
         .start();
     let mut other = server.client();
-    // With direct descriptors each ring also holds up to 32 sessions in its table of registered
+    // With direct descriptors the ring also holds up to 32 sessions in its table of registered
     // files, and every accept still needs a descriptor for a moment: more connections reach
     // the limit. Fewer than the server holds at once, so the waiting ones fit once the served
     // ones close.
     let info: String = redis::cmd("INFO").arg("server").query(&mut other).unwrap();
     let count = if info.contains("direct_descriptors:yes") {
-        120
+        80
     } else {
         30
     };

@@ -424,7 +424,7 @@ impl<H: Handler> Core<H> {
         let slots: Vec<u32> = self.slab.iter().map(|(k, _)| k as u32).collect();
         for slot in slots {
             let fd = self.free_slot(slot);
-            // A direct descriptor (-1) closes with the ring's file table.
+            // A direct descriptor (negative: its table entry) closes with the ring's file table.
             if fd >= 0 {
                 // SAFETY: the session's own socket, closed once: its slot is gone.
                 unsafe { libc::close(fd) };
@@ -432,8 +432,8 @@ impl<H: Handler> Core<H> {
         }
     }
 
-    /// Frees a closed slot whose I/O is over; returns the descriptor for the backend to close, -1
-    /// for a session on a direct descriptor.
+    /// Frees a closed slot whose I/O is over; returns the descriptor for the backend to close
+    /// (negative for a session on a direct descriptor: see `uring.rs`'s `direct_entry`).
     pub(crate) fn free_slot(&mut self, slot: u32) -> RawFd {
         let s = self.slab.remove(slot as usize);
         self.generations[slot as usize] =

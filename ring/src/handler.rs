@@ -125,6 +125,15 @@ impl SlotIo {
                 released = true;
             }
         }
+        // An idle plain session keeps one small buffer, not two: the next replies go into `out`,
+        // which the next send swaps with `sending`, so nothing is allocated per reply either.
+        // TLS seals records into the spare buffer, so a TLS session keeps both.
+        if self.tls.is_none() && self.sending.is_empty() {
+            if self.out.capacity() == 0 {
+                std::mem::swap(&mut self.out, &mut self.sending);
+            }
+            self.sending = Vec::new();
+        }
         released
     }
 }

@@ -39,13 +39,19 @@ const MIN_WAIT: Duration = Duration::from_micros(20);
 /// The most completions such a wait asks for.
 const MIN_WAIT_MAX_WANT: usize = 64;
 
+/// A session on a direct descriptor keeps `-1 - entry` in `SlotIo::fd`, its entry in the ring's
+/// table of registered files; a plain descriptor is never negative.
+fn direct_entry(fd: RawFd) -> Option<u32> {
+    (fd < 0).then(|| (-1 - fd) as u32)
+}
+
 /// Builds `$build` with `$target` naming a session's socket: its entry in the ring's table of
-/// registered files when it has one (a direct descriptor: `fd` is -1 and the entry is the slot
-/// number), else its plain descriptor. The opcode builders take either type, not one of both.
+/// registered files when it has one (a direct descriptor), else its plain descriptor. The opcode
+/// builders take either type, not one of both.
 macro_rules! with_target {
-    ($io:expr, $slot:expr, |$target:ident| $build:expr) => {
-        if $io.fd < 0 {
-            let $target = types::Fixed($slot);
+    ($io:expr, |$target:ident| $build:expr) => {
+        if let Some(entry) = direct_entry($io.fd) {
+            let $target = types::Fixed(entry);
             $build
         } else {
             let $target = types::Fd($io.fd);
@@ -79,9 +85,11 @@ pub(crate) struct Uring {
     outstanding: usize,
     /// Fault injection: [`crate::Faults::final_recv_completions`].
     single_shot_recv: bool,
-    /// Entries in the ring's sparse table of registered files; 0 when sessions keep plain
-    /// descriptors. A session whose slot number is below it lives at that entry.
-    direct_table: u32,
+    /// The free entries of the ring's sparse table of registered files, lowest last (empty when
+    /// sessions keep plain descriptors). Not the slab's slot numbers: the slab hands out the
+    /// slot freed last, and sessions must fill the table before any takes a plain descriptor,
+    /// since every accept needs one for a moment.
+    direct_free: Vec<u32>,
 }
 
 /// A proactor ring. Create it on the thread that will run it (`SINGLE_ISSUER`).
@@ -143,6 +151,7 @@ impl<H: Handler> Ring<H> {
             0
         };
         config.features.direct = direct_table > 0;
+        let direct_free = (0..direct_table).rev().collect();
         let io = Uring {
             uring,
             bufring,
@@ -157,7 +166,7 @@ impl<H: Handler> Ring<H> {
             timeout_removing: false,
             single_shot_recv: config.faults.final_recv_completions,
             outstanding: 0,
-            direct_table,
+            direct_free,
         };
         let mut lp = EventLoop {
             io,
@@ -224,7 +233,7 @@ impl<H: Handler> Backend<H> for Uring {
     ///
     /// A direct descriptor has no number for `shutdown(2)`, and an async shutdown could still be
     /// waiting in the kernel when the entry is reused, so its ops are cancelled by `user_data`
-    /// instead; the socket closes when its entry is cleared (`maybe_finish_close`).
+    /// instead; the socket closes when its entry is cleared (`remove_direct`).
     fn release(lp: &mut EventLoop<H, Self>, slot: u32) {
         let io = &lp.core.slab[slot as usize].io;
         let (fd, generation, recv_armed) = (io.fd, io.generation, io.recv_armed);
@@ -546,25 +555,18 @@ impl<H: Handler> EventLoop<H, Uring> {
         let entry = match (recv_path, group) {
             (RecvPath::MultishotBufRing, Some(group)) if self.io.single_shot_recv => {
                 let len = self.io.bufring.as_ref().map_or(0, BufRing::buf_size) as u32;
-                with_target!(s.io, slot, |fd| opcode::Recv::new(
-                    fd,
-                    std::ptr::null_mut(),
-                    len
-                )
-                .buf_group(group)
-                .build())
+                with_target!(s.io, |fd| opcode::Recv::new(fd, std::ptr::null_mut(), len)
+                    .buf_group(group)
+                    .build())
                 .flags(squeue::Flags::BUFFER_SELECT)
                 .user_data(token::encode(Op::Recv, s.io.generation, slot))
             }
             (RecvPath::MultishotBufRing, Some(group)) => {
-                with_target!(s.io, slot, |fd| opcode::RecvMulti::new(fd, group).build())
+                with_target!(s.io, |fd| opcode::RecvMulti::new(fd, group).build())
                     .user_data(token::encode(Op::Recv, s.io.generation, slot))
             }
-            _ => with_target!(s.io, slot, |fd| opcode::PollAdd::new(
-                fd,
-                libc::POLLIN as u32
-            )
-            .build())
+            _ => with_target!(s.io, |fd| opcode::PollAdd::new(fd, libc::POLLIN as u32)
+                .build())
             .user_data(token::encode(Op::Poll, s.io.generation, slot)),
         };
         s.io.recv_armed = true;
@@ -587,7 +589,7 @@ impl<H: Handler> EventLoop<H, Uring> {
             return;
         }
         let remaining = &s.io.sending[s.io.sent..];
-        let entry = with_target!(s.io, slot, |fd| opcode::Send::new(
+        let entry = with_target!(s.io, |fd| opcode::Send::new(
             fd,
             remaining.as_ptr(),
             remaining.len() as u32
@@ -915,42 +917,42 @@ impl<H: Handler> EventLoop<H, Uring> {
             return;
         }
         let fd = self.core.free_slot(slot);
-        if fd >= 0 {
-            self.submit_close(fd);
-        } else {
-            self.remove_direct(slot);
+        match direct_entry(fd) {
+            Some(entry) => self.remove_direct(entry),
+            None => self.submit_close(fd),
         }
     }
 
     // ---- direct descriptors ----
 
-    /// Moves a new session's socket into the ring's table of registered files, at the entry of
-    /// its slot number, and closes its plain descriptor: the session then holds no entry of the
-    /// process's descriptor table. Done after `open_session`, which needed the descriptor for
-    /// the peer address and TCP_NODELAY. A session whose slot is past the table, or that the
-    /// kernel refuses, keeps its plain descriptor.
+    /// Moves a new session's socket into a free entry of the ring's table of registered files
+    /// and closes its plain descriptor: the session then holds no entry of the process's
+    /// descriptor table. Done after `open_session`, which needed the descriptor for the peer
+    /// address and TCP_NODELAY. When the table is full, or the kernel refuses, the session keeps
+    /// its plain descriptor.
     fn install_direct(&mut self, slot: u32) {
-        if slot >= self.io.direct_table {
+        let Some(entry) = self.io.direct_free.pop() else {
             return;
-        }
+        };
         let io = &mut self.core.slab[slot as usize].io;
         match self
             .io
             .uring
             .submitter()
-            .register_files_update(slot, &[io.fd])
+            .register_files_update(entry, &[io.fd])
         {
             Ok(_) => {
                 // SAFETY: the table holds its own reference to the socket; this closes only our
                 // descriptor, which nothing else names.
                 unsafe { libc::close(io.fd) };
-                io.fd = -1;
+                io.fd = -1 - entry as RawFd;
                 let direct = &self.core.stats.direct_sessions;
                 direct.store(direct.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
             }
             Err(e) => {
+                self.io.direct_free.push(entry);
                 if let Some(suppressed) = self.core.direct_log.allow(self.core.now) {
-                    tracing::warn!(ring = self.core.config.index, slot, error = %e, suppressed,
+                    tracing::warn!(ring = self.core.config.index, entry, error = %e, suppressed,
                         "cannot register a session's socket; it keeps a plain descriptor");
                 }
             }
@@ -958,13 +960,19 @@ impl<H: Handler> EventLoop<H, Uring> {
     }
 
     /// Clears a closed session's entry, which closes its socket. At once, not by an async op: the
-    /// slot (and with it the entry) may be given to the next connection in this same turn.
-    fn remove_direct(&mut self, slot: u32) {
-        if let Err(e) = self.io.uring.submitter().register_files_update(slot, &[-1]) {
+    /// entry may be given to the next connection in this same turn.
+    fn remove_direct(&mut self, entry: u32) {
+        if let Err(e) = self
+            .io
+            .uring
+            .submitter()
+            .register_files_update(entry, &[-1])
+        {
             // Only a bug of ours (a bad index) gets here; the entry is replaced at its next use.
-            tracing::error!(ring = self.core.config.index, slot, error = %e,
+            tracing::error!(ring = self.core.config.index, entry, error = %e,
                 "cannot clear a session's registered file");
         }
+        self.io.direct_free.push(entry);
         let direct = &self.core.stats.direct_sessions;
         direct.store(
             direct.load(Ordering::Relaxed).saturating_sub(1),

@@ -12,7 +12,7 @@ use std::time::Duration;
 use ringport_ring::{Context, Sender, Session};
 
 use super::api::Handlers;
-use crate::conn::{Conn, State};
+use crate::conn::{Conn, Pending, State};
 use crate::msg::{Msg, Replier};
 use crate::pool::{ComputePool, Job};
 use crate::resp::Proto;
@@ -136,7 +136,7 @@ impl<'a, 's> Call<'a, 's> {
             let now = self.cx.now;
             let conn = self.conn_mut();
             conn.state = State::Waiting;
-            conn.pending = Some((name, now));
+            conn.pending = Some(Pending::new(name, now));
         } else {
             self.out().extend_from_slice(BUSY);
         }
@@ -154,9 +154,9 @@ impl<'a, 's> Call<'a, 's> {
                 let at = now + self.shared.config.store_timeout + allowance;
                 let conn = self.conn_mut();
                 conn.state = State::Waiting;
-                conn.pending = Some((name, now));
-                conn.store_ticket = Some(ticket);
-                conn.store_deadline = Some(at);
+                let mut pending = Pending::new(name, now);
+                pending.store = Some((ticket, at));
+                conn.pending = Some(pending);
                 if self.session.deadline().is_none_or(|d| at < d) {
                     self.session.set_deadline(Some(at));
                 }

@@ -1208,7 +1208,9 @@ pub fn execute_gets(call: &mut Call<'_, '_>, keys: Vec<Vec<u8>>) {
     let calls = u32::try_from(keys.len()).unwrap_or(u32::MAX);
     offload_gets(call, keys);
     if call.conn().state == State::Waiting {
-        call.conn_mut().pending_calls = calls;
+        if let Some(pending) = call.conn_mut().pending.as_mut() {
+            pending.calls = calls;
+        }
     } else {
         // Refused (-BUSY): one error answers the first GET; the rest answer BUSY too.
         for _ in 1..calls {
