@@ -19,6 +19,11 @@ pub fn run(args: ProbeArgs) -> Result<(), String> {
                 RecvPath::MultishotBufRing => "multishot + buffer ring",
                 RecvPath::PollThenRecv => "poll then recv",
             };
+            let sessions = if f.direct {
+                "direct descriptors"
+            } else {
+                "plain descriptors"
+            };
             if args.json {
                 let opcodes: serde_json::Map<String, serde_json::Value> = f
                     .opcodes
@@ -36,7 +41,7 @@ pub fn run(args: ProbeArgs) -> Result<(), String> {
                     },
                     "features": {"ext_arg": f.ext_arg, "nodrop": f.nodrop},
                     "opcodes": opcodes,
-                    "paths": {"backend": "io_uring", "accept": accept, "recv": recv, "wakeup": "eventfd"},
+                    "paths": {"backend": "io_uring", "accept": accept, "recv": recv, "wakeup": "eventfd", "sessions": sessions},
                 });
                 println!(
                     "{}",
@@ -61,6 +66,7 @@ pub fn run(args: ProbeArgs) -> Result<(), String> {
                 println!("accept:          {accept}");
                 println!("recv:            {recv}");
                 println!("wakeup:          eventfd");
+                println!("sessions:        {sessions}");
             }
         }
         Err(unavailable) => {

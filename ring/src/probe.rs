@@ -7,7 +7,11 @@
 //! - `IORING_SETUP_COOP_TASKRUN`: 5.19
 //! - `IORING_FEAT_EXT_ARG` (wait with a timeout without a timeout op): 5.11
 //! - `IORING_REGISTER_PROBE`: 5.6
-//! - sparse registered-file tables (direct descriptors), closing a fixed file: 5.19, 5.15
+//! - direct descriptors: sparse registered-file tables came with 5.19, but before 6.13 a file
+//!   removed from the table was released only once every request issued before the removal had
+//!   finished (one list of resource nodes per ring, recycled in order), and a multishot recv of
+//!   an idle session never finishes: closed sessions' sockets would stay open (liburing issue
+//!   #1192). 6.13 counts references per file.
 
 use std::fmt;
 use std::io;
@@ -89,8 +93,12 @@ impl Disable {
         let mut d = Disable::default();
         match profile {
             "newest" => {}
-            // Min-wait came with 6.12.
-            "6.1" => d.min_wait = true,
+            // Min-wait came with 6.12, direct descriptors that release a closed socket at once
+            // with 6.13.
+            "6.1" => {
+                d.min_wait = true;
+                d.direct_descriptors = true;
+            }
             "5.15" | "5.10" => {
                 d.multishot_accept = true;
                 d.multishot_recv = true;
@@ -173,8 +181,8 @@ pub struct Features {
     /// The chosen paths, after `Disable` was applied.
     pub accept: AcceptPath,
     pub recv: RecvPath,
-    /// Sessions live in each ring's sparse table of registered files (5.19) rather than in the
-    /// process's descriptor table, so RLIMIT_NOFILE no longer caps the session count, and an op
+    /// Sessions live in each ring's sparse table of registered files (6.13, see the module's
+    /// list) rather than in the process's descriptor table, so RLIMIT_NOFILE no longer caps the session count, and an op
     /// on them skips the file lookup and reference count. Only with multishot recv: the
     /// poll-then-recv path reads with plain `recv(2)`, which needs a descriptor.
     pub direct: bool,
@@ -291,8 +299,8 @@ pub fn probe(disable: Disable) -> Result<Features, Unavailable> {
     let buf_ring = at_least(5, 19) && !disable.buf_ring;
     let multishot_recv = at_least(6, 0) && buf_ring && !disable.multishot_recv;
     let direct = multishot_recv
+        && at_least(6, 13)
         && !disable.direct_descriptors
-        && has(opcode::Close::CODE)
         && plain.submitter().register_files_sparse(1).is_ok();
     Ok(Features {
         kernel_release,
