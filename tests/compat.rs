@@ -64,8 +64,22 @@ fn probe_names_the_paths_for_each_profile() {
     assert_eq!(old["paths"]["accept"], "single-shot");
     assert_eq!(old["paths"]["recv"], "poll then recv");
     assert_eq!(old["setup_flags"]["defer_taskrun"], false);
+    assert_eq!(old["paths"]["sessions"], "plain descriptors");
+    // Direct descriptors need 6.13 (they release a closed socket at once only there).
+    let release = newest["kernel_release"].as_str().unwrap_or_default();
+    let version = ringport_ring::probe::parse_version(release);
+    let expected = if version >= (6, 13) {
+        "direct descriptors"
+    } else {
+        "plain descriptors"
+    };
+    assert_eq!(newest["paths"]["sessions"], expected, "kernel {release}");
+    let six_one = probe_json(&["probe", "--json", "--kernel-profile", "6.1"]);
+    assert_eq!(six_one["paths"]["sessions"], "plain descriptors");
     let forced = probe_json(&["probe", "--json", "--uring-disable", "multishot-accept"]);
     assert_eq!(forced["paths"]["accept"], "single-shot");
+    let forced = probe_json(&["probe", "--json", "--uring-disable", "direct-descriptors"]);
+    assert_eq!(forced["paths"]["sessions"], "plain descriptors");
     let text = ringport(&["probe"]);
     assert!(text.contains("accept:") && text.contains("recv:"), "{text}");
 }
