@@ -604,8 +604,13 @@ fn a_flood_past_the_descriptor_limit_is_counted_and_survived() {
         settled.took,
         max_rss_kib >> 10
     );
+    // Without direct descriptors every session holds a descriptor, and the table stays full.
+    // With them most sessions hold none: the table fills only with the sessions past the rings'
+    // own tables and each accept's descriptor of a moment, which a 20 ms sampler can miss. An
+    // accept error (EMFILE) says the limit was reached either way.
+    let direct = info(&mut admin, "server").contains("direct_descriptors:yes");
     assert!(
-        max_fds >= 250,
+        direct || max_fds >= 250,
         "the server never came near its limit ({max_fds} descriptors)"
     );
     assert!(
