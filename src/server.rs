@@ -590,6 +590,9 @@ fn run(args: ServeArgs, extra: Vec<CommandDef>) -> Result<(), StartError> {
             Err(_) => return Err("a ring thread died during start-up".into()),
         }
     }
+    // Caught from here on, before anyone can be told the server is ready: a SIGTERM sent on
+    // "ready" (by systemd, a test, an orchestrator) must drain, not kill.
+    let signals = install_signal_handlers();
     tracing::info!(%listen_addr, rings = ring_count, "ready");
     // The TLS line first: a reader that waits for the plain one has seen both.
     if let Some((_, addr)) = &tls {
@@ -604,7 +607,7 @@ fn run(args: ServeArgs, extra: Vec<CommandDef>) -> Result<(), StartError> {
 
     shared.lifecycle.set(Phase::Serving);
 
-    let mut signals = wait_for_signal(|| {
+    let mut signals = wait_for_signal(signals, || {
         if let (Some(files), Some((acceptor, _))) = (&tls_files, &tls) {
             match files.load() {
                 Ok(config) => {
@@ -668,22 +671,32 @@ fn epoll_features() -> Features {
     }
 }
 
+/// Catches SIGTERM, SIGINT and SIGHUP from now on; `None` when they cannot be caught.
+fn install_signal_handlers() -> Option<signal_hook::iterator::Signals> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install signal handlers; running until killed");
+            None
+        }
+    }
+}
+
 /// Blocks until SIGTERM or SIGINT, running `on_hup` for each SIGHUP meanwhile; returns the
 /// handle that keeps catching them (if they cannot be caught at all, this waits until the
 /// process is killed).
-fn wait_for_signal(on_hup: impl Fn()) -> signal_hook::iterator::Signals {
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = match signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP]) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot install signal handlers; running until killed");
-            loop {
-                std::thread::park();
-            }
+fn wait_for_signal(
+    signals: Option<signal_hook::iterator::Signals>,
+    on_hup: impl Fn(),
+) -> signal_hook::iterator::Signals {
+    let Some(mut signals) = signals else {
+        loop {
+            std::thread::park();
         }
     };
     for signal in signals.forever() {
-        if signal == SIGHUP {
+        if signal == signal_hook::consts::SIGHUP {
             on_hup();
             continue;
         }
