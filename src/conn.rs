@@ -3,13 +3,14 @@
 //! Plain data, below both users: the session's state machine drives it, and commands read and
 //! set it through their call context.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::resp::{Args, Proto};
 use crate::store::Entry;
 use crate::storepool::JobTicket;
+use crate::table::{CommandIndex, Table};
 
 /// The session's place in its life. Each handler notes which states it expects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,8 +57,8 @@ pub struct Watched {
 /// A command running on a pool, for the session that waits for it. Boxed in [`Conn`] and
 /// present only meanwhile: an idle session pays a pointer for it.
 pub struct Pending {
-    /// The command's name and when it was parsed.
-    pub command: &'static str,
+    /// The command (its row in the command table) and when it was parsed.
+    pub command: CommandIndex,
     pub started: Instant,
     /// How many commands the job answers (several folded GETs; else 1).
     pub calls: u32,
@@ -67,7 +68,7 @@ pub struct Pending {
 }
 
 impl Pending {
-    pub fn new(command: &'static str, started: Instant) -> Box<Pending> {
+    pub fn new(command: CommandIndex, started: Instant) -> Box<Pending> {
         Box::new(Pending {
             command,
             started,
@@ -102,17 +103,23 @@ pub struct Conn {
     pub peer_eof: bool,
     /// The command now running on a pool, while the session waits for it.
     pub pending: Option<Box<Pending>>,
-    pub peer: Option<SocketAddr>,
-    pub created: Instant,
+    /// The peer's address, kept as (IP, port): 20 bytes where a `SocketAddr` takes 32, in
+    /// every session. [`Conn::peer_addr`] gives it back whole.
+    pub peer: Option<(IpAddr, u16)>,
+    /// When the session opened, in seconds since the server started (`CLIENT LIST`'s `age=`
+    /// counts whole seconds; an `Instant` would cost every session 12 bytes more).
+    pub created: u32,
     pub last_active: Instant,
     /// Commands executed on this session.
     pub commands: u64,
-    /// The name of the last command executed (`CLIENT LIST`'s `cmd=`).
-    pub last_command: &'static str,
+    /// The last command executed (`CLIENT LIST`'s `cmd=`), as its row in the command table: a
+    /// name would cost every idle session 14 bytes more.
+    pub last_command: CommandIndex,
     /// Since when a partial command has been waiting for its remaining bytes.
     pub partial_since: Option<Instant>,
-    /// Number of the last job handed to a pool; results for any other number are stale.
-    pub job_seq: u64,
+    /// Number of the last job handed to a pool; results for any other number are stale. It
+    /// wraps: a stale result is one of the last few jobs, never four billion jobs old.
+    pub job_seq: u32,
     /// Until AUTH: when the session is closed for not authenticating.
     pub auth_deadline: Option<Instant>,
     /// MULTI / WATCH state, while in use.
@@ -120,6 +127,11 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// The peer's address, where known.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.peer.map(SocketAddr::from)
+    }
+
     /// The client's names, created on first use.
     pub fn names_mut(&mut self) -> &mut ClientNames {
         self.names.get_or_insert_with(Box::default)
@@ -144,7 +156,14 @@ impl Conn {
 
     /// One `CLIENT INFO` / `CLIENT LIST` line in Redis's field layout; `pending_output` is what
     /// the ring still holds to send to this session.
-    pub fn info_line(&self, listen_addr: SocketAddr, pending_output: usize) -> String {
+    /// `server_started` is what [`Conn::created`] counts from.
+    pub fn info_line(
+        &self,
+        listen_addr: SocketAddr,
+        pending_output: usize,
+        table: &Table,
+        server_started: Instant,
+    ) -> String {
         let now = std::time::Instant::now();
         let names = self.names.as_deref();
         let text = |field: Option<&Vec<u8>>| {
@@ -156,14 +175,16 @@ impl Conn {
         format!(
             "id={} addr={} laddr={} fd=0 name={} age={} idle={} flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 watch=0 qbuf={} qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem={} tot-mem=0 events=r cmd={} user={} redir=-1 resp={} lib-name={} lib-ver={}\n",
             self.client_id,
-            self.peer.map(|p| p.to_string()).unwrap_or_default(),
+            self.peer_addr().map(|p| p.to_string()).unwrap_or_default(),
             listen_addr,
             name,
-            now.duration_since(self.created).as_secs(),
+            now.saturating_duration_since(server_started)
+                .as_secs()
+                .saturating_sub(u64::from(self.created)),
             now.duration_since(self.last_active).as_secs(),
             self.inbuf.len(),
             pending_output,
-            self.last_command,
+            table.name_of(self.last_command),
             self.user.as_deref().unwrap_or(""),
             if self.proto == Proto::Resp3 { 3 } else { 2 },
             text(names.and_then(|n| n.lib_name.as_ref())),

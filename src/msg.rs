@@ -14,12 +14,12 @@ use crate::resp::Proto;
 /// dropped instead of answering a later command.
 pub enum Msg {
     /// The encoded reply of the pending command.
-    Reply(u64, Vec<u8>),
+    Reply(u32, Vec<u8>),
     /// The outcome of AUTH or HELLO ... AUTH.
-    Auth(u64, AuthOutcome),
+    Auth(u32, AuthOutcome),
     /// The reply would pass `--max-output-buffer`, so it was not built: the session is treated
     /// as any session over its output limit.
-    OverOutputLimit(u64),
+    OverOutputLimit(u32),
     /// Ring-wide: one `CLIENT LIST` line per session of the ring, sent back on the channel.
     ListClients(crossbeam_channel::Sender<String>),
     /// Ring-wide: close the sessions the filter matches; the count is sent back.
@@ -46,7 +46,7 @@ impl KillFilter {
             return false;
         }
         if let Some(addr) = &self.addr {
-            if conn.peer.map(|p| p.to_string()).as_deref() != Some(addr.as_str()) {
+            if conn.peer_addr().map(|p| p.to_string()).as_deref() != Some(addr.as_str()) {
                 return false;
             }
         }
@@ -69,7 +69,7 @@ pub struct Replier(Arc<Answer>);
 struct Answer {
     sender: Sender<Msg>,
     id: SessionId,
-    seq: u64,
+    seq: u32,
     sent: AtomicBool,
 }
 
@@ -79,7 +79,7 @@ pub const INTERNAL_ERROR: &[u8] = b"-ERR internal error\r\n";
 
 impl Replier {
     /// The handle for job number `seq` of session `id`, answering through `sender`.
-    pub fn new(sender: Sender<Msg>, id: SessionId, seq: u64) -> Replier {
+    pub fn new(sender: Sender<Msg>, id: SessionId, seq: u32) -> Replier {
         Replier(Arc::new(Answer {
             sender,
             id,

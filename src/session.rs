@@ -22,6 +22,7 @@ use crate::msg::{AuthOutcome, Msg};
 use crate::resp::{self, Args, Limits, Proto};
 use crate::shared::Shared;
 use crate::storepool::JobTicket;
+use crate::table::NO_COMMAND;
 
 /// How often a store job that outlived its deadline without the pool calling it stuck is looked
 /// at again.
@@ -222,7 +223,7 @@ impl RingHandler {
             .conn
             .pending
             .take()
-            .map_or(("unknown", cx.now, 1), |p| (p.command, p.started, p.calls));
+            .map_or((NO_COMMAND, cx.now, 1), |p| (p.command, p.started, p.calls));
         s.conn.state = if s.conn.authenticated {
             State::Ready
         } else {
@@ -237,9 +238,10 @@ impl RingHandler {
             .note_error(&crate::store::StoreError::Unavailable(
                 "no answer within --store-timeout".into(),
             ));
+        let name = self.shared.table.name_of(command);
         if let Some(suppressed) = self.shared.log_allowed("store_timeout") {
             tracing::warn!(
-                command,
+                command = name,
                 suppressed,
                 "the store did not answer within --store-timeout; replied store unavailable"
             );
@@ -252,15 +254,16 @@ impl RingHandler {
             && self
                 .shared
                 .table
-                .lookup(command.as_bytes())
-                .is_some_and(|(_, c)| c.writes());
+                .specs()
+                .get(usize::from(command))
+                .is_some_and(|c| c.writes());
         if unknown_write {
             // The write may still commit, at a moment nobody knows: a later write of this client
             // could land before it (SET k 1 stuck, SET k 2, k ends 1). Only a closed session
             // keeps the client's writes in order; input it pipelined behind is dropped unrun.
             if let Some(suppressed) = self.shared.log_allowed("store_timeout_write") {
                 tracing::warn!(
-                    command,
+                    command = name,
                     suppressed,
                     "a write passed --store-timeout after the store started it; closing its session"
                 );
@@ -307,11 +310,16 @@ impl Handler for RingHandler {
             auth_failures: 0,
             peer_eof: false,
             pending: None,
-            peer,
-            created: cx.now,
+            peer: peer.map(|p| (p.ip(), p.port())),
+            created: u32::try_from(
+                cx.now
+                    .saturating_duration_since(self.shared.started)
+                    .as_secs(),
+            )
+            .unwrap_or(u32::MAX),
             last_active: cx.now,
             commands: 0,
-            last_command: "NULL",
+            last_command: NO_COMMAND,
             partial_since: None,
             job_seq: 0,
             auth_deadline: Some(cx.now + self.shared.config.auth_timeout),
@@ -379,7 +387,7 @@ impl Handler for RingHandler {
             .conn
             .pending
             .take()
-            .map_or(("unknown", cx.now, 1), |p| (p.command, p.started, p.calls));
+            .map_or((NO_COMMAND, cx.now, 1), |p| (p.command, p.started, p.calls));
         s.conn.state = if s.conn.authenticated {
             State::Ready
         } else {
@@ -499,10 +507,12 @@ impl Handler for RingHandler {
             Msg::ListClients(reply) => {
                 let mut lines = String::new();
                 sessions.for_each(|s| {
-                    lines.push_str(
-                        &s.conn
-                            .info_line(self.shared.listen_addr, s.pending_output()),
-                    )
+                    lines.push_str(&s.conn.info_line(
+                        self.shared.listen_addr,
+                        s.pending_output(),
+                        &self.shared.table,
+                        self.shared.started,
+                    ))
                 });
                 let _ = reply.send(lines);
             }

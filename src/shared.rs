@@ -17,7 +17,7 @@ use crate::config::ServeArgs;
 use crate::msg::Msg;
 use crate::pool::ComputePool;
 use crate::storepool::StorePool;
-use crate::table::Table;
+use crate::table::{CommandIndex, Table, NO_COMMAND};
 use crate::userdir::UserDirectory;
 
 /// Settings the sessions consult at run time.
@@ -127,6 +127,8 @@ pub struct Shared {
         std::sync::Mutex<std::collections::HashMap<&'static str, ringport_ring::LogLimiter>>,
     /// Every command this server knows (built-in, from the config file, from the program).
     pub table: Arc<Table>,
+    /// GET's row, for the runs of GETs sessions fold into one store job.
+    pub get_command: CommandIndex,
     /// Per ring, per command calls, errors and latency.
     pub commands: CommandBook,
     /// Starting, serving or draining: what `/ready` reports.
@@ -220,16 +222,25 @@ impl Shared {
             counters: Counters::default(),
             version_line: format!("ringport {}", env!("CARGO_PKG_VERSION")),
             commands: CommandBook::new(ring_count, &table),
+            get_command: table.index_of("get").map_or(NO_COMMAND, Table::compact),
             table,
             log_limiters: Default::default(),
             lifecycle: Lifecycle::default(),
         }
     }
 
-    /// Counts one executed command (its latency runs from parse to reply queued).
-    pub fn record_command(&self, ring: usize, name: &'static str, started: Instant, failed: bool) {
-        if let Some(i) = self.table.index_of(name) {
-            self.commands.record(ring, i, started, failed);
+    /// Counts one executed command, as a session keeps it (its latency runs from parse to
+    /// reply queued); [`NO_COMMAND`] counts nothing.
+    pub fn record_command(
+        &self,
+        ring: usize,
+        command: CommandIndex,
+        started: Instant,
+        failed: bool,
+    ) {
+        if command != NO_COMMAND {
+            self.commands
+                .record(ring, usize::from(command), started, failed);
         }
     }
 

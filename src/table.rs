@@ -22,6 +22,12 @@ pub enum Class {
     Worker,
 }
 
+/// A row index small enough for per-session state; [`NO_COMMAND`] stands for none.
+pub type CommandIndex = u16;
+
+/// No command (a session that has run none yet).
+pub const NO_COMMAND: CommandIndex = CommandIndex::MAX;
+
 /// Command names are at most this long (Redis has none longer than 20).
 pub const MAX_NAME_LEN: usize = 64;
 
@@ -68,6 +74,13 @@ pub struct Table {
 impl Table {
     /// A table of `specs`, or an error naming a clash or an invalid row.
     pub fn new(specs: Vec<Spec>) -> Result<Table, String> {
+        if specs.len() >= usize::from(NO_COMMAND) {
+            return Err(format!(
+                "{} commands defined; at most {} are supported",
+                specs.len(),
+                NO_COMMAND - 1
+            ));
+        }
         let mut by_name = HashMap::with_capacity(specs.len());
         for (index, spec) in specs.iter().enumerate() {
             check_name(spec.name)
@@ -105,6 +118,18 @@ impl Table {
     /// The row index of a command by its (lower-case) table name.
     pub fn index_of(&self, name: &str) -> Option<usize> {
         self.by_name.get(name).copied()
+    }
+
+    /// A row's index as sessions keep it ([`Table::new`] keeps every index below [`NO_COMMAND`]).
+    pub fn compact(index: usize) -> CommandIndex {
+        CommandIndex::try_from(index).unwrap_or(NO_COMMAND)
+    }
+
+    /// The name of row `index`; `NULL` (as Redis's `CLIENT LIST` says it) for [`NO_COMMAND`].
+    pub fn name_of(&self, index: CommandIndex) -> &'static str {
+        self.specs
+            .get(usize::from(index))
+            .map_or("NULL", |spec| spec.name)
     }
 
     /// Every row, in definition order.

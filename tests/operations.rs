@@ -1313,6 +1313,25 @@ fn client_list_shows_the_sessions_of_every_ring() {
         assert_eq!(line["cmd"], "client");
     }
 
+    // `cmd=` follows each session's last command, a folded GET's too; `age=` counts whole
+    // seconds from the session's start.
+    let opened = Instant::now();
+    assert_eq!(sessions[1].0.cmd(&[b"GET", b"nothing"]), Reply::Nil);
+    assert_eq!(sessions[0].0.cmd(&[b"PING"]), Reply::Simple("PONG".into()));
+    std::thread::sleep(Duration::from_millis(1100));
+    let list = client_list(&mut control);
+    let line = |id: u64| list.iter().find(|l| l["id"] == id.to_string()).unwrap();
+    assert_eq!(line(sessions[1].1)["cmd"], "get");
+    assert_eq!(line(sessions[0].1)["cmd"], "ping");
+    for (_, id, _) in &sessions {
+        let age: u64 = line(*id)["age"].parse().unwrap();
+        assert!(
+            (1..=opened.elapsed().as_secs() + 2).contains(&age),
+            "age={age} after {:?}",
+            opened.elapsed()
+        );
+    }
+
     // CLIENT INFO: the asking session's own line.
     let (conn, id, _) = &mut sessions[0];
     let Reply::Bulk(own) = conn.cmd(&[b"CLIENT", b"INFO"]) else {

@@ -57,7 +57,7 @@ pub(super) fn acl(call: &mut Call<'_, '_>, args: &Args) {
     let job = Box::new(move |conn: Result<&mut dyn StoreConn, StoreError>| {
         replier.reply(change_reply(&shared, conn, &argv));
     });
-    call.offload_store("acl", StoreWork::Job(job), Duration::ZERO);
+    call.offload_store(StoreWork::Job(job), Duration::ZERO);
 }
 
 /// The encoded reply to a well-formed ACL request ([`check`]) from an admin that only reads the

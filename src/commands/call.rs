@@ -89,8 +89,12 @@ impl<'a, 's> Call<'a, 's> {
 
     /// `CLIENT INFO`'s line for this session.
     pub fn client_info_line(&self) -> String {
-        self.conn()
-            .info_line(self.shared.listen_addr, self.pending_output())
+        self.conn().info_line(
+            self.shared.listen_addr,
+            self.pending_output(),
+            &self.shared.table,
+            self.shared.started,
+        )
     }
 
     /// Marks the session authenticated as `user`, ready for any command.
@@ -107,36 +111,36 @@ impl<'a, 's> Call<'a, 's> {
     /// A new job number for the session and the handle its job answers through.
     pub fn replier(&mut self) -> Replier {
         let conn = self.conn_mut();
-        conn.job_seq += 1;
+        conn.job_seq = conn.job_seq.wrapping_add(1);
         let seq = conn.job_seq;
         Replier::new(self.mailbox.clone(), self.session.id(), seq)
     }
 
     /// Runs `job` on the compute pool; the session waits for its reply (or gets BUSY at once).
-    pub fn offload_compute(&mut self, name: &'static str, job: Job) {
+    pub fn offload_compute(&mut self, job: Job) {
         let shared = self.shared;
-        self.offload_to(&shared.compute, name, job);
+        self.offload_to(&shared.compute, job);
     }
 
     /// Runs AUTH's `job` on the auth pool, which heavy commands never queue on.
-    pub fn offload_auth(&mut self, name: &'static str, job: Job) {
+    pub fn offload_auth(&mut self, job: Job) {
         let shared = self.shared;
-        self.offload_to(&shared.auth, name, job);
+        self.offload_to(&shared.auth, job);
     }
 
-    fn offload_to(&mut self, pool: &ComputePool, name: &'static str, job: Job) {
+    fn offload_to(&mut self, pool: &ComputePool, job: Job) {
         let submitted = pool.submit(job).is_ok();
-        self.waiting_unless_busy(name, submitted);
+        self.waiting_unless_busy(submitted);
     }
 
-    /// After handing `name`'s work to a pool: the session waits for the reply, or, when the
-    /// pool was full, gets BUSY at once.
-    pub fn waiting_unless_busy(&mut self, name: &'static str, submitted: bool) {
+    /// After handing the running command's work to a pool: the session waits for the reply,
+    /// or, when the pool was full, gets BUSY at once.
+    pub fn waiting_unless_busy(&mut self, submitted: bool) {
         if submitted {
             let now = self.cx.now;
             let conn = self.conn_mut();
             conn.state = State::Waiting;
-            conn.pending = Some(Pending::new(name, now));
+            conn.pending = Some(Pending::new(conn.last_command, now));
         } else {
             self.out().extend_from_slice(BUSY);
         }
@@ -145,7 +149,7 @@ impl<'a, 's> Call<'a, 's> {
     /// Runs `job` on the store pool; the session waits for its reply (or gets BUSY at once).
     /// `allowance` is how much longer than `--store-timeout` the job may take (SLEEP's own
     /// delay).
-    pub fn offload_store(&mut self, name: &'static str, work: StoreWork, allowance: Duration) {
+    pub fn offload_store(&mut self, work: StoreWork, allowance: Duration) {
         match self.shared.store.submit(work, allowance) {
             Ok(ticket) => {
                 let now = self.cx.now;
@@ -154,7 +158,7 @@ impl<'a, 's> Call<'a, 's> {
                 let at = now + self.shared.config.store_timeout + allowance;
                 let conn = self.conn_mut();
                 conn.state = State::Waiting;
-                let mut pending = Pending::new(name, now);
+                let mut pending = Pending::new(conn.last_command, now);
                 pending.store = Some((ticket, at));
                 conn.pending = Some(pending);
                 if self.session.deadline().is_none_or(|d| at < d) {

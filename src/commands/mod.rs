@@ -31,7 +31,7 @@ use crate::resp::{self, encode_value, parse_i64, Args, Proto};
 use crate::shared::Shared;
 use crate::store::{Conn as StoreConn, StoreError};
 use crate::storepool::{GetWork, SetWork, StoreWork};
-use crate::table::{arity_ok, Class, Spec};
+use crate::table::{arity_ok, Class, Spec, Table};
 
 use api::{Argv, CommandDef, Handler, Inline, Reply, Request, StoreCtx};
 pub use call::Call;
@@ -450,7 +450,7 @@ pub fn execute(call: &mut Call<'_, '_>, args: &Args) {
         multi::queue(call, spec, &handlers.0[index], args);
         return;
     }
-    call.conn_mut().last_command = spec.name;
+    call.conn_mut().last_command = Table::compact(index);
     let before = call.out().len();
     match &handlers.0[index] {
         Handler::Session(f) => f(call, args),
@@ -458,20 +458,19 @@ pub fn execute(call: &mut Call<'_, '_>, args: &Args) {
         Handler::Compute(f) => {
             let (f, request, replier) = (f.clone(), Request::of(call, args), call.replier());
             let limit = call.shared.config.max_output_buffer;
-            call.offload_compute(
-                spec.name,
-                Box::new(move || send_reply(&replier, &f(&request), request.proto(), limit)),
-            );
+            call.offload_compute(Box::new(move || {
+                send_reply(&replier, &f(&request), request.proto(), limit)
+            }));
         }
         Handler::Worker(pool) => {
             let (owner, proto, replier) = (call.owner(), call.proto(), call.replier());
             let argv = args.to_vecs();
             let submitted = pool.submit(&owner, spec.name, &argv, proto, replier);
-            call.waiting_unless_busy(spec.name, submitted.is_ok());
+            call.waiting_unless_busy(submitted.is_ok());
         }
         Handler::Store(f) => {
             let f = f.clone();
-            offload_store_handler(call, spec.name, args, move |ctx| f(ctx));
+            offload_store_handler(call, args, move |ctx| f(ctx));
         }
     }
     if call.conn().state != State::Waiting {
@@ -485,7 +484,6 @@ pub fn execute(call: &mut Call<'_, '_>, args: &Args) {
 /// so after anything it wrote has committed.
 fn offload_store_handler(
     call: &mut Call<'_, '_>,
-    name: &'static str,
     args: &Args,
     f: impl FnOnce(&mut StoreCtx<'_>) -> Result<Reply, StoreError> + Send + 'static,
 ) {
@@ -502,7 +500,7 @@ fn offload_store_handler(
             Err(e) => store_failed(&shared, replier, &e),
         }
     });
-    call.offload_store(name, StoreWork::Job(job), Duration::ZERO);
+    call.offload_store(StoreWork::Job(job), Duration::ZERO);
 }
 
 /// Runs an inline handler; a panic answers this command alone (the handler holds nothing of
@@ -667,7 +665,7 @@ fn client_list(call: &mut Call<'_, '_>, args: &Args) {
         resp::verbatim(&mut reply, b"txt", text.as_bytes(), proto);
         replier.reply(reply);
     });
-    call.offload_compute("client", job);
+    call.offload_compute(job);
 }
 
 /// `CLIENT KILL addr` (old form: +OK or an error) or `CLIENT KILL ID n | ADDR a | USER u |
@@ -719,7 +717,7 @@ fn client_kill(call: &mut Call<'_, '_>, args: &Args) {
         }
         replier.reply(reply);
     });
-    call.offload_compute("client", job);
+    call.offload_compute(job);
 }
 
 fn command_info(out: &mut Vec<u8>, spec: &Spec, proto: Proto) {
@@ -916,7 +914,7 @@ fn auth_command(call: &mut Call<'_, '_>, args: &Args) {
 /// verify against a dummy hash so that timing does not tell which names exist. Concurrent
 /// verifications of the same credentials share one argon2id run.
 fn start_auth(call: &mut Call<'_, '_>, user: String, password: Vec<u8>, then: AfterAuth) {
-    let ip = call.conn().peer.map(|p| p.ip());
+    let ip = call.conn().peer.map(|(ip, _)| ip);
     let shared = call.shared.clone();
     let replier = call.replier();
     let job = Box::new(move || {
@@ -971,7 +969,7 @@ fn start_auth(call: &mut Call<'_, '_>, user: String, password: Vec<u8>, then: Af
         };
         shared.auth_cache.finish(&user, &password, &hash, verdict);
     });
-    call.offload_auth("auth", job);
+    call.offload_auth(job);
 }
 
 /// Counts a wrong password for (address, user) and answers it, late when that pair is past its
@@ -1022,7 +1020,7 @@ pub fn finish_auth(call: &mut Call<'_, '_>, outcome: AuthOutcome) {
             );
             if call.conn().auth_failures >= call.shared.config.max_auth_failures {
                 if let Some(suppressed) = call.shared.log_allowed("auth_failures") {
-                    tracing::info!(client = call.conn().client_id, peer = ?call.conn().peer, suppressed, "closing a connection after too many failed AUTH attempts");
+                    tracing::info!(client = call.conn().client_id, peer = ?call.conn().peer_addr(), suppressed, "closing a connection after too many failed AUTH attempts");
                 }
                 call.shared
                     .counters
@@ -1065,15 +1063,11 @@ fn debug(call: &mut Call<'_, '_>, args: &Args) {
         ("panic-job", 3) => {
             let replier = call.replier();
             match lower(&args[2]).as_str() {
-                "compute" => call.offload_compute(
-                    "debug",
-                    Box::new(move || {
-                        let _unanswered = &replier;
-                        panic!("DEBUG PANIC-JOB compute");
-                    }),
-                ),
+                "compute" => call.offload_compute(Box::new(move || {
+                    let _unanswered = &replier;
+                    panic!("DEBUG PANIC-JOB compute");
+                })),
                 "store" => call.offload_store(
-                    "debug",
                     StoreWork::Job(Box::new(move |_| {
                         let _unanswered = &replier;
                         panic!("DEBUG PANIC-JOB store");
@@ -1104,7 +1098,7 @@ fn set(call: &mut Call<'_, '_>, args: &Args) {
         offload_set(call, args[1].to_vec(), args[2].to_vec());
     } else {
         // Options read the key before writing it: one transaction, not the folded fast path.
-        offload_store_handler(call, "set", args, strings::set_with_options);
+        offload_store_handler(call, args, strings::set_with_options);
     }
 }
 
@@ -1178,7 +1172,7 @@ fn mget(call: &mut Call<'_, '_>, args: &Args) {
         }
         replier.reply(reply);
     });
-    call.offload_store("mget", StoreWork::Job(job), Duration::ZERO);
+    call.offload_store(StoreWork::Job(job), Duration::ZERO);
 }
 
 /// SLEEP checks its argument on the ring: the job's allowance (how long the ring waits before
@@ -1197,14 +1191,14 @@ fn sleep(call: &mut Call<'_, '_>, args: &Args) {
             Err(e) => store_failed(&shared, replier, &e),
         }
     });
-    call.offload_store("sleep", StoreWork::Job(job), Duration::from_millis(ms));
+    call.offload_store(StoreWork::Job(job), Duration::from_millis(ms));
 }
 
 /// Runs consecutive GETs of one session (`keys`, in order; the session's parser folds a
 /// pipeline's run of GETs into one call) as one store job whose reply holds every GET's reply.
 /// The session is authenticated and each GET had its one key.
 pub fn execute_gets(call: &mut Call<'_, '_>, keys: Vec<Vec<u8>>) {
-    call.conn_mut().last_command = "get";
+    call.conn_mut().last_command = call.shared.get_command;
     let calls = u32::try_from(keys.len()).unwrap_or(u32::MAX);
     offload_gets(call, keys);
     if call.conn().state == State::Waiting {
@@ -1243,7 +1237,7 @@ fn offload_gets(call: &mut Call<'_, '_>, keys: Vec<Vec<u8>>) {
         replier.reply(reply);
     });
     let work = StoreWork::Get(GetWork { owner, keys, done });
-    call.offload_store("get", work, Duration::ZERO);
+    call.offload_store(work, Duration::ZERO);
 }
 
 fn offload_set(call: &mut Call<'_, '_>, key: Vec<u8>, value: Vec<u8>) {
@@ -1260,7 +1254,7 @@ fn offload_set(call: &mut Call<'_, '_>, key: Vec<u8>, value: Vec<u8>) {
         value,
         done,
     });
-    call.offload_store("set", work, Duration::ZERO);
+    call.offload_store(work, Duration::ZERO);
 }
 
 /// Answers a store command whose call failed, and counts the failure.

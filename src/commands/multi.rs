@@ -188,7 +188,7 @@ pub(super) fn watch(call: &mut Call<'_, '_>, args: &Args) {
             }
         }
     });
-    call.offload_store("watch", StoreWork::Job(job), Duration::ZERO);
+    call.offload_store(StoreWork::Job(job), Duration::ZERO);
 }
 
 /// What EXEC does with one queued command.
@@ -264,7 +264,7 @@ pub(super) fn exec(call: &mut Call<'_, '_>, _args: &Args) {
             Err(error) => store_failed(&shared, replier, &error),
         }
     });
-    call.offload_store("exec", StoreWork::Job(job), allowance);
+    call.offload_store(StoreWork::Job(job), allowance);
 }
 
 /// Turns the queue into steps, running on the ring now what belongs there.
