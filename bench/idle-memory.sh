@@ -2,7 +2,8 @@
 # User-space memory per idle authenticated session, by the slope method: the server's RSS with
 # 6,000 and with 18,000 idle sessions open (held by ringport-bench --idle in a process of its own,
 # spread over 127.0.0.x source addresses), (RSS18k - RSS6k) / 12,000, so per-ring and per-process
-# fixed costs do not count. Also the RSS at 0 sessions. For ringport at REV (before), ringport at
+# fixed costs do not count. Each reading is taken once the RSS has settled (two readings a second
+# apart within 0.5%). Also the RSS at 0 sessions. For ringport at REV (before), ringport at
 # the working tree (after) and redis-server, one after the other in one run.
 # Usage: bench/idle-memory.sh REV [LOW] [HIGH]    (defaults 6000 18000)
 set -euo pipefail
@@ -26,9 +27,16 @@ rss_with() {
     [ "$(clients || echo 0)" -ge "$n" ] 2>/dev/null && break
     sleep 0.2
   done
-  sleep 3
-  local rss
-  rss=$(rss_kb "$server")
+  # Wait until the RSS settles: redis-server gives back each idle client's 16 KiB query buffer
+  # only in its cron, 2 s after the client's last command, a few clients per tick (a reading
+  # taken too early caught it half done, and its 18,000-session RSS came out below the 6,000).
+  local rss last=0
+  for _ in $(seq 30); do
+    sleep 1
+    rss=$(rss_kb "$server")
+    [ $((rss > last ? rss - last : last - rss)) -le $((rss / 200)) ] && break
+    last=$rss
+  done
   kill "$holder"; wait "$holder" 2>/dev/null || true
   for _ in $(seq 100); do [ "$(clients || echo 9)" -le 2 ] 2>/dev/null && break; sleep 0.2; done
   echo "$rss"

@@ -23,6 +23,14 @@ pub enum State {
     Waiting,
 }
 
+/// What few sessions use, boxed together in [`Conn`]: an idle session pays one pointer for all
+/// of it.
+#[derive(Debug, Default)]
+pub struct Rare {
+    pub names: ClientNames,
+    pub transaction: Option<Transaction>,
+}
+
 /// The names a client gave itself.
 #[derive(Debug, Default)]
 pub struct ClientNames {
@@ -33,8 +41,8 @@ pub struct ClientNames {
     pub lib_ver: Option<Vec<u8>>,
 }
 
-/// A session's transaction state: MULTI's queue and WATCH's keys. Boxed in [`Conn`], present
-/// only while either is in use.
+/// A session's transaction state: MULTI's queue and WATCH's keys, present only while either is
+/// in use.
 #[derive(Debug, Default)]
 pub struct Transaction {
     /// The commands queued since MULTI; `None` outside MULTI.
@@ -88,9 +96,8 @@ pub struct Conn {
     pub user: Option<Arc<str>>,
     /// Reply protocol chosen by HELLO.
     pub proto: Proto,
-    /// `CLIENT SETNAME` and `SETINFO`: boxed, since most sessions never set them and every
-    /// idle session pays for the inline size.
-    pub names: Option<Box<ClientNames>>,
+    /// `CLIENT SETNAME`'s and `SETINFO`'s names and MULTI / WATCH state, once used.
+    pub(crate) rare: Option<Box<Rare>>,
     /// Whether an authenticated session was ever seen (Waiting after AUTH returns here).
     pub authenticated: bool,
     /// Bytes received but not yet parsed (a partial command, or input behind a pending one).
@@ -122,8 +129,6 @@ pub struct Conn {
     pub job_seq: u32,
     /// Until AUTH: when the session is closed for not authenticating.
     pub auth_deadline: Option<Instant>,
-    /// MULTI / WATCH state, while in use.
-    pub transaction: Option<Box<Transaction>>,
 }
 
 impl Conn {
@@ -132,20 +137,49 @@ impl Conn {
         self.peer.map(SocketAddr::from)
     }
 
+    fn rare_mut(&mut self) -> &mut Rare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
     /// The client's names, created on first use.
     pub fn names_mut(&mut self) -> &mut ClientNames {
-        self.names.get_or_insert_with(Box::default)
+        &mut self.rare_mut().names
+    }
+
+    fn names(&self) -> Option<&ClientNames> {
+        self.rare.as_deref().map(|rare| &rare.names)
     }
 
     /// `CLIENT SETNAME`'s name, if set.
     pub fn name(&self) -> Option<&[u8]> {
-        self.names.as_deref()?.name.as_deref()
+        self.names()?.name.as_deref()
+    }
+
+    /// MULTI / WATCH state, if in use.
+    pub fn transaction(&self) -> Option<&Transaction> {
+        self.rare.as_deref()?.transaction.as_ref()
+    }
+
+    /// [`Conn::transaction`], to change.
+    pub fn transaction_mut(&mut self) -> Option<&mut Transaction> {
+        self.rare.as_deref_mut()?.transaction.as_mut()
+    }
+
+    /// MULTI / WATCH state, created on first use.
+    pub fn transaction_entry(&mut self) -> &mut Transaction {
+        self.rare_mut()
+            .transaction
+            .get_or_insert_with(Default::default)
+    }
+
+    /// Ends MULTI and forgets the WATCHed keys: the state as it was, if any.
+    pub fn take_transaction(&mut self) -> Option<Transaction> {
+        self.rare.as_deref_mut()?.transaction.take()
     }
 
     /// Whether the session is between MULTI and EXEC/DISCARD: commands are queued, not run.
     pub fn in_multi(&self) -> bool {
-        self.transaction
-            .as_ref()
+        self.transaction()
             .is_some_and(|transaction| transaction.queued.is_some())
     }
 
@@ -165,7 +199,7 @@ impl Conn {
         server_started: Instant,
     ) -> String {
         let now = std::time::Instant::now();
-        let names = self.names.as_deref();
+        let names = self.names();
         let text = |field: Option<&Vec<u8>>| {
             field
                 .map(|bytes| String::from_utf8_lossy(bytes).into_owned())
@@ -251,3 +285,8 @@ impl InBuf {
         self.start = 0;
     }
 }
+
+// Every idle session holds one `Conn`: a field that grows it shows up in the per-session memory
+// figure (bench/idle-memory.sh), so growth should be a decision, not an accident.
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<Conn>() <= 176);

@@ -302,7 +302,7 @@ impl Handler for RingHandler {
             state: State::Unauthenticated,
             user: None,
             proto: Proto::Resp2,
-            names: None,
+            rare: None,
 
             authenticated: false,
             inbuf: Default::default(),
@@ -323,7 +323,6 @@ impl Handler for RingHandler {
             partial_since: None,
             job_seq: 0,
             auth_deadline: Some(cx.now + self.shared.config.auth_timeout),
-            transaction: None,
         }
     }
 

@@ -50,7 +50,7 @@ pub fn runs_inside_multi(name: &str) -> bool {
 
 /// A refused command inside MULTI dooms the transaction (Redis's `flagTransaction`).
 pub fn refused_while_queueing(call: &mut Call<'_, '_>) {
-    if let Some(transaction) = call.conn_mut().transaction.as_mut() {
+    if let Some(transaction) = call.conn_mut().transaction_mut() {
         if transaction.queued.is_some() {
             transaction.dirty = true;
         }
@@ -60,7 +60,7 @@ pub fn refused_while_queueing(call: &mut Call<'_, '_>) {
 /// An EXEC refused before it ran (Redis's `execCommandAbort`): the transaction, if any, is
 /// discarded, and the refusal says why.
 pub fn abort_exec(call: &mut Call<'_, '_>, why: &str) {
-    call.conn_mut().transaction = None;
+    call.conn_mut().take_transaction();
     err(
         call.out(),
         &format!("EXECABORT Transaction discarded because of: {why}"),
@@ -98,8 +98,7 @@ pub fn queue(call: &mut Call<'_, '_>, spec: &Spec, handler: &Handler, args: &Arg
         Some("ERR Command not allowed inside a transaction".to_string())
     } else if call
         .conn()
-        .transaction
-        .as_ref()
+        .transaction()
         .and_then(|transaction| transaction.queued.as_ref())
         .is_some_and(|queued| queued.len() >= MULTI_MAX_QUEUED)
     {
@@ -116,8 +115,7 @@ pub fn queue(call: &mut Call<'_, '_>, spec: &Spec, handler: &Handler, args: &Arg
     }
     if let Some(queued) = call
         .conn_mut()
-        .transaction
-        .as_mut()
+        .transaction_mut()
         .and_then(|transaction| transaction.queued.as_mut())
     {
         queued.push(args.clone());
@@ -129,10 +127,7 @@ pub(super) fn multi(call: &mut Call<'_, '_>, _args: &Args) {
     if call.conn().in_multi() {
         return err(call.out(), "ERR MULTI calls can not be nested");
     }
-    call.conn_mut()
-        .transaction
-        .get_or_insert_with(Box::default)
-        .queued = Some(Vec::new());
+    call.conn_mut().transaction_entry().queued = Some(Vec::new());
     resp::simple(call.out(), b"OK");
 }
 
@@ -141,13 +136,13 @@ pub(super) fn discard(call: &mut Call<'_, '_>, _args: &Args) {
         return err(call.out(), "ERR DISCARD without MULTI");
     }
     // DISCARD forgets the WATCHed keys too.
-    call.conn_mut().transaction = None;
+    call.conn_mut().take_transaction();
     resp::simple(call.out(), b"OK");
 }
 
 pub(super) fn unwatch(call: &mut Call<'_, '_>, _args: &Args) {
     if !call.conn().in_multi() {
-        call.conn_mut().transaction = None;
+        call.conn_mut().take_transaction();
     }
     resp::simple(call.out(), b"OK");
 }
@@ -157,13 +152,7 @@ pub(super) fn watch(call: &mut Call<'_, '_>, args: &Args) {
     if call.conn().in_multi() {
         return err(call.out(), "ERR WATCH inside MULTI is not allowed");
     }
-    let watched = Arc::clone(
-        &call
-            .conn_mut()
-            .transaction
-            .get_or_insert_with(Box::default)
-            .watched,
-    );
+    let watched = Arc::clone(&call.conn_mut().transaction_entry().watched);
     let (owner, keys) = (call.owner(), args.to_vecs().split_off(1));
     let (shared, replier) = (call.shared.clone(), call.replier());
     let job = Box::new(move |conn: Result<&mut dyn StoreConn, StoreError>| {
@@ -206,14 +195,14 @@ pub(super) fn exec(call: &mut Call<'_, '_>, _args: &Args) {
         return err(call.out(), "ERR EXEC without MULTI");
     }
     // EXEC ends MULTI and forgets the WATCHed keys, whatever happens next.
-    let Some(transaction) = call.conn_mut().transaction.take() else {
+    let Some(transaction) = call.conn_mut().take_transaction() else {
         return err(call.out(), "ERR EXEC without MULTI");
     };
     let Transaction {
         queued,
         dirty,
         watched,
-    } = *transaction;
+    } = transaction;
     if dirty {
         return err(call.out(), EXECABORT);
     }

@@ -301,11 +301,21 @@ pub fn parse_command(
 }
 
 /// How far [`parse_command_resuming`] got into a partial multibulk command: the arguments before
-/// `pos` (there are `args` of them) are complete and valid.
+/// `pos` (there are `args` of them) are complete and valid. Every session keeps one, so it is
+/// two `u32`s; a command past 4 GiB keeps no progress and is scanned from its start each time.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {
-    args: usize,
-    pos: usize,
+    args: u32,
+    pos: u32,
+}
+
+impl Progress {
+    fn at(args: usize, pos: usize) -> Progress {
+        match (u32::try_from(args), u32::try_from(pos)) {
+            (Ok(args), Ok(pos)) => Progress { args, pos },
+            _ => Progress::default(),
+        }
+    }
 }
 
 /// [`parse_command`], resuming a partial multibulk command where the previous call on the same
@@ -318,7 +328,7 @@ pub fn parse_command_resuming(
     args: &mut Args,
     progress: &mut Progress,
 ) -> Result<Option<usize>, ProtocolError> {
-    debug_assert!(progress.pos <= buf.len());
+    debug_assert!(progress.pos as usize <= buf.len());
     args.clear();
     let parsed = match buf.first() {
         None => Ok(None),
@@ -389,15 +399,15 @@ fn parse_multibulk(
     // Pass 1: find every argument without copying, from where an earlier call on these bytes
     // stopped. `args.ends` (empty, capacity kept) holds each argument's `start, end` offsets in
     // `buf` meanwhile, for the arguments found in this call.
-    let first_arg = progress.args;
+    let first_arg = progress.args as usize;
     if first_arg > 0 {
-        pos = progress.pos;
+        pos = progress.pos as usize;
     }
     let mut total_len = 0;
     for i in first_arg..count {
         match scan_bulk(buf, pos, limits)? {
             None => {
-                *progress = Progress { args: i, pos };
+                *progress = Progress::at(i, pos);
                 return Ok(None);
             }
             Some(body) => {
