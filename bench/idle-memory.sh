@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # User-space memory per idle authenticated session, by the slope method: the server's RSS with
-# 6,000 and with 18,000 idle sessions open (held by ringport-bench --idle in a process of its own,
-# spread over 127.0.0.x source addresses), (RSS18k - RSS6k) / 12,000, so per-ring and per-process
-# fixed costs do not count. Each reading is taken once the RSS has settled (two readings a second
-# apart within 0.5%). Also the RSS at 0 sessions. For ringport at REV (before), ringport at
+# 6,000 idle sessions open, then with 12,000 more (each batch held by ringport-bench --idle in a
+# process of its own, spread over 127.0.0.x source addresses), (RSS18k - RSS6k) / 12,000, so
+# per-ring and per-process fixed costs do not count. Each reading is taken once the RSS has
+# settled. Also the RSS at 0 sessions. For ringport at REV (before), ringport at
 # the working tree (after) and redis-server, one after the other in one run.
 # Usage: bench/idle-memory.sh REV [LOW] [HIGH]    (defaults 6000 18000)
 set -euo pipefail
@@ -18,36 +18,46 @@ bench=target/release/ringport-bench
 port=16430
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 clients() { redis-cli -p $port --user bench --pass secret --no-auth-warning INFO clients 2>/dev/null | tr -d '\r' | sed -n 's/^connected_clients://p'; }
-# RSS in kB of the server (pid) while N idle sessions are held open.
-rss_with() {
-  local server=$1 n=$2
-  "$bench" -t "bench:secret@127.0.0.1:$port" --idle "$n" -c 1 --rate 10 -d 600s --threads 1 >/dev/null 2>&1 &
-  local holder=$!
+# Opens N more idle sessions, held by a ringport-bench process of their own; sets `holder`.
+hold() {
+  "$bench" -t "bench:secret@127.0.0.1:$port" --idle "$1" -c 1 --rate 10 -d 600s --threads 1 >/dev/null 2>&1 &
+  holder=$!
+}
+wait_clients() { # until at least N clients are connected
   for _ in $(seq 600); do
-    [ "$(clients || echo 0)" -ge "$n" ] 2>/dev/null && break
+    [ "$(clients || echo 0)" -ge "$1" ] 2>/dev/null && break
     sleep 0.2
   done
-  # Wait until the RSS settles: redis-server gives back each idle client's 16 KiB query buffer
-  # only in its cron, 2 s after the client's last command, a few clients per tick (a reading
-  # taken too early caught it half done, and its 18,000-session RSS came out below the 6,000).
+}
+# The server's RSS in kB once it has settled: two readings 2 s apart within 0.5%, at most 40 s.
+# redis-server gives back each idle client's 16 KiB query buffer only in its cron, 2 s after the
+# client's last command, and its allocator returns the pages over the next seconds: a reading
+# taken at once caught that half done.
+settled_rss() {
   local rss last=0
-  for _ in $(seq 30); do
-    sleep 1
-    rss=$(rss_kb "$server")
+  for _ in $(seq 20); do
+    sleep 2
+    rss=$(rss_kb "$1")
     [ $((rss > last ? rss - last : last - rss)) -le $((rss / 200)) ] && break
     last=$rss
   done
-  kill "$holder"; wait "$holder" 2>/dev/null || true
-  for _ in $(seq 100); do [ "$(clients || echo 9)" -le 2 ] 2>/dev/null && break; sleep 0.2; done
   echo "$rss"
 }
 measure() { # name pid -> one line
-  local name=$1 server=$2
+  local name=$1 server=$2 first second
   sleep 1
   local r0 rlow rhigh
   r0=$(rss_kb "$server")
-  rlow=$(rss_with "$server" "$low")
-  rhigh=$(rss_with "$server" "$high")
+  # The high count adds sessions to the low count's, with nothing closed in between: closed
+  # sessions' memory, kept by the allocator for reuse, would hide what the new ones cost.
+  hold "$low"; first=$holder
+  wait_clients "$low"
+  rlow=$(settled_rss "$server")
+  hold $((high - low)); second=$holder
+  wait_clients "$high"
+  rhigh=$(settled_rss "$server")
+  kill "$first" "$second"; wait "$first" "$second" 2>/dev/null || true
+  for _ in $(seq 100); do [ "$(clients || echo 9)" -le 2 ] 2>/dev/null && break; sleep 0.2; done
   printf '%-28s %10s %10s %10s %14s\n' "$name" "$r0" "$rlow" "$rhigh" \
     "$(awk -v a="$rlow" -v b="$rhigh" -v n=$((high - low)) 'BEGIN { printf "%.0f", (b - a) * 1024 / n }')"
 }

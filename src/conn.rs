@@ -117,8 +117,6 @@ pub struct Conn {
     /// counts whole seconds; an `Instant` would cost every session 12 bytes more).
     pub created: u32,
     pub last_active: Instant,
-    /// Commands executed on this session.
-    pub commands: u64,
     /// The last command executed (`CLIENT LIST`'s `cmd=`), as its row in the command table: a
     /// name would cost every idle session 14 bytes more.
     pub last_command: CommandIndex,
@@ -289,4 +287,4 @@ impl InBuf {
 // Every idle session holds one `Conn`: a field that grows it shows up in the per-session memory
 // figure (bench/idle-memory.sh), so growth should be a decision, not an accident.
 #[cfg(target_pointer_width = "64")]
-const _: () = assert!(std::mem::size_of::<Conn>() <= 176);
+const _: () = assert!(std::mem::size_of::<Conn>() <= 168);

@@ -97,7 +97,6 @@ impl RingHandler {
                     if args.is_empty() {
                         continue;
                     }
-                    s.conn.commands += 1;
                     s.conn.last_active = cx.now;
                     // Inside MULTI a GET is queued like any command, never folded.
                     let folded = if s.conn.authenticated && !s.conn.in_multi() && is_get(&args) {
@@ -109,7 +108,6 @@ impl RingHandler {
                     match folded {
                         Some((keys, used)) => {
                             pos += used;
-                            call.conn_mut().commands += keys.len() as u64 - 1;
                             commands::execute_gets(&mut call, keys);
                         }
                         None => commands::execute(&mut call, &args),
@@ -318,7 +316,6 @@ impl Handler for RingHandler {
             )
             .unwrap_or(u32::MAX),
             last_active: cx.now,
-            commands: 0,
             last_command: NO_COMMAND,
             partial_since: None,
             job_seq: 0,
