@@ -78,4 +78,4 @@ pid=$!
 for _ in $(seq 100); do redis-cli -p $port PING >/dev/null 2>&1 && break; sleep 0.1; done
 measure "redis-server $(redis-server --version | awk '{print $3}')" "$pid"
 kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
-echo "(idle sessions: ringport-bench --idle, authenticated, one holder process; B/session = RSS slope between $low and $high)"
+echo "(idle sessions: ringport-bench --idle, authenticated; $low in one holder process, then $((high - low)) more in a second; B/session = RSS slope between $low and $high)"

@@ -6,7 +6,7 @@
 //! waits are included.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use hdrhistogram::Histogram;
@@ -20,13 +20,74 @@ pub(crate) fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, HIGHEST_US, 2).expect("valid histogram bounds")
 }
 
+/// A latency histogram that one ring records into with a plain load and store per command (no
+/// lock, no locked instruction) and anyone may read: hdrhistogram's bucket layout at the
+/// precision of [`new_histogram`], one counter per bucket, turned into a [`Histogram`] on read.
+/// The counters (20 KiB) are allocated on the first record: most commands never run on most
+/// rings.
+struct Buckets {
+    counts: OnceLock<Box<[AtomicU64]>>,
+}
+
+/// hdrhistogram at 2 significant digits counts with 256 sub-buckets (the power of two above
+/// 2 x 10^2), each bucket past the first spanning twice the values of the one before.
+const SUB_BUCKET_BITS: u32 = 8;
+const SUB_BUCKET_HALF: u64 = 1 << (SUB_BUCKET_BITS - 1);
+
+impl Buckets {
+    const LEN: usize = Buckets::index(HIGHEST_US) + 1;
+
+    fn new() -> Buckets {
+        Buckets {
+            counts: OnceLock::new(),
+        }
+    }
+
+    /// Counts one `value` (1 ..= HIGHEST_US).
+    fn record(&self, value: u64) {
+        let counts = self
+            .counts
+            .get_or_init(|| (0..Buckets::LEN).map(|_| AtomicU64::new(0)).collect());
+        add(&counts[Buckets::index(value)], 1);
+    }
+
+    /// The counter of `value` (1 ..= HIGHEST_US): hdrhistogram's `counts_index`.
+    const fn index(value: u64) -> usize {
+        let bucket =
+            (u64::BITS - (value | (2 * SUB_BUCKET_HALF - 1)).leading_zeros()) - SUB_BUCKET_BITS;
+        let sub = value >> bucket;
+        (((bucket as u64 + 1) * SUB_BUCKET_HALF) + sub - SUB_BUCKET_HALF) as usize
+    }
+
+    /// Adds what was recorded to `histogram` (one made by [`new_histogram`]), each count at
+    /// the lowest value of its bucket, which puts it in the same bucket there.
+    fn add_to(&self, histogram: &mut Histogram<u64>) {
+        let Some(counts) = self.counts.get() else {
+            return;
+        };
+        for (index, count) in counts.iter().enumerate() {
+            let count = count.load(Ordering::Relaxed);
+            if count > 0 {
+                let _ = histogram.record_n(Buckets::value_at(index), count);
+            }
+        }
+    }
+
+    /// The lowest value counter `index` stands for: the inverse of [`Buckets::index`].
+    fn value_at(index: usize) -> u64 {
+        let index = index as u64;
+        let bucket = (index / SUB_BUCKET_HALF).saturating_sub(1);
+        let sub = index - bucket * SUB_BUCKET_HALF;
+        sub << bucket
+    }
+}
+
 /// Counters and a histogram for one command on one ring.
 struct CommandCell {
     calls: AtomicU64,
     errors: AtomicU64,
     usec: AtomicU64,
-    /// Only the owning ring records; readers lock briefly to merge. Uncontended in practice.
-    latency: Mutex<Histogram<u64>>,
+    latency: Buckets,
 }
 
 impl CommandCell {
@@ -35,9 +96,14 @@ impl CommandCell {
             calls: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             usec: AtomicU64::new(0),
-            latency: Mutex::new(new_histogram()),
+            latency: Buckets::new(),
         }
     }
+}
+
+/// Adds `n` to a counter only its ring writes.
+fn add(counter: &AtomicU64, n: u64) {
+    counter.store(counter.load(Ordering::Relaxed) + n, Ordering::Relaxed);
 }
 
 /// Per ring, per command statistics.
@@ -73,17 +139,12 @@ impl CommandBook {
         // Each ring writes only its own cells, so a load and a store do, with no locked
         // instruction per command. (A test server may share ring 0 between threads: a lost
         // count there is a statistic, not a correctness matter.)
-        let add = |counter: &AtomicU64, n: u64| {
-            counter.store(counter.load(Ordering::Relaxed) + n, Ordering::Relaxed)
-        };
         add(&cell.calls, 1);
         if failed {
             add(&cell.errors, 1);
         }
         add(&cell.usec, us);
-        if let Ok(mut h) = cell.latency.lock() {
-            let _ = h.record(us);
-        }
+        cell.latency.record(us);
     }
 
     /// Every command's totals, merged over the rings.
@@ -104,9 +165,7 @@ impl CommandBook {
                     summary.calls += cell.calls.load(Ordering::Relaxed);
                     summary.errors += cell.errors.load(Ordering::Relaxed);
                     summary.usec += cell.usec.load(Ordering::Relaxed);
-                    if let Ok(h) = cell.latency.lock() {
-                        let _ = summary.latency.add(&*h);
-                    }
+                    cell.latency.add_to(&mut summary.latency);
                 }
                 summary
             })
@@ -147,5 +206,44 @@ mod tests {
         let s = &book.summaries()[0];
         assert_eq!((s.calls, s.errors, s.latency.len()), (2, 1, 2));
         assert_eq!(book.total_calls(), 2);
+    }
+
+    #[test]
+    fn buckets_read_back_as_the_histogram_they_stand_for() {
+        // Every bucket edge of the first few, then values spread over the whole range.
+        let mut values: Vec<u64> = (1..2048).collect();
+        let mut x = 1u64;
+        while x < HIGHEST_US {
+            values.extend(
+                [x - 1, x, x + 1, x * 3 / 2]
+                    .into_iter()
+                    .filter(|v| (1..=HIGHEST_US).contains(v)),
+            );
+            x *= 2;
+        }
+        values.push(HIGHEST_US);
+        let buckets = Buckets::new();
+        let mut direct = new_histogram();
+        for &v in &values {
+            buckets.record(v);
+            direct.record(v).unwrap();
+        }
+        let mut read = new_histogram();
+        buckets.add_to(&mut read);
+        assert_eq!(read.len(), direct.len());
+        for q in [0.0, 0.1, 0.5, 0.9, 0.99, 0.999, 1.0] {
+            assert_eq!(
+                read.value_at_quantile(q),
+                direct.value_at_quantile(q),
+                "quantile {q}"
+            );
+        }
+        for (a, b) in read.iter_recorded().zip(direct.iter_recorded()) {
+            assert_eq!(
+                (a.value_iterated_to(), a.count_at_value()),
+                (b.value_iterated_to(), b.count_at_value())
+            );
+        }
+        assert_eq!(read.iter_recorded().count(), direct.iter_recorded().count());
     }
 }
