@@ -3,16 +3,27 @@
 # 6,000 idle sessions open, then with 12,000 more (each batch held by ringport-bench --idle in a
 # process of its own, spread over 127.0.0.x source addresses), (RSS18k - RSS6k) / 12,000, so
 # per-ring and per-process fixed costs do not count. Each reading is taken once the RSS has
-# settled. Also the RSS at 0 sessions. For ringport at REV (before), ringport at
-# the working tree (after) and redis-server, one after the other in one run.
-# Usage: bench/idle-memory.sh REV [LOW] [HIGH]    (defaults 6000 18000)
+# settled. Also the RSS at 0 sessions. For ringport at REV (before), ringport at the working tree
+# (after) and redis-server, one after the other in one run; with REV `-`, the working tree and
+# redis-server only.
+# Usage: bench/idle-memory.sh REV|- [LOW] [HIGH]    (defaults 6000 18000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rev=${1:?usage: bench/idle-memory.sh REV [LOW] [HIGH]}
+rev=${1:?usage: bench/idle-memory.sh REV|- [LOW] [HIGH]}
 low=${2:-6000}
 high=${3:-18000}
 command -v redis-server >/dev/null || apt-get install -y -qq redis-server redis-tools >/dev/null
-. bench/two-builds.sh "$rev"
+if [ "$rev" = - ]; then
+  work=$(mktemp -d)
+  pid=""
+  trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null; rm -rf "$work"' EXIT
+  cargo build --release -q -p ringport
+  cp target/release/ringport "$work/after"
+  builds=after
+else
+  . bench/two-builds.sh "$rev"
+  builds="before after"
+fi
 cargo build --release -q -p ringport-bench
 bench=target/release/ringport-bench
 port=16430
@@ -61,15 +72,20 @@ measure() { # name pid -> one line
   printf '%-28s %10s %10s %10s %14s\n' "$name" "$r0" "$rlow" "$rhigh" \
     "$(awk -v a="$rlow" -v b="$rhigh" -v n=$((high - low)) 'BEGIN { printf "%.0f", (b - a) * 1024 / n }')"
 }
-echo "machine: $(nproc) cores, kernel $(uname -r), $(date -u +%F); before = $rev ($(git rev-parse --short "$rev")), after = working tree"
+if [ "$rev" = - ]; then
+  echo "machine: $(nproc) cores, kernel $(uname -r), $(date -u +%F); ringport = working tree at $(git rev-parse --short HEAD)"
+else
+  echo "machine: $(nproc) cores, kernel $(uname -r), $(date -u +%F); before = $rev ($(git rev-parse --short "$rev")), after = working tree"
+fi
 printf '%-28s %10s %10s %10s %14s\n' "server" "RSS kB @0" "@$low" "@$high" "B/session"
-for build in before after; do
+for build in $builds; do
   rm -rf "$work/data"
   echo secret | "$work/$build" user add bench --data "$work/data" >/dev/null
   "$work/$build" serve --listen 127.0.0.1:$port --data "$work/data" --log-level warn --max-sessions 100000 >"$work/out" 2>&1 &
   pid=$!
   for _ in $(seq 100); do grep -q listening "$work/out" && break; sleep 0.1; done
-  measure "ringport $build" "$pid"
+  if [ "$rev" = - ]; then name=ringport; else name="ringport $build"; fi
+  measure "$name" "$pid"
   kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
 done
 redis-server --port $port --bind 127.0.0.1 --save '' --appendonly no --maxclients $((high + 500)) \
