@@ -276,12 +276,15 @@ pub struct ServeArgs {
     /// Behave like a kernel of this version: 5.10, 5.15, 6.1 or newest.
     #[arg(long, default_value = "newest")]
     pub kernel_profile: String,
-    /// Provided receive buffers per ring (a power of two).
-    #[arg(long, default_value_t = 1024)]
-    pub recv_buffers: u16,
-    /// Size of each receive buffer.
-    #[arg(long, default_value = "16kb", value_parser = parse_size)]
-    pub recv_buffer_size: usize,
+    /// Provided receive buffers per ring (a power of two). Default: 64 where the kernel consumes
+    /// them incrementally (6.12+: a receive takes only the bytes it brings), else 1024 (each
+    /// receive takes a whole buffer).
+    #[arg(long)]
+    pub recv_buffers: Option<u16>,
+    /// Size of each receive buffer. Default: 64kb where the kernel consumes them incrementally,
+    /// else 16kb.
+    #[arg(long, value_parser = parse_size)]
+    pub recv_buffer_size: Option<usize>,
     /// Testing aid: make buffer-ring registration fail with EINVAL (as some distribution
     /// kernels do) to exercise the fallback.
     #[arg(long, hide = true)]
@@ -369,6 +372,24 @@ fn duration_text<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&format!("{}s", ms / 1000))
     } else {
         s.serialize_str(&format!("{ms}ms"))
+    }
+}
+
+impl ServeArgs {
+    /// Each ring's receive buffers, (count, size): as given, else the defaults for how the kernel
+    /// consumes them. Incrementally, a few large buffers hold many sessions' small commands
+    /// (4 MiB per ring); otherwise each receive takes a whole buffer, so a ring needs many
+    /// (16 MiB per ring).
+    pub fn recv_buffer_shape(&self, incremental: bool) -> (u16, usize) {
+        let (count, size) = if incremental {
+            (64, 64 << 10)
+        } else {
+            (1024, 16 << 10)
+        };
+        (
+            self.recv_buffers.unwrap_or(count),
+            self.recv_buffer_size.unwrap_or(size),
+        )
     }
 }
 

@@ -55,6 +55,11 @@ fn write_section(shared: &Shared, section: &str, out: &mut String) {
                 .iter()
                 .any(|r| r.recv_fallback.load(Ordering::Relaxed) != 0);
             let direct = shared.features.as_ref().is_some_and(|f| f.direct) && !fell_back;
+            let incremental = shared.features.is_some()
+                && shared
+                    .rings
+                    .iter()
+                    .all(|r| r.incremental_buffers.load(Ordering::Relaxed) != 0);
             let (kernel, accept, recv, flags) = match &shared.features {
                 Some(f) => (
                     f.kernel_release.clone(),
@@ -75,7 +80,7 @@ fn write_section(shared: &Shared, section: &str, out: &mut String) {
             };
             let _ = write!(
                 out,
-                "redis_version:{REDIS_COMPAT_VERSION}\r\nringport_version:{}\r\nringport_git_commit:{}\r\nredis_mode:standalone\r\nos:Linux {}\r\narch_bits:64\r\nprocess_id:{}\r\ntcp_port:{}\r\nlisten:{}\r\nuptime_in_seconds:{uptime}\r\nuptime_in_days:{}\r\ncores:{}\r\nrings:{}\r\nbackend:{}\r\naccept_path:{}\r\nrecv_path:{}\r\nsetup_flags:{}\r\ndirect_descriptors:{}\r\n",
+                "redis_version:{REDIS_COMPAT_VERSION}\r\nringport_version:{}\r\nringport_git_commit:{}\r\nredis_mode:standalone\r\nos:Linux {}\r\narch_bits:64\r\nprocess_id:{}\r\ntcp_port:{}\r\nlisten:{}\r\nuptime_in_seconds:{uptime}\r\nuptime_in_days:{}\r\ncores:{}\r\nrings:{}\r\nbackend:{}\r\naccept_path:{}\r\nrecv_path:{}\r\nsetup_flags:{}\r\ndirect_descriptors:{}\r\nincremental_buffers:{}\r\n",
                 crate::version::VERSION,
                 crate::version::COMMIT,
                 kernel,
@@ -90,6 +95,7 @@ fn write_section(shared: &Shared, section: &str, out: &mut String) {
                 recv,
                 flags,
                 if direct { "yes" } else { "no" },
+                if incremental { "yes" } else { "no" },
             );
         }
         "clients" => {

@@ -16,6 +16,9 @@ pub fn run(args: ProbeArgs) -> Result<(), String> {
                 AcceptPath::SingleShot => "single-shot",
             };
             let recv = match f.recv {
+                RecvPath::MultishotBufRing if f.incremental_buffers => {
+                    "multishot + buffer ring, consumed incrementally"
+                }
                 RecvPath::MultishotBufRing => "multishot + buffer ring",
                 RecvPath::PollThenRecv => "poll then recv",
             };

@@ -371,6 +371,7 @@ fn run(args: ServeArgs, extra: Vec<CommandDef>) -> Result<(), StartError> {
             ext_arg = f.ext_arg,
             min_wait = f.min_wait,
             direct_descriptors = f.direct,
+            incremental_buffers = f.incremental_buffers,
             "backend io_uring"
         ),
         None => tracing::info!(
@@ -525,6 +526,8 @@ fn run(args: ServeArgs, extra: Vec<CommandDef>) -> Result<(), StartError> {
     }
     let global_sessions = Arc::new(AtomicUsize::new(0));
     let mut threads = Vec::new();
+    let (recv_buffers, recv_buffer_size) =
+        args.recv_buffer_shape(features.as_ref().is_some_and(|f| f.incremental_buffers));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), String>>();
     for ((index, listeners), receiver) in ring_listeners.into_iter().enumerate().zip(receivers) {
         let sender = senders[index].clone();
@@ -532,8 +535,8 @@ fn run(args: ServeArgs, extra: Vec<CommandDef>) -> Result<(), StartError> {
             index,
             listeners,
             sq_entries: 4096,
-            recv_buffers: args.recv_buffers,
-            recv_buffer_size: args.recv_buffer_size,
+            recv_buffers,
+            recv_buffer_size,
             max_sessions: args.max_sessions,
             global_sessions: global_sessions.clone(),
             reject_message: b"-ERR max number of clients reached\r\n".to_vec(),
@@ -668,6 +671,7 @@ fn epoll_features() -> Features {
         accept: AcceptPath::SingleShot,
         recv: RecvPath::PollThenRecv,
         direct: false,
+        incremental_buffers: false,
     }
 }
 

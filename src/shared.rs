@@ -192,7 +192,11 @@ impl Shared {
                 max_auth_failures: args.max_auth_failures.max(1),
                 auth_failure_delay: args.auth_failure_delay,
                 embedded_cache_size: args.embedded_cache_size,
-                recv_buffer_bytes: usize::from(args.recv_buffers) * args.recv_buffer_size,
+                recv_buffer_bytes: {
+                    let incremental = features.as_ref().is_some_and(|f| f.incremental_buffers);
+                    let (count, size) = args.recv_buffer_shape(incremental);
+                    usize::from(count) * size
+                },
                 enable_debug_command: args.enable_debug_command,
             },
             compute,

@@ -74,8 +74,18 @@ fn probe_names_the_paths_for_each_profile() {
         "plain descriptors"
     };
     assert_eq!(newest["paths"]["sessions"], expected, "kernel {release}");
+    // Incremental consumption of receive buffers needs 6.12.
+    let expected = if version >= (6, 12) {
+        "multishot + buffer ring, consumed incrementally"
+    } else {
+        "multishot + buffer ring"
+    };
+    assert_eq!(newest["paths"]["recv"], expected, "kernel {release}");
     let six_one = probe_json(&["probe", "--json", "--kernel-profile", "6.1"]);
     assert_eq!(six_one["paths"]["sessions"], "plain descriptors");
+    assert_eq!(six_one["paths"]["recv"], "multishot + buffer ring");
+    let forced = probe_json(&["probe", "--json", "--uring-disable", "incremental-buffers"]);
+    assert_eq!(forced["paths"]["recv"], "multishot + buffer ring");
     let forced = probe_json(&["probe", "--json", "--uring-disable", "multishot-accept"]);
     assert_eq!(forced["paths"]["accept"], "single-shot");
     let forced = probe_json(&["probe", "--json", "--uring-disable", "direct-descriptors"]);

@@ -1130,6 +1130,7 @@ fn huge_bulks_before_auth_are_refused_and_cost_no_memory() {
     let server = Server::builder()
         .flag("--rings", "2")
         .flag("--recv-buffers", "64")
+        .flag("--recv-buffer-size", "16kb")
         .start();
     let mut admin = server.raw_authed();
     assert_eq!(admin.cmd(&[b"PING"]), Reply::Simple("PONG".into()));

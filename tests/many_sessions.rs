@@ -193,3 +193,94 @@ fn with_direct_descriptors_off_each_session_holds_a_descriptor() {
         common::open_fds(server.pid()) <= before
     });
 }
+
+/// Value `j` of session `i`: letters shifted by both, so a byte out of place shows.
+fn value_of(i: usize, j: usize, size: usize) -> Vec<u8> {
+    (0..size).map(|n| b'a' + ((n + i + j) % 26) as u8).collect()
+}
+
+/// Issue 15: where the kernel consumes receive buffers incrementally (6.12+), each receive takes
+/// only the bytes it brings, at the point in the current buffer where the previous one stopped.
+/// With four buffers of 4 KiB per ring, 200 sessions at once each send values that cross buffer
+/// ends at every offset and read them back, pipelined; every byte must come back in place, with
+/// incremental consumption (where the kernel has it) and without.
+#[test]
+fn values_cross_small_receive_buffers_intact_with_and_without_incremental_consumption() {
+    const SESSIONS: usize = 200;
+    for disable in ["", "incremental-buffers"] {
+        let server = Server::builder()
+            .flag("--rings", "2")
+            .flag("--recv-buffers", "4")
+            .flag("--recv-buffer-size", "4kb")
+            .flag("--uring-disable", disable)
+            .start();
+        let mut admin = server.raw_authed();
+        let server_info = info(&mut admin, "server");
+        let release = server_info
+            .lines()
+            .find_map(|l| l.strip_prefix("os:Linux "))
+            .unwrap_or_default()
+            .to_string();
+        let incremental = server_info.contains("incremental_buffers:yes");
+        let memory = info(&mut admin, "memory");
+        assert!(
+            memory.contains("recv_buffer_bytes_per_ring:16384\r\n"),
+            "{memory}"
+        );
+        // On by default from 6.12 on; the older kernel profiles and epoll go without.
+        let expected = disable.is_empty()
+            && common::profile_flags().is_empty()
+            && server_info.contains("recv_path:MultishotBufRing")
+            && ringport_ring::probe::parse_version(&release) >= (6, 12);
+        assert_eq!(
+            incremental,
+            expected,
+            "{disable:?}, kernel {release}, {:?}",
+            common::profile_flags()
+        );
+        let mut sessions = open_authed(&server, SESSIONS);
+        // Sizes around the buffer size and its multiples, so that values and the commands
+        // around them start and end at every kind of place in a buffer.
+        let sizes = [1usize, 17, 4093, 4096, 4099, 9000, 20_000];
+        for (i, conn) in sessions.iter_mut().enumerate() {
+            let mut batch = Vec::new();
+            for (j, size) in sizes.iter().enumerate() {
+                let key = format!("s{i}:{j}");
+                batch.extend(encode(&[b"SET", key.as_bytes(), &value_of(i, j, *size)]));
+                batch.extend(encode(&[b"PING", format!("{i}.{j}").as_bytes()]));
+            }
+            conn.send(&batch);
+        }
+        for (i, conn) in sessions.iter_mut().enumerate() {
+            for j in 0..sizes.len() {
+                assert_eq!(conn.read_reply(), Reply::ok(), "session {i} SET {j}");
+                assert_eq!(
+                    conn.read_reply(),
+                    Reply::bulk(format!("{i}.{j}")),
+                    "session {i} PING {j}"
+                );
+            }
+        }
+        for (i, conn) in sessions.iter_mut().enumerate() {
+            let mut batch = Vec::new();
+            for j in 0..sizes.len() {
+                batch.extend(encode(&[b"GET", format!("s{i}:{j}").as_bytes()]));
+            }
+            conn.send(&batch);
+        }
+        for (i, conn) in sessions.iter_mut().enumerate() {
+            for (j, size) in sizes.iter().enumerate() {
+                assert_eq!(
+                    conn.read_reply(),
+                    Reply::Bulk(value_of(i, j, *size)),
+                    "session {i} GET {j} ({size} bytes)"
+                );
+            }
+        }
+        eprintln!(
+            "{disable:?}: incremental={incremental}, rings: {}",
+            info(&mut admin, "rings").trim()
+        );
+        close_all(&server, &mut admin, sessions);
+    }
+}

@@ -55,6 +55,8 @@ pub struct RingStats {
     /// Sessions now held in the ring's table of registered files rather than by a descriptor
     /// (io_uring with direct descriptors; see `uring.rs`).
     pub direct_sessions: AtomicU64,
+    /// 1 when the ring's receive buffers are consumed incrementally (`bufring.rs`).
+    pub incremental_buffers: AtomicU64,
 }
 
 /// Adds one to a ring's own counter. Each `RingStats` is written by its ring thread alone (others

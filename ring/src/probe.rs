@@ -12,6 +12,7 @@
 //!   finished (one list of resource nodes per ring, recycled in order), and a multishot recv of
 //!   an idle session never finishes: closed sessions' sockets would stay open (liburing issue
 //!   #1192). 6.13 counts references per file.
+//! - incremental consumption of provided buffers (`IOU_PBUF_RING_INC`): 6.12
 
 use std::fmt;
 use std::io;
@@ -45,11 +46,14 @@ pub struct Disable {
     /// Keep every session on a plain descriptor instead of moving it into the ring's table of
     /// registered files (see `uring.rs`'s `install_direct`).
     pub direct_descriptors: bool,
+    /// Register the provided-buffer ring without `IOU_PBUF_RING_INC`: each receive takes a
+    /// whole buffer, however few bytes it brings.
+    pub incremental_buffers: bool,
 }
 
 impl Disable {
     /// The names accepted by [`Disable::parse_list`].
-    pub const NAMES: [&'static str; 10] = [
+    pub const NAMES: [&'static str; 11] = [
         "multishot-accept",
         "multishot-recv",
         "buf-ring",
@@ -60,6 +64,7 @@ impl Disable {
         "enter-wait",
         "min-wait",
         "direct-descriptors",
+        "incremental-buffers",
     ];
 
     /// Parses a comma-separated list such as `multishot-recv,buf-ring`.
@@ -77,6 +82,7 @@ impl Disable {
                 "enter-wait" => disable.enter_wait = true,
                 "min-wait" => disable.min_wait = true,
                 "direct-descriptors" => disable.direct_descriptors = true,
+                "incremental-buffers" => disable.incremental_buffers = true,
                 other => {
                     return Err(format!(
                         "unknown fast path '{other}' (known: {})",
@@ -93,11 +99,12 @@ impl Disable {
         let mut d = Disable::default();
         match profile {
             "newest" => {}
-            // Min-wait came with 6.12, direct descriptors that release a closed socket at once
-            // with 6.13.
+            // Min-wait and incremental buffers came with 6.12, direct descriptors that release
+            // a closed socket at once with 6.13.
             "6.1" => {
                 d.min_wait = true;
                 d.direct_descriptors = true;
+                d.incremental_buffers = true;
             }
             "5.15" | "5.10" => {
                 d.multishot_accept = true;
@@ -108,6 +115,7 @@ impl Disable {
                 d.coop_taskrun = true;
                 d.min_wait = true;
                 d.direct_descriptors = true;
+                d.incremental_buffers = true;
             }
             other => {
                 return Err(format!(
@@ -131,6 +139,7 @@ impl Disable {
             enter_wait: self.enter_wait || other.enter_wait,
             min_wait: self.min_wait || other.min_wait,
             direct_descriptors: self.direct_descriptors || other.direct_descriptors,
+            incremental_buffers: self.incremental_buffers || other.incremental_buffers,
         }
     }
 }
@@ -186,6 +195,12 @@ pub struct Features {
     /// on them skips the file lookup and reference count. Only with multishot recv: the
     /// poll-then-recv path reads with plain `recv(2)`, which needs a descriptor.
     pub direct: bool,
+    /// The provided-buffer ring is consumed incrementally (`IOU_PBUF_RING_INC`, 6.12): a
+    /// receive takes only the bytes it brings from the current buffer, so a few large buffers
+    /// serve many sessions' small commands, where otherwise each receive takes a whole buffer.
+    /// Only with multishot recv; a ring whose registration with the flag fails registers
+    /// without it.
+    pub incremental_buffers: bool,
 }
 
 /// Why io_uring could not be used at all, with advice for the operator.
@@ -302,6 +317,7 @@ pub fn probe(disable: Disable) -> Result<Features, Unavailable> {
         && at_least(6, 13)
         && !disable.direct_descriptors
         && plain.submitter().register_files_sparse(1).is_ok();
+    let incremental_buffers = multishot_recv && at_least(6, 12) && !disable.incremental_buffers;
     Ok(Features {
         kernel_release,
         kernel_version,
@@ -324,6 +340,7 @@ pub fn probe(disable: Disable) -> Result<Features, Unavailable> {
             RecvPath::PollThenRecv
         },
         direct,
+        incremental_buffers,
     })
 }
 
@@ -350,6 +367,11 @@ mod tests {
     fn old_profiles_disable_the_fast_paths() {
         let d = Disable::for_kernel_profile("5.10").unwrap();
         assert!(d.multishot_accept && d.multishot_recv && d.buf_ring);
+        assert!(
+            Disable::for_kernel_profile("6.1")
+                .unwrap()
+                .incremental_buffers
+        );
         assert_eq!(
             Disable::for_kernel_profile("newest").unwrap(),
             Disable::default()
@@ -364,7 +386,7 @@ mod tests {
             assert_eq!(f.accept, AcceptPath::SingleShot);
             assert_eq!(f.recv, RecvPath::PollThenRecv);
             assert!(!f.single_issuer && !f.defer_taskrun && !f.coop_taskrun && !f.ext_arg);
-            assert!(!f.direct);
+            assert!(!f.direct && !f.incremental_buffers);
         }
     }
 }

@@ -120,7 +120,12 @@ impl<H: Handler> Ring<H> {
         }
         let uring = builder.build(config.sq_entries)?;
         let bufring = if config.features.recv == RecvPath::MultishotBufRing {
-            let ring = BufRing::new(config.recv_buffers, config.recv_buffer_size, 0)?;
+            let mut ring = BufRing::new(
+                config.recv_buffers,
+                config.recv_buffer_size,
+                0,
+                config.features.incremental_buffers,
+            )?;
             let registered = if config.faults.bufring_register_einval {
                 Err(io::Error::from_raw_os_error(libc::EINVAL))
             } else {
@@ -129,7 +134,20 @@ impl<H: Handler> Ring<H> {
                 unsafe { ring.register(&uring.submitter()) }
             };
             match registered {
-                Ok(()) => Some(ring),
+                Ok(()) => {
+                    if config.features.incremental_buffers && !ring.incremental() {
+                        tracing::warn!(
+                            ring = config.index,
+                            "the kernel refused incremental consumption of receive buffers; each receive takes a whole buffer"
+                        );
+                        config.features.incremental_buffers = false;
+                    }
+                    config
+                        .stats
+                        .incremental_buffers
+                        .store(u64::from(ring.incremental()), Ordering::Relaxed);
+                    Some(ring)
+                }
                 Err(e) => {
                     tracing::warn!(
                         ring = config.index,
@@ -138,6 +156,7 @@ impl<H: Handler> Ring<H> {
                     );
                     config.features.recv = RecvPath::PollThenRecv;
                     config.features.direct = false;
+                    config.features.incremental_buffers = false;
                     config.stats.recv_fallback.store(1, Ordering::Relaxed);
                     None
                 }
@@ -427,7 +446,8 @@ impl Uring {
                 if let (Some(bid), Some(ring)) =
                     (cqueue::buffer_select(cqe.flags()), self.bufring.as_mut())
                 {
-                    ring.taken(bid);
+                    let len = usize::try_from(cqe.result()).unwrap_or(0);
+                    ring.received(bid, len, cqueue::buffer_more(cqe.flags()));
                 }
             }
             if self.outstanding > 0 {
@@ -751,16 +771,25 @@ impl<H: Handler> EventLoop<H, Uring> {
 
     fn on_recv(&mut self, slot: u32, generation: u32, c: Completion) {
         let more = cqueue::more(c.flags);
-        let bid = cqueue::buffer_select(c.flags);
-        if let (Some(bid), Some(ring)) = (bid, self.io.bufring.as_mut()) {
-            ring.taken(bid);
-        }
+        // Where the bytes lie in which buffer, and whether that buffer is ours to give back once
+        // they are read (with incremental consumption the kernel may keep filling it).
+        let buffer = match (cqueue::buffer_select(c.flags), self.io.bufring.as_mut()) {
+            (Some(bid), Some(ring)) => {
+                let len = usize::try_from(c.result).unwrap_or(0);
+                let (start, ours) = ring.received(bid, len, cqueue::buffer_more(c.flags));
+                Some((bid, start, ours))
+            }
+            _ => None,
+        };
+        let give_back = |ring: Option<&mut BufRing>| {
+            if let (Some((bid, _, true)), Some(ring)) = (buffer, ring) {
+                ring.recycle(bid);
+            }
+        };
         if !self.core.holds(slot, generation) {
             // Cannot happen while ops_in_flight guards the slot; count it and give the buffer back.
             bump(&self.core.stats.stale_completions);
-            if let (Some(bid), Some(ring)) = (bid, self.io.bufring.as_mut()) {
-                ring.recycle(bid);
-            }
+            give_back(self.io.bufring.as_mut());
             return;
         }
         if !more {
@@ -769,19 +798,25 @@ impl<H: Handler> EventLoop<H, Uring> {
             s.io.ops_in_flight -= 1;
         }
         if c.result > 0 {
-            let bid = bid.expect("a multishot recv completion with data names its buffer");
+            let (bid, start, _) =
+                buffer.expect("a multishot recv completion with data names its buffer");
             let ring = self.io.bufring.as_mut().expect("buffer ring present");
-            self.core.deliver(slot, ring.buffer(bid, c.result as usize));
-            ring.recycle(bid);
+            self.core
+                .deliver(slot, ring.data(bid, start, c.result as usize));
+            give_back(Some(ring));
             if !more && !self.core.slab[slot as usize].io.closed {
                 self.submit_recv(slot);
             }
             self.after_callback(slot);
-        } else if c.result == 0 {
-            self.core.deliver_eof(slot);
-            self.after_callback(slot);
         } else {
-            self.recv_failed(slot, generation, more, -c.result);
+            // No bytes: a buffer it names (none is expected) goes straight back.
+            give_back(self.io.bufring.as_mut());
+            if c.result == 0 {
+                self.core.deliver_eof(slot);
+                self.after_callback(slot);
+            } else {
+                self.recv_failed(slot, generation, more, -c.result);
+            }
         }
         // Every path that lowered ops_in_flight ends here: a final data completion (a multishot
         // recv ends with one when the completion queue was full) can land on a slot that is
