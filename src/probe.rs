@@ -16,11 +16,14 @@ pub fn run(args: ProbeArgs) -> Result<(), String> {
                 AcceptPath::SingleShot => "single-shot",
             };
             let recv = match f.recv {
-                RecvPath::MultishotBufRing if f.incremental_buffers => {
-                    "multishot + buffer ring, consumed incrementally"
-                }
                 RecvPath::MultishotBufRing => "multishot + buffer ring",
                 RecvPath::PollThenRecv => "poll then recv",
+            };
+            // How a receive uses the buffer ring: only the bytes it brings, or a whole buffer.
+            let recv_buffers = match f.recv {
+                RecvPath::MultishotBufRing if f.incremental_buffers => "incremental",
+                RecvPath::MultishotBufRing => "whole",
+                RecvPath::PollThenRecv => "none",
             };
             let sessions = if f.direct {
                 "direct descriptors"
@@ -44,7 +47,7 @@ pub fn run(args: ProbeArgs) -> Result<(), String> {
                     },
                     "features": {"ext_arg": f.ext_arg, "nodrop": f.nodrop},
                     "opcodes": opcodes,
-                    "paths": {"backend": "io_uring", "accept": accept, "recv": recv, "wakeup": "eventfd", "sessions": sessions},
+                    "paths": {"backend": "io_uring", "accept": accept, "recv": recv, "recv_buffers": recv_buffers, "wakeup": "eventfd", "sessions": sessions},
                 });
                 println!(
                     "{}",
@@ -68,6 +71,7 @@ pub fn run(args: ProbeArgs) -> Result<(), String> {
                 println!("backend:         io_uring");
                 println!("accept:          {accept}");
                 println!("recv:            {recv}");
+                println!("recv buffers:    {recv_buffers}");
                 println!("wakeup:          eventfd");
                 println!("sessions:        {sessions}");
             }

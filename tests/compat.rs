@@ -76,22 +76,30 @@ fn probe_names_the_paths_for_each_profile() {
     assert_eq!(newest["paths"]["sessions"], expected, "kernel {release}");
     // Incremental consumption of receive buffers needs 6.12.
     let expected = if version >= (6, 12) {
-        "multishot + buffer ring, consumed incrementally"
+        "incremental"
     } else {
-        "multishot + buffer ring"
+        "whole"
     };
-    assert_eq!(newest["paths"]["recv"], expected, "kernel {release}");
+    assert_eq!(
+        newest["paths"]["recv_buffers"], expected,
+        "kernel {release}"
+    );
+    assert_eq!(old["paths"]["recv_buffers"], "none");
     let six_one = probe_json(&["probe", "--json", "--kernel-profile", "6.1"]);
     assert_eq!(six_one["paths"]["sessions"], "plain descriptors");
     assert_eq!(six_one["paths"]["recv"], "multishot + buffer ring");
+    assert_eq!(six_one["paths"]["recv_buffers"], "whole");
     let forced = probe_json(&["probe", "--json", "--uring-disable", "incremental-buffers"]);
-    assert_eq!(forced["paths"]["recv"], "multishot + buffer ring");
+    assert_eq!(forced["paths"]["recv_buffers"], "whole");
     let forced = probe_json(&["probe", "--json", "--uring-disable", "multishot-accept"]);
     assert_eq!(forced["paths"]["accept"], "single-shot");
     let forced = probe_json(&["probe", "--json", "--uring-disable", "direct-descriptors"]);
     assert_eq!(forced["paths"]["sessions"], "plain descriptors");
     let text = ringport(&["probe"]);
-    assert!(text.contains("accept:") && text.contains("recv:"), "{text}");
+    assert!(
+        text.contains("accept:") && text.contains("recv:") && text.contains("recv buffers:"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -9,7 +9,8 @@
 //!
 //! Output, one line each, for the host to read off the serial console:
 //! - `suite: ok NAME` or `suite: FAIL NAME: WHY` per check;
-//! - `suite: info backend=B accept_path=A recv_path=R setup_flags=F`, from `INFO server`: the paths
+//! - `suite: info backend=B accept_path=A recv_path=R setup_flags=F incremental_buffers=I`, from
+//!   `INFO server`: the paths
 //!   the running server says it took;
 //! - `suite: idle enters_per_s=X sessions=N`: how often the idle server's rings entered the
 //!   kernel while N authenticated sessions sat idle (a ring that spins shows here);
@@ -498,7 +499,13 @@ fn info_field(conn: &mut Conn, section: &str, field: &str) -> Result<String, Str
 /// The `suite: info` line: the paths the running server says it took.
 fn server_paths(options: &Options) -> Result<String, String> {
     let mut conn = Conn::authenticated(options)?;
-    let fields = ["backend", "accept_path", "recv_path", "setup_flags"];
+    let fields = [
+        "backend",
+        "accept_path",
+        "recv_path",
+        "setup_flags",
+        "incremental_buffers",
+    ];
     let mut parts = Vec::new();
     for field in fields {
         parts.push(format!(
