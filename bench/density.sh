@@ -39,18 +39,9 @@ cleanup() {
 trap cleanup EXIT
 echo secret | target/release/ringport user add bench --data "$work/data" >/dev/null
 
-rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
-cli() { redis-cli -p $port --user bench --pass secret --no-auth-warning "$@" 2>/dev/null | tr -d '\r'; }
+. bench/one-server.sh
 clients() { cli INFO clients | sed -n 's/^connected_clients://p'; }
 direct() { cli INFO rings | grep -o 'direct=[0-9]*' | awk -F= '{s += $2} END {print s + 0}'; }
-start_server() { # extra flags...
-  target/release/ringport serve --listen 127.0.0.1:$port --data "$work/data" --log-level warn \
-    --max-sessions 100000 "$@" >"$work/out" 2>&1 &
-  pid=$!
-  for _ in $(seq 100); do grep -q listening "$work/out" && return 0; sleep 0.1; done
-  echo "the server did not start:" >&2; cat "$work/out" >&2; exit 1
-}
-stop_server() { kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""; }
 # Holds N idle sessions in processes of at most $per_holder each; returns once the server has them.
 hold() {
   local n=$1 left=$1 take

@@ -23,19 +23,14 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
-cli() { redis-cli -p $port --user bench --pass secret --no-auth-warning "$@" 2>/dev/null | tr -d '\r'; }
+. bench/one-server.sh
 exhausted() { cli INFO rings | grep -o 'bufring_exhausted=[0-9]*' | awk -F= '{s += $2} END {print s + 0}'; }
-start_server() { # extra flags...
+# Each start on an empty store: memory the previous run's data left would count.
+start_fresh() { # extra flags...
   rm -rf "$work/data"
   echo secret | target/release/ringport user add bench --data "$work/data" >/dev/null
-  target/release/ringport serve --listen 127.0.0.1:$port --data "$work/data" --log-level warn \
-    --max-sessions 100000 "$@" >"$work/out" 2>&1 &
-  pid=$!
-  for _ in $(seq 100); do grep -q listening "$work/out" && return 0; sleep 0.1; done
-  echo "the server did not start:" >&2; cat "$work/out" >&2; exit 1
+  start_server "$@"
 }
-stop_server() { kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""; }
 load() { # label, requests, redis-benchmark arguments...
   local label=$1 n=$2 before
   shift 2
@@ -50,7 +45,7 @@ payload=$(head -c 16384 /dev/zero | tr '\0' x)
 echo "machine: $(nproc) cores, kernel $(uname -r), $(date -u +%F); ringport $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src ring || echo ' + working tree')"
 for r in $(seq "$rounds"); do
   for mode in incremental whole; do
-    if [ $mode = incremental ]; then start_server; else start_server --uring-disable incremental-buffers; fi
+    if [ $mode = incremental ]; then start_fresh; else start_fresh --uring-disable incremental-buffers; fi
     echo "round $r, $mode: $(cli INFO server | grep incremental_buffers), recv buffers $(cli INFO memory | grep recv_buffer_bytes_per_ring), RSS $(rss_kb "$pid") kB at start"
     load "PING -c 50" "$requests" -t ping_inline -c 50
     load "PING -c 1000" "$requests" -t ping_inline -c 1000
