@@ -279,8 +279,8 @@ impl Chatter {
 
 // ---- the flood tool ----
 
-/// The `ringport-flood` binary, built once per test process with the profile (and target) the
-/// ringport binary was built with, so a test never runs a stale tool.
+/// The `ringport-flood` binary, built once per test process with the profile the ringport
+/// binary was built with, so a test never runs a stale tool.
 fn flood_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
@@ -294,22 +294,21 @@ fn flood_binary() -> &'static Path {
             Some(name) => name,
             None => panic!("no profile directory above {}", ringport.display()),
         };
-        let mut build = Command::new(env!("CARGO"));
-        build
+        // Cargo says where it put the binary (its JSON messages name each executable): the
+        // target directory's layout (a --target triple, CARGO_TARGET_DIR, a build-dir) is its
+        // business, and this inherits the environment the tests run in.
+        let output = Command::new(env!("CARGO"))
             .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .args(["build", "--quiet", "-p", "ringport-bench", "--bin"])
-            .args(["ringport-flood", "--profile", profile]);
-        // target/<profile>/ringport, or target/<triple>/<profile>/ringport under --target.
-        let above = profile_dir.parent().expect("the target directory");
-        if above.join("CACHEDIR.TAG").exists() {
-            build.arg("--target-dir").arg(above);
-        } else {
-            let triple = above.file_name().and_then(|n| n.to_str()).expect("triple");
-            build
-                .args(["--target", triple, "--target-dir"])
-                .arg(above.parent().expect("the target directory"));
-        }
-        let output = build.output().expect("run cargo build for ringport-flood");
+            .args([
+                "build",
+                "--quiet",
+                "--message-format=json",
+                "-p",
+                "ringport-bench",
+            ])
+            .args(["--bin", "ringport-flood", "--profile", profile])
+            .output()
+            .expect("run cargo build for ringport-flood");
         assert!(
             output.status.success(),
             "cargo build -p ringport-bench --bin ringport-flood failed ({}): {}\n(or point \
@@ -317,7 +316,12 @@ fn flood_binary() -> &'static Path {
             output.status,
             String::from_utf8_lossy(&output.stderr)
         );
-        let binary = profile_dir.join("ringport-flood");
+        let binary = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|message| message["target"]["name"] == "ringport-flood")
+            .find_map(|message| message["executable"].as_str().map(PathBuf::from))
+            .expect("cargo named no ringport-flood executable");
         assert!(binary.is_file(), "{} was not built", binary.display());
         binary
     })
