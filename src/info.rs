@@ -234,11 +234,16 @@ fn write_section(shared: &Shared, section: &str, out: &mut String) {
             for (i, w) in st.workers.iter().enumerate() {
                 let _ = write!(
                     out,
-                    "store_conn{i}:up={},in_flight={},batches={},jobs={}\r\n",
+                    "store_conn{i}:up={},in_flight={},batches={},jobs={},lane={}\r\n",
                     u8::from(w.up.load(Ordering::Relaxed)),
                     w.in_flight.load(Ordering::Relaxed),
                     w.batches.load(Ordering::Relaxed),
                     w.jobs.load(Ordering::Relaxed),
+                    if i < shared.store.read_workers() {
+                        "read"
+                    } else {
+                        "general"
+                    },
                 );
             }
         }

@@ -8,7 +8,6 @@ mod pg;
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{encode, sha256_rounds, RawConn, Reply, Server, PASSWORD, USER};
@@ -1358,10 +1357,10 @@ fn redis_py_default_pipeline_is_a_transaction(backend: Backend) {
          print(r.transaction(add, 'n'), r.get('n'))\n",
         port = server.addr.port()
     );
-    let py = Command::new("python3")
+    let py = common::python_with_redis()
         .args(["-c", &script])
         .output()
-        .expect("run python3 (ci/test installs python3-redis)");
+        .expect("run the py-clients Python (ci/ensure-clients)");
     let stdout = String::from_utf8_lossy(&py.stdout);
     let stderr = String::from_utf8_lossy(&py.stderr);
     assert_eq!(

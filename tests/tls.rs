@@ -142,10 +142,10 @@ fn redis_cli_and_redis_py_speak_tls() {
          for i in range(100): p.incr('py-counter')\n\
          print(p.execute()[-1])\n"
     );
-    let py = Command::new("python3")
+    let py = common::python_with_redis()
         .args(["-c", &script])
         .output()
-        .expect("run python3 (ci/test installs python3-redis)");
+        .expect("run the py-clients Python (ci/ensure-clients)");
     assert_eq!(
         String::from_utf8_lossy(&py.stdout).trim(),
         "100",

@@ -349,10 +349,10 @@ fn redis_py_calls_worker_commands() {
         common::USER,
         common::PASSWORD
     );
-    let out = std::process::Command::new("python3")
+    let out = common::python_with_redis()
         .args(["-c", &script])
         .output()
-        .expect("python3 (ci/ensure-clients installs python3-redis)");
+        .expect("run the py-clients Python (ci/ensure-clients)");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

@@ -67,6 +67,27 @@ pub fn example_binary(name: &str) -> PathBuf {
     path
 }
 
+/// The Python of the virtual environment `ci/ensure-clients` puts redis-py in
+/// (`$CARGO_TARGET_DIR/py-clients`, the version pinned in tests/fixtures/python/requirements.txt).
+/// Missing is a failure that says how to install it, never a skip.
+pub fn python_with_redis() -> Command {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("target"));
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(target)
+        .join("py-clients")
+        .join("bin")
+        .join("python3");
+    assert!(
+        python.is_file(),
+        "redis-py is not installed in {}: run ci/ensure-clients (it makes that virtual environment \
+         and installs tests/fixtures/python/requirements.txt there; needs PyPI)",
+        python.display()
+    );
+    Command::new(python)
+}
+
 /// What to start: flags, store, users. Kept by the [`Server`] so it can start again.
 #[derive(Clone)]
 pub struct ServerBuilder {
