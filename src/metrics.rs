@@ -398,15 +398,43 @@ impl Collector for ServerCollector {
             "Store connections re-established after a failure",
             &[(vec![], s.store.reconnects())],
         )?;
+        // Per store connection: its number, and its lane (the read lane takes only GETs).
+        let conns = |value: &dyn Fn(&crate::storepool::WorkerStats) -> u64| {
+            st.workers
+                .iter()
+                .enumerate()
+                .map(|(i, w)| {
+                    let lane = if i < s.store.read_workers() {
+                        "read"
+                    } else {
+                        "general"
+                    };
+                    let labels = vec![("conn", i.to_string()), ("lane", lane.to_string())];
+                    (labels, value(w))
+                })
+                .collect::<Vec<_>>()
+        };
         gauge_family(
             &mut e,
             "ringport_store_in_flight",
             "Store requests in flight, per store connection (the batch its worker is running)",
-            &st.workers
-                .iter()
-                .enumerate()
-                .map(|(i, w)| (vec![("conn", i.to_string())], load(&w.in_flight) as i64))
+            &conns(&|w| load(&w.in_flight))
+                .into_iter()
+                .map(|(labels, value)| (labels, value as i64))
                 .collect::<Vec<_>>(),
+        )?;
+        counter_family(
+            &mut e,
+            "ringport_store_conn_batches",
+            "Batches run, per store connection",
+            &conns(&|w| load(&w.batches)),
+        )?;
+        counter_family(
+            &mut e,
+            "ringport_store_conn_jobs",
+            "Store commands run in those batches, per store connection (divided by its batches: \
+             its mean batch size)",
+            &conns(&|w| load(&w.jobs)),
         )?;
         counter_family(
             &mut e,

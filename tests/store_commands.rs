@@ -75,6 +75,7 @@ on_both_backends!(
     slow_store_commands_never_stall_other_sessions,
     batched_gets_and_sets_keep_each_sessions_order,
     a_pipeline_of_gets_is_answered_in_order_and_counted,
+    gets_take_the_read_lane_and_the_rest_the_general_one,
     users_never_see_each_others_keys,
     scan_returns_each_key_present_throughout_exactly_once,
     redis_py_default_pipeline_is_a_transaction,
@@ -626,6 +627,76 @@ fn store_fields<const N: usize>(conn: &mut RawConn, names: [&str; N]) -> [u64; N
             .parse()
             .unwrap()
     })
+}
+
+/// With 4 store workers, the first is the read lane: once it is up, every GET runs there and
+/// every SET on the other three, as `INFO store` and `/metrics` show per connection.
+fn gets_take_the_read_lane_and_the_rest_the_general_one(backend: Backend) {
+    const GETS: usize = 20;
+    const SETS: usize = 10;
+    let server = start(
+        backend,
+        "read_lane",
+        &[("--store-threads", "4"), ("--metrics-addr", "127.0.0.1:0")],
+    );
+    let mut raw = server.raw_authed();
+    let conns = |raw: &mut RawConn| -> Vec<(bool, String, u64)> {
+        let Reply::Bulk(info) = raw.cmd(&[b"INFO", b"store"]) else {
+            panic!("INFO store is a bulk string")
+        };
+        String::from_utf8(info)
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with("store_conn"))
+            .map(|l| {
+                let field = |name: &str| {
+                    l.split([':', ','])
+                        .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+                        .unwrap_or_else(|| panic!("no {name} in {l}"))
+                        .to_string()
+                };
+                (
+                    field("up") == "1",
+                    field("lane"),
+                    field("jobs").parse().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + common::REPLY_TIMEOUT;
+    while !conns(&mut raw)[0].0 {
+        assert!(Instant::now() < deadline, "the read worker never came up");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for i in 0..SETS {
+        assert_eq!(raw.cmd(&[b"SET", format!("k{i}").as_bytes(), b"v"]), ok());
+    }
+    for i in 0..GETS {
+        let want = if i < SETS {
+            Reply::bulk("v")
+        } else {
+            Reply::Nil
+        };
+        assert_eq!(raw.cmd(&[b"GET", format!("k{i}").as_bytes()]), want);
+    }
+    let conns = conns(&mut raw);
+    let lanes: Vec<&str> = conns.iter().map(|(_, lane, _)| lane.as_str()).collect();
+    assert_eq!(lanes, ["read", "general", "general", "general"]);
+    assert_eq!(conns[0].2, GETS as u64, "jobs of the read lane: {conns:?}");
+    let general: u64 = conns[1..].iter().map(|(_, _, jobs)| jobs).sum();
+    assert_eq!(
+        general, SETS as u64,
+        "jobs of the general workers: {conns:?}"
+    );
+    // A worker clears its in-flight count just after the batch's replies leave: its value may
+    // still be 1 here, so only the line is looked for.
+    let metrics = common::http_body(server.metrics_addr(), "/metrics");
+    assert!(
+        metrics.contains(&format!(
+            "ringport_store_conn_jobs_total{{conn=\"0\",lane=\"read\"}} {GETS}"
+        )) && metrics.contains("ringport_store_in_flight{conn=\"3\",lane=\"general\"} "),
+        "{metrics}"
+    );
 }
 
 /// Store jobs queued or running, from `INFO store` (`store_queue_depth` + `store_jobs_running`).
