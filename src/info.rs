@@ -239,11 +239,7 @@ fn write_section(shared: &Shared, section: &str, out: &mut String) {
                     w.in_flight.load(Ordering::Relaxed),
                     w.batches.load(Ordering::Relaxed),
                     w.jobs.load(Ordering::Relaxed),
-                    if i < shared.store.read_workers() {
-                        "read"
-                    } else {
-                        "general"
-                    },
+                    shared.store.lane(i),
                 );
             }
         }

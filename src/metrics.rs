@@ -404,12 +404,7 @@ impl Collector for ServerCollector {
                 .iter()
                 .enumerate()
                 .map(|(i, w)| {
-                    let lane = if i < s.store.read_workers() {
-                        "read"
-                    } else {
-                        "general"
-                    };
-                    let labels = vec![("conn", i.to_string()), ("lane", lane.to_string())];
+                    let labels = vec![("conn", i.to_string()), ("lane", s.store.lane(i).into())];
                     (labels, value(w))
                 })
                 .collect::<Vec<_>>()

@@ -359,9 +359,14 @@ impl StorePool {
         self.worker_count
     }
 
-    /// Workers of the read lane (the first ones): 0 with a single worker, which takes all.
-    pub fn read_workers(&self) -> usize {
-        read_workers(self.worker_count)
+    /// The lane of worker `index`, as INFO and /metrics name it: `read` for the read lane's
+    /// workers (the first ones; none with a single worker, which takes all), else `general`.
+    pub fn lane(&self, index: usize) -> &'static str {
+        if index < read_workers(self.worker_count) {
+            "read"
+        } else {
+            "general"
+        }
     }
 
     /// Queue capacity.
@@ -774,7 +779,7 @@ mod tests {
     fn a_get_never_waits_behind_a_held_general_worker() {
         let (_dir, backend) = embedded();
         let pool = StorePool::start(backend, 2, 16, ringport_ring::ThreadPriority::Normal);
-        assert_eq!(pool.read_workers(), 1);
+        assert_eq!((pool.lane(0), pool.lane(1)), ("read", "general"));
         let deadline = Instant::now() + Duration::from_secs(10);
         while pool.readers_up.load(Ordering::Acquire) == 0 {
             assert!(Instant::now() < deadline, "the read worker never came up");

@@ -20,7 +20,7 @@ mod common;
 #[path = "common/oracle.rs"]
 mod oracle;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use common::{Reply, Server, PASSWORD, USER};
@@ -85,11 +85,7 @@ const DEBIAN_NODE_MODULES: &str = "/usr/share/nodejs";
 /// `NODE_PATH` for the script: ci/ensure-clients' npm directory, then Debian's modules. Panics,
 /// saying how to install them, when a client is missing.
 fn node_path() -> String {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("target"));
-    let npm_modules = root.join(target).join("node-clients").join("node_modules");
+    let npm_modules = common::installed_clients("node-clients").join("node_modules");
     assert!(
         npm_modules.join("ioredis").join("package.json").is_file(),
         "ioredis is not installed in {}: run ci/ensure-clients (it runs `npm ci` there from \

@@ -67,18 +67,23 @@ pub fn example_binary(name: &str) -> PathBuf {
     path
 }
 
-/// The Python of the virtual environment `ci/ensure-clients` puts redis-py in
-/// (`$CARGO_TARGET_DIR/py-clients`, the version pinned in tests/fixtures/python/requirements.txt).
-/// Missing is a failure that says how to install it, never a skip.
-pub fn python_with_redis() -> Command {
+/// Where `ci/ensure-clients` installs the clients that do not come from Debian:
+/// `$CARGO_TARGET_DIR/NAME`, `target/NAME` by default (a relative target folder is taken from
+/// the repository root, as cargo does).
+pub fn installed_clients(name: &str) -> PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("target"));
-    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join(target)
-        .join("py-clients")
-        .join("bin")
-        .join("python3");
+        .join(name)
+}
+
+/// The Python of the virtual environment `ci/ensure-clients` puts redis-py in
+/// (`py-clients`, the version pinned in tests/fixtures/python/requirements.txt). Missing is a
+/// failure that says how to install it, never a skip.
+pub fn python_with_redis() -> Command {
+    let python = installed_clients("py-clients").join("bin").join("python3");
     assert!(
         python.is_file(),
         "redis-py is not installed in {}: run ci/ensure-clients (it makes that virtual environment \
