@@ -214,7 +214,7 @@ fn write_section(shared: &Shared, section: &str, out: &mut String) {
             let backend = shared.store.backend();
             let _ = write!(
                 out,
-                "store_backend:{}\r\nstore_location:{}\r\nstore_threads:{}\r\nstore_queue_capacity:{}\r\nstore_queue_depth:{}\r\nstore_jobs_running:{}\r\nstore_jobs_completed:{}\r\nstore_jobs_rejected:{}\r\nstore_unavailable_errors:{}\r\nstore_other_errors:{}\r\nstore_reconnects:{}\r\nstore_batches:{}\r\nstore_batched_jobs:{}\r\nstore_batch_max:{}\r\nstore_expired_swept:{}\r\n",
+                "store_backend:{}\r\nstore_location:{}\r\nstore_threads:{}\r\nstore_queue_capacity:{}\r\nstore_queue_depth:{}\r\nstore_jobs_running:{}\r\nstore_jobs_completed:{}\r\nstore_jobs_rejected:{}\r\nstore_unavailable_errors:{}\r\nstore_other_errors:{}\r\nstore_reconnects:{}\r\nstore_batches:{}\r\nstore_batched_jobs:{}\r\nstore_batch_max:{}\r\nstore_expired_swept:{}\r\nstore_ring_links_up:{}\r\nstore_ring_links_made:{}\r\nstore_ring_batches:{}\r\nstore_ring_gets:{}\r\n",
                 backend.kind(),
                 backend.describe(),
                 shared.store.threads(),
@@ -230,6 +230,11 @@ fn write_section(shared: &Shared, section: &str, out: &mut String) {
                 st.batched_jobs.load(Ordering::Relaxed),
                 st.batch_max.load(Ordering::Relaxed),
                 st.swept.load(Ordering::Relaxed),
+                // Ring reads (`storelink`): each ring's own connection for GETs.
+                st.ring_links_up.load(Ordering::Relaxed),
+                st.ring_links_made.load(Ordering::Relaxed),
+                st.ring_batches.load(Ordering::Relaxed),
+                st.ring_gets.load(Ordering::Relaxed),
             );
             for (i, w) in st.workers.iter().enumerate() {
                 let _ = write!(

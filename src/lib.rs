@@ -22,6 +22,7 @@ pub mod server;
 pub mod session;
 pub mod shared;
 pub mod store;
+pub mod storelink;
 pub mod storepool;
 pub mod systemd;
 pub mod table;

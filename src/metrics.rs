@@ -118,7 +118,7 @@ impl Collector for ServerCollector {
         gauge_family(
             &mut e,
             "ringport_sessions_direct",
-            "Open sessions held in the ring's table of registered files instead of by a descriptor, per ring",
+            "Sockets held in the ring's table of registered files instead of by a descriptor (its sessions, and its own store connection for ring reads), per ring",
             &ring_gauge(&|r| load(&r.direct_sessions)),
         )?;
         counter_family(
@@ -442,6 +442,24 @@ impl Collector for ServerCollector {
             "ringport_store_batched_jobs",
             "Store jobs run in those batches (divided by batches: the mean batch size)",
             &[(vec![], load(&st.batched_jobs))],
+        )?;
+        gauge_family(
+            &mut e,
+            "ringport_store_ring_links_up",
+            "Rings whose own store connection for GETs is up (ring reads)",
+            &[(vec![], load(&st.ring_links_up) as i64)],
+        )?;
+        counter_family(
+            &mut e,
+            "ringport_store_ring_batches",
+            "Batches of GETs the rings sent on their own store connections",
+            &[(vec![], load(&st.ring_batches))],
+        )?;
+        counter_family(
+            &mut e,
+            "ringport_store_ring_gets",
+            "GETs those batches carried (divided by batches: the mean batch size)",
+            &[(vec![], load(&st.ring_gets))],
         )?;
         Ok(())
     }

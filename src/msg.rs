@@ -24,6 +24,10 @@ pub enum Msg {
     ListClients(crossbeam_channel::Sender<String>),
     /// Ring-wide: close the sessions the filter matches; the count is sent back.
     Kill(KillFilter, crossbeam_channel::Sender<u64>),
+    /// With a socket handed to the ring: its store connection for GETs (`storelink`).
+    LinkUp,
+    /// To the ring's store connection: GETs wait to be sent.
+    LinkFlush,
 }
 
 /// Which sessions `CLIENT KILL` closes: every given criterion must match.

@@ -503,6 +503,13 @@ fn run(args: ServeArgs, extra: Vec<CommandDef>) -> Result<(), StartError> {
     shared.workers = workers.clone();
     let shared = Arc::new(shared);
     let stats = shared.rings.clone();
+    // Ring reads: each ring drives a PostgreSQL connection of its own for GETs.
+    let ring_reads = (!args.no_ring_reads && backend.kind() == "postgres").then(|| {
+        let senders = senders.clone();
+        crate::storelink::Connector::start(backend.clone(), ring_count, move |ring, socket| {
+            senders[ring].attach(socket, Msg::LinkUp)
+        })
+    });
     // User changes while running (`ringport user`, through the file's permissions): kept out of
     // the way of a server whose data directory is not its own to write (PostgreSQL users can
     // be changed in the store directly).
@@ -550,7 +557,10 @@ fn run(args: ServeArgs, extra: Vec<CommandDef>) -> Result<(), StartError> {
             },
         };
         let use_uring = features.is_some();
-        let handler = RingHandler::new(shared.clone(), handlers.clone(), sender);
+        let mut handler = RingHandler::new(shared.clone(), handlers.clone(), sender);
+        if let Some(want) = &ring_reads {
+            handler = handler.with_ring_reads(want.clone());
+        }
         let core = cores.get(index % core_count).copied();
         let ready = ready_tx.clone();
         let thread = std::thread::Builder::new()
@@ -585,6 +595,8 @@ fn run(args: ServeArgs, extra: Vec<CommandDef>) -> Result<(), StartError> {
             .map_err(|e| format!("cannot start ring thread: {e}"))?;
         threads.push(thread);
     }
+    // The rings hold the connector's channel now: it ends with them.
+    drop(ring_reads);
     drop(ready_tx);
     for _ in 0..ring_count {
         match ready_rx.recv() {

@@ -21,6 +21,7 @@ use crate::conn::{Conn, State};
 use crate::msg::{AuthOutcome, Msg};
 use crate::resp::{self, Args, Limits, Proto};
 use crate::shared::Shared;
+use crate::storelink::ReadLink;
 use crate::storepool::JobTicket;
 use crate::table::NO_COMMAND;
 
@@ -44,6 +45,8 @@ pub struct RingHandler {
     args: Args,
     /// Parses ahead for [`fold_gets`].
     probe: Args,
+    /// This ring's own store connection for GETs, when ring reads are on.
+    link: ReadLink,
 }
 
 impl RingHandler {
@@ -67,7 +70,113 @@ impl RingHandler {
             preauth_limits,
             args: Args::new(),
             probe: Args::new(),
+            link: ReadLink::new(None),
         }
+    }
+
+    /// Ring reads on: this ring asks `want` for a store connection of its own (`storelink`).
+    pub fn with_ring_reads(mut self, want: crossbeam_channel::Sender<usize>) -> RingHandler {
+        self.link = ReadLink::new(Some(want));
+        self
+    }
+
+    /// A session's state, fresh.
+    fn new_conn(&self, cx: &Context, peer: Option<SocketAddr>) -> Conn {
+        let client_id = self
+            .shared
+            .next_client_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Conn {
+            client_id,
+            state: State::Unauthenticated,
+            user: None,
+            proto: Proto::Resp2,
+            rare: None,
+
+            authenticated: false,
+            inbuf: Default::default(),
+            parse_progress: Default::default(),
+            auth_failures: 0,
+            peer_eof: false,
+            pending: None,
+            peer: peer.map(|p| (p.ip(), p.port())),
+            created: u32::try_from(
+                cx.now
+                    .saturating_duration_since(self.shared.started)
+                    .as_secs(),
+            )
+            .unwrap_or(u32::MAX),
+            last_active: cx.now,
+            last_command: NO_COMMAND,
+            partial_since: None,
+            job_seq: 0,
+            auth_deadline: Some(cx.now + self.shared.config.auth_timeout),
+        }
+    }
+
+    fn on_client_data(&mut self, cx: &Context, s: &mut Session<'_, Conn>, data: &[u8]) {
+        if s.is_closing() {
+            return;
+        }
+        if s.conn.state == State::Waiting || !s.conn.inbuf.is_empty() {
+            let config = &self.shared.config;
+            let max_query = if s.conn.authenticated {
+                config.max_query_buffer
+            } else {
+                config.preauth_max_query_buffer
+            };
+            if s.conn.inbuf.len() + data.len() > max_query {
+                if let Some(suppressed) = self.shared.log_allowed("query_buffer") {
+                    tracing::warn!(
+                        client = s.conn.client_id,
+                        suppressed,
+                        "closing a session whose unprocessed input passed --max-query-buffer"
+                    );
+                }
+                self.shared
+                    .counters
+                    .query_limit_closes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                resp::error(
+                    s.out(),
+                    b"ERR Protocol error: client query buffer limit exceeded",
+                );
+                s.close_after_flush();
+                return;
+            }
+            s.conn.inbuf.extend_from_slice(data);
+            if s.conn.state != State::Waiting {
+                self.process_inbuf(cx, s);
+            }
+        } else {
+            let consumed = self.process_input(cx, s, data);
+            if consumed < data.len() && !s.is_closing() {
+                s.conn.inbuf.extend_from_slice(&data[consumed..]);
+            }
+        }
+        self.arm_deadline(cx, s);
+        self.close_if_done(cx, s);
+    }
+
+    /// After the link's connection moved: send what waits, close once a drain left it nothing,
+    /// and watch the oldest batch out.
+    fn settle_link(&mut self, cx: &Context, s: &mut Session<'_, Conn>) {
+        let store = &self.shared.store;
+        if self.link.has_waiting() {
+            self.link.flush(s.out(), cx.now, store);
+        }
+        if self.link.done() {
+            s.close_after_flush();
+        }
+        s.set_deadline(self.link.deadline(self.shared.config.store_timeout));
+    }
+
+    /// The link's connection failed: closing it answers its GETs and asks for another.
+    fn link_failed(&self, s: &mut Session<'_, Conn>, why: &str) {
+        if let Some(suppressed) = self.shared.log_allowed("ring_reads") {
+            tracing::warn!(reason = why, suppressed, "ring reads: closing the store connection; GETs go through the store workers until another is up");
+        }
+        s.close();
     }
 
     /// Parses and executes complete commands from `buf` until it runs out, a command goes to a
@@ -104,7 +213,14 @@ impl RingHandler {
                     } else {
                         None
                     };
-                    let mut call = Call::new(cx, &self.shared, &self.handlers, &self.sender, s);
+                    let mut call = Call::new(
+                        cx,
+                        &self.shared,
+                        &self.handlers,
+                        &self.sender,
+                        &mut self.link,
+                        s,
+                    );
                     match folded {
                         Some((keys, used)) => {
                             pos += used;
@@ -291,86 +407,35 @@ impl Handler for RingHandler {
     type Msg = Msg;
 
     fn on_open(&mut self, cx: &Context, _id: SessionId, peer: Option<SocketAddr>) -> Conn {
-        let client_id = self
-            .shared
-            .next_client_id
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Conn {
-            client_id,
-            state: State::Unauthenticated,
-            user: None,
-            proto: Proto::Resp2,
-            rare: None,
+        self.new_conn(cx, peer)
+    }
 
-            authenticated: false,
-            inbuf: Default::default(),
-            parse_progress: Default::default(),
-            auth_failures: 0,
-            peer_eof: false,
-            pending: None,
-            peer: peer.map(|p| (p.ip(), p.port())),
-            created: u32::try_from(
-                cx.now
-                    .saturating_duration_since(self.shared.started)
-                    .as_secs(),
-            )
-            .unwrap_or(u32::MAX),
-            last_active: cx.now,
-            last_command: NO_COMMAND,
-            partial_since: None,
-            job_seq: 0,
-            auth_deadline: Some(cx.now + self.shared.config.auth_timeout),
-        }
+    fn on_attach(&mut self, cx: &Context, id: SessionId, _msg: Msg) -> Option<Conn> {
+        // Its state is never read: every callback for the link is answered before it.
+        self.link
+            .attached(id, &self.shared.store)
+            .then(|| self.new_conn(cx, None))
     }
 
     fn on_data(&mut self, cx: &Context, s: &mut Session<'_, Conn>, data: &[u8]) {
-        if s.is_closing() {
+        if self.link.is(s.id()) {
+            match self.link.receive(data, &self.shared.store) {
+                Ok(()) => self.settle_link(cx, s),
+                Err(why) => self.link_failed(s, &why),
+            }
             return;
         }
-        if s.conn.state == State::Waiting || !s.conn.inbuf.is_empty() {
-            let config = &self.shared.config;
-            let max_query = if s.conn.authenticated {
-                config.max_query_buffer
-            } else {
-                config.preauth_max_query_buffer
-            };
-            if s.conn.inbuf.len() + data.len() > max_query {
-                if let Some(suppressed) = self.shared.log_allowed("query_buffer") {
-                    tracing::warn!(
-                        client = s.conn.client_id,
-                        suppressed,
-                        "closing a session whose unprocessed input passed --max-query-buffer"
-                    );
-                }
-                self.shared
-                    .counters
-                    .query_limit_closes
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                resp::error(
-                    s.out(),
-                    b"ERR Protocol error: client query buffer limit exceeded",
-                );
-                s.close_after_flush();
-                return;
-            }
-            s.conn.inbuf.extend_from_slice(data);
-            if s.conn.state != State::Waiting {
-                self.process_inbuf(cx, s);
-            }
-        } else {
-            let consumed = self.process_input(cx, s, data);
-            if consumed < data.len() && !s.is_closing() {
-                s.conn.inbuf.extend_from_slice(&data[consumed..]);
-            }
-        }
-        self.arm_deadline(cx, s);
-        self.close_if_done(cx, s);
+        self.on_client_data(cx, s, data);
     }
 
     fn on_message(&mut self, cx: &Context, s: &mut Session<'_, Conn>, msg: Msg) {
+        if self.link.is(s.id()) {
+            self.settle_link(cx, s);
+            return;
+        }
         let seq = match &msg {
             Msg::Reply(seq, _) | Msg::Auth(seq, _) | Msg::OverOutputLimit(seq) => *seq,
-            Msg::ListClients(_) | Msg::Kill(..) => 0,
+            Msg::ListClients(_) | Msg::Kill(..) | Msg::LinkUp | Msg::LinkFlush => return,
         };
         if s.conn.state != State::Waiting || seq != s.conn.job_seq {
             // The session gave up on this job (the store stopped answering) and moved on.
@@ -397,7 +462,14 @@ impl Handler for RingHandler {
             Msg::Auth(_, outcome) => {
                 let failed = !matches!(outcome, AuthOutcome::Verified { .. });
                 commands::finish_auth(
-                    &mut Call::new(cx, &self.shared, &self.handlers, &self.sender, s),
+                    &mut Call::new(
+                        cx,
+                        &self.shared,
+                        &self.handlers,
+                        &self.sender,
+                        &mut self.link,
+                        s,
+                    ),
                     outcome,
                 );
                 failed
@@ -406,9 +478,8 @@ impl Handler for RingHandler {
                 self.close_over_output_limit(s, "a reply that alone passed --max-output-buffer");
                 true
             }
-            Msg::ListClients(_) | Msg::Kill(..) => {
-                debug_assert!(false, "a ring-wide message was sent to one session");
-                false
+            Msg::ListClients(_) | Msg::Kill(..) | Msg::LinkUp | Msg::LinkFlush => {
+                unreachable!("returned above")
             }
         };
         for _ in 0..calls {
@@ -429,6 +500,15 @@ impl Handler for RingHandler {
 
     fn on_deadline(&mut self, cx: &Context, s: &mut Session<'_, Conn>) {
         use std::sync::atomic::Ordering::Relaxed;
+        if self.link.is(s.id()) {
+            let timeout = self.shared.config.store_timeout;
+            if self.link.deadline(timeout).is_some_and(|at| at <= cx.now) {
+                self.link_failed(s, "no answer within --store-timeout");
+            } else {
+                s.set_deadline(self.link.deadline(timeout));
+            }
+            return;
+        }
         let config = &self.shared.config;
         let counters = &self.shared.counters;
         let due = |at: Option<Instant>| at.is_some_and(|at| at <= cx.now);
@@ -490,11 +570,20 @@ impl Handler for RingHandler {
     }
 
     fn on_eof(&mut self, cx: &Context, s: &mut Session<'_, Conn>) {
+        if self.link.is(s.id()) {
+            return self.link_failed(s, "PostgreSQL closed the connection");
+        }
         s.conn.peer_eof = true;
         self.close_if_done(cx, s);
     }
 
     fn on_drain(&mut self, cx: &Context, s: &mut Session<'_, Conn>) {
+        if self.link.is(s.id()) {
+            if self.link.drain() {
+                s.close();
+            }
+            return;
+        }
         self.close_if_done(cx, s);
     }
 
@@ -502,7 +591,11 @@ impl Handler for RingHandler {
         match msg {
             Msg::ListClients(reply) => {
                 let mut lines = String::new();
+                let link = &self.link;
                 sessions.for_each(|s| {
+                    if link.is(s.id()) {
+                        return;
+                    }
                     lines.push_str(&s.conn.info_line(
                         self.shared.listen_addr,
                         s.pending_output(),
@@ -514,8 +607,9 @@ impl Handler for RingHandler {
             }
             Msg::Kill(filter, reply) => {
                 let mut killed = 0;
+                let link = &self.link;
                 sessions.for_each(|s| {
-                    if filter.matches(s.conn) {
+                    if !link.is(s.id()) && filter.matches(s.conn) {
                         killed += 1;
                         s.close();
                     }
@@ -526,13 +620,19 @@ impl Handler for RingHandler {
                     .fetch_add(killed, std::sync::atomic::Ordering::Relaxed);
                 let _ = reply.send(killed);
             }
-            Msg::Reply(..) | Msg::Auth(..) | Msg::OverOutputLimit(_) => {
-                debug_assert!(false, "a session's result was sent to a whole ring");
+            Msg::Reply(..)
+            | Msg::Auth(..)
+            | Msg::OverOutputLimit(_)
+            | Msg::LinkUp
+            | Msg::LinkFlush => {
+                debug_assert!(false, "a session's message was sent to a whole ring");
             }
         }
     }
 
-    fn on_close(&mut self, _cx: &Context, _id: SessionId, _conn: Conn, _reason: CloseReason) {}
+    fn on_close(&mut self, cx: &Context, id: SessionId, _conn: Conn, _reason: CloseReason) {
+        self.link.closed(id, cx.ring, &self.shared.store);
+    }
 }
 
 /// Most GETs of one pipeline answered by one store job.

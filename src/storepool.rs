@@ -147,6 +147,13 @@ pub struct StoreStats {
     pub workers: Vec<WorkerStats>,
     /// Expired keys the sweep removed.
     pub swept: AtomicU64,
+    /// Ring reads (`storelink`): connections up now, one per ring at most.
+    pub ring_links_up: AtomicU64,
+    /// Ring reads: connections made, the first ones included.
+    pub ring_links_made: AtomicU64,
+    /// Ring reads: batches sent, and the GETs they carried.
+    pub ring_batches: AtomicU64,
+    pub ring_gets: AtomicU64,
 }
 
 /// One worker's connection, for INFO.
@@ -272,8 +279,17 @@ impl StorePool {
     /// Queues a job, or refuses it when the queue is full. `allowance` is how long the job may
     /// run by design (SLEEP's duration), on top of the store timeout.
     pub fn submit(&self, work: StoreWork, allowance: Duration) -> Result<Arc<JobTicket>, Busy> {
+        self.try_submit(work, allowance).map_err(|_| Busy)
+    }
+
+    /// [`StorePool::submit`], handing a refused job back.
+    pub fn try_submit(
+        &self,
+        work: StoreWork,
+        allowance: Duration,
+    ) -> Result<Arc<JobTicket>, StoreWork> {
         if self.shutdown.load(Ordering::Acquire) {
-            return Err(Busy);
+            return Err(work);
         }
         let ticket = Arc::new(JobTicket {
             started_us: AtomicU64::new(0),
@@ -292,12 +308,22 @@ impl StorePool {
             ticket: ticket.clone(),
         }) {
             Ok(()) => Ok(ticket),
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+            Err(TrySendError::Full(queued)) | Err(TrySendError::Disconnected(queued)) => {
                 self.pool.depth.fetch_sub(1, Ordering::AcqRel);
                 self.pool.rejected.fetch_add(1, Ordering::Relaxed);
-                Err(Busy)
+                Err(queued.work)
             }
         }
+    }
+
+    /// A ticket for a job that runs from now on outside the pool (a ring's own store
+    /// connection, `storelink`): `stuck` once it has run longer than the store timeout.
+    pub fn started_ticket(&self) -> Arc<JobTicket> {
+        Arc::new(JobTicket {
+            started_us: AtomicU64::new((self.epoch.elapsed().as_micros() as u64).max(1)),
+            allowance: Duration::ZERO,
+            finished: AtomicBool::new(false),
+        })
     }
 
     /// Whether the store has stopped answering for this job: it has run longer than `timeout`

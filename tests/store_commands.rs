@@ -26,7 +26,11 @@ enum Backend {
 fn start(backend: Backend, label: &str, flags: &[(&str, &str)]) -> Server {
     let mut builder = Server::builder().user(BOB, BOB_PASSWORD);
     for (name, value) in flags {
-        builder = builder.flag(name, value);
+        builder = if value.is_empty() {
+            builder.switch(name)
+        } else {
+            builder.flag(name, value)
+        };
     }
     if backend == Backend::Postgres {
         builder = builder.store(&PgCluster::shared().fresh_url(label));
@@ -630,14 +634,19 @@ fn store_fields<const N: usize>(conn: &mut RawConn, names: [&str; N]) -> [u64; N
 }
 
 /// With 4 store workers, the first is the read lane: once it is up, every GET runs there and
-/// every SET on the other three, as `INFO store` and `/metrics` show per connection.
+/// every SET on the other three, as `INFO store` and `/metrics` show per connection. (Without
+/// ring reads: with them, PostgreSQL's GETs run on the rings' own connections.)
 fn gets_take_the_read_lane_and_the_rest_the_general_one(backend: Backend) {
     const GETS: usize = 20;
     const SETS: usize = 10;
     let server = start(
         backend,
         "read_lane",
-        &[("--store-threads", "4"), ("--metrics-addr", "127.0.0.1:0")],
+        &[
+            ("--store-threads", "4"),
+            ("--metrics-addr", "127.0.0.1:0"),
+            ("--no-ring-reads", ""),
+        ],
     );
     let mut raw = server.raw_authed();
     let conns = |raw: &mut RawConn| -> Vec<(bool, String, u64)> {
@@ -886,6 +895,126 @@ fn postgres_outage_answers_store_unavailable_then_recovers_without_restart() {
     );
 }
 
+/// Ring links up now, and made so far (`INFO store`), once `links_up` of them are up.
+fn wait_for_ring_links(conn: &mut RawConn, links_up: u64, within: Duration) -> u64 {
+    let deadline = Instant::now() + within;
+    loop {
+        let [up, made] = store_fields(conn, ["store_ring_links_up", "store_ring_links_made"]);
+        if up == links_up {
+            return made;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{up} ring links up, never {links_up}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Issue 13, ring reads: on PostgreSQL each ring drives a connection of its own for GETs. GETs
+/// are answered there and none reaches a store worker; a session's SET then GET in one write sees
+/// its write; while PostgreSQL is down GETs answer `store unavailable`, and once it is back each
+/// ring connects again by itself and its GETs return to its own connection.
+#[test]
+fn gets_run_on_each_rings_own_connection_and_come_back_after_a_restart() {
+    const SESSIONS: usize = 40;
+    let cluster = PgCluster::start();
+    let server = Server::builder()
+        .store(&cluster.url())
+        .flag("--store-threads", "2")
+        .flag("--rings", "2")
+        .flag("--metrics-addr", "127.0.0.1:0")
+        .start();
+    let mut watcher = server.raw_authed();
+    let made = wait_for_ring_links(&mut watcher, 2, common::REPLY_TIMEOUT);
+    assert_eq!(made, 2, "one connection per ring at start");
+
+    let mut sessions: Vec<RawConn> = (0..SESSIONS).map(|_| server.raw_authed()).collect();
+    for (i, s) in sessions.iter_mut().enumerate() {
+        let key = format!("k{i}");
+        s.send(
+            &[
+                encode(&[b"SET", key.as_bytes(), format!("v{i}").as_bytes()]),
+                encode(&[b"GET", key.as_bytes()]),
+                encode(&[b"GET", b"missing"]),
+            ]
+            .concat(),
+        );
+    }
+    for (i, s) in sessions.iter_mut().enumerate() {
+        assert_eq!(s.read_reply(), ok(), "SET of session {i}");
+        assert_eq!(
+            s.read_reply(),
+            Reply::bulk(format!("v{i}")),
+            "GET of session {i}"
+        );
+        assert_eq!(s.read_reply(), Reply::Nil, "GET missing of session {i}");
+    }
+    let [ring_gets, batches] =
+        store_fields(&mut watcher, ["store_ring_gets", "store_ring_batches"]);
+    assert_eq!(
+        ring_gets,
+        2 * SESSIONS as u64,
+        "GETs sent on the rings' connections"
+    );
+    assert!((1..=ring_gets).contains(&batches), "{batches} batches");
+    // Only the SETs reached the store workers.
+    let Reply::Bulk(info) = watcher.cmd(&[b"INFO", b"store"]) else {
+        panic!("INFO store is a bulk string")
+    };
+    let worker_jobs: u64 = String::from_utf8(info)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("store_conn"))
+        .map(|l| {
+            l.split([':', ','])
+                .find_map(|f| f.strip_prefix("jobs="))
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        })
+        .sum();
+    assert_eq!(worker_jobs, SESSIONS as u64, "jobs the store workers ran");
+    let metrics = common::http_body(server.metrics_addr(), "/metrics");
+    assert!(
+        metrics.contains("ringport_store_ring_links_up{} 2\n")
+            && metrics.contains(&format!("ringport_store_ring_gets_total{{}} {ring_gets}\n")),
+        "{metrics}"
+    );
+
+    cluster.stop();
+    let unavailable = Reply::Error("ERR store unavailable".into());
+    // A liveness bound, not a speed check.
+    watcher.send_cmd(&[b"GET", b"k0"]);
+    assert_eq!(
+        watcher.try_read_reply(Duration::from_secs(10)),
+        Ok(unavailable.clone()),
+        "GET while PostgreSQL is down"
+    );
+    wait_for_ring_links(&mut watcher, 0, Duration::from_secs(10));
+
+    cluster.start_again();
+    let made = wait_for_ring_links(&mut watcher, 2, Duration::from_secs(30));
+    assert!(
+        made >= 4,
+        "{made} ring connections made, the first two included"
+    );
+    let [before] = store_fields(&mut watcher, ["store_ring_gets"]);
+    for (i, s) in sessions.iter_mut().enumerate() {
+        assert_eq!(
+            s.cmd(&[b"GET", format!("k{i}").as_bytes()]),
+            Reply::bulk(format!("v{i}")),
+            "GET of session {i} after the restart"
+        );
+    }
+    let [after] = store_fields(&mut watcher, ["store_ring_gets"]);
+    assert_eq!(
+        after - before,
+        SESSIONS as u64,
+        "GETs on the rings' connections again"
+    );
+}
+
 /// A SET PostgreSQL refuses (a key too large for the primary key's index, about 2.7 kB) must
 /// fail only that SET, never the other sessions' SETs and GETs folded into the same batch: an
 /// authenticated user must not be able to make other users' writes fail. 50 sessions write
@@ -1119,10 +1248,12 @@ fn answer_while_paused(
     let mut session = server.raw_authed();
     let mut watcher = server.raw_authed();
     wait_for_store_depth(&mut watcher, "0", |depth| depth == 0);
+    let [ring_gets] = store_fields(&mut watcher, ["store_ring_gets"]);
     let paused = cluster.pause();
     session.send_cmd(command);
     let deadline = Instant::now() + common::REPLY_TIMEOUT;
-    while store_fields(&mut watcher, ["store_jobs_running"]) != [1] {
+    // Started: on a store worker, or (a GET) sent on its ring's own connection.
+    while store_fields(&mut watcher, ["store_jobs_running", "store_ring_gets"]) == [0, ring_gets] {
         assert!(
             Instant::now() < deadline,
             "no store worker started {command:?}"

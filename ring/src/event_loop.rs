@@ -10,7 +10,7 @@
 //! `epoll.rs`.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, IntoRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -396,27 +396,51 @@ impl<H: Handler> Core<H> {
         let _ = sock.set_tcp_nodelay(true);
         let peer = sock.peer_addr().ok().and_then(|a| a.as_socket());
         let cx = self.context();
+        let slot = self
+            .open_slot(fd, |handler, id| Some(handler.on_open(&cx, id, peer)))
+            .expect("on_open always gives a state");
+        let s = &mut self.slab[slot as usize];
+        s.io.tls = tls.map(|mut tls| {
+            tls.peer = peer;
+            tls
+        });
+        let mut session = s.session(slot);
+        self.handler.on_start(&cx, &mut session);
+        slot
+    }
+
+    /// Gives `fd` a slot and a generation, if `open` (a handler callback, given the session's
+    /// id) returns its state; a refusal leaves no trace.
+    fn open_slot(
+        &mut self,
+        fd: RawFd,
+        open: impl FnOnce(&mut H, SessionId) -> Option<H::Conn>,
+    ) -> Option<u32> {
         let entry = self.slab.vacant_entry();
         let slot = entry.key() as u32;
         if self.generations.len() <= slot as usize {
             self.generations.resize(slot as usize + 1, 0);
         }
         let generation = self.generations[slot as usize];
-        let conn = self
-            .handler
-            .on_open(&cx, SessionId { slot, generation }, peer);
-        let mut io = SlotIo::new(fd, generation);
-        io.tls = tls.map(|mut tls| {
-            tls.peer = peer;
-            tls
-        });
-        let slot_ref = entry.insert(Slot {
-            io,
+        let conn = open(&mut self.handler, SessionId { slot, generation })?;
+        entry.insert(Slot {
+            io: SlotIo::new(fd, generation),
             conn: Some(conn),
         });
-        let mut session = slot_ref.session(slot);
-        self.handler.on_start(&cx, &mut session);
-        slot
+        Some(slot)
+    }
+
+    /// Gives an attached socket a slot if the handler takes it (`on_attach`); the handler's
+    /// refusal leaves no trace.
+    fn open_attached(&mut self, fd: RawFd, msg: H::Msg) -> Option<u32> {
+        // SAFETY: fd was handed over to this ring, which owns it until closed.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        // A Unix socket has no Nagle to turn off: the error is expected there.
+        let _ = socket2::SockRef::from(&borrowed).set_tcp_nodelay(true);
+        let cx = self.context();
+        let slot = self.open_slot(fd, |handler, id| handler.on_attach(&cx, id, msg))?;
+        self.slab[slot as usize].io.attached = true;
+        Some(slot)
     }
 
     /// Frees every slot left when the loop ends without a drain (an error, a panic in a callback)
@@ -440,9 +464,11 @@ impl<H: Handler> Core<H> {
         let s = self.slab.remove(slot as usize);
         self.generations[slot as usize] =
             (self.generations[slot as usize] + 1) & token::GENERATION_MASK;
-        self.stats.sessions.fetch_sub(1, Ordering::Relaxed);
-        self.config.global_sessions.fetch_sub(1, Ordering::AcqRel);
-        bump(&self.stats.closed);
+        if !s.io.attached {
+            self.stats.sessions.fetch_sub(1, Ordering::Relaxed);
+            self.config.global_sessions.fetch_sub(1, Ordering::AcqRel);
+            bump(&self.stats.closed);
+        }
         s.io.fd
     }
 }
@@ -539,6 +565,26 @@ impl<H: Handler, B: Backend<H>> EventLoop<H, B> {
         let slot = self.core.open_session(fd, tls);
         if let Err(e) = B::watch(self, slot) {
             tracing::warn!(ring = self.core.config.index, error = %e, "cannot watch a new session; closing it");
+            self.begin_close(slot, CloseReason::PeerGone);
+            return;
+        }
+        self.after_callback(slot);
+    }
+
+    /// A socket handed over by `Sender::attach`: a session of the handler's own, unless the ring
+    /// drains or the handler refuses it (then it is closed).
+    fn attach(&mut self, socket: OwnedFd, msg: H::Msg) {
+        if self.core.draining {
+            return;
+        }
+        let fd = socket.into_raw_fd();
+        let Some(slot) = self.core.open_attached(fd, msg) else {
+            // SAFETY: the descriptor handed over, which no slot took: closed once, here.
+            unsafe { libc::close(fd) };
+            return;
+        };
+        if let Err(e) = B::watch(self, slot) {
+            tracing::warn!(ring = self.core.config.index, error = %e, "cannot watch an attached socket; closing it");
             self.begin_close(slot, CloseReason::PeerGone);
             return;
         }
@@ -650,6 +696,7 @@ impl<H: Handler, B: Backend<H>> EventLoop<H, B> {
                         self.after_callback(slot);
                     }
                 }
+                Envelope::Attach(socket, msg) => self.attach(socket, msg),
             }
         }
         if applied > 0 {

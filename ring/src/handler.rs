@@ -54,6 +54,14 @@ pub trait Handler {
         _sessions: &mut Sessions<'_, Self::Conn>,
     ) {
     }
+    /// A socket handed over with `Sender::attach` got a slot: returns its state, or `None` to
+    /// close it. Such a session is the handler's own connection to a backend, not a client's: it
+    /// does not count against `max_sessions` or in the session counts, and gets no `on_start`;
+    /// otherwise it is driven like any session (`on_data`, `on_message`, `on_close`...). By
+    /// default refused.
+    fn on_attach(&mut self, _cx: &Context, _id: SessionId, _msg: Self::Msg) -> Option<Self::Conn> {
+        None
+    }
     /// The session is gone; its state is handed back for the last time.
     fn on_close(&mut self, cx: &Context, id: SessionId, conn: Self::Conn, reason: CloseReason);
 }
@@ -79,6 +87,8 @@ pub(crate) enum Closing {
 pub(crate) struct SlotIo {
     /// The peer sent EOF (epoll stops watching for input).
     pub(crate) peer_eof: bool,
+    /// A socket handed over by `Sender::attach`, not a client's: not counted as a session.
+    pub(crate) attached: bool,
     pub(crate) fd: RawFd,
     pub(crate) generation: u32,
     /// Replies queued by the handler, not yet handed to the kernel.
@@ -256,6 +266,7 @@ impl SlotIo {
             deadline_dirty: false,
             deadline_tick: 0,
             peer_eof: false,
+            attached: false,
             tls: None,
         }
     }

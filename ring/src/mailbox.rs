@@ -23,6 +23,8 @@ pub(crate) enum Envelope<M> {
     Session(SessionId, M),
     /// A message for the ring as a whole (a query or an action over all its sessions).
     Ring(M),
+    /// A socket another thread connected, for the ring to drive as a session of its own.
+    Attach(OwnedFd, M),
 }
 
 struct Shared<M> {
@@ -86,6 +88,14 @@ impl<M> Sender<M> {
     /// Queues a message for the ring as a whole; see `Handler::on_ring_message`.
     pub fn send_ring(&self, msg: M) {
         self.shared.queue.push(Envelope::Ring(msg));
+        self.wake();
+    }
+
+    /// Hands the ring a connected socket to drive as a session that is not a client's (a
+    /// connection to a backend the handler speaks to itself); see `Handler::on_attach`. Dropped,
+    /// and so closed, if the ring is draining.
+    pub fn attach(&self, socket: OwnedFd, msg: M) {
+        self.shared.queue.push(Envelope::Attach(socket, msg));
         self.wake();
     }
 

@@ -32,6 +32,10 @@ impl Handler for Echo {
         self.ids.send(id).unwrap();
     }
 
+    fn on_attach(&mut self, _cx: &Context, id: SessionId, msg: Vec<u8>) -> Option<()> {
+        (msg == b"take").then(|| self.ids.send(id).unwrap())
+    }
+
     fn on_data(&mut self, cx: &Context, s: &mut Session<'_, ()>, data: &[u8]) {
         if data.starts_with(b"later:") {
             self.sender.send(s.id(), data[6..].to_vec());
@@ -248,6 +252,60 @@ fn exercise_on(r: Running) {
         let _ = s.read_to_end(&mut rest);
     }
     assert_eq!(r.stats.sessions.load(Ordering::Relaxed), 0);
+}
+
+/// A socket handed over with `Sender::attach` is driven like a session (data, output, close) but
+/// counts as none, even with the ring full; one the handler refuses is closed.
+fn attached_sockets(disable: Disable, epoll: bool) {
+    let r = start_on(disable, epoll, Faults::default());
+    let pair = || {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let near = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        near.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let (far, _) = listener.accept().unwrap();
+        (near, std::os::fd::OwnedFd::from(far))
+    };
+    // The ring is full of clients (max_sessions 4): an attached socket still gets a slot.
+    let clients: Vec<TcpStream> = (0..4)
+        .map(|_| TcpStream::connect(r.addr).unwrap())
+        .collect();
+    for _ in 0..4 {
+        r.ids.recv_timeout(Duration::from_secs(5)).unwrap();
+    }
+    let (mut taken, far) = pair();
+    r.sender.attach(far, b"take".to_vec());
+    let id = r.ids.recv_timeout(Duration::from_secs(5)).unwrap();
+    taken.write_all(b"hello").unwrap();
+    assert_eq!(read_exact(&mut taken, 5), b"hello");
+    r.sender.send(id, b"from afar".to_vec());
+    assert_eq!(read_exact(&mut taken, 9), b"from afar");
+    assert_eq!(r.stats.sessions.load(Ordering::Relaxed), 4);
+    assert_eq!(r.global_sessions.load(Ordering::SeqCst), 4);
+
+    let (mut refused, far) = pair();
+    r.sender.attach(far, b"no".to_vec());
+    let mut rest = Vec::new();
+    refused.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "a refused socket is closed");
+
+    // Its peer leaving closes it like any session, and frees no client's place.
+    drop(taken);
+    wait_until("the attached socket closed", || {
+        r.closed.load(Ordering::SeqCst) == 1
+    });
+    assert_eq!(r.global_sessions.load(Ordering::SeqCst), 4);
+    drop(clients);
+    r.sender.drain();
+    r.thread.join().unwrap();
+    assert_eq!(r.stats.sessions.load(Ordering::Relaxed), 0);
+    assert_eq!(r.global_sessions.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn attached_sockets_on_every_path() {
+    attached_sockets(Disable::default(), false);
+    attached_sockets(Disable::for_kernel_profile("5.10").unwrap(), false);
+    attached_sockets(Disable::default(), true);
 }
 
 #[test]

@@ -17,6 +17,7 @@ use crate::msg::{Msg, Replier};
 use crate::pool::{ComputePool, Job};
 use crate::resp::Proto;
 use crate::shared::Shared;
+use crate::storelink::{Handed, ReadLink};
 use crate::storepool::StoreWork;
 
 /// The reply when a pool's queue is full.
@@ -31,6 +32,8 @@ pub struct Call<'a, 's> {
     pub(crate) handlers: &'a Handlers,
     /// The ring's own mailbox, cloned into every job so results come back to this ring.
     mailbox: &'a Sender<Msg>,
+    /// The ring's own store connection for GETs (`storelink`).
+    link: &'a mut ReadLink,
     session: &'a mut Session<'s, Conn>,
 }
 
@@ -40,6 +43,7 @@ impl<'a, 's> Call<'a, 's> {
         shared: &'a Arc<Shared>,
         handlers: &'a Handlers,
         mailbox: &'a Sender<Msg>,
+        link: &'a mut ReadLink,
         session: &'a mut Session<'s, Conn>,
     ) -> Self {
         Call {
@@ -47,6 +51,7 @@ impl<'a, 's> Call<'a, 's> {
             shared,
             handlers,
             mailbox,
+            link,
             session,
         }
     }
@@ -150,7 +155,24 @@ impl<'a, 's> Call<'a, 's> {
     /// `allowance` is how much longer than `--store-timeout` the job may take (SLEEP's own
     /// delay).
     pub fn offload_store(&mut self, work: StoreWork, allowance: Duration) {
-        match self.shared.store.submit(work, allowance) {
+        let submitted = match work {
+            // The ring's own connection when it has one, else the pool.
+            StoreWork::Get(get) => {
+                self.link
+                    .submit(get, &self.shared.store)
+                    .map(|handed| match handed {
+                        Handed::Link(ticket, poke) => {
+                            if let Some(link) = poke {
+                                self.mailbox.send(link, Msg::LinkFlush);
+                            }
+                            ticket
+                        }
+                        Handed::Pool(ticket) => ticket,
+                    })
+            }
+            work => self.shared.store.submit(work, allowance),
+        };
+        match submitted {
             Ok(ticket) => {
                 let now = self.cx.now;
                 // Watch for a store that stops answering: the first look comes after the store

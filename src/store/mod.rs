@@ -185,6 +185,12 @@ pub trait Backend: Send + Sync + 'static {
     fn reconnects(&self) -> u64 {
         0
     }
+    /// A connection a ring drives itself for batches of GETs (`storelink`, `postgres::wire`):
+    /// non-blocking, authenticated, its statement prepared. `None` where the backend has none:
+    /// the embedded store is read in-process, not over a socket.
+    fn connect_ring_reads(&self) -> Option<Result<std::os::fd::OwnedFd, StoreError>> {
+        None
+    }
     /// Keeps `sink` current with the stored users from now on, for as long as someone else
     /// holds it, reporting each change a moment after its commit. The backend reads the whole
     /// table again whenever it may have missed a change (after a lost connection), so a change

@@ -60,6 +60,7 @@ use super::{
 
 mod sql;
 pub mod watch;
+pub mod wire;
 
 /// How long after a failed connection attempt the next may start.
 pub const RECONNECT_INTERVAL: Duration = Duration::from_millis(250);
@@ -327,6 +328,13 @@ impl Backend for Postgres {
 
     fn reconnects(&self) -> u64 {
         self.reconnects.load(Ordering::Relaxed)
+    }
+
+    fn connect_ring_reads(&self) -> Option<Result<std::os::fd::OwnedFd, StoreError>> {
+        let deadline = connect_deadline(&self.config, self.call_timeout);
+        Some(wire::connect(&self.config, deadline).map_err(|error| {
+            StoreError::Unavailable(format!("cannot connect to {}: {error}", self.description))
+        }))
     }
 
     fn connect(&self) -> Result<Box<dyn Conn>, StoreError> {
