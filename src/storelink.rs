@@ -15,7 +15,8 @@
 //! - While a ring has no connection, its GETs go to the store pool as every other store command
 //!   does. GETs not sent yet when the connection is lost go there too; GETs in flight are
 //!   answered `store unavailable`, as a worker's would be. A batch PostgreSQL refuses goes to the
-//!   pool, which runs it again one GET at a time, so one bad GET fails only its own session.
+//!   pool, which runs it again one GET at a time, so one bad GET fails only its own session, and
+//!   the connection is replaced (its prepared statements may no longer fit the schema).
 
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
@@ -185,7 +186,11 @@ impl ReadLink {
                 Reply::Failed(message) => batch.failed = Some(message),
                 Reply::Done => {
                     let batch = self.in_flight.pop_front().expect("the front batch");
-                    answer(batch, pool);
+                    if let Some(message) = answer(batch, pool) {
+                        // A GET that fails is a statement that no longer fits the server (a
+                        // schema changed under it): a new connection prepares it again.
+                        return Err(format!("PostgreSQL refused a batch: {message}"));
+                    }
                 }
             }
         }
@@ -243,20 +248,20 @@ impl ReadLink {
 }
 
 /// Answers each GET of a finished batch, or hands the batch to the pool when PostgreSQL refused
-/// it (the pool reruns a refused batch one GET at a time).
-fn answer(batch: Batch, pool: &StorePool) {
+/// it (the pool reruns a refused batch one GET at a time) and returns why.
+fn answer(batch: Batch, pool: &StorePool) -> Option<String> {
     if let Some(message) = batch.failed {
-        tracing::debug!(%message, "PostgreSQL refused a batch of ring reads; the store pool reruns it");
         for work in batch.works {
             to_pool(work, pool);
         }
-        return;
+        return Some(message);
     }
     let mut values = batch.values.into_iter();
     for work in batch.works {
         let mine = values.by_ref().take(work.keys.len()).map(Ok).collect();
         (work.done)(mine);
     }
+    None
 }
 
 /// Hands GETs to the store pool; a full pool answers them `store unavailable` at once.

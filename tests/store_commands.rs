@@ -1015,6 +1015,32 @@ fn gets_run_on_each_rings_own_connection_and_come_back_after_a_restart() {
     );
 }
 
+/// Ring reads log in as the store workers do, whatever the server asks: SCRAM-SHA-256 (the
+/// default of PostgreSQL 14 and later) and md5, with the password from the URL.
+#[test]
+fn ring_reads_log_in_with_scram_and_md5_passwords() {
+    for method in ["scram-sha-256", "md5"] {
+        let cluster = PgCluster::start_own();
+        let url = cluster.login_with_password("ringreader", "s3cret-pass", method);
+        let server = Server::builder()
+            .store(&url)
+            .flag("--store-threads", "2")
+            .flag("--rings", "2")
+            .start();
+        let mut session = server.raw_authed();
+        wait_for_ring_links(&mut session, 2, common::REPLY_TIMEOUT);
+        assert_eq!(session.cmd(&[b"SET", b"k", b"v"]), ok(), "{method}");
+        let [before] = store_fields(&mut session, ["store_ring_gets"]);
+        assert_eq!(session.cmd(&[b"GET", b"k"]), Reply::bulk("v"), "{method}");
+        let [after] = store_fields(&mut session, ["store_ring_gets"]);
+        assert_eq!(
+            after,
+            before + 1,
+            "the GET ran on its ring's connection ({method})"
+        );
+    }
+}
+
 /// A SET PostgreSQL refuses (a key too large for the primary key's index, about 2.7 kB) must
 /// fail only that SET, never the other sessions' SETs and GETs folded into the same batch: an
 /// authenticated user must not be able to make other users' writes fail. 50 sessions write

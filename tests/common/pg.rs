@@ -179,6 +179,31 @@ impl PgCluster {
         paused
     }
 
+    /// A URL for a new superuser `role` that must log in with `password`, checked by `method`
+    /// (`scram-sha-256` or `md5`, also how the password is stored), where every other role is
+    /// trusted. Panics under `DATABASE_URL`.
+    pub fn login_with_password(&self, role: &str, password: &str, method: &str) -> String {
+        let owned = self.owned("login_with_password");
+        let mut client = postgres::Client::connect(&self.url(), postgres::NoTls)
+            .unwrap_or_else(|error| panic!("connect to the test PostgreSQL: {error:?}"));
+        client
+            .batch_execute(&format!(
+                "SET password_encryption = '{method}';
+                 CREATE ROLE {role} LOGIN SUPERUSER PASSWORD '{password}'"
+            ))
+            .unwrap_or_else(|error| panic!("create role {role}: {error}"));
+        let hba = owned.data.join("pg_hba.conf");
+        let rules = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+        std::fs::write(&hba, format!("local all {role} {method}\n{rules}"))
+            .expect("write pg_hba.conf");
+        owned.pg_ctl(&["reload"]);
+        format!(
+            "host={} port={} user={role} password={password} dbname=postgres",
+            owned.socket_dir.display(),
+            owned.port
+        )
+    }
+
     fn owned(&self, what: &str) -> &Owned {
         match &self.inner {
             Inner::Owned(owned) => owned,
