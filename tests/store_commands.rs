@@ -634,19 +634,14 @@ fn store_fields<const N: usize>(conn: &mut RawConn, names: [&str; N]) -> [u64; N
 }
 
 /// With 4 store workers, the first is the read lane: once it is up, every GET runs there and
-/// every SET on the other three, as `INFO store` and `/metrics` show per connection. (Without
-/// ring reads: with them, PostgreSQL's GETs run on the rings' own connections.)
+/// every SET on the other three, as `INFO store` and `/metrics` show per connection.
 fn gets_take_the_read_lane_and_the_rest_the_general_one(backend: Backend) {
     const GETS: usize = 20;
     const SETS: usize = 10;
     let server = start(
         backend,
         "read_lane",
-        &[
-            ("--store-threads", "4"),
-            ("--metrics-addr", "127.0.0.1:0"),
-            ("--no-ring-reads", ""),
-        ],
+        &[("--store-threads", "4"), ("--metrics-addr", "127.0.0.1:0")],
     );
     let mut raw = server.raw_authed();
     let conns = |raw: &mut RawConn| -> Vec<(bool, String, u64)> {
@@ -924,6 +919,7 @@ fn gets_run_on_each_rings_own_connection_and_come_back_after_a_restart() {
         .flag("--store-threads", "2")
         .flag("--rings", "2")
         .flag("--metrics-addr", "127.0.0.1:0")
+        .switch("--ring-reads")
         .start();
     let mut watcher = server.raw_authed();
     let made = wait_for_ring_links(&mut watcher, 2, common::REPLY_TIMEOUT);
@@ -1026,6 +1022,7 @@ fn ring_reads_log_in_with_scram_and_md5_passwords() {
             .store(&url)
             .flag("--store-threads", "2")
             .flag("--rings", "2")
+            .switch("--ring-reads")
             .start();
         let mut session = server.raw_authed();
         wait_for_ring_links(&mut session, 2, common::REPLY_TIMEOUT);
@@ -1338,6 +1335,44 @@ fn a_read_stuck_in_the_store_keeps_its_session() {
 
     set_when_the_store_is_back(&mut session, b"k", b"v");
     assert_eq!(session.cmd(&[b"GET", b"k"]), Reply::bulk("v"));
+}
+
+/// The same with ring reads: a GET stuck on its ring's own connection answers `store
+/// unavailable` after the store timeout, its session goes on, the connection is given up, and
+/// once PostgreSQL answers again the ring connects anew and its GETs run there again.
+#[test]
+fn a_read_stuck_on_a_rings_connection_keeps_its_session() {
+    let cluster = PgCluster::start_own();
+    let server = Server::builder()
+        .store(&cluster.url())
+        .flag("--store-threads", "2")
+        .flag("--rings", "1")
+        .flag("--store-timeout", SHORT_STORE_TIMEOUT)
+        .switch("--ring-reads")
+        .start();
+    let mut watcher = server.raw_authed();
+    wait_for_ring_links(&mut watcher, 1, common::REPLY_TIMEOUT);
+    let (mut session, paused, reply) = answer_while_paused(&cluster, &server, &[b"GET", b"k"]);
+    assert_eq!(
+        reply,
+        Ok(Reply::Error("ERR store unavailable".into())),
+        "GET while PostgreSQL hangs"
+    );
+    assert_alive_raw(&mut session);
+    // The ring gave its connection up: a hung store may never answer on it.
+    wait_for_ring_links(&mut watcher, 0, Duration::from_secs(5));
+    drop(paused);
+
+    set_when_the_store_is_back(&mut session, b"k", b"v");
+    wait_for_ring_links(&mut watcher, 1, Duration::from_secs(30));
+    let [before] = store_fields(&mut watcher, ["store_ring_gets"]);
+    assert_eq!(session.cmd(&[b"GET", b"k"]), Reply::bulk("v"));
+    let [after] = store_fields(&mut watcher, ["store_ring_gets"]);
+    assert_eq!(
+        after,
+        before + 1,
+        "the GET ran on the ring's new connection"
+    );
 }
 
 /// A pipeline's run of GETs is one store job (the session folds it): when the store stops
