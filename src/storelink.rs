@@ -1,7 +1,10 @@
-//! Ring reads: each ring drives a PostgreSQL connection of its own for GETs, so a GET crosses no
-//! thread: the ring writes the query, PostgreSQL's reply wakes the ring, the ring answers. Through
-//! the store pool the same GET takes four wake-ups more (the worker's, twice, and the ring's
-//! mailbox), which on a small box cost more than the query itself.
+//! Ring reads (`--ring-reads`, off by default): each ring drives a PostgreSQL connection of its
+//! own for GETs, so a GET crosses no thread: the ring writes the query, PostgreSQL's reply wakes
+//! the ring, the ring answers. Through the store pool the same GET takes four wake-ups more (the
+//! worker's, twice, and the ring's mailbox). The price is paid by PostgreSQL: each ring's queries
+//! carry only that ring's GETs, where the pool's read lane gathers every ring's into one query,
+//! and a query costs PostgreSQL far more than a key in it. On 2 cores ringport's CPU per GET fell
+//! by a third and PostgreSQL's rose about as much (`bench/results/2026-12-02/ring-reads-*.txt`).
 //!
 //! - [`ReadLink`] is one ring's side: the GETs its sessions handed over and not sent yet, and the
 //!   batches in flight. GETs that arrive while a batch is out wait and go together in the next
