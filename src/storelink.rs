@@ -213,7 +213,7 @@ impl ReadLink {
     /// The ring drains: take no more GETs; true when the connection can close now.
     pub fn drain(&mut self) -> bool {
         self.closing = true;
-        self.in_flight.is_empty() && self.waiting.is_empty()
+        self.done()
     }
 
     /// Whether the ring drains and nothing is left for the connection to carry.

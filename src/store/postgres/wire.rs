@@ -332,89 +332,55 @@ fn error_text(body: &ErrorResponseBody) -> String {
 }
 
 /// Appends one batch of GETs (owner and key of each, in order) to `out`: Bind, Execute, Sync.
-/// Rows come back as (position from 1, value) for the keys present and live at `now_ms`.
+/// Rows come back as (position from 1, value) for the keys present and live at `now_ms`. A lone
+/// GET binds the single-key statement, more bind arrays to the batched one.
 pub fn encode_gets<'a>(
     gets: impl Iterator<Item = (&'a str, &'a [u8])> + Clone,
     count: usize,
     now_ms: i64,
     out: &mut BytesMut,
 ) {
-    let len = i32::try_from(count).unwrap_or(i32::MAX);
-    let dims = || {
-        [ArrayDimension {
-            len,
-            lower_bound: 1,
-        }]
+    let single = gets.clone().next().filter(|_| count == 1);
+    let statement = if single.is_some() {
+        STATEMENT_ONE
+    } else {
+        STATEMENT
     };
-    let mut one = gets.clone();
-    if let (1, Some((owner, key))) = (count, one.next()) {
-        let params: [Param<'_>; 3] = [
-            Box::new(|buf| {
-                types::text_to_sql(owner, buf);
-                Ok(IsNull::No)
-            }),
-            Box::new(|buf| {
-                types::bytea_to_sql(key, buf);
-                Ok(IsNull::No)
-            }),
-            Box::new(|buf| {
-                types::int8_to_sql(now_ms, buf);
-                Ok(IsNull::No)
-            }),
-        ];
-        return bind_execute(STATEMENT_ONE, params, out);
-    }
-    let owners = gets.clone().map(|(owner, _)| owner);
-    let keys = gets.map(|(_, key)| key);
-    let params: [Param<'_>; 3] = [
-        Box::new(|buf| {
-            types::array_to_sql(
-                dims(),
+    let dims = [ArrayDimension {
+        len: i32::try_from(count).unwrap_or(i32::MAX),
+        lower_bound: 1,
+    }];
+    // Parameters $1 (owners), $2 (keys), $3 (the time), in binary: no text escaping of keys or
+    // values either way.
+    let param = |index: usize, buf: &mut BytesMut| -> Result<IsNull, BoxError> {
+        match (index, single) {
+            (0, Some((owner, _))) => types::text_to_sql(owner, buf),
+            (1, Some((_, key))) => types::bytea_to_sql(key, buf),
+            (0, None) => types::array_to_sql(
+                dims,
                 TEXT,
-                owners,
-                |owner, buf| {
+                gets.clone(),
+                |(owner, _), buf| {
                     types::text_to_sql(owner, buf);
                     Ok(IsNull::No)
                 },
                 buf,
-            )?;
-            Ok(IsNull::No)
-        }),
-        Box::new(|buf| {
-            types::array_to_sql(
-                dims(),
+            )?,
+            (1, None) => types::array_to_sql(
+                dims,
                 BYTEA,
-                keys,
-                |key, buf| {
+                gets.clone(),
+                |(_, key), buf| {
                     types::bytea_to_sql(key, buf);
                     Ok(IsNull::No)
                 },
                 buf,
-            )?;
-            Ok(IsNull::No)
-        }),
-        Box::new(|buf| {
-            types::int8_to_sql(now_ms, buf);
-            Ok(IsNull::No)
-        }),
-    ];
-    bind_execute(STATEMENT, params, out);
-}
-
-/// Bind (binary parameters and results: no text escaping of keys or values either way),
-/// Execute, Sync.
-fn bind_execute<'p>(statement: &str, params: [Param<'p>; 3], out: &mut BytesMut) {
-    if frontend::bind(
-        "",
-        statement,
-        [1, 1, 1],
-        params,
-        |param, buf| param(buf),
-        [1],
-        out,
-    )
-    .is_err()
-    {
+            )?,
+            _ => types::int8_to_sql(now_ms, buf),
+        }
+        Ok(IsNull::No)
+    };
+    if frontend::bind("", statement, [1, 1, 1], 0..3, param, [1], out).is_err() {
         unreachable!("a batch of GETs is far under the protocol's limits (storelink keeps it so)");
     }
     frontend::execute("", 0, out).expect("an unnamed portal");
@@ -422,9 +388,6 @@ fn bind_execute<'p>(statement: &str, params: [Param<'p>; 3], out: &mut BytesMut)
 }
 
 type BoxError = Box<dyn std::error::Error + Sync + Send>;
-
-/// One parameter's binary encoder.
-type Param<'p> = Box<dyn FnOnce(&mut BytesMut) -> Result<IsNull, BoxError> + 'p>;
 
 /// What the server answered, message by message, for the batches the ring sent.
 #[derive(Debug, PartialEq)]
