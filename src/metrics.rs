@@ -267,9 +267,13 @@ impl Collector for ServerCollector {
             for c in &used {
                 let labels: Labels = vec![("command", c.name.to_string())];
                 let sum = c.usec as f64 / 1e6;
+                // The histogram's own count, not `calls`: the rings go on recording while the
+                // summary is read, and a command recorded between the read of `calls` and that of
+                // the buckets made `_count` and the `+Inf` bucket disagree.
+                let count = c.latency.len();
                 metric
                     .encode_family(&labels)?
-                    .encode_histogram::<NoLabelSet>(sum, c.calls, &buckets(&c.latency), None)?;
+                    .encode_histogram::<NoLabelSet>(sum, count, &buckets(&c.latency), None)?;
             }
         }
 
