@@ -23,6 +23,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, SendTimeoutError, Sender, TrySendError};
+use ringport_ring::mailbox::batch_wakes;
 
 use crate::pool::{Busy, PoolStats};
 use crate::store::{now_ms, Backend, Conn, StoreError, SWEEP_BATCH};
@@ -631,7 +632,7 @@ fn hand_over(
 
 /// Runs one batch: its GETs as one call, then its SETs as one commit (so a GET never waits
 /// behind a commit), then its other job, if any. Without a connection each is answered with
-/// `down`.
+/// `down`. The answers of the GETs, and then of the SETs, wake each ring once (`batch_wakes`).
 fn run_batch(
     mut conn: Option<&mut (dyn Conn + 'static)>,
     down: &StoreError,
@@ -656,10 +657,12 @@ fn run_batch(
         };
         drop(keys);
         let mut values = values.into_iter();
-        for get in gets {
-            let mine = values.by_ref().take(get.keys.len()).collect();
-            (get.done)(mine);
-        }
+        batch_wakes(|| {
+            for get in gets {
+                let mine = values.by_ref().take(get.keys.len()).collect();
+                (get.done)(mine);
+            }
+        });
     }
     if !sets.is_empty() {
         let triples: Vec<(&str, &[u8], &[u8])> = sets
@@ -671,9 +674,11 @@ fn run_batch(
             None => triples.iter().map(|_| Err(down.clone())).collect(),
         };
         drop(triples);
-        for (set, outcome) in sets.into_iter().zip(outcomes) {
-            (set.done)(outcome);
-        }
+        batch_wakes(|| {
+            for (set, outcome) in sets.into_iter().zip(outcomes) {
+                (set.done)(outcome);
+            }
+        });
     }
     for job in jobs {
         match conn.as_deref_mut() {
