@@ -4,7 +4,8 @@
 # machine noise falls on both, and prints the server's CPU time, syscalls and io_uring_enter
 # calls per request (../shared/tools/server-cost) for each run, on io_uring and on epoll.
 # Usage: bench/before-after.sh REV [REQUESTS] [ROUNDS]   (defaults: 300000 requests, 2 rounds)
-# LOOPS="uring epoll" and PIPELINES="1 16" (the defaults) narrow what is measured; TESTS="get"
+# LOOPS="uring epoll" and PIPELINES="1 16" (the defaults) narrow what is measured (LOOPS may also
+# name min-wait: io_uring with --uring-min-wait); TESTS="get"
 # (redis-benchmark test names, default ping_mbulk) measures other commands (embedded store);
 # CLIENTS="50 1000" (default 50) sets the connection counts.
 set -euo pipefail
@@ -26,6 +27,7 @@ for round in $(seq "$rounds"); do
     for build in before after; do
       flags=()
       [ "$loop" = epoll ] && flags=(--backend epoll)
+      [ "$loop" = min-wait ] && flags=(--uring-min-wait)
       "$work/$build" serve --listen 127.0.0.1:16398 --data "$work/data-$build" --log-level warn "${flags[@]}" >"$work/out" 2>&1 &
       pid=$!
       for _ in $(seq 100); do grep -q listening "$work/out" && break; sleep 0.1; done

@@ -6,7 +6,8 @@
 #   ringport on that PostgreSQL, through redis-benchmark (-r 100000 keys, 3-byte values):
 #     SET at -c 16, GET at -c 16 and at -c 200, each against its ceiling (the ratio)
 #   then p50/p99 of each from ringport-bench (closed loop, the same connection counts), and
-#   redis-benchmark SET/GET at -c 16 on the embedded store, for reference.
+#   redis-benchmark SET/GET at -c 16 on the embedded store and against an in-memory redis-server
+#   (what the load generator allows on this box), for reference.
 #   and a SQL-defined command reading the same row as GET (`[[command]]`, reply "value"), side by
 #   side with the built-in GET at -c 16: what the generic path costs against the hand-written one.
 # Usage: bench/store-compare.sh [REQUESTS] [SECONDS]   (defaults 200000, 10; ROUNDS=3)
@@ -51,7 +52,8 @@ start_ringport() {
 # requests/s of one redis-benchmark test
 rb() {
   local port=$1 test=$2 clients=$3
-  redis-benchmark -h 127.0.0.1 -p "$port" --user bench -a secret -t "$test" -c "$clients" -n "$n" -r 100000 -q 2>/dev/null |
+  # Bounded: redis-benchmark retries a refused connection for ever.
+  timeout 300 redis-benchmark -h 127.0.0.1 -p "$port" --user bench -a secret -t "$test" -c "$clients" -n "$n" -r 100000 -q 2>/dev/null |
     tr '\r' '\n' | sed -n 's/.*: \([0-9.]*\) requests per second.*/\1/p' | tail -1 | cut -d. -f1
 }
 # "p50 p99" in µs of a ringport-bench closed-loop run
@@ -115,5 +117,13 @@ echo "SQL-defined read of the same row (sqlget key) vs built-in GET, redis-bench
 start_ringport embedded 16396 --data "$work/embedded"
 echo
 echo "ringport on the embedded store, redis-benchmark -c 16 -n $n: SET $(rb 16396 set 16)/s, GET $(rb 16396 get 16)/s"
+# What the load generator itself allows on this box: the same redis-benchmark against an
+# in-memory redis-server, which does the least work per GET of any server.
+if command -v redis-server >/dev/null; then
+  redis-server --port 16397 --bind 127.0.0.1 --save '' --appendonly no --user bench on '>secret' '~*' '&*' '+@all' >"$work/redis.out" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 50); do redis-cli -p 16397 --user bench --pass secret --no-auth-warning PING 2>/dev/null | grep -q PONG && break; sleep 0.1; done
+  echo "the load generator's ceiling, redis-benchmark -c 16 against redis-server $(redis-server --version | awk '{print $3}' | cut -d= -f2): SET $(rb 16397 set 16)/s, GET $(rb 16397 get 16)/s"
+fi
 grep -E "^store_(batches|batched_jobs|batch_max)" <(redis-cli -p 16395 --user bench --pass secret --no-auth-warning INFO store 2>/dev/null | tr -d '\r') |
   paste -sd' ' | sed 's/^/ringport on PostgreSQL, INFO store: /' || true
