@@ -69,6 +69,8 @@ pub struct ReadLink {
     closing: bool,
     /// Where to ask for a connection after a loss; `None`: ring reads are off.
     want: Option<Sender<usize>>,
+    /// This ring has had a connection: the next one is a reconnect (`store_reconnects`).
+    linked_before: bool,
     scratch: BytesMut,
 }
 
@@ -127,6 +129,9 @@ impl ReadLink {
         let stats = pool.store_stats();
         stats.ring_links_up.fetch_add(1, Relaxed);
         stats.ring_links_made.fetch_add(1, Relaxed);
+        if std::mem::replace(&mut self.linked_before, true) {
+            stats.reconnects.fetch_add(1, Relaxed);
+        }
         true
     }
 

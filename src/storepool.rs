@@ -135,7 +135,7 @@ pub struct StoreStats {
     pub unavailable: AtomicU64,
     /// Other store errors.
     pub errors: AtomicU64,
-    /// Connections (re)established by workers after a failure.
+    /// Connections re-established after a failure: by workers, and by rings for ring reads.
     pub reconnects: AtomicU64,
     /// Batches run (a batch: the jobs one worker took off the queue at once).
     pub batches: AtomicU64,

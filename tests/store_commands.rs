@@ -995,6 +995,14 @@ fn gets_run_on_each_rings_own_connection_and_come_back_after_a_restart() {
         made >= 4,
         "{made} ring connections made, the first two included"
     );
+    // Every connection a ring made after its first is a reconnect; the store workers' own
+    // reconnects count there too.
+    let [reconnects] = store_fields(&mut watcher, ["store_reconnects"]);
+    assert!(
+        reconnects >= made - 2,
+        "store_reconnects {reconnects} after {} ring reconnects",
+        made - 2
+    );
     let [before] = store_fields(&mut watcher, ["store_ring_gets"]);
     for (i, s) in sessions.iter_mut().enumerate() {
         assert_eq!(
