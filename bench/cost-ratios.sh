@@ -22,16 +22,17 @@ trap cleanup EXIT
 
 echo secret | target/release/ringport user add bench --data "$work/uring" >/dev/null
 echo secret | target/release/ringport user add bench --data "$work/epoll" >/dev/null
+declare -A pid port=([uring]=16381 [epoll]=16382 [redis]=16383)
 # shellcheck disable=SC2086
-target/release/ringport serve --listen 127.0.0.1:16381 --data "$work/uring" --log-level warn ${RINGPORT_FLAGS:-} >"$work/uring.out" 2>&1 &
-pids+=($!); declare -A pid=([uring]=$! [port_uring]=16381)
+target/release/ringport serve --listen 127.0.0.1:${port[uring]} --data "$work/uring" --log-level warn ${RINGPORT_FLAGS:-} >"$work/uring.out" 2>&1 &
+pids+=($!); pid[uring]=$!
 # shellcheck disable=SC2086
-target/release/ringport serve --listen 127.0.0.1:16382 --data "$work/epoll" --log-level warn --backend epoll ${RINGPORT_FLAGS:-} >"$work/epoll.out" 2>&1 &
-pids+=($!); pid[epoll]=$!; pid[port_epoll]=16382
-redis-server --port 16383 --bind 127.0.0.1 --save '' --appendonly no --user bench on '>secret' '~*' '&*' '+@all' >"$work/redis.out" 2>&1 &
-pids+=($!); pid[redis]=$!; pid[port_redis]=16383
-for port in 16381 16382 16383; do
-  for _ in $(seq 100); do redis-cli -p "$port" --user bench --pass secret --no-auth-warning PING 2>/dev/null | grep -q PONG && break; sleep 0.1; done
+target/release/ringport serve --listen 127.0.0.1:${port[epoll]} --data "$work/epoll" --log-level warn --backend epoll ${RINGPORT_FLAGS:-} >"$work/epoll.out" 2>&1 &
+pids+=($!); pid[epoll]=$!
+redis-server --port "${port[redis]}" --bind 127.0.0.1 --save '' --appendonly no --user bench on '>secret' '~*' '&*' '+@all' >"$work/redis.out" 2>&1 &
+pids+=($!); pid[redis]=$!
+for p in "${port[@]}"; do
+  for _ in $(seq 100); do redis-cli -p "$p" --user bench --pass secret --no-auth-warning PING 2>/dev/null | grep -q PONG && break; sleep 0.1; done
 done
 
 echo "machine: $(nproc) cores, kernel $(uname -r), redis-server $(redis-server --version | awk '{print $3}' | cut -d= -f2), $(date -u +%F); ringport ${RINGPORT_FLAGS:-(default flags)}"
@@ -45,7 +46,7 @@ for round in $(seq "$rounds"); do
     read -r c p <<<"$load"
     for server in uring epoll redis; do
       # Bounded: redis-benchmark retries a refused connection for ever.
-      out=$("$cost" "${pid[$server]}" "$n" -- timeout 300 redis-benchmark -p "${pid[port_$server]}" --user bench -a secret \
+      out=$("$cost" "${pid[$server]}" "$n" -- timeout 300 redis-benchmark -p "${port[$server]}" --user bench -a secret \
         -t ping_inline -c "$c" -P "$p" -n "$n" -q)
       us=$(sed -n 's/.*server cpu per request \([0-9.]*\) us.*/\1/p' <<<"$out")
       enters=$(sed -n 's/^io_uring_enter per request \([0-9.]*\).*/\1/p' <<<"$out")

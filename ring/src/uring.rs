@@ -335,11 +335,7 @@ impl<H: Handler> Backend<H> for Uring {
         // many for at most MIN_WAIT, then returns on the first: fewer enters per request, at the
         // price of at most MIN_WAIT of added latency while the server is busy. An idle or
         // lightly loaded ring waits as before.
-        let want = if block && min_wait && lp.io.last_reaped > 1 {
-            (lp.io.last_reaped * 2).min(MIN_WAIT_MAX_WANT)
-        } else {
-            usize::from(block)
-        };
+        //
         // The replies this enter submits complete during it, and a wait for one completion would
         // return on them at once, to reap nothing but sends and enter again to wait: up to half
         // the enters of a busy ring. With min-wait the wait counts them on top, and after
@@ -347,20 +343,20 @@ impl<H: Handler> Backend<H> for Uring {
         // Without min-wait that bound would be a timeout, whose timer cost more CPU than the
         // enters it saved on the VM we measured (README, `--uring-min-wait`).
         let sends = std::mem::take(&mut lp.io.sends_queued);
-        let wait = if want > 1 { MIN_WAIT } else { SEND_WAIT };
-        let want = if block && min_wait {
-            want + sends
-        } else {
-            want
+        let (want, min_wait_for) = match (block && min_wait, lp.io.last_reaped) {
+            (true, reaped) if reaped > 1 => {
+                ((reaped * 2).min(MIN_WAIT_MAX_WANT) + sends, Some(MIN_WAIT))
+            }
+            (true, _) if sends > 0 => (1 + sends, Some(SEND_WAIT)),
+            _ => (usize::from(block), None),
         };
         let result = if poll_wait {
             lp.submit_then_poll(block, timeout)
         } else if block && ext_arg && (timeout.is_some() || want > 1) {
             let args = types::SubmitArgs::new();
-            let args = if want > 1 && min_wait {
-                args.min_wait_usec(wait.as_micros() as u32)
-            } else {
-                args
+            let args = match min_wait_for {
+                Some(wait) => args.min_wait_usec(wait.as_micros() as u32),
+                None => args,
             };
             match timeout {
                 Some(timeout) => {
