@@ -4,7 +4,9 @@
 #     point read   pgbench -S at -c 16 and at -c 200
 #     upsert       a custom script doing ringport's durable SET (INSERT ... ON CONFLICT) at -c 16
 #   ringport on that PostgreSQL, through redis-benchmark (-r 100000 keys, 3-byte values):
-#     SET at -c 16, GET at -c 16 and at -c 200, each against its ceiling (the ratio)
+#     SET at -c 16, GET at -c 16 and at -c 200, each against its ceiling (the ratio); GET at
+#     -c 16 also with --threads 2, two load threads as pgbench's -j 2 has (on 2 cores one
+#     redis-benchmark thread is itself a cap: see its ceiling against redis-server below)
 #   then p50/p99 of each from ringport-bench (closed loop, the same connection counts), and
 #   redis-benchmark SET/GET at -c 16 on the embedded store and against an in-memory redis-server
 #   (what the load generator allows on this box), for reference.
@@ -49,11 +51,12 @@ start_ringport() {
   pids+=($!)
   for _ in $(seq 100); do grep -q listening "$work/$name.out" && break; sleep 0.1; done
 }
-# requests/s of one redis-benchmark test
+# requests/s of one redis-benchmark test; a 4th argument: that many load threads
 rb() {
-  local port=$1 test=$2 clients=$3
+  local port=$1 test=$2 clients=$3 threads=()
+  [ -n "${4:-}" ] && threads=(--threads "$4")
   # Bounded: redis-benchmark retries a refused connection for ever.
-  timeout 300 redis-benchmark -h 127.0.0.1 -p "$port" --user bench -a secret -t "$test" -c "$clients" -n "$n" -r 100000 -q 2>/dev/null |
+  timeout 300 redis-benchmark -h 127.0.0.1 -p "$port" --user bench -a secret -t "$test" -c "$clients" "${threads[@]}" -n "$n" -r 100000 -q 2>/dev/null |
     tr '\r' '\n' | sed -n 's/.*: \([0-9.]*\) requests per second.*/\1/p' | tail -1 | cut -d. -f1
 }
 # "p50 p99" in µs of a ringport-bench closed-loop run
@@ -90,11 +93,12 @@ for round in $(seq "$rounds"); do
   checkpoint; set16+=" $(rb 16395 set 16)"
   checkpoint; read16+=" $(pgbench -S -M prepared -c 16 -j 2 -T "$seconds" | tps)"
   checkpoint; get16+=" $(rb 16395 get 16)"
+  checkpoint; get16t2+=" $(rb 16395 get 16 2)"
   checkpoint; read200+=" $(pgbench -S -M prepared -c 200 -j 2 -T "$seconds" | tps)"
   checkpoint; get200+=" $(rb 16395 get 200)"
-  echo "round $round: GET -c 16 $(ratio "${get16##* }" "${read16##* }"), -c 200 $(ratio "${get200##* }" "${read200##* }"), SET $(ratio "${set16##* }" "${upsert16##* }")"
+  echo "round $round: GET -c 16 $(ratio "${get16##* }" "${read16##* }") (--threads 2: $(ratio "${get16t2##* }" "${read16##* }")), -c 200 $(ratio "${get200##* }" "${read200##* }"), SET $(ratio "${set16##* }" "${upsert16##* }")"
 done
-for v in upsert16 set16 read16 get16 read200 get200; do printf -v "$v" '%s' "$(median <<<"${!v}")"; done
+for v in upsert16 set16 read16 get16 get16t2 read200 get200; do printf -v "$v" '%s' "$(median <<<"${!v}")"; done
 checkpoint
 sqlget16=$(redis-benchmark -h 127.0.0.1 -p 16395 --user bench -a secret -c 16 -n "$n" -r 100000 -q sqlget key:__rand_int__ 2>/dev/null |
   tr '\r' '\n' | sed -n 's/.*: \([0-9.]*\) requests per second.*/\1/p' | tail -1 | cut -d. -f1)
@@ -108,6 +112,7 @@ read -r get200_p50 get200_p99 < <(latency 16395 GET 200)
 echo
 printf '%-34s %12s %12s %8s %10s %10s\n' "load" "ceiling/s" "ringport/s" "ratio" "p50 µs" "p99 µs"
 printf '%-34s %12s %12s %8s %10s %10s\n' "GET vs pgbench -S, -c 16" "$read16" "$get16" "$(ratio "$get16" "$read16")" "$get16_p50" "$get16_p99"
+printf '%-34s %12s %12s %8s %10s %10s\n' "  the same, redis-benchmark --threads 2" "$read16" "$get16t2" "$(ratio "$get16t2" "$read16")" "" ""
 printf '%-34s %12s %12s %8s %10s %10s\n' "GET vs pgbench -S, -c 200" "$read200" "$get200" "$(ratio "$get200" "$read200")" "$get200_p50" "$get200_p99"
 printf '%-34s %12s %12s %8s %10s %10s\n' "SET vs pgbench upsert, -c 16" "$upsert16" "$set16" "$(ratio "$set16" "$upsert16")" "$set16_p50" "$set16_p99"
 echo "(medians of $rounds rounds; ringport/s: redis-benchmark -n $n -r 100000; p50/p99: ringport-bench closed loop, ${seconds} s; ceilings: pgbench -M prepared -j 2 -T $seconds)"
@@ -116,14 +121,14 @@ echo "SQL-defined read of the same row (sqlget key) vs built-in GET, redis-bench
 
 start_ringport embedded 16396 --data "$work/embedded"
 echo
-echo "ringport on the embedded store, redis-benchmark -c 16 -n $n: SET $(rb 16396 set 16)/s, GET $(rb 16396 get 16)/s"
+echo "ringport on the embedded store, redis-benchmark -c 16 -n $n: SET $(rb 16396 set 16)/s, GET $(rb 16396 get 16)/s (--threads 2: $(rb 16396 get 16 2)/s)"
 # What the load generator itself allows on this box: the same redis-benchmark against an
 # in-memory redis-server, which does the least work per GET of any server.
 if command -v redis-server >/dev/null; then
   redis-server --port 16397 --bind 127.0.0.1 --save '' --appendonly no --user bench on '>secret' '~*' '&*' '+@all' >"$work/redis.out" 2>&1 &
   pids+=($!)
   for _ in $(seq 50); do redis-cli -p 16397 --user bench --pass secret --no-auth-warning PING 2>/dev/null | grep -q PONG && break; sleep 0.1; done
-  echo "the load generator's ceiling, redis-benchmark -c 16 against redis-server $(redis-server --version | awk '{print $3}' | cut -d= -f2): SET $(rb 16397 set 16)/s, GET $(rb 16397 get 16)/s"
+  echo "the load generator's ceiling, redis-benchmark -c 16 against redis-server $(redis-server --version | awk '{print $3}' | cut -d= -f2): SET $(rb 16397 set 16)/s, GET $(rb 16397 get 16)/s (--threads 2: $(rb 16397 get 16 2)/s)"
 fi
 grep -E "^store_(batches|batched_jobs|batch_max)" <(redis-cli -p 16395 --user bench --pass secret --no-auth-warning INFO store 2>/dev/null | tr -d '\r') |
   paste -sd' ' | sed 's/^/ringport on PostgreSQL, INFO store: /' || true

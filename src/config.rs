@@ -270,13 +270,12 @@ pub struct ServeArgs {
     pub backend: BackendChoice,
     /// Fast paths to switch off (comma-separated: multishot-accept, multishot-recv, buf-ring,
     /// single-issuer, defer-taskrun, coop-taskrun, ext-arg, enter-wait, min-wait,
-    /// direct-descriptors).
+    /// direct-descriptors, incremental-buffers, busy-tick).
     #[arg(long, default_value = "")]
     pub uring_disable: String,
-    /// Under load, let a ring's wait collect completions for up to 20 µs, and a wait that
-    /// submits replies wait up to 50 µs for one completion besides theirs (io_uring min-wait,
-    /// 6.12+). Off by default: on a 2-core VM it halved io_uring_enter calls per request but
-    /// cost 20-40% more CPU per request (README, "Kernel compatibility").
+    /// Under load, let a ring's wait collect completions for up to 20 µs (io_uring min-wait,
+    /// 6.12+). Off by default: on a 2-core VM it nearly halved io_uring_enter calls per request
+    /// but cost 20-40% more CPU per request (README, "Kernel compatibility").
     #[arg(long)]
     pub uring_min_wait: bool,
     /// Behave like a kernel of this version: 5.10, 5.15, 6.1 or newest.

@@ -60,6 +60,7 @@ fn write_section(shared: &Shared, section: &str, out: &mut String) {
                     .rings
                     .iter()
                     .all(|r| r.incremental_buffers.load(Ordering::Relaxed) != 0);
+            let busy_tick = shared.features.as_ref().is_some_and(|f| f.busy_tick);
             let (kernel, accept, recv, flags) = match &shared.features {
                 Some(f) => (
                     f.kernel_release.clone(),
@@ -80,7 +81,7 @@ fn write_section(shared: &Shared, section: &str, out: &mut String) {
             };
             let _ = write!(
                 out,
-                "redis_version:{REDIS_COMPAT_VERSION}\r\nringport_version:{}\r\nringport_git_commit:{}\r\nredis_mode:standalone\r\nos:Linux {}\r\narch_bits:64\r\nprocess_id:{}\r\ntcp_port:{}\r\nlisten:{}\r\nuptime_in_seconds:{uptime}\r\nuptime_in_days:{}\r\ncores:{}\r\nrings:{}\r\nbackend:{}\r\naccept_path:{}\r\nrecv_path:{}\r\nsetup_flags:{}\r\ndirect_descriptors:{}\r\nincremental_buffers:{}\r\n",
+                "redis_version:{REDIS_COMPAT_VERSION}\r\nringport_version:{}\r\nringport_git_commit:{}\r\nredis_mode:standalone\r\nos:Linux {}\r\narch_bits:64\r\nprocess_id:{}\r\ntcp_port:{}\r\nlisten:{}\r\nuptime_in_seconds:{uptime}\r\nuptime_in_days:{}\r\ncores:{}\r\nrings:{}\r\nbackend:{}\r\naccept_path:{}\r\nrecv_path:{}\r\nsetup_flags:{}\r\ndirect_descriptors:{}\r\nincremental_buffers:{}\r\nbusy_tick:{}\r\n",
                 crate::version::VERSION,
                 crate::version::COMMIT,
                 kernel,
@@ -96,6 +97,7 @@ fn write_section(shared: &Shared, section: &str, out: &mut String) {
                 flags,
                 if direct { "yes" } else { "no" },
                 if incremental { "yes" } else { "no" },
+                if busy_tick { "yes" } else { "no" },
             );
         }
         "clients" => {
@@ -114,7 +116,7 @@ fn write_section(shared: &Shared, section: &str, out: &mut String) {
             for (i, r) in shared.rings.iter().enumerate() {
                 let _ = write!(
                     out,
-                    "ring{i}:sessions={},accepted={},closed={},rejected={},accept_errors={},completions={},submissions={},enters={},bufring_exhausted={},cq_overflow={},sq_backlogged={},messages={},bytes_in={},bytes_out={},buffers_released={},tls_errors={},direct={}\r\n",
+                    "ring{i}:sessions={},accepted={},closed={},rejected={},accept_errors={},completions={},submissions={},enters={},bufring_exhausted={},cq_overflow={},sq_backlogged={},messages={},bytes_in={},bytes_out={},buffers_released={},tls_errors={},direct={},sends_parked={}\r\n",
                     r.sessions.load(Ordering::Relaxed),
                     r.accepted.load(Ordering::Relaxed),
                     r.closed.load(Ordering::Relaxed),
@@ -132,6 +134,7 @@ fn write_section(shared: &Shared, section: &str, out: &mut String) {
                     r.buffers_released.load(Ordering::Relaxed),
                     r.tls_errors.load(Ordering::Relaxed),
                     r.direct_sessions.load(Ordering::Relaxed),
+                    r.sends_parked.load(Ordering::Relaxed),
                 );
             }
         }

@@ -25,6 +25,13 @@ pub fn run(args: ProbeArgs) -> Result<(), String> {
                 RecvPath::MultishotBufRing => "whole",
                 RecvPath::PollThenRecv => "none",
             };
+            // Whether the ring's wait counts the sends it submits (the busy tick), or reaps their
+            // completions with an enter of their own.
+            let sends = if f.busy_tick {
+                "counted by the wait (busy tick)"
+            } else {
+                "reaped on their own"
+            };
             let sessions = if f.direct {
                 "direct descriptors"
             } else {
@@ -47,7 +54,7 @@ pub fn run(args: ProbeArgs) -> Result<(), String> {
                     },
                     "features": {"ext_arg": f.ext_arg, "nodrop": f.nodrop},
                     "opcodes": opcodes,
-                    "paths": {"backend": "io_uring", "accept": accept, "recv": recv, "recv_buffers": recv_buffers, "wakeup": "eventfd", "sessions": sessions},
+                    "paths": {"backend": "io_uring", "accept": accept, "recv": recv, "recv_buffers": recv_buffers, "send": sends, "wakeup": "eventfd", "sessions": sessions},
                 });
                 println!(
                     "{}",
@@ -72,6 +79,7 @@ pub fn run(args: ProbeArgs) -> Result<(), String> {
                 println!("accept:          {accept}");
                 println!("recv:            {recv}");
                 println!("recv buffers:    {recv_buffers}");
+                println!("send:            {sends}");
                 println!("wakeup:          eventfd");
                 println!("sessions:        {sessions}");
             }

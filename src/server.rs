@@ -372,6 +372,7 @@ fn run(args: ServeArgs, extra: Vec<CommandDef>) -> Result<(), StartError> {
             min_wait = f.min_wait,
             direct_descriptors = f.direct,
             incremental_buffers = f.incremental_buffers,
+            busy_tick = f.busy_tick,
             "backend io_uring"
         ),
         None => tracing::info!(
@@ -684,6 +685,7 @@ fn epoll_features() -> Features {
         recv: RecvPath::PollThenRecv,
         direct: false,
         incremental_buffers: false,
+        busy_tick: false,
     }
 }
 

@@ -91,6 +91,16 @@ fn probe_names_the_paths_for_each_profile() {
     assert_eq!(six_one["paths"]["recv_buffers"], "whole");
     let forced = probe_json(&["probe", "--json", "--uring-disable", "incremental-buffers"]);
     assert_eq!(forced["paths"]["recv_buffers"], "whole");
+    // The busy tick is a multishot timeout (6.4); the 6.1 profile and the switch turn it off.
+    let expected = if version >= (6, 4) {
+        "counted by the wait (busy tick)"
+    } else {
+        "reaped on their own"
+    };
+    assert_eq!(newest["paths"]["send"], expected, "kernel {release}");
+    assert_eq!(six_one["paths"]["send"], "reaped on their own");
+    let forced = probe_json(&["probe", "--json", "--uring-disable", "busy-tick"]);
+    assert_eq!(forced["paths"]["send"], "reaped on their own");
     let forced = probe_json(&["probe", "--json", "--uring-disable", "multishot-accept"]);
     assert_eq!(forced["paths"]["accept"], "single-shot");
     let forced = probe_json(&["probe", "--json", "--uring-disable", "direct-descriptors"]);
@@ -135,6 +145,8 @@ fn every_profile_and_the_epoll_backend_serve() {
         assert_eq!(field(&info, "backend"), backend, "{flags:?}");
         assert_eq!(field(&info, "accept_path"), accept, "{flags:?}");
         assert_eq!(field(&info, "recv_path"), recv, "{flags:?}");
+        // None of these kernels (nor epoll) has the busy tick's multishot timeout.
+        assert_eq!(field(&info, "busy_tick"), "no", "{flags:?}");
     }
 }
 

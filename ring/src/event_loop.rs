@@ -57,6 +57,9 @@ pub struct RingStats {
     pub direct_sessions: AtomicU64,
     /// 1 when the ring's receive buffers are consumed incrementally (`bufring.rs`).
     pub incremental_buffers: AtomicU64,
+    /// Sends that did not go out whole (the socket was full) after one that did (io_uring):
+    /// that session's sends are then not counted by the ring's wait (see `uring.rs`'s `wait`).
+    pub sends_parked: AtomicU64,
 }
 
 /// Adds one to a ring's own counter. Each `RingStats` is written by its ring thread alone (others

@@ -97,6 +97,9 @@ pub(crate) struct SlotIo {
     pub(crate) sending: Vec<u8>,
     pub(crate) sent: usize,
     pub(crate) send_inflight: bool,
+    /// The last send did not go out whole (the socket was full): the ring's wait does not count
+    /// this session's sends until one does (io_uring, see `uring.rs`'s `wait`).
+    pub(crate) send_parks: bool,
     pub(crate) recv_armed: bool,
     /// Submissions not yet completed; the slot is freed only at zero.
     pub(crate) ops_in_flight: u32,
@@ -256,6 +259,7 @@ impl SlotIo {
             sending: Vec::new(),
             sent: 0,
             send_inflight: false,
+            send_parks: false,
             recv_armed: false,
             ops_in_flight: 0,
             closing: Closing::No,

@@ -13,6 +13,8 @@
 //!   an idle session never finishes: closed sessions' sockets would stay open (liburing issue
 //!   #1192). 6.13 counts references per file.
 //! - incremental consumption of provided buffers (`IOU_PBUF_RING_INC`): 6.12
+//! - the busy tick (multishot timeout, `IORING_TIMEOUT_MULTISHOT`), which lets the ring's wait
+//!   count the sends it submits (see `uring.rs`'s `wait`): 6.4
 
 use std::fmt;
 use std::io;
@@ -49,11 +51,14 @@ pub struct Disable {
     /// Register the provided-buffer ring without `IOU_PBUF_RING_INC`: each receive takes a
     /// whole buffer, however few bytes it brings.
     pub incremental_buffers: bool,
+    /// No busy tick: the ring's wait does not count the sends it submits, and reaps their
+    /// completions with an enter of their own (see `uring.rs`'s `wait`).
+    pub busy_tick: bool,
 }
 
 impl Disable {
     /// The names accepted by [`Disable::parse_list`].
-    pub const NAMES: [&'static str; 11] = [
+    pub const NAMES: [&'static str; 12] = [
         "multishot-accept",
         "multishot-recv",
         "buf-ring",
@@ -65,6 +70,7 @@ impl Disable {
         "min-wait",
         "direct-descriptors",
         "incremental-buffers",
+        "busy-tick",
     ];
 
     /// Parses a comma-separated list such as `multishot-recv,buf-ring`.
@@ -83,6 +89,7 @@ impl Disable {
                 "min-wait" => disable.min_wait = true,
                 "direct-descriptors" => disable.direct_descriptors = true,
                 "incremental-buffers" => disable.incremental_buffers = true,
+                "busy-tick" => disable.busy_tick = true,
                 other => {
                     return Err(format!(
                         "unknown fast path '{other}' (known: {})",
@@ -102,6 +109,7 @@ impl Disable {
             // Min-wait and incremental buffers came with 6.12, direct descriptors that release
             // a closed socket at once with 6.13.
             "6.1" => {
+                d.busy_tick = true;
                 d.min_wait = true;
                 d.direct_descriptors = true;
                 d.incremental_buffers = true;
@@ -116,6 +124,7 @@ impl Disable {
                 d.min_wait = true;
                 d.direct_descriptors = true;
                 d.incremental_buffers = true;
+                d.busy_tick = true;
             }
             other => {
                 return Err(format!(
@@ -140,6 +149,7 @@ impl Disable {
             min_wait: self.min_wait || other.min_wait,
             direct_descriptors: self.direct_descriptors || other.direct_descriptors,
             incremental_buffers: self.incremental_buffers || other.incremental_buffers,
+            busy_tick: self.busy_tick || other.busy_tick,
         }
     }
 }
@@ -201,6 +211,11 @@ pub struct Features {
     /// Only with multishot recv; a ring whose registration with the flag fails registers
     /// without it.
     pub incremental_buffers: bool,
+    /// While the ring sends, a multishot timeout (6.4) wakes it every millisecond, so its wait
+    /// may count the small sends it submits, which complete during that enter when the socket
+    /// has room: one that finds it full completes later, and the wait then returns within a
+    /// tick rather than on one completion more than it should (see `uring.rs`'s `wait`).
+    pub busy_tick: bool,
 }
 
 /// Why io_uring could not be used at all, with advice for the operator.
@@ -318,6 +333,7 @@ pub fn probe(disable: Disable) -> Result<Features, Unavailable> {
         && !disable.direct_descriptors
         && plain.submitter().register_files_sparse(1).is_ok();
     let incremental_buffers = multishot_recv && at_least(6, 12) && !disable.incremental_buffers;
+    let busy_tick = at_least(6, 4) && !disable.busy_tick;
     Ok(Features {
         kernel_release,
         kernel_version,
@@ -341,6 +357,7 @@ pub fn probe(disable: Disable) -> Result<Features, Unavailable> {
         },
         direct,
         incremental_buffers,
+        busy_tick,
     })
 }
 
@@ -366,7 +383,8 @@ mod tests {
     #[test]
     fn old_profiles_disable_the_fast_paths() {
         let d = Disable::for_kernel_profile("5.10").unwrap();
-        assert!(d.multishot_accept && d.multishot_recv && d.buf_ring);
+        assert!(d.multishot_accept && d.multishot_recv && d.buf_ring && d.busy_tick);
+        assert!(Disable::for_kernel_profile("6.1").unwrap().busy_tick);
         assert!(
             Disable::for_kernel_profile("6.1")
                 .unwrap()
@@ -386,7 +404,7 @@ mod tests {
             assert_eq!(f.accept, AcceptPath::SingleShot);
             assert_eq!(f.recv, RecvPath::PollThenRecv);
             assert!(!f.single_issuer && !f.defer_taskrun && !f.coop_taskrun && !f.ext_arg);
-            assert!(!f.direct && !f.incremental_buffers);
+            assert!(!f.direct && !f.incremental_buffers && !f.busy_tick);
         }
     }
 }

@@ -29,6 +29,9 @@ pub enum Op {
     Cancel = 7,
     /// Poll for readability (the poll-then-recv fallback).
     Poll = 8,
+    /// The busy tick, a multishot timeout that bounds waits counting sends (see
+    /// `uring.rs`'s `wait`); the generation tells a live tick from a removed one.
+    Tick = 9,
 }
 
 const SLOT_BITS: u32 = 32;
@@ -38,7 +41,7 @@ const OP_SHIFT: u32 = SLOT_BITS + GENERATION_BITS;
 pub const GENERATION_MASK: u32 = (1 << GENERATION_BITS) - 1;
 
 const _: () = assert!(SLOT_BITS + GENERATION_BITS + 8 == 64);
-const _: () = assert!(Op::Poll as u8 as u32 <= 0xff);
+const _: () = assert!(Op::Tick as u8 as u32 <= 0xff);
 
 /// The wake-up read on the eventfd: a reserved value with no session.
 pub const WAKE: u64 = encode(Op::Wake, 0, 0);
@@ -68,6 +71,7 @@ pub fn decode(user_data: u64) -> Option<(Op, u32, u32)> {
         6 => Op::Timeout,
         7 => Op::Cancel,
         8 => Op::Poll,
+        9 => Op::Tick,
         _ => return None,
     };
     let generation = ((user_data >> SLOT_BITS) as u32) & GENERATION_MASK;
@@ -89,6 +93,7 @@ mod tests {
             Op::Timeout,
             Op::Cancel,
             Op::Poll,
+            Op::Tick,
         ] {
             for (generation, slot) in [(0, 0), (1, 7), (GENERATION_MASK, u32::MAX)] {
                 assert_eq!(

@@ -38,9 +38,14 @@ struct Completion {
 const MIN_WAIT: Duration = Duration::from_micros(20);
 /// The most completions such a wait asks for.
 const MIN_WAIT_MAX_WANT: usize = 64;
-/// How long a wait that also counts the sends it submits (see `Uring::wait`) may go on when
-/// fewer completions come: the sends' own completions are then all there is to reap.
-const SEND_WAIT: Duration = Duration::from_micros(50);
+/// The largest send a wait counts (see `wait`): a reply this small finds the socket full only
+/// when the peer has stopped reading.
+const COUNTED_SEND_MAX: usize = 4096;
+/// The busy tick's period: the longest a wait that counted a send which then found the socket
+/// full may sleep past a completion it should have returned on (see `wait`). Each tick wakes a
+/// sleeping ring; at 1 ms those wakes cost more CPU per request than the enters the count saved
+/// (bench/results/2026-12-03/busy-tick.txt), at 10 ms they are lost in the noise.
+const TICK: Duration = Duration::from_millis(10);
 
 /// A session on a direct descriptor keeps `-1 - entry` in `SlotIo::fd`, its entry in the ring's
 /// table of registered files; a plain descriptor is never negative.
@@ -83,9 +88,18 @@ pub(crate) struct Uring {
     /// Completions the last reap took: past one, the load is on and a wait may collect more
     /// before returning (min-wait).
     last_reaped: usize,
-    /// Sends pushed since the last wait: a send to a socket with room completes while it is
-    /// submitted, so its completion is already posted when the wait begins.
+    /// Counted sends in the submission queue since the last enter: each one's completion is
+    /// posted while that enter submits it when the socket has room, so the enter's wait counts
+    /// them on top of what it waits for (see `wait`).
     sends_queued: usize,
+    /// The live busy tick's generation, while one runs (see `wait`).
+    tick: Option<u32>,
+    tick_generation: u32,
+    /// The tick's period; never written after start, so a tick's entry may be submitted late.
+    tick_spec: Box<types::Timespec>,
+    /// Sends counted since the last tick: none in a whole tick and the tick is removed, so an
+    /// idle ring sleeps.
+    counted_since_tick: usize,
     /// Submitted (or backlogged) operations whose final completion has not been reaped: the
     /// kernel may still write into the buffer ring and `wake_word` or read slot buffers.
     outstanding: usize,
@@ -184,6 +198,10 @@ impl<H: Handler> Ring<H> {
             timeout_spec: Box::new(types::Timespec::new()),
             last_reaped: 0,
             sends_queued: 0,
+            tick: None,
+            tick_generation: 0,
+            tick_spec: Box::new(types::Timespec::from(TICK)),
+            counted_since_tick: 0,
             backlog: VecDeque::new(),
             batch: Vec::with_capacity(config.sq_entries as usize * 8),
             rearm_recv: Vec::new(),
@@ -338,21 +356,25 @@ impl<H: Handler> Backend<H> for Uring {
         //
         // The replies this enter submits complete during it, and a wait for one completion would
         // return on them at once, to reap nothing but sends and enter again to wait: up to half
-        // the enters of a busy ring. With min-wait the wait counts them on top, and after
-        // SEND_WAIT returns on whatever is posted (a send that found no room completes later).
-        // Without min-wait that bound would be a timeout, whose timer cost more CPU than the
-        // enters it saved on the VM we measured (README, `--uring-min-wait`).
+        // the enters of a busy ring. So the wait counts them on top and sleeps until something
+        // else comes. A counted send that finds the socket full completes only once the peer
+        // reads, and the wait would then sleep through one completion it should have returned
+        // on (another session's request, say); so sends are counted only while the busy tick
+        // runs, whose completions end such a wait within TICK, and only small sends of sessions
+        // whose last send went out whole, which find the socket full only when the peer has
+        // stopped reading. A timeout on each wait would bound it too, but arming a timer for
+        // every sleep cost more CPU than the enters it saved (README).
         let sends = std::mem::take(&mut lp.io.sends_queued);
-        let (want, min_wait_for) = match (block && min_wait, lp.io.last_reaped) {
-            (true, reaped) if reaped > 1 => {
+        let (want, min_wait_for) = match (block, min_wait, lp.io.last_reaped) {
+            (false, ..) => (0, None),
+            (true, true, reaped) if reaped > 1 => {
                 ((reaped * 2).min(MIN_WAIT_MAX_WANT) + sends, Some(MIN_WAIT))
             }
-            (true, _) if sends > 0 => (1 + sends, Some(SEND_WAIT)),
-            _ => (usize::from(block), None),
+            (true, ..) => (1 + sends, None),
         };
         let result = if poll_wait {
             lp.submit_then_poll(block, timeout)
-        } else if block && ext_arg && (timeout.is_some() || want > 1) {
+        } else if block && ext_arg && (timeout.is_some() || min_wait_for.is_some()) {
             let args = types::SubmitArgs::new();
             let args = match min_wait_for {
                 Some(wait) => args.min_wait_usec(wait.as_micros() as u32),
@@ -368,7 +390,7 @@ impl<H: Handler> Backend<H> for Uring {
                 None => lp.io.uring.submitter().submit_with_args(want, &args),
             }
         } else {
-            lp.io.uring.submitter().submit_and_wait(usize::from(block))
+            lp.io.uring.submitter().submit_and_wait(want)
         };
         match result {
             Ok(_) => Ok(()),
@@ -441,7 +463,10 @@ impl Uring {
         self.outstanding -= self.backlog.len();
         self.backlog.clear();
         let accepts = (0..self.accept_armed.len() as u32).map(token::accept);
-        for user_data in accepts.chain([token::WAKE, token::TIMEOUT]) {
+        let tick = self
+            .tick
+            .map(|generation| token::encode(Op::Tick, generation, 0));
+        for user_data in accepts.chain([token::WAKE, token::TIMEOUT]).chain(tick) {
             let entry = opcode::AsyncCancel::new(user_data)
                 .build()
                 .user_data(token::encode(Op::Cancel, 0, 0));
@@ -523,6 +548,9 @@ impl<H: Handler> EventLoop<H, Uring> {
             return;
         }
         let _ = io.uring.submit();
+        // The counted sends it took have their completions posted now (or will complete
+        // later): the wait must not count them.
+        io.sends_queued = 0;
         bump(&self.core.stats.enters);
         // SAFETY: as above.
         if unsafe { io.uring.submission().push(&entry) }.is_err() {
@@ -624,6 +652,14 @@ impl<H: Handler> EventLoop<H, Uring> {
         if s.io.sending.is_empty() {
             return;
         }
+        // Counted by the next wait (see `wait`).
+        let count = self.core.config.features.busy_tick
+            && !s.io.send_parks
+            && s.io.sending.len() - s.io.sent <= COUNTED_SEND_MAX;
+        if count {
+            self.start_tick();
+        }
+        let s = &mut self.core.slab[slot as usize];
         let remaining = &s.io.sending[s.io.sent..];
         let entry = with_target!(s.io, |fd| opcode::Send::new(
             fd,
@@ -635,11 +671,56 @@ impl<H: Handler> EventLoop<H, Uring> {
         .user_data(token::encode(Op::Send, s.io.generation, slot));
         s.io.send_inflight = true;
         s.io.ops_in_flight += 1;
-        self.io.sends_queued += 1;
         // SAFETY: the bytes live in this slot's `sending` Vec, which is not touched while
         // `send_inflight` is set, and the slot is not freed while ops_in_flight > 0; moving the
         // Slot inside the slab does not move the Vec's heap buffer.
         unsafe { self.push(entry) };
+        // One left in the backlog is not in the queue the next enter submits (and with an
+        // empty backlog, the tick pushed before it is in the queue too).
+        if count && self.io.backlog.is_empty() {
+            self.io.sends_queued += 1;
+            self.io.counted_since_tick += 1;
+        }
+    }
+
+    /// Starts the busy tick unless it runs.
+    fn start_tick(&mut self) {
+        if self.io.tick.is_some() {
+            return;
+        }
+        let generation = self.io.tick_generation.wrapping_add(1) & token::GENERATION_MASK;
+        self.io.tick_generation = generation;
+        let entry = opcode::Timeout::new(&*self.io.tick_spec as *const types::Timespec)
+            .count(0)
+            .flags(types::TimeoutFlags::MULTISHOT)
+            .build()
+            .user_data(token::encode(Op::Tick, generation, 0));
+        // SAFETY: `tick_spec` is a Box owned by the ring that outlives the io_uring fd and is
+        // never written after start; the kernel reads it while submitting the entry.
+        unsafe { self.push(entry) };
+        self.io.tick = Some(generation);
+        self.io.counted_since_tick = 0;
+    }
+
+    /// A tick of the busy tick: removed after a whole tick without a counted send.
+    fn on_tick(&mut self, generation: u32, c: Completion) {
+        if self.io.tick != Some(generation) {
+            // A removed tick's last completions.
+            return;
+        }
+        if !cqueue::more(c.flags) {
+            self.io.tick = None;
+            return;
+        }
+        if self.io.counted_since_tick == 0 {
+            let entry = opcode::TimeoutRemove::new(token::encode(Op::Tick, generation, 0))
+                .build()
+                .user_data(token::encode(Op::Cancel, 0, 0));
+            // SAFETY: a timeout remove names no memory.
+            unsafe { self.push(entry) };
+            self.io.tick = None;
+        }
+        self.io.counted_since_tick = 0;
     }
 
     fn submit_close(&mut self, fd: RawFd) {
@@ -750,6 +831,7 @@ impl<H: Handler> EventLoop<H, Uring> {
                 self.io.timeout_armed = None;
                 self.io.timeout_removing = false;
             }
+            Op::Tick => self.on_tick(generation, c),
             Op::Close | Op::Cancel => {}
         }
     }
@@ -921,6 +1003,13 @@ impl<H: Handler> EventLoop<H, Uring> {
         let s = &mut self.core.slab[slot as usize];
         s.io.send_inflight = false;
         s.io.ops_in_flight -= 1;
+        // Not sent whole: the socket was full, and this session's sends are not counted by the
+        // ring's wait until one goes out whole.
+        let parks = c.result >= 0 && (c.result as usize) < s.io.sending.len() - s.io.sent;
+        if parks && !s.io.send_parks {
+            bump(&self.core.stats.sends_parked);
+        }
+        s.io.send_parks = parks;
         if c.result < 0 {
             match -c.result {
                 libc::EINTR | libc::EAGAIN => {

@@ -4,6 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -590,4 +591,142 @@ fn a_ring_dropped_with_operations_in_flight_lets_go_of_everything() {
     dropped_with_operations_in_flight(Disable::default(), false);
     dropped_with_operations_in_flight(Disable::for_kernel_profile("5.10").unwrap(), false);
     dropped_with_operations_in_flight(Disable::default(), true);
+}
+
+/// With the busy tick (io_uring, 6.4+) the ring's wait counts the small replies it submits
+/// (what that saves is shown by `bench/before-after.sh`, not here); replies go out whole and in
+/// order with it and without: small ones, one larger than the socket takes, and small ones that
+/// find the socket full because the peer reads only once it has sent everything.
+#[test]
+fn replies_go_out_whole_with_the_busy_tick_and_without() {
+    for tick in [true, false] {
+        let r = start(Disable {
+            busy_tick: !tick,
+            ..Disable::default()
+        });
+        let mut a = TcpStream::connect(r.addr).unwrap();
+        a.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        r.ids.recv_timeout(Duration::from_secs(5)).unwrap();
+        for i in 0..200 {
+            let msg = format!("m{:05}", i);
+            a.write_all(msg.as_bytes()).unwrap();
+            assert_eq!(read_exact(&mut a, msg.len()), msg.as_bytes());
+        }
+
+        a.write_all(b"flood").unwrap();
+        // Let the send fill the socket before the peer starts reading.
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(read_exact(&mut a, 8 << 20).iter().all(|&b| b == b'x'));
+        a.write_all(b"after").unwrap();
+        assert_eq!(read_exact(&mut a, 5), b"after");
+
+        // An echo in receive-buffer-sized pieces that the peer reads only once it has sent the
+        // whole: small replies, counted, find the socket full, and must still go out.
+        let big: Vec<u8> = (0..32u32 << 20).map(|i| (i % 251) as u8).collect();
+        a.write_all(&big).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            read_exact(&mut a, big.len()) == big,
+            "late-read echo intact"
+        );
+        assert!(
+            r.stats.sends_parked.load(Ordering::Relaxed) >= 1,
+            "the flood's send found the socket full"
+        );
+        drop(a);
+        r.sender.drain();
+        r.thread.join().unwrap();
+    }
+}
+
+/// The server's end of `client`, found among this process's descriptors by its peer address.
+fn server_side_of(client: &TcpStream) -> std::os::fd::RawFd {
+    let want = client.local_addr().unwrap();
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap() {
+        let Ok(fd) = entry.unwrap().file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        // SAFETY: the descriptor is only borrowed for the call; one closed meanwhile fails it.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        if socket2::SockRef::from(&borrowed)
+            .peer_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            == Some(want)
+        {
+            return fd;
+        }
+    }
+    panic!("no descriptor of this process is connected to {want}");
+}
+
+/// A socket ioctl that reports one count (SIOCINQ, SIOCOUTQNSD).
+fn socket_count(fd: std::os::fd::RawFd, request: libc::Ioctl) -> i32 {
+    let mut n: libc::c_int = 0;
+    // SAFETY: both requests write one int we own.
+    assert_eq!(unsafe { libc::ioctl(fd, request, &mut n) }, 0);
+    n
+}
+
+/// A counted reply that finds the socket full completes only once its peer reads, so the wait
+/// that counted it waits for one completion more than comes: the session's next request would
+/// sit unanswered (and its peer, having read what came, wait for ever) but for the busy tick,
+/// which ends such a wait. Both of the session's buffers are shrunk so that a few replies fill
+/// them, and each request goes alone; the test counts the reply bytes the kernel took (unread at
+/// the peer plus not yet sent at the server) and stops sending once one was not taken whole.
+/// Another session is answered afterwards.
+#[test]
+fn a_counted_send_that_finds_the_socket_full_does_not_stall_the_ring() {
+    // Plain descriptors, so the test can find the server's socket and shrink its buffer; no
+    // min-wait, whose bound would end the wait as well (ringport's default).
+    let r = start(Disable {
+        direct_descriptors: true,
+        min_wait: true,
+        ..Disable::default()
+    });
+    let mut b = TcpStream::connect(r.addr).unwrap();
+    b.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    r.ids.recv_timeout(Duration::from_secs(5)).unwrap();
+    b.write_all(b"warm").unwrap();
+    assert_eq!(read_exact(&mut b, 4), b"warm");
+
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&r.addr.into()).unwrap();
+    let mut a: TcpStream = socket.into();
+    a.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    r.ids.recv_timeout(Duration::from_secs(5)).unwrap();
+    let server = server_side_of(&a);
+    // SAFETY: as in `server_side_of`; the ring keeps the descriptor open while the session lives.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(server) };
+    socket2::SockRef::from(&borrowed)
+        .set_send_buffer_size(4096)
+        .unwrap();
+
+    let request: Vec<u8> = (0..1000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let client = a.as_raw_fd();
+    let taken = || socket_count(client, libc::FIONREAD) + socket_count(server, libc::SIOCOUTQNSD);
+    let mut sent = 0;
+    let mut before = taken();
+    loop {
+        assert!(sent < 1000, "1000 replies never filled the socket");
+        a.write_all(&request).unwrap();
+        sent += 1;
+        // Alone: its reply is one send, counted, done before the next request comes.
+        std::thread::sleep(Duration::from_millis(20));
+        let now = taken();
+        if now - before < request.len() as i32 {
+            break;
+        }
+        before = now;
+    }
+    // Without the tick the ring would sleep on with a request unanswered: the peer reads what
+    // it was sent and waits for ever.
+    let echoed = read_exact(&mut a, sent * request.len());
+    b.write_all(b"other").unwrap();
+    assert_eq!(read_exact(&mut b, 5), b"other");
+    assert!(echoed.chunks(request.len()).all(|c| c == request));
+    drop((a, b));
+    r.sender.drain();
+    r.thread.join().unwrap();
 }

@@ -9,9 +9,8 @@
 //!
 //! Output, one line each, for the host to read off the serial console:
 //! - `suite: ok NAME` or `suite: FAIL NAME: WHY` per check;
-//! - `suite: info backend=B accept_path=A recv_path=R setup_flags=F incremental_buffers=I`, from
-//!   `INFO server`: the paths
-//!   the running server says it took;
+//! - `suite: info backend=B accept_path=A recv_path=R setup_flags=F incremental_buffers=I
+//!   busy_tick=T`, from `INFO server`: the paths the running server says it took;
 //! - `suite: idle enters_per_s=X sessions=N`: how often the idle server's rings entered the
 //!   kernel while N authenticated sessions sat idle (a ring that spins shows here);
 //! - `suite: PASS N/N` or `suite: FAIL K/N failed`. The exit status is 0 only on PASS.
@@ -505,6 +504,7 @@ fn server_paths(options: &Options) -> Result<String, String> {
         "recv_path",
         "setup_flags",
         "incremental_buffers",
+        "busy_tick",
     ];
     let mut parts = Vec::new();
     for field in fields {
