@@ -211,7 +211,7 @@ pub struct Features {
     /// Only with multishot recv; a ring whose registration with the flag fails registers
     /// without it.
     pub incremental_buffers: bool,
-    /// While the ring sends, a multishot timeout (6.4) wakes it every millisecond, so its wait
+    /// While the ring sends, a multishot timeout (6.4) wakes it every 10 ms, so its wait
     /// may count the small sends it submits, which complete during that enter when the socket
     /// has room: one that finds it full completes later, and the wait then returns within a
     /// tick rather than on one completion more than it should (see `uring.rs`'s `wait`).
