@@ -418,7 +418,8 @@ pub fn execute(call: &mut Call<'_, '_>, args: &Args) {
     // would cost two locked instructions per command.
     let shared: &Arc<Shared> = call.shared;
     let handlers = call.handlers;
-    let Some((index, spec)) = shared.table.lookup(&args[0]) else {
+    let hint = call.conn().last_command;
+    let Some((index, spec)) = shared.table.lookup_hinted(hint, &args[0]) else {
         if !call.conn().authenticated {
             err(call.out(), "NOAUTH Authentication required.");
         } else {
