@@ -106,25 +106,24 @@ impl Disable {
         let mut d = Disable::default();
         match profile {
             "newest" => {}
-            // Min-wait and incremental buffers came with 6.12, direct descriptors that release
-            // a closed socket at once with 6.13.
+            // The busy tick's multishot timeout came with 6.4, min-wait and incremental
+            // buffers with 6.12, direct descriptors that release a closed socket at once with
+            // 6.13.
             "6.1" => {
                 d.busy_tick = true;
                 d.min_wait = true;
                 d.direct_descriptors = true;
                 d.incremental_buffers = true;
             }
+            // All that 6.1 lacks, and the 5.19+ paths besides.
             "5.15" | "5.10" => {
+                d = Disable::for_kernel_profile("6.1")?;
                 d.multishot_accept = true;
                 d.multishot_recv = true;
                 d.buf_ring = true;
                 d.single_issuer = true;
                 d.defer_taskrun = true;
                 d.coop_taskrun = true;
-                d.min_wait = true;
-                d.direct_descriptors = true;
-                d.incremental_buffers = true;
-                d.busy_tick = true;
             }
             other => {
                 return Err(format!(
