@@ -3,13 +3,18 @@
 #   the ceilings, straight from pgbench (-M prepared -j 2 -T SECONDS):
 #     point read   pgbench -S at -c 16 and at -c 200
 #     upsert       a custom script doing ringport's durable SET (INSERT ... ON CONFLICT) at -c 16
-#   ringport on that PostgreSQL, through redis-benchmark (-r 100000 keys, 3-byte values):
-#     SET at -c 16, GET at -c 16 and at -c 200, each against its ceiling (the ratio); GET at
-#     -c 16 also with --threads 2, two load threads as pgbench's -j 2 has (on 2 cores one
-#     redis-benchmark thread is itself a cap: see its ceiling against redis-server below)
-#   then p50/p99 of each from ringport-bench (closed loop, the same connection counts), and
-#   redis-benchmark SET/GET at -c 16 on the embedded store and against an in-memory redis-server
-#   (what the load generator allows on this box), for reference.
+#   ringport on that PostgreSQL, each against its ceiling (the ratio), with two load generators:
+#     redis-benchmark (-r 100000 keys, 3-byte values): SET at -c 16, GET at -c 16 and -c 200, and
+#       GET at -c 16 with --threads 2
+#     ringport-bench (closed loop, --threads 2 as pgbench's -j 2, 100,000 keys, 3-byte values,
+#       SECONDS): SET at -c 16, GET at -c 16 and -c 200, with their p50/p99
+#   For the reads at -c 16, what each request cost in CPU: the load generator's own (its CPU time
+#   over the run) and the server side's (every CPU's busy time in /proc/stat less the load
+#   generator's: PostgreSQL alone for pgbench, ringport plus PostgreSQL for the others), in µs per
+#   request. The load generators do not cost the same: on 2 cores the cheaper one leaves more CPU
+#   to the server, so the server-side figure is the fair one to compare.
+#   Then redis-benchmark SET/GET at -c 16 on the embedded store and against an in-memory
+#   redis-server (what the load generator allows on this box), for reference,
 #   and a SQL-defined command reading the same row as GET (`[[command]]`, reply "value"), side by
 #   side with the built-in GET at -c 16: what the generic path costs against the hand-written one.
 # Usage: bench/store-compare.sh [REQUESTS] [SECONDS]   (defaults 200000, 10; ROUNDS=3)
@@ -59,12 +64,30 @@ rb() {
   timeout 300 redis-benchmark -h 127.0.0.1 -p "$port" --user bench -a secret -t "$test" -c "$clients" "${threads[@]}" -n "$n" -r 100000 -q 2>/dev/null |
     tr '\r' '\n' | sed -n 's/.*: \([0-9.]*\) requests per second.*/\1/p' | tail -1 | cut -d. -f1
 }
-# "p50 p99" in µs of a ringport-bench closed-loop run
-latency() {
+# "rate p50 p99" (requests/s, µs) of a ringport-bench closed-loop run
+bench() {
   local port=$1 mix=$2 clients=$3
-  target/release/ringport-bench -t "bench:secret@127.0.0.1:$port" --mix "$mix" -c "$clients" \
-    -d "${seconds}s" --value-size 3 --json "$work/bench.json" >/dev/null 2>&1
-  jq -r '.targets[0].latency_us | "\(.p50|floor) \(.p99|floor)"' "$work/bench.json"
+  timeout $((seconds + 120)) target/release/ringport-bench -t "bench:secret@127.0.0.1:$port" --mix "$mix" -c "$clients" \
+    --threads 2 -d "${seconds}s" --warmup 1s --keyspace 100000 --value-size 3 --json "$work/bench.json" >/dev/null 2>&1
+  jq -r '.targets[0] | "\(.throughput_rps|floor) \(.latency_us.p50|floor) \(.latency_us.p99|floor)"' "$work/bench.json"
+}
+# busy jiffies of every CPU so far (user, nice, system, irq, softirq)
+busy() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
+# Runs a load command and prints its stdout; leaves in $work/cpu "LOAD SERVER WALL": the load
+# command's own CPU seconds (its children's times), every other busy CPU second, and the wall
+# seconds of the run.
+measured() {
+  local b0 b1 t0 t1 load
+  b0=$(busy); t0=$(date +%s.%N)
+  ( "$@" >"$work/load.out"; times >"$work/times" )
+  b1=$(busy); t1=$(date +%s.%N)
+  load=$(sed -n 2p "$work/times" | awk '{ for (i = 1; i <= 2; i++) { split($i, p, /[ms]/); t += p[1] * 60 + p[2] } } END { print t }')
+  echo "$load $(awk -v b=$((b1 - b0)) -v hz="$(getconf CLK_TCK)" -v l="$load" 'BEGIN { print b / hz - l }') $(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" >"$work/cpu"
+  cat "$work/load.out"
+}
+# "LOAD_US SERVER_US" per request of the last measured run at RATE requests/s
+per_request() {
+  awk -v r="$1" '{ printf "%.1f %.1f\n", $1 / $3 / r * 1e6, $2 / $3 / r * 1e6 }' "$work/cpu"
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2fx", a / b }'; }
 
@@ -88,34 +111,45 @@ SQL
 # The host is noisy (one load's figure moves by a quarter between runs), so each ceiling and its
 # ringport twin run back to back, ROUNDS times, and the medians are compared.
 rounds=${ROUNDS:-3}
+# The reads at -c 16 run under `measured`; their "load_us server_us" per request, per round.
+cost() { per_request "$1"; }
 for round in $(seq "$rounds"); do
   checkpoint; upsert16+=" $(pgbench -f "$work/upsert.sql" -M prepared -c 16 -j 2 -T "$seconds" | tps)"
   checkpoint; set16+=" $(rb 16395 set 16)"
-  checkpoint; read16+=" $(pgbench -S -M prepared -c 16 -j 2 -T "$seconds" | tps)"
-  checkpoint; get16+=" $(rb 16395 get 16)"
+  checkpoint; read -r r p50 p99 < <(bench 16395 SET 16); bset16+=" $r"; bset16_p50+=" $p50"; bset16_p99+=" $p99"
+  checkpoint; r=$(measured pgbench -S -M prepared -c 16 -j 2 -T "$seconds" | tps); read16+=" $r"
+  read -r l v < <(cost "$r"); read16_load+=" $l"; read16_server+=" $v"
+  checkpoint; r=$(measured rb 16395 get 16); get16+=" $r"
+  read -r l v < <(cost "$r"); get16_load+=" $l"; get16_server+=" $v"
   checkpoint; get16t2+=" $(rb 16395 get 16 2)"
+  checkpoint; measured bench 16395 GET 16 >"$work/b"; read -r r p50 p99 <"$work/b"; bget16+=" $r"; bget16_p50+=" $p50"; bget16_p99+=" $p99"
+  read -r l v < <(cost "$r"); bget16_load+=" $l"; bget16_server+=" $v"
   checkpoint; read200+=" $(pgbench -S -M prepared -c 200 -j 2 -T "$seconds" | tps)"
   checkpoint; get200+=" $(rb 16395 get 200)"
-  echo "round $round: GET -c 16 $(ratio "${get16##* }" "${read16##* }") (--threads 2: $(ratio "${get16t2##* }" "${read16##* }")), -c 200 $(ratio "${get200##* }" "${read200##* }"), SET $(ratio "${set16##* }" "${upsert16##* }")"
+  checkpoint; read -r r p50 p99 < <(bench 16395 GET 200); bget200+=" $r"; bget200_p50+=" $p50"; bget200_p99+=" $p99"
+  echo "round $round: GET -c 16 $(ratio "${get16##* }" "${read16##* }") (--threads 2: $(ratio "${get16t2##* }" "${read16##* }"); ringport-bench: $(ratio "${bget16##* }" "${read16##* }")), -c 200 $(ratio "${get200##* }" "${read200##* }") (ringport-bench: $(ratio "${bget200##* }" "${read200##* }")), SET $(ratio "${set16##* }" "${upsert16##* }") (ringport-bench: $(ratio "${bset16##* }" "${upsert16##* }")); server CPU per read at -c 16: pgbench -S ${read16_server##* } µs, redis-benchmark GET ${get16_server##* } µs, ringport-bench GET ${bget16_server##* } µs"
 done
-for v in upsert16 set16 read16 get16 get16t2 read200 get200; do printf -v "$v" '%s' "$(median <<<"${!v}")"; done
+for v in upsert16 set16 bset16 bset16_p50 bset16_p99 read16 read16_load read16_server get16 get16_load get16_server get16t2 \
+  bget16 bget16_p50 bget16_p99 bget16_load bget16_server read200 get200 bget200 bget200_p50 bget200_p99; do
+  printf -v "$v" '%s' "$(median <<<"${!v}")"
+done
 checkpoint
 sqlget16=$(redis-benchmark -h 127.0.0.1 -p 16395 --user bench -a secret -c 16 -n "$n" -r 100000 -q sqlget key:__rand_int__ 2>/dev/null |
   tr '\r' '\n' | sed -n 's/.*: \([0-9.]*\) requests per second.*/\1/p' | tail -1 | cut -d. -f1)
-checkpoint
-read -r set16_p50 set16_p99 < <(latency 16395 SET 16)
-checkpoint
-read -r get16_p50 get16_p99 < <(latency 16395 GET 16)
-checkpoint
-read -r get200_p50 get200_p99 < <(latency 16395 GET 200)
 
+row() { printf '%-44s %10s %11s %7s %8s %8s %10s %10s\n' "$@"; }
 echo
-printf '%-34s %12s %12s %8s %10s %10s\n' "load" "ceiling/s" "ringport/s" "ratio" "p50 µs" "p99 µs"
-printf '%-34s %12s %12s %8s %10s %10s\n' "GET vs pgbench -S, -c 16" "$read16" "$get16" "$(ratio "$get16" "$read16")" "$get16_p50" "$get16_p99"
-printf '%-34s %12s %12s %8s %10s %10s\n' "  the same, redis-benchmark --threads 2" "$read16" "$get16t2" "$(ratio "$get16t2" "$read16")" "" ""
-printf '%-34s %12s %12s %8s %10s %10s\n' "GET vs pgbench -S, -c 200" "$read200" "$get200" "$(ratio "$get200" "$read200")" "$get200_p50" "$get200_p99"
-printf '%-34s %12s %12s %8s %10s %10s\n' "SET vs pgbench upsert, -c 16" "$upsert16" "$set16" "$(ratio "$set16" "$upsert16")" "$set16_p50" "$set16_p99"
-echo "(medians of $rounds rounds; ringport/s: redis-benchmark -n $n -r 100000; p50/p99: ringport-bench closed loop, ${seconds} s; ceilings: pgbench -M prepared -j 2 -T $seconds)"
+row "load" "ceiling/s" "ringport/s" "ratio" "p50 µs" "p99 µs" "load µs/r" "server µs/r"
+row "pgbench -S, -c 16 (the ceiling itself)" "$read16" "" "" "" "" "$read16_load" "$read16_server"
+row "GET, redis-benchmark -c 16" "$read16" "$get16" "$(ratio "$get16" "$read16")" "" "" "$get16_load" "$get16_server"
+row "  the same, --threads 2" "$read16" "$get16t2" "$(ratio "$get16t2" "$read16")" "" "" "" ""
+row "GET, ringport-bench -c 16" "$read16" "$bget16" "$(ratio "$bget16" "$read16")" "$bget16_p50" "$bget16_p99" "$bget16_load" "$bget16_server"
+row "GET vs pgbench -S -c 200, redis-benchmark" "$read200" "$get200" "$(ratio "$get200" "$read200")" "" "" "" ""
+row "GET vs pgbench -S -c 200, ringport-bench" "$read200" "$bget200" "$(ratio "$bget200" "$read200")" "$bget200_p50" "$bget200_p99" "" ""
+row "SET vs pgbench upsert -c 16, redis-benchmark" "$upsert16" "$set16" "$(ratio "$set16" "$upsert16")" "" "" "" ""
+row "SET vs pgbench upsert -c 16, ringport-bench" "$upsert16" "$bset16" "$(ratio "$bset16" "$upsert16")" "$bset16_p50" "$bset16_p99" "" ""
+echo "(medians of $rounds rounds; redis-benchmark -n $n -r 100000; ringport-bench closed loop --threads 2, ${seconds} s; ceilings: pgbench -M prepared -j 2 -T $seconds;"
+echo " load/server µs/r: CPU per request of the load generator and of everything else on the box, from /proc/stat)"
 echo
 echo "SQL-defined read of the same row (sqlget key) vs built-in GET, redis-benchmark -c 16: $sqlget16/s vs $get16/s ($(ratio "$sqlget16" "$get16"))"
 
@@ -130,5 +164,5 @@ if command -v redis-server >/dev/null; then
   for _ in $(seq 50); do redis-cli -p 16397 --user bench --pass secret --no-auth-warning PING 2>/dev/null | grep -q PONG && break; sleep 0.1; done
   echo "the load generator's ceiling, redis-benchmark -c 16 against redis-server $(redis-server --version | awk '{print $3}' | cut -d= -f2): SET $(rb 16397 set 16)/s, GET $(rb 16397 get 16)/s (--threads 2: $(rb 16397 get 16 2)/s)"
 fi
-grep -E "^store_(batches|batched_jobs|batch_max)" <(redis-cli -p 16395 --user bench --pass secret --no-auth-warning INFO store 2>/dev/null | tr -d '\r') |
+grep -E "^store_(batches|batched_jobs|batch_max|ring_batches|ring_gets)" <(redis-cli -p 16395 --user bench --pass secret --no-auth-warning INFO store 2>/dev/null | tr -d '\r') |
   paste -sd' ' | sed 's/^/ringport on PostgreSQL, INFO store: /' || true

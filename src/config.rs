@@ -166,11 +166,12 @@ pub struct ServeArgs {
     /// Store worker threads, one store connection each (default: 2 x cores).
     #[arg(long)]
     pub store_threads: Option<usize>,
-    /// On PostgreSQL, each ring drives a connection of its own for GETs instead of handing them
-    /// to the store workers: less CPU for ringport per GET, more for PostgreSQL, whose queries
-    /// then carry fewer GETs each (see the README).
+    /// On PostgreSQL, GETs go through the store workers' read lane as other store commands do,
+    /// instead of each ring's own connection (ring reads, the default: see the README). Fewer
+    /// GETs per query through the rings' connections cost PostgreSQL more per GET; the lane
+    /// spends ringport's CPU and wake-ups instead.
     #[arg(long)]
-    pub ring_reads: bool,
+    pub no_ring_reads: bool,
     /// A store command whose store call has not answered after this long (plus SLEEP's own
     /// time), or that waits in the queue while every worker is stuck that long, answers
     /// `-ERR store unavailable` (a paused or wedged PostgreSQL keeps its connections open, so

@@ -505,7 +505,7 @@ fn run(args: ServeArgs, extra: Vec<CommandDef>) -> Result<(), StartError> {
     let shared = Arc::new(shared);
     let stats = shared.rings.clone();
     // Ring reads: each ring drives a PostgreSQL connection of its own for GETs.
-    let ring_reads = (args.ring_reads && backend.kind() == "postgres").then(|| {
+    let ring_reads = (!args.no_ring_reads && backend.kind() == "postgres").then(|| {
         let senders = senders.clone();
         crate::storelink::Connector::start(backend.clone(), ring_count, move |ring, socket| {
             senders[ring].attach(socket, Msg::LinkUp)

@@ -1,10 +1,13 @@
-//! Ring reads (`--ring-reads`, off by default): each ring drives a PostgreSQL connection of its
-//! own for GETs, so a GET crosses no thread: the ring writes the query, PostgreSQL's reply wakes
-//! the ring, the ring answers. Through the store pool the same GET takes four wake-ups more (the
-//! worker's, twice, and the ring's mailbox). The price is paid by PostgreSQL: each ring's queries
-//! carry only that ring's GETs, where the pool's read lane gathers every ring's into one query,
-//! and a query costs PostgreSQL far more than a key in it. On 2 cores ringport's CPU per GET fell
-//! by a third and PostgreSQL's rose about as much (`bench/results/2026-12-02/ring-reads-*.txt`).
+//! Ring reads (on PostgreSQL by default; `--no-ring-reads` turns them off): each ring drives a
+//! PostgreSQL connection of its own for GETs, so a GET crosses no thread: the ring writes the
+//! query, PostgreSQL's reply wakes the ring, the ring answers. Through the store pool the same
+//! GET takes four wake-ups more (the worker's, twice, and the ring's mailbox), and the lane's one
+//! worker waits for each query before it sends the next, so under a closed-loop load the CPUs sit
+//! idle between them. The price is paid by PostgreSQL: each ring's queries carry only that ring's
+//! GETs, where the read lane gathers every ring's into one query, and a query costs PostgreSQL
+//! far more than a key in it. On 2 cores, GET at `-c 16` reached 1.07x pgbench -S's rate with
+//! ring reads and 0.59x through the lane, for about the same CPU per GET of ringport and
+//! PostgreSQL together (`bench/results/2026-12-03/store-compare-ring-reads.txt`).
 //!
 //! - [`ReadLink`] is one ring's side: the GETs its sessions handed over and not sent yet, and the
 //!   batches in flight. GETs that arrive while a batch is out wait and go together in the next

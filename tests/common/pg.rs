@@ -349,7 +349,7 @@ impl Owned {
              unix_socket_directories = '{}'\n\
              port = {}\n\
              fsync = on\n\
-             max_connections = 200\n\
+             max_connections = 500\n\
              shared_buffers = 32MB\n\
              log_min_messages = warning\n",
             self.socket_dir.display(),
