@@ -1,13 +1,20 @@
-//! The Prometheus `/metrics` endpoint, served by one small thread off the rings: the server's
-//! counters, the rings' statistics and the per-command book ([`crate::cmdstats`]) in the
-//! OpenMetrics text format. The same thread answers the probes of load balancers and
-//! orchestrators: `/health` (the process is alive) and `/ready` (send it new sessions:
-//! [`Shared::readiness`]).
+//! The Prometheus `/metrics` endpoint, served off the rings by a small thread that accepts and
+//! one short-lived thread per connection: the server's counters, the rings' statistics and the
+//! per-command book ([`crate::cmdstats`]) in the OpenMetrics text format. The same port answers
+//! the probes of load balancers and orchestrators: `/health` (the process is alive) and `/ready`
+//! (send it new sessions: [`Shared::readiness`]).
+//!
+//! The port is often open to a whole network, so a peer gets little: a request head of at most
+//! [`HEAD_MAX`] bytes, read within [`HEAD_DEADLINE`], an answer that must leave within
+//! [`WRITE_DEADLINE`], and at most [`CONNECTIONS_MAX`] connections served at once (more are
+//! closed unanswered). A peer that stalls holds one connection's thread, never the probes of the
+//! others.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use prometheus_client::collector::Collector;
@@ -477,9 +484,11 @@ fn response(status: &str, content_type: &str, body: &str) -> String {
     )
 }
 
+/// The content type of the probes' and the errors' plain answers.
+const TEXT: &str = "text/plain; charset=utf-8";
+
 /// The answer to one request line's method and path.
 fn route(method: &str, path: &str, shared: &Arc<Shared>) -> String {
-    const TEXT: &str = "text/plain; charset=utf-8";
     let path = path.split_once('?').map_or(path, |(path, _)| path);
     match (method, path) {
         ("GET", "/metrics") => response(
@@ -507,36 +516,130 @@ fn route(method: &str, path: &str, shared: &Arc<Shared>) -> String {
     }
 }
 
-/// Serves `GET /metrics`, `/health` and `/ready` on `addr` from a small thread; returns the
-/// bound address.
+/// Connections answered at once; more are closed unanswered, so a flood holds a bounded number
+/// of threads and buffers.
+pub const CONNECTIONS_MAX: usize = 32;
+/// A request's head (its request line and headers) must arrive within this long.
+pub const HEAD_DEADLINE: Duration = Duration::from_secs(5);
+/// The largest request head read; a longer one is answered 431.
+pub const HEAD_MAX: usize = 8 * 1024;
+/// The whole answer must leave within this long, however slowly the peer reads.
+pub const WRITE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Serves `GET /metrics`, `/health` and `/ready` on `addr`; returns the bound address.
 pub fn serve(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let local = listener.local_addr()?;
+    let active = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("metrics".into())
         .spawn(move || {
             for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(5)));
-                let mut reader = BufReader::new(match stream.try_clone() {
-                    Ok(s) => s,
-                    Err(_) => continue,
-                });
-                let mut request_line = String::new();
-                if reader.read_line(&mut request_line).is_err() {
+                let Ok(stream) = stream else { continue };
+                if active.fetch_add(1, Ordering::AcqRel) >= CONNECTIONS_MAX {
+                    active.fetch_sub(1, Ordering::AcqRel);
                     continue;
                 }
-                // Drain the headers; the request has no body we care about.
-                let mut line = String::new();
-                while reader.read_line(&mut line).map(|n| n > 2).unwrap_or(false) {
-                    line.clear();
+                let (shared, done) = (shared.clone(), active.clone());
+                let spawned = std::thread::Builder::new()
+                    .name("metrics-conn".into())
+                    .stack_size(256 * 1024)
+                    .spawn(move || {
+                        answer(stream, &shared);
+                        done.fetch_sub(1, Ordering::AcqRel);
+                    });
+                if spawned.is_err() {
+                    active.fetch_sub(1, Ordering::AcqRel);
                 }
-                let mut parts = request_line.split_whitespace();
-                let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-                let _ = stream.write_all(route(method, path, &shared).as_bytes());
             }
         })?;
     Ok(local)
+}
+
+/// Reads one request and answers it, within the deadlines.
+fn answer(mut stream: TcpStream, shared: &Arc<Shared>) {
+    let reply = match read_head(&mut stream) {
+        Head::Complete(head) => {
+            let head = String::from_utf8_lossy(&head);
+            let mut parts = head.lines().next().unwrap_or("").split_whitespace();
+            let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+            route(method, path, shared)
+        }
+        Head::TooLarge => response(
+            "431 Request Header Fields Too Large",
+            TEXT,
+            "request head too large\n",
+        ),
+        Head::Gone => return,
+    };
+    write_within(
+        &mut stream,
+        reply.as_bytes(),
+        Instant::now() + WRITE_DEADLINE,
+    );
+}
+
+/// What came of reading a request head.
+enum Head {
+    /// The request line and headers, up to the blank line (or the peer's end of input).
+    Complete(Vec<u8>),
+    /// No blank line in the first `HEAD_MAX` bytes.
+    TooLarge,
+    /// Nothing to answer: the deadline passed, the connection failed, or it closed empty.
+    Gone,
+}
+
+fn read_head(stream: &mut TcpStream) -> Head {
+    let deadline = Instant::now() + HEAD_DEADLINE;
+    let mut head = Vec::with_capacity(512);
+    let mut buf = [0u8; 1024];
+    loop {
+        if let Some(end) = head_end(&head) {
+            head.truncate(end);
+            return Head::Complete(head);
+        }
+        if head.len() >= HEAD_MAX {
+            return Head::TooLarge;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return Head::Gone;
+        }
+        let room = (HEAD_MAX - head.len()).min(buf.len());
+        match stream.read(&mut buf[..room]) {
+            // A peer that ends its input after the request line has said all it will.
+            Ok(0) if head.is_empty() => return Head::Gone,
+            Ok(0) => return Head::Complete(head),
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return Head::Gone,
+        }
+    }
+}
+
+/// Where a request head ends: at its first empty line (CRLF or bare LF line ends).
+fn head_end(head: &[u8]) -> Option<usize> {
+    head.windows(2)
+        .position(|w| w == b"\n\n")
+        .into_iter()
+        .chain(head.windows(4).position(|w| w == b"\r\n\r\n"))
+        .min()
+}
+
+/// Writes `bytes` unless `deadline` passes first (then the connection is dropped).
+fn write_within(stream: &mut TcpStream, mut bytes: &[u8], deadline: Instant) {
+    while !bytes.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_write_timeout(Some(left)).is_err() {
+            return;
+        }
+        match stream.write(bytes) {
+            Ok(0) => return,
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
 }
 
 #[cfg(test)]

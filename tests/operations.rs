@@ -11,7 +11,7 @@ mod common;
 mod pg;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -658,6 +658,72 @@ fn assert_command_metrics(scrape: &Scrape, expected: &BTreeMap<&'static str, (u6
             "{command}: {calls} calls take more than no time (sum {sum})"
         );
     }
+}
+
+/// The status line of a `GET /health` on the metrics port, or `None` when the connection was
+/// closed unanswered.
+fn health_status(addr: SocketAddr) -> Option<String> {
+    let mut stream = TcpStream::connect_timeout(&addr, REPLY_TIMEOUT).ok()?;
+    stream.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
+    stream.write_all(b"GET /health HTTP/1.0\r\n\r\n").ok()?;
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).ok()?;
+    reply.lines().next().map(str::to_string)
+}
+
+/// The metrics port is often open to a whole network: a peer that stays silent, sends a
+/// request head with no end or opens many connections holds a bounded share of the server
+/// (`HEAD_MAX` bytes per connection, `CONNECTIONS_MAX` connections) and never delays the probes
+/// of the others behind it (before, one thread read each request in turn, with a 5 s timeout
+/// per read and no bound on a line's length: three silent peers delayed `/health` by 15 s).
+#[test]
+fn the_metrics_port_bounds_what_a_peer_can_hold() {
+    use ringport::metrics::{CONNECTIONS_MAX, HEAD_MAX};
+    let server = Server::builder()
+        .flag("--metrics-addr", "127.0.0.1:0")
+        .start();
+    let addr = server.metrics_addr();
+
+    let silent: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let started = Instant::now();
+    let (status, _, body) = http_get(addr, "/health");
+    assert_eq!(
+        (status.as_str(), body.as_str()),
+        ("HTTP/1.1 200 OK", "ok\n")
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "/health waited {:?} behind silent peers",
+        started.elapsed()
+    );
+    drop(silent);
+
+    let mut endless = TcpStream::connect(addr).unwrap();
+    endless.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
+    let mut head = b"GET /".to_vec();
+    head.resize(HEAD_MAX, b'a');
+    endless.write_all(&head).unwrap();
+    let mut reply = String::new();
+    endless.read_to_string(&mut reply).unwrap();
+    assert!(
+        reply.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+        "{reply:?}"
+    );
+
+    // Connections are accepted in order, so once these are accepted (silent, each holds its
+    // thread for the 5 s head deadline), the next is over the bound.
+    let held: Vec<TcpStream> = (0..CONNECTIONS_MAX)
+        .map(|_| TcpStream::connect(addr).unwrap())
+        .collect();
+    assert_eq!(
+        health_status(addr),
+        None,
+        "answered past {CONNECTIONS_MAX} connections"
+    );
+    drop(held);
+    eventually("the metrics port answers once its peers left", || {
+        health_status(addr).as_deref() == Some("HTTP/1.1 200 OK")
+    });
 }
 
 #[test]
