@@ -207,8 +207,7 @@ fn write_section(shared: &Shared, section: &str, out: &mut String) {
                     ("busy", load(&s.busy)),
                     ("restarts", load(&s.restarts)),
                 ];
-                let fields: Vec<String> = fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                let _ = write!(out, "worker_{}:{}\r\n", pool.name, fields.join(","));
+                write_fields(out, &format!("worker_{}", pool.name), &fields);
             }
         }
         "store" => {
@@ -250,6 +249,18 @@ fn write_section(shared: &Shared, section: &str, out: &mut String) {
                     shared.store.lane(i),
                 );
             }
+            for (ring, l) in st.links.get().into_iter().flatten().enumerate() {
+                let load = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+                let fields = [
+                    ("up", u64::from(l.up.load(Ordering::Relaxed))),
+                    ("in_flight", load(&l.in_flight)),
+                    ("batches_in_flight", load(&l.batches_in_flight)),
+                    ("waiting", load(&l.waiting)),
+                    ("batches", load(&l.batches)),
+                    ("gets", load(&l.gets)),
+                ];
+                write_fields(out, &format!("store_link{ring}"), &fields);
+            }
         }
         "commandstats" => {
             for c in shared.commands.summaries() {
@@ -289,6 +300,12 @@ fn write_section(shared: &Shared, section: &str, out: &mut String) {
 }
 
 /// This process's resident set (VmRSS), as Redis's `used_memory_rss` reports it.
+/// One `name:field=value,...` line, in the style of Redis's keyspace lines.
+fn write_fields(out: &mut String, name: &str, fields: &[(&str, u64)]) {
+    let fields: Vec<String> = fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let _ = write!(out, "{name}:{}\r\n", fields.join(","));
+}
+
 fn rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;

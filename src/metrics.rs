@@ -472,6 +472,58 @@ impl Collector for ServerCollector {
             "GETs those batches carried (divided by batches: the mean batch size)",
             &[(vec![], load(&st.ring_gets))],
         )?;
+        // Per ring's own connection (ring reads), labelled by its ring.
+        let links = |value: &dyn Fn(&crate::storepool::LinkStats) -> u64| {
+            st.links
+                .get()
+                .into_iter()
+                .flatten()
+                .enumerate()
+                .map(|(ring, l)| (vec![("ring", ring.to_string())], value(l)))
+                .collect::<Vec<_>>()
+        };
+        let link_gauge = |value: &dyn Fn(&crate::storepool::LinkStats) -> u64| {
+            links(value)
+                .into_iter()
+                .map(|(labels, n)| (labels, n as i64))
+                .collect::<Vec<_>>()
+        };
+        gauge_family(
+            &mut e,
+            "ringport_store_link_up",
+            "Whether the ring's own store connection for GETs is up (ring reads)",
+            &link_gauge(&|l| u64::from(l.up.load(Ordering::Relaxed))),
+        )?;
+        gauge_family(
+            &mut e,
+            "ringport_store_link_in_flight",
+            "GETs sent on the ring's own store connection and not answered yet",
+            &link_gauge(&|l| load(&l.in_flight)),
+        )?;
+        gauge_family(
+            &mut e,
+            "ringport_store_link_batches_in_flight",
+            "Batches in flight on the ring's own store connection (its pipeline depth)",
+            &link_gauge(&|l| load(&l.batches_in_flight)),
+        )?;
+        gauge_family(
+            &mut e,
+            "ringport_store_link_waiting",
+            "GETs waiting on the ring for the batch out to be answered",
+            &link_gauge(&|l| load(&l.waiting)),
+        )?;
+        counter_family(
+            &mut e,
+            "ringport_store_link_batches",
+            "Batches the ring sent on its own store connection",
+            &links(&|l| load(&l.batches)),
+        )?;
+        counter_family(
+            &mut e,
+            "ringport_store_link_gets",
+            "GETs those batches carried, per ring (divided by its batches: its mean batch size)",
+            &links(&|l| load(&l.gets)),
+        )?;
         Ok(())
     }
 }

@@ -506,6 +506,8 @@ fn run(args: ServeArgs, extra: Vec<CommandDef>) -> Result<(), StartError> {
     let stats = shared.rings.clone();
     // Ring reads: each ring drives a PostgreSQL connection of its own for GETs.
     let ring_reads = (!args.no_ring_reads && backend.kind() == "postgres").then(|| {
+        let links = (0..ring_count).map(|_| Default::default()).collect();
+        let _ = shared.store.store_stats().links.set(links);
         let senders = senders.clone();
         crate::storelink::Connector::start(backend.clone(), ring_count, move |ring, socket| {
             senders[ring].attach(socket, Msg::LinkUp)

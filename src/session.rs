@@ -413,7 +413,7 @@ impl Handler for RingHandler {
     fn on_attach(&mut self, cx: &Context, id: SessionId, _msg: Msg) -> Option<Conn> {
         // Its state is never read: every callback for the link is answered before it.
         self.link
-            .attached(id, &self.shared.store)
+            .attached(id, cx.ring, &self.shared.store)
             .then(|| self.new_conn(cx, None))
     }
 

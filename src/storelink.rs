@@ -37,7 +37,9 @@ use ringport_ring::SessionId;
 use crate::pool::Busy;
 use crate::store::postgres::wire::{self, Replies, Reply};
 use crate::store::{now_ms, Backend, StoreError};
-use crate::storepool::{GetWork, JobTicket, StorePool, StoreWork, BATCH_BYTES_MAX, BATCH_MAX};
+use crate::storepool::{
+    GetWork, JobTicket, LinkStats, StorePool, StoreWork, BATCH_BYTES_MAX, BATCH_MAX,
+};
 
 /// Most batches a ring keeps in flight on its connection.
 pub const DEPTH: usize = 1;
@@ -64,6 +66,10 @@ pub struct ReadLink {
     waiting: VecDeque<GetWork>,
     waiting_keys: usize,
     in_flight: VecDeque<Batch>,
+    /// The GETs the batches in flight carry.
+    in_flight_keys: usize,
+    /// This link's ring, known once a connection arrived (`LinkStats` are per ring).
+    ring: Option<usize>,
     replies: Replies,
     /// A flush was asked for (the session's `LinkFlush` message is on its way).
     flush_asked: bool,
@@ -114,6 +120,7 @@ impl ReadLink {
         }
         self.waiting.push_back(work);
         self.waiting_keys += keys;
+        self.publish(pool);
         let poke = (!self.flush_asked && self.in_flight.len() < DEPTH).then(|| {
             self.flush_asked = true;
             self.id
@@ -121,13 +128,15 @@ impl ReadLink {
         Ok(Handed::Link(pool.started_ticket(), poke.flatten()))
     }
 
-    /// The connection arrived on this ring as session `id`; false when the ring has one already
-    /// (the new one is closed).
-    pub fn attached(&mut self, id: SessionId, pool: &StorePool) -> bool {
+    /// The connection arrived on ring `ring` as session `id`; false when the ring has one
+    /// already (the new one is closed).
+    pub fn attached(&mut self, id: SessionId, ring: usize, pool: &StorePool) -> bool {
         if self.id.is_some() || self.want.is_none() || self.closing {
             return false;
         }
         self.id = Some(id);
+        self.ring = Some(ring);
+        self.publish(pool);
         self.replies = Replies::default();
         let stats = pool.store_stats();
         stats.ring_links_up.fetch_add(1, Relaxed);
@@ -166,6 +175,11 @@ impl ReadLink {
             let stats = pool.store_stats();
             stats.ring_batches.fetch_add(1, Relaxed);
             stats.ring_gets.fetch_add(keys as u64, Relaxed);
+            if let Some(link) = self.stats(pool) {
+                link.batches.fetch_add(1, Relaxed);
+                link.gets.fetch_add(keys as u64, Relaxed);
+            }
+            self.in_flight_keys += keys;
             self.in_flight.push_back(Batch {
                 works,
                 values: vec![None; keys],
@@ -175,6 +189,23 @@ impl ReadLink {
         }
         if self.scratch.capacity() > 64 * 1024 {
             self.scratch = BytesMut::new();
+        }
+        self.publish(pool);
+    }
+
+    /// This ring's `LinkStats`, when ring reads keep them.
+    fn stats<'a>(&self, pool: &'a StorePool) -> Option<&'a LinkStats> {
+        pool.store_stats().links.get()?.get(self.ring?)
+    }
+
+    /// Shows the link's state now in its `LinkStats`.
+    fn publish(&self, pool: &StorePool) {
+        if let Some(link) = self.stats(pool) {
+            link.up.store(self.id.is_some(), Relaxed);
+            link.in_flight.store(self.in_flight_keys as u64, Relaxed);
+            link.batches_in_flight
+                .store(self.in_flight.len() as u64, Relaxed);
+            link.waiting.store(self.waiting_keys as u64, Relaxed);
         }
     }
 
@@ -197,6 +228,8 @@ impl ReadLink {
                 Reply::Failed(message) => batch.failed = Some(message),
                 Reply::Done => {
                     let batch = self.in_flight.pop_front().expect("the front batch");
+                    self.in_flight_keys -= batch.values.len();
+                    self.publish(pool);
                     if let Some(message) = answer(batch, pool) {
                         // A GET that fails is a statement that no longer fits the server (a
                         // schema changed under it): a new connection prepares it again.
@@ -239,6 +272,7 @@ impl ReadLink {
         self.id = None;
         self.flush_asked = false;
         pool.store_stats().ring_links_up.fetch_sub(1, Relaxed);
+        self.in_flight_keys = 0;
         for batch in std::mem::take(&mut self.in_flight) {
             let lost = StoreError::Unavailable("the ring's store connection was lost".into());
             for work in batch.works {
@@ -250,6 +284,7 @@ impl ReadLink {
         for work in std::mem::take(&mut self.waiting) {
             to_pool(work, pool);
         }
+        self.publish(pool);
         if !self.closing {
             if let Some(want) = &self.want {
                 let _ = want.send(ring);

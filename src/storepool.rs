@@ -18,7 +18,7 @@
 //! delays no command; reads never depend on it (an expired key is absent either way).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -155,6 +155,24 @@ pub struct StoreStats {
     /// Ring reads: batches sent, and the GETs they carried.
     pub ring_batches: AtomicU64,
     pub ring_gets: AtomicU64,
+    /// Ring reads: per ring, that is per ring's connection; set once at start-up when ring
+    /// reads are on.
+    pub links: OnceLock<Vec<LinkStats>>,
+}
+
+/// One ring's connection for GETs (ring reads), for INFO and /metrics; only its ring writes it.
+#[derive(Debug, Default)]
+pub struct LinkStats {
+    /// Its connection is up.
+    pub up: AtomicBool,
+    /// GETs sent and not answered yet, and the batches carrying them (the pipeline's depth).
+    pub in_flight: AtomicU64,
+    pub batches_in_flight: AtomicU64,
+    /// GETs waiting for a batch to be answered before they go.
+    pub waiting: AtomicU64,
+    /// Batches sent, and the GETs they carried.
+    pub batches: AtomicU64,
+    pub gets: AtomicU64,
 }
 
 /// One worker's connection, for INFO.

@@ -8,6 +8,7 @@ mod pg;
 
 mod common;
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use common::{encode, sha256_rounds, RawConn, Reply, Server, PASSWORD, USER};
@@ -639,6 +640,29 @@ fn store_fields<const N: usize>(conn: &mut RawConn, names: [&str; N]) -> [u64; N
     })
 }
 
+/// The fields of each `store_linkN` line of `INFO store` (ring reads), in ring order.
+fn link_fields(conn: &mut RawConn) -> Vec<HashMap<String, u64>> {
+    let Reply::Bulk(info) = conn.cmd(&[b"INFO", b"store"]) else {
+        panic!("INFO store is a bulk string")
+    };
+    let info = String::from_utf8(info).unwrap();
+    info.lines()
+        .filter_map(|l| l.strip_prefix("store_link"))
+        .enumerate()
+        .map(|(ring, l)| {
+            let (index, fields) = l.split_once(':').unwrap();
+            assert_eq!(index, ring.to_string(), "store_link lines in ring order");
+            fields
+                .split(',')
+                .map(|f| {
+                    let (name, value) = f.split_once('=').unwrap();
+                    (name.to_string(), value.trim().parse().unwrap())
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// With 4 store workers, the first is the read lane: once it is up, every GET runs there and
 /// every SET on the other three, as `INFO store` and `/metrics` show per connection (on
 /// PostgreSQL with ring reads off, which would take the GETs).
@@ -981,12 +1005,48 @@ fn gets_run_on_each_rings_own_connection_and_come_back_after_a_restart() {
         })
         .sum();
     assert_eq!(worker_jobs, SESSIONS as u64, "jobs the store workers ran");
+    // Per ring's connection: up, nothing in flight or waiting once every GET is answered, and
+    // its batches and GETs adding up to the totals, in INFO and /metrics alike.
+    let links = link_fields(&mut watcher);
+    assert_eq!(links.len(), 2, "one store_link line per ring: {links:?}");
+    for (ring, link) in links.iter().enumerate() {
+        assert_eq!(
+            [
+                link["up"],
+                link["in_flight"],
+                link["batches_in_flight"],
+                link["waiting"]
+            ],
+            [1, 0, 0, 0],
+            "store_link{ring}: {link:?}"
+        );
+    }
+    let sum = |name: &str| links.iter().map(|l| l[name]).sum::<u64>();
+    assert_eq!((sum("gets"), sum("batches")), (ring_gets, batches));
     let metrics = common::http_body(server.metrics_addr(), "/metrics");
     assert!(
         metrics.contains("ringport_store_ring_links_up{} 2\n")
             && metrics.contains(&format!("ringport_store_ring_gets_total{{}} {ring_gets}\n")),
         "{metrics}"
     );
+    for (ring, link) in links.iter().enumerate() {
+        for line in [
+            format!("ringport_store_link_up{{ring=\"{ring}\"}} 1\n"),
+            format!("ringport_store_link_in_flight{{ring=\"{ring}\"}} 0\n"),
+            format!("ringport_store_link_batches_in_flight{{ring=\"{ring}\"}} 0\n"),
+            format!("ringport_store_link_waiting{{ring=\"{ring}\"}} 0\n"),
+            format!(
+                "ringport_store_link_batches_total{{ring=\"{ring}\"}} {}\n",
+                link["batches"]
+            ),
+            format!(
+                "ringport_store_link_gets_total{{ring=\"{ring}\"}} {}\n",
+                link["gets"]
+            ),
+        ] {
+            assert!(metrics.contains(&line), "no {line:?} in\n{metrics}");
+        }
+    }
 
     cluster.stop();
     let unavailable = Reply::Error("ERR store unavailable".into());
@@ -998,6 +1058,8 @@ fn gets_run_on_each_rings_own_connection_and_come_back_after_a_restart() {
         "GET while PostgreSQL is down"
     );
     wait_for_ring_links(&mut watcher, 0, Duration::from_secs(10));
+    let down: Vec<u64> = link_fields(&mut watcher).iter().map(|l| l["up"]).collect();
+    assert_eq!(down, [0, 0], "store_link up= while PostgreSQL is down");
 
     cluster.start_again();
     let made = wait_for_ring_links(&mut watcher, 2, Duration::from_secs(30));
