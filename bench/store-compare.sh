@@ -111,19 +111,18 @@ SQL
 # The host is noisy (one load's figure moves by a quarter between runs), so each ceiling and its
 # ringport twin run back to back, ROUNDS times, and the medians are compared.
 rounds=${ROUNDS:-3}
-# The reads at -c 16 run under `measured`; their "load_us server_us" per request, per round.
-cost() { per_request "$1"; }
+# The reads at -c 16 run under `measured`, and keep their per_request "load_us server_us".
 for round in $(seq "$rounds"); do
   checkpoint; upsert16+=" $(pgbench -f "$work/upsert.sql" -M prepared -c 16 -j 2 -T "$seconds" | tps)"
   checkpoint; set16+=" $(rb 16395 set 16)"
   checkpoint; read -r r p50 p99 < <(bench 16395 SET 16); bset16+=" $r"; bset16_p50+=" $p50"; bset16_p99+=" $p99"
   checkpoint; r=$(measured pgbench -S -M prepared -c 16 -j 2 -T "$seconds" | tps); read16+=" $r"
-  read -r l v < <(cost "$r"); read16_load+=" $l"; read16_server+=" $v"
+  read -r l v < <(per_request "$r"); read16_load+=" $l"; read16_server+=" $v"
   checkpoint; r=$(measured rb 16395 get 16); get16+=" $r"
-  read -r l v < <(cost "$r"); get16_load+=" $l"; get16_server+=" $v"
+  read -r l v < <(per_request "$r"); get16_load+=" $l"; get16_server+=" $v"
   checkpoint; get16t2+=" $(rb 16395 get 16 2)"
   checkpoint; measured bench 16395 GET 16 >"$work/b"; read -r r p50 p99 <"$work/b"; bget16+=" $r"; bget16_p50+=" $p50"; bget16_p99+=" $p99"
-  read -r l v < <(cost "$r"); bget16_load+=" $l"; bget16_server+=" $v"
+  read -r l v < <(per_request "$r"); bget16_load+=" $l"; bget16_server+=" $v"
   checkpoint; read200+=" $(pgbench -S -M prepared -c 200 -j 2 -T "$seconds" | tps)"
   checkpoint; get200+=" $(rb 16395 get 200)"
   checkpoint; read -r r p50 p99 < <(bench 16395 GET 200); bget200+=" $r"; bget200_p50+=" $p50"; bget200_p99+=" $p99"

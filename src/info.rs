@@ -299,13 +299,13 @@ fn write_section(shared: &Shared, section: &str, out: &mut String) {
     }
 }
 
-/// This process's resident set (VmRSS), as Redis's `used_memory_rss` reports it.
 /// One `name:field=value,...` line, in the style of Redis's keyspace lines.
 fn write_fields(out: &mut String, name: &str, fields: &[(&str, u64)]) {
     let fields: Vec<String> = fields.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let _ = write!(out, "{name}:{}\r\n", fields.join(","));
 }
 
+/// This process's resident set (VmRSS), as Redis's `used_memory_rss` reports it.
 fn rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;

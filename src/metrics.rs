@@ -86,6 +86,13 @@ fn counter_family(
     Ok(())
 }
 
+/// Counts read as gauge values (gauges are signed in the encoder).
+fn gauge_rows(rows: Vec<(Labels, u64)>) -> Vec<(Labels, i64)> {
+    rows.into_iter()
+        .map(|(labels, n)| (labels, n as i64))
+        .collect()
+}
+
 fn gauge_family(
     encoder: &mut DescriptorEncoder,
     name: &str,
@@ -110,12 +117,7 @@ impl Collector for ServerCollector {
                 .map(|(i, r)| (vec![("ring", i.to_string())], f(r)))
                 .collect()
         };
-        let ring_gauge = |f: &dyn Fn(&ringport_ring::RingStats) -> u64| -> Vec<(Labels, i64)> {
-            ring_rows(f)
-                .into_iter()
-                .map(|(labels, n)| (labels, n as i64))
-                .collect()
-        };
+        let ring_gauge = |f: &dyn Fn(&ringport_ring::RingStats) -> u64| gauge_rows(ring_rows(f));
         gauge_family(
             &mut e,
             "ringport_sessions",
@@ -424,10 +426,7 @@ impl Collector for ServerCollector {
             &mut e,
             "ringport_store_in_flight",
             "Store requests in flight, per store connection (the batch its worker is running)",
-            &conns(&|w| load(&w.in_flight))
-                .into_iter()
-                .map(|(labels, value)| (labels, value as i64))
-                .collect::<Vec<_>>(),
+            &gauge_rows(conns(&|w| load(&w.in_flight))),
         )?;
         counter_family(
             &mut e,
@@ -482,12 +481,8 @@ impl Collector for ServerCollector {
                 .map(|(ring, l)| (vec![("ring", ring.to_string())], value(l)))
                 .collect::<Vec<_>>()
         };
-        let link_gauge = |value: &dyn Fn(&crate::storepool::LinkStats) -> u64| {
-            links(value)
-                .into_iter()
-                .map(|(labels, n)| (labels, n as i64))
-                .collect::<Vec<_>>()
-        };
+        let link_gauge =
+            |value: &dyn Fn(&crate::storepool::LinkStats) -> u64| gauge_rows(links(value));
         gauge_family(
             &mut e,
             "ringport_store_link_up",
