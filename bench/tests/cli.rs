@@ -593,3 +593,50 @@ fn a_silent_server_ends_the_run_with_unanswered_requests() {
     assert_eq!(count(&run["unanswered"]), 2);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `ringport-wake-cost` prints each of its figures as a wall and a CPU time per operation, the
+/// timed sleep lasting at least the 20 µs it asks for, and refuses a count it cannot use.
+#[test]
+fn wake_cost_prints_each_figure_and_refuses_a_bad_count() {
+    let tool = env!("CARGO_BIN_EXE_ringport-wake-cost");
+    let output = Command::new(tool).arg("200").output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8(output.stdout).unwrap();
+    let figures: Vec<(&str, f64, f64)> = text
+        .lines()
+        .filter_map(|line| {
+            let (name, rest) = line.split_once(" wall ")?;
+            let mut numbers = rest
+                .split_whitespace()
+                .filter_map(|word| word.parse::<f64>().ok());
+            Some((name.trim(), numbers.next()?, numbers.next()?))
+        })
+        .collect();
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let names: Vec<&str> = figures.iter().map(|(name, ..)| *name).collect();
+    let mut expected = vec![
+        "system call (getppid)",
+        "timed sleep of 20 µs (nanosleep)",
+        "wake-up round trip, cores 0 and 0",
+    ];
+    if cores > 1 {
+        expected.push("wake-up round trip, cores 0 and 1");
+    }
+    assert_eq!(names, expected, "{text}");
+    for (name, wall, cpu) in &figures {
+        assert!(*wall > 0.0 && *cpu >= 0.0, "{name}: {text}");
+    }
+    assert!(figures[1].1 >= 20.0, "a 20 µs sleep took less: {text}");
+    for bad in ["0", "many"] {
+        let output = Command::new(tool).arg(bad).output().unwrap();
+        assert_eq!(output.status.code(), Some(2), "{bad}");
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains("usage"),
+            "{bad}"
+        );
+    }
+}
