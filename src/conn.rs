@@ -47,6 +47,8 @@ pub struct ClientNames {
 pub struct Transaction {
     /// The commands queued since MULTI; `None` outside MULTI.
     pub queued: Option<Vec<Args>>,
+    /// The queued commands' bytes together, bounded by `--max-query-buffer`.
+    pub queued_bytes: usize,
     /// A command was refused while queueing: EXEC answers `-EXECABORT`.
     pub dirty: bool,
     /// The WATCHed keys, filled by WATCH's store job before its reply (the session runs one

@@ -68,6 +68,7 @@ diff_cases!(
     setex_setnx_getex_getdel,
     decr_and_decrby,
     append_strlen_getrange_setrange,
+    append_and_setrange_stop_at_proto_max_bulk_len,
     msetnx_type_rename_unlink,
     new_commands_arity,
     resp3_nulls_of_the_new_commands,
@@ -519,6 +520,41 @@ fn append_strlen_getrange_setrange(store: Store, label: &str) {
     ]);
     diff.same(&[b"SET", b"bin", b"\x00\xff"]);
     diff.same(&[b"GETRANGE", b"bin", b"1", b"1"]);
+}
+
+/// APPEND and SETRANGE grow a string no further than proto-max-bulk-len (1 MiB on both servers
+/// here), at its edge and one byte past it, on a new key and an existing one.
+fn append_and_setrange_stop_at_proto_max_bulk_len(store: Store, label: &str) {
+    const LIMIT: &str = "1048576";
+    let redis = RedisServer::start_with(&["--proto-max-bulk-len", LIMIT]);
+    let mut builder = Server::builder().flag("--proto-max-bulk-len", LIMIT);
+    if store == Store::Postgres {
+        builder = builder
+            .store(&PgCluster::shared().fresh_url(label))
+            .flag("--store-threads", "2");
+    }
+    let ringport = builder.start();
+    let mut diff = Diff::new(&redis, &ringport);
+    diff.all(&[
+        "SETRANGE new 1048576 x",
+        "SETRANGE new 1048570 abcdefg",
+        "EXISTS new",
+        "SETRANGE new 1048569 abcdefg",
+        "STRLEN new",
+        "APPEND new y",
+        "SETRANGE new 1048576 x",
+        "SETRANGE new 1048575 z",
+        "SETRANGE new 9223372036854775807 x",
+        "STRLEN new",
+        "GETRANGE new -2 -1",
+        "SETRANGE half 524288 x",
+        "STRLEN half",
+    ]);
+    diff.same(&[b"APPEND", b"half", b""]);
+    let tail = vec![b'y'; 524_287];
+    diff.same(&[b"APPEND", b"half", &tail]);
+    diff.same(&[b"APPEND", b"half", b"y"]);
+    diff.same(&[b"STRLEN", b"half"]);
 }
 
 fn msetnx_type_rename_unlink(store: Store, label: &str) {

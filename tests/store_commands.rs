@@ -1756,3 +1756,53 @@ fn kill_9_during_exec_leaves_all_or_nothing(backend: Backend) {
     );
     eprintln!("keys present after each kill: {outcomes:?}");
 }
+
+/// A MULTI's queue is bounded in bytes as well as in commands: by `--max-query-buffer` (here its
+/// floor, `--proto-max-bulk-len` + 64 KiB = 1,114,112 bytes), as input held for later. The
+/// command that would pass it is refused, EXEC aborts and writes nothing, and the session goes
+/// on; before, one session could queue 10,000 values of 16 MiB.
+#[test]
+fn a_multi_queue_is_bounded_in_bytes() {
+    let server = start(
+        Backend::Embedded,
+        "multi_bytes",
+        &[
+            ("--proto-max-bulk-len", "1048576"),
+            ("--max-query-buffer", "1"),
+        ],
+    );
+    let mut raw = server.raw_authed();
+    let value = vec![b'v'; 300_000];
+    assert_eq!(raw.cmd(&[b"MULTI"]), ok());
+    for key in [b"q1", b"q2", b"q3"] {
+        assert_eq!(
+            raw.cmd(&[b"SET", key, &value]),
+            Reply::Simple("QUEUED".into())
+        );
+    }
+    let Reply::Error(refusal) = raw.cmd(&[b"SET", b"q4", &value]) else {
+        panic!("the fourth 300 KB SET passes 1,114,112 bytes and is refused")
+    };
+    assert_eq!(
+        refusal,
+        "ERR MULTI queue is full: at most 1114112 bytes of queued commands per transaction (--max-query-buffer)"
+    );
+    assert_eq!(
+        raw.cmd(&[b"EXEC"]),
+        Reply::Error("EXECABORT Transaction discarded because of previous errors.".into())
+    );
+    assert_eq!(
+        raw.cmd(&[b"EXISTS", b"q1", b"q2", b"q3", b"q4"]),
+        Reply::Int(0)
+    );
+    // The bound is per transaction: the next one starts from nothing.
+    assert_eq!(raw.cmd(&[b"MULTI"]), ok());
+    for key in [b"q1", b"q2", b"q3"] {
+        assert_eq!(
+            raw.cmd(&[b"SET", key, &value]),
+            Reply::Simple("QUEUED".into())
+        );
+    }
+    assert_eq!(raw.cmd(&[b"EXEC"]), Reply::Array(vec![ok(); 3]));
+    assert_eq!(raw.cmd(&[b"EXISTS", b"q1", b"q2", b"q3"]), Reply::Int(3));
+}

@@ -83,6 +83,10 @@ impl Argv for Inline<'_> {
     }
 }
 
+/// Redis's default `proto-max-bulk-len`: a request made outside a session (a handler's test)
+/// gets Redis's bound.
+const REDIS_PROTO_MAX_BULK_LEN: u64 = 512 * 1024 * 1024;
+
 /// What a compute or store handler gets: the command, owned, off the ring.
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -90,6 +94,7 @@ pub struct Request {
     args: Vec<Vec<u8>>,
     proto: Proto,
     client_id: u64,
+    max_string_len: u64,
 }
 
 impl Request {
@@ -100,7 +105,15 @@ impl Request {
             args,
             proto,
             client_id: 0,
+            max_string_len: REDIS_PROTO_MAX_BULK_LEN,
         }
+    }
+
+    /// The longest string a command may make (APPEND, SETRANGE): `--proto-max-bulk-len`, as
+    /// Redis bounds them by its `proto-max-bulk-len`, so no value grows past what a client may
+    /// send or the server will read back.
+    pub fn max_string_len(&self) -> u64 {
+        self.max_string_len
     }
 
     /// The authenticated user (`None` only for commands allowed before AUTH).
@@ -451,6 +464,7 @@ impl Request {
             args: args.to_vecs(),
             proto: conn.proto,
             client_id: conn.client_id,
+            max_string_len: call.shared.config.proto_max_bulk_len as u64,
         }
     }
 }

@@ -4,7 +4,8 @@
 //!
 //! - Queueing ([`queue`]): between MULTI and EXEC a command that passed the name and arity
 //!   checks answers `+QUEUED`; one refused there (unknown, wrong arity, not allowed inside a
-//!   transaction, past [`MULTI_MAX_QUEUED`]) answers its error and makes EXEC answer
+//!   transaction, past [`MULTI_MAX_QUEUED`] or past `--max-query-buffer` bytes of queued
+//!   commands) answers its error and makes EXEC answer
 //!   `-EXECABORT`.
 //! - EXEC: inline commands (and the few ring commands allowed: PING, INFO, COMMAND, UNWATCH)
 //!   run on the ring at EXEC, their replies kept; then one store job runs, in one transaction,
@@ -16,7 +17,8 @@
 //!   EXEC reads them again inside its transaction (rows locked on PostgreSQL) and aborts, with
 //!   a null reply, if any differs. A write that leaves a key as it was (same value, same
 //!   expiry) is not seen: Redis would abort there, ringport commits.
-//! - Bounds: at most [`MULTI_MAX_QUEUED`] commands per transaction; each statement inside it
+//! - Bounds: at most [`MULTI_MAX_QUEUED`] commands, and `--max-query-buffer` bytes of them, per
+//!   transaction; each statement inside it
 //!   has the store's call deadline, and the whole job the ring's `--store-timeout` (plus 1 ms
 //!   per queued command), after which the client gets `-ERR store unavailable` and, the
 //!   transaction being a write, its session is closed.
@@ -94,16 +96,21 @@ fn can_queue(spec: &Spec, handler: &Handler) -> bool {
 
 /// Queues a command that passed the checks, inside MULTI.
 pub fn queue(call: &mut Call<'_, '_>, spec: &Spec, handler: &Handler, args: &Args) {
+    let max_bytes = call.shared.config.max_query_buffer;
+    let (count, bytes) = call.conn().transaction().map_or((0, 0), |transaction| {
+        let count = transaction.queued.as_ref().map_or(0, Vec::len);
+        (count, transaction.queued_bytes)
+    });
     let refusal = if !can_queue(spec, handler) {
         Some("ERR Command not allowed inside a transaction".to_string())
-    } else if call
-        .conn()
-        .transaction()
-        .and_then(|transaction| transaction.queued.as_ref())
-        .is_some_and(|queued| queued.len() >= MULTI_MAX_QUEUED)
-    {
+    } else if count >= MULTI_MAX_QUEUED {
         Some(format!(
             "ERR MULTI queue is full: at most {MULTI_MAX_QUEUED} commands per transaction"
+        ))
+    } else if bytes.saturating_add(args.bytes()) > max_bytes {
+        // Queued commands are input held for later: the same bound as input not yet run.
+        Some(format!(
+            "ERR MULTI queue is full: at most {max_bytes} bytes of queued commands per transaction (--max-query-buffer)"
         ))
     } else {
         None
@@ -113,12 +120,11 @@ pub fn queue(call: &mut Call<'_, '_>, spec: &Spec, handler: &Handler, args: &Arg
         refused_while_queueing(call);
         return;
     }
-    if let Some(queued) = call
-        .conn_mut()
-        .transaction_mut()
-        .and_then(|transaction| transaction.queued.as_mut())
-    {
-        queued.push(args.clone());
+    if let Some(transaction) = call.conn_mut().transaction_mut() {
+        if let Some(queued) = transaction.queued.as_mut() {
+            queued.push(args.clone());
+            transaction.queued_bytes += args.bytes();
+        }
     }
     resp::simple(call.out(), b"QUEUED");
 }
@@ -127,7 +133,9 @@ pub(super) fn multi(call: &mut Call<'_, '_>, _args: &Args) {
     if call.conn().in_multi() {
         return err(call.out(), "ERR MULTI calls can not be nested");
     }
-    call.conn_mut().transaction_entry().queued = Some(Vec::new());
+    let transaction = call.conn_mut().transaction_entry();
+    transaction.queued = Some(Vec::new());
+    transaction.queued_bytes = 0;
     resp::simple(call.out(), b"OK");
 }
 
@@ -202,6 +210,7 @@ pub(super) fn exec(call: &mut Call<'_, '_>, _args: &Args) {
         queued,
         dirty,
         watched,
+        ..
     } = transaction;
     if dirty {
         return err(call.out(), EXECABORT);

@@ -12,9 +12,6 @@ use crate::store::{now_ms, transact, Entry, StoreError, Txn};
 use super::api::{Argv, Reply, StoreCtx, NOT_INTEGER};
 use super::long_double::LongDouble;
 
-/// Redis's `proto-max-bulk-len` default: APPEND and SETRANGE refuse to grow a string past it.
-const STRING_MAX_LEN: u64 = 512 * 1024 * 1024;
-
 pub(super) type Outcome = Result<Reply, StoreError>;
 
 /// Runs `body` as one transaction on the session user's keys.
@@ -445,21 +442,22 @@ pub fn persist(ctx: &mut StoreCtx<'_>) -> Outcome {
     })
 }
 
-/// Redis's refusal to grow a string of `len` bytes by `more`.
-fn too_long(len: usize, more: u64) -> Option<Reply> {
+/// Redis's refusal to grow a string of `len` bytes by `more` past `max` (`--proto-max-bulk-len`).
+fn too_long(len: usize, more: u64, max: u64) -> Option<Reply> {
     (len as u64)
         .saturating_add(more)
-        .gt(&STRING_MAX_LEN)
+        .gt(&max)
         .then(|| Reply::err("string exceeds maximum allowed size (proto-max-bulk-len)"))
 }
 
 pub fn append(ctx: &mut StoreCtx<'_>) -> Outcome {
     let args = ctx.request().args();
+    let max = ctx.request().max_string_len();
     let (key, tail) = (&args[1], &args[2]);
     in_txn(ctx, |txn| {
         let (mut value, expiry) = match txn.get(key)? {
             Some(entry) => {
-                if let Some(refusal) = too_long(entry.value.len(), tail.len() as u64) {
+                if let Some(refusal) = too_long(entry.value.len(), tail.len() as u64, max) {
                     return Ok(refusal);
                 }
                 (entry.value, entry.expires_at_ms)
@@ -517,13 +515,14 @@ pub fn setrange(ctx: &mut StoreCtx<'_>) -> Outcome {
         return Ok(Reply::err("offset is out of range"));
     }
     let (key, patch) = (&args[1], &args[3]);
+    let max = ctx.request().max_string_len();
     in_txn(ctx, |txn| {
         let entry = txn.get(key)?;
         if patch.is_empty() {
             let len = entry.map_or(0, |entry| entry.value.len());
             return Ok(Reply::Integer(len as i64));
         }
-        if let Some(refusal) = too_long(patch.len(), offset as u64) {
+        if let Some(refusal) = too_long(patch.len(), offset as u64, max) {
             return Ok(refusal);
         }
         let (mut value, expiry) = entry.map_or((Vec::new(), None), |entry| {

@@ -125,6 +125,11 @@ impl Args {
         self.ends.is_empty()
     }
 
+    /// The arguments' bytes together, what holding them costs (less a few words each).
+    pub fn bytes(&self) -> usize {
+        self.data.len()
+    }
+
     /// Argument `i`, or `None` past the last.
     pub fn get(&self, i: usize) -> Option<&[u8]> {
         let end = *self.ends.get(i)?;

@@ -35,6 +35,11 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts redis-server and waits until it answers PING.
     pub fn start() -> RedisServer {
+        RedisServer::start_with(&[])
+    }
+
+    /// A redis-server with more configuration on its command line (`["--name", "value"]`).
+    pub fn start_with(config: &[&str]) -> RedisServer {
         let program = std::env::var("REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
         // The port is free when chosen and redis-server binds it a moment later; another
         // process may take it meanwhile, so a start that fails tries a new port.
@@ -48,6 +53,7 @@ impl RedisServer {
                 // For DEBUG SET-ACTIVE-EXPIRE: a test that depends on when a key expires turns
                 // redis-server's background expiry off.
                 .args(["--enable-debug-command", "yes"])
+                .args(config)
                 .arg("--dir")
                 .arg(dir.path())
                 .stdin(Stdio::null())
