@@ -6,14 +6,15 @@
 //!
 //! The port is often open to a whole network, so a peer gets little: a request head of at most
 //! [`HEAD_MAX`] bytes, read within [`HEAD_DEADLINE`], an answer that must leave within
-//! [`WRITE_DEADLINE`], and at most [`CONNECTIONS_MAX`] connections served at once (more are
-//! closed unanswered). A peer that stalls holds one connection's thread, never the probes of the
-//! others.
+//! [`WRITE_DEADLINE`], and at most [`CONNECTIONS_MAX`] connections served at once (a new one
+//! cuts off the oldest). A peer that stalls holds one connection's thread, never the probes of
+//! the others.
 
+use std::collections::VecDeque;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -563,8 +564,8 @@ fn route(method: &str, path: &str, shared: &Arc<Shared>) -> String {
     }
 }
 
-/// Connections answered at once; more are closed unanswered, so a flood holds a bounded number
-/// of threads and buffers.
+/// Connections answered at once; a newer one cuts off the oldest, so a flood holds a bounded
+/// number of threads and buffers and cannot keep a probe out.
 pub const CONNECTIONS_MAX: usize = 32;
 /// A request's head (its request line and headers) must arrive within this long.
 pub const HEAD_DEADLINE: Duration = Duration::from_secs(5);
@@ -577,30 +578,62 @@ pub const WRITE_DEADLINE: Duration = Duration::from_secs(10);
 pub fn serve(addr: SocketAddr, shared: Arc<Shared>) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr)?;
     let local = listener.local_addr()?;
-    let active = Arc::new(AtomicUsize::new(0));
+    let live = Arc::new(Live::default());
     std::thread::Builder::new()
         .name("metrics".into())
         .spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
-                if active.fetch_add(1, Ordering::AcqRel) >= CONNECTIONS_MAX {
-                    active.fetch_sub(1, Ordering::AcqRel);
+                let Some(id) = live.admit(&stream) else {
                     continue;
-                }
-                let (shared, done) = (shared.clone(), active.clone());
+                };
+                let (shared, live_too) = (shared.clone(), live.clone());
                 let spawned = std::thread::Builder::new()
                     .name("metrics-conn".into())
                     .stack_size(256 * 1024)
                     .spawn(move || {
                         answer(stream, &shared);
-                        done.fetch_sub(1, Ordering::AcqRel);
+                        live_too.leave(id);
                     });
                 if spawned.is_err() {
-                    active.fetch_sub(1, Ordering::AcqRel);
+                    live.leave(id);
                 }
             }
         })?;
     Ok(local)
+}
+
+/// The connections being answered, oldest first, each with a handle on its socket.
+#[derive(Default)]
+struct Live(Mutex<(u64, VecDeque<(u64, TcpStream)>)>);
+
+impl Live {
+    /// Takes in a new connection; at [`CONNECTIONS_MAX`] the oldest is cut off to make room.
+    /// Refusing the new one instead let 32 silent peers, renewed every 5 s, keep `/health`
+    /// and `/ready` unanswered for good (an instance out of its load balancer); a probe is
+    /// answered within milliseconds, so it is never the oldest unless 32 connections arrived
+    /// while it was being answered. `None` when the socket cannot be shared with the list.
+    fn admit(&self, stream: &TcpStream) -> Option<u64> {
+        let handle = stream.try_clone().ok()?;
+        let mut guard = self.0.lock().unwrap_or_else(|poison| poison.into_inner());
+        let (next_id, conns) = &mut *guard;
+        if conns.len() >= CONNECTIONS_MAX {
+            if let Some((_, oldest)) = conns.pop_front() {
+                // Its thread's read or write fails at once, and it leaves.
+                let _ = oldest.shutdown(Shutdown::Both);
+            }
+        }
+        let id = *next_id;
+        *next_id += 1;
+        conns.push_back((id, handle));
+        Some(id)
+    }
+
+    /// Forgets a connection that was answered, or cut off.
+    fn leave(&self, id: u64) {
+        let mut guard = self.0.lock().unwrap_or_else(|poison| poison.into_inner());
+        guard.1.retain(|(live, _)| *live != id);
+    }
 }
 
 /// Reads one request and answers it, within the deadlines.

@@ -673,9 +673,10 @@ fn health_status(addr: SocketAddr) -> Option<String> {
 
 /// The metrics port is often open to a whole network: a peer that stays silent, sends a
 /// request head with no end or opens many connections holds a bounded share of the server
-/// (`HEAD_MAX` bytes per connection, `CONNECTIONS_MAX` connections) and never delays the probes
-/// of the others behind it (before, one thread read each request in turn, with a 5 s timeout
-/// per read and no bound on a line's length: three silent peers delayed `/health` by 15 s).
+/// (`HEAD_MAX` bytes per connection, `CONNECTIONS_MAX` connections, the oldest cut off for a new
+/// one) and never delays or keeps out the probes of the others (before, one thread read each
+/// request in turn, with a 5 s timeout per read and no bound on a line's length: three silent
+/// peers delayed `/health` by 15 s).
 #[test]
 fn the_metrics_port_bounds_what_a_peer_can_hold() {
     use ringport::metrics::{CONNECTIONS_MAX, HEAD_MAX};
@@ -710,16 +711,34 @@ fn the_metrics_port_bounds_what_a_peer_can_hold() {
         "{reply:?}"
     );
 
-    // Connections are accepted in order, so once these are accepted (silent, each holds its
-    // thread for the 5 s head deadline), the next is over the bound.
-    let held: Vec<TcpStream> = (0..CONNECTIONS_MAX)
+    // The port full of silent peers (each would hold its thread for the 5 s head deadline): a
+    // probe still gets in, cutting off the oldest. Before, the 33rd connection was closed
+    // unanswered, so silent peers renewed every 5 s kept /health and /ready failing.
+    let mut held: Vec<TcpStream> = (0..CONNECTIONS_MAX)
         .map(|_| TcpStream::connect(addr).unwrap())
         .collect();
+    let started = Instant::now();
     assert_eq!(
-        health_status(addr),
-        None,
-        "answered past {CONNECTIONS_MAX} connections"
+        health_status(addr).as_deref(),
+        Some("HTTP/1.1 200 OK"),
+        "/health behind {CONNECTIONS_MAX} silent peers"
     );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "/health waited {:?} behind {CONNECTIONS_MAX} silent peers",
+        started.elapsed()
+    );
+    // The oldest was cut off, long before its head deadline.
+    let oldest = &mut held[0];
+    oldest
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    match oldest.read(&mut byte) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the oldest silent peer was not cut off: {other:?}"),
+    }
     drop(held);
     eventually("the metrics port answers once its peers left", || {
         health_status(addr).as_deref() == Some("HTTP/1.1 200 OK")
