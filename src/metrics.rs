@@ -535,6 +535,8 @@ fn response(status: &str, content_type: &str, body: &str) -> String {
 /// The content type of the probes' and the errors' plain answers.
 const TEXT: &str = "text/plain; charset=utf-8";
 
+const METHOD_NOT_ALLOWED: &str = "method not allowed: use GET\n";
+
 /// The answer to one request line's method and path.
 fn route(method: &str, path: &str, shared: &Arc<Shared>) -> String {
     let path = path.split_once('?').map_or(path, |(path, _)| path);
@@ -556,6 +558,12 @@ fn route(method: &str, path: &str, shared: &Arc<Shared>) -> String {
                 &format!("not ready: {why}\n"),
             ),
         },
+        // A known path asked with another method (POST, HEAD, ...): 405 says what would work,
+        // where 404 would send an operator looking for a wrong path.
+        (_, "/metrics" | "/health" | "/ready") => format!(
+            "HTTP/1.1 405 Method Not Allowed\r\nAllow: GET\r\nContent-Type: {TEXT}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{METHOD_NOT_ALLOWED}",
+            METHOD_NOT_ALLOWED.len()
+        ),
         _ => response(
             "404 Not Found",
             TEXT,

@@ -663,12 +663,18 @@ fn assert_command_metrics(scrape: &Scrape, expected: &BTreeMap<&'static str, (u6
 /// The status line of a `GET /health` on the metrics port, or `None` when the connection was
 /// closed unanswered.
 fn health_status(addr: SocketAddr) -> Option<String> {
+    http_reply(addr, "GET /health HTTP/1.0\r\n\r\n")
+        .and_then(|reply| reply.lines().next().map(str::to_string))
+}
+
+/// The whole answer to `request`, or `None` when the connection failed or was closed empty.
+fn http_reply(addr: SocketAddr, request: &str) -> Option<String> {
     let mut stream = TcpStream::connect_timeout(&addr, REPLY_TIMEOUT).ok()?;
     stream.set_read_timeout(Some(REPLY_TIMEOUT)).unwrap();
-    stream.write_all(b"GET /health HTTP/1.0\r\n\r\n").ok()?;
+    stream.write_all(request.as_bytes()).ok()?;
     let mut reply = String::new();
     stream.read_to_string(&mut reply).ok()?;
-    reply.lines().next().map(str::to_string)
+    (!reply.is_empty()).then_some(reply)
 }
 
 /// The metrics port is often open to a whole network: a peer that stays silent, sends a
@@ -785,6 +791,17 @@ fn metrics_scraped_during_a_mixed_load_count_the_commands_sent() {
     }
     let (status, _, _) = http_get(metrics, "/nothing-here");
     assert!(status.starts_with("HTTP/1.1 404"), "{status}");
+    for request in [
+        "POST /metrics HTTP/1.1\r\n\r\n",
+        "HEAD /ready HTTP/1.0\r\n\r\n",
+    ] {
+        let reply = http_reply(metrics, request).expect("an answer");
+        assert!(
+            reply.starts_with("HTTP/1.1 405 Method Not Allowed\r\n")
+                && reply.contains("\r\nAllow: GET\r\n"),
+            "{request:?}: {reply:?}"
+        );
+    }
 
     // Two rounds of mixed load from every session; between them (every reply read) the counts
     // are exact; during the second a scraper runs freely and every scrape must parse and its

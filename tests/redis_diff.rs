@@ -182,6 +182,10 @@ fn unknown_commands(store: Store, label: &str) {
         .chain((0..12).map(|_| &b"arg"[..]))
         .collect();
     diff.same(&many);
+    // Redis prints names and arguments with C's %s: each ends at its first NUL.
+    diff.same(&[b"GET\0", b"k"]);
+    diff.same(&[b"NOSUCH", b"a\0b", b"\0", b"c"]);
+    diff.same(&[b"COMMAND", b"NO\0SUCH"]);
 }
 
 fn binary_keys_and_values(store: Store, label: &str) {

@@ -47,10 +47,10 @@ fn lower(arg: &[u8]) -> String {
 
 /// Redis 7's reply for an unknown command: the name (up to 128 bytes), then the arguments,
 /// each quoted, while the list is shorter than 128 bytes, each cut to what is left of the 128
-/// (`processCommand`'s loop, byte for byte).
+/// and at its first NUL (`processCommand`'s loop, byte for byte).
 fn unknown_command(out: &mut Vec<u8>, args: &Args) {
     let mut message = b"ERR unknown command '".to_vec();
-    message.extend(args[0].iter().take(128));
+    message.extend(c_str(&args[0]).iter().take(128));
     message.extend_from_slice(b"', with args beginning with: ");
     let mut quoted: Vec<u8> = Vec::new();
     for arg in args.iter().skip(1) {
@@ -59,7 +59,7 @@ fn unknown_command(out: &mut Vec<u8>, args: &Args) {
         }
         let room = 128 - quoted.len();
         quoted.push(b'\'');
-        quoted.extend(arg.iter().take(room));
+        quoted.extend(c_str(arg).iter().take(room));
         quoted.extend_from_slice(b"' ");
     }
     message.extend_from_slice(&quoted);
@@ -67,7 +67,13 @@ fn unknown_command(out: &mut Vec<u8>, args: &Args) {
 }
 
 fn truncate(arg: &[u8], n: usize) -> Vec<u8> {
-    arg.iter().take(n).copied().collect()
+    c_str(arg).iter().take(n).copied().collect()
+}
+
+/// An argument as C's `%s` prints it, up to its first NUL byte: Redis formats the arguments it
+/// quotes in error replies that way.
+fn c_str(arg: &[u8]) -> &[u8] {
+    arg.split(|&byte| byte == 0).next().unwrap_or(arg)
 }
 
 pub(crate) use api::NOT_INTEGER;
