@@ -1,6 +1,7 @@
 //! The messages that travel to a ring: a pool job's result for one session, or a ring-wide
 //! query (CLIENT LIST, CLIENT KILL), and the handle a job answers through.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -15,13 +16,17 @@ use crate::resp::Proto;
 pub enum Msg {
     /// The encoded reply of the pending command.
     Reply(u32, Vec<u8>),
+    /// The reply of a command that closed its own session (`CLIENT KILL` naming itself): sent,
+    /// then the session closes, as Redis's `CLIENT_CLOSE_AFTER_REPLY`.
+    ReplyThenClose(u32, Vec<u8>),
     /// The outcome of AUTH or HELLO ... AUTH.
     Auth(u32, AuthOutcome),
     /// The reply would pass `--max-output-buffer`, so it was not built: the session is treated
     /// as any session over its output limit.
     OverOutputLimit(u32),
-    /// Ring-wide: one `CLIENT LIST` line per session of the ring, sent back on the channel.
-    ListClients(crossbeam_channel::Sender<String>),
+    /// Ring-wide: the client id and `CLIENT LIST` line of each session of the ring the filter
+    /// selects, sent back on the channel.
+    ListClients(ListFilter, crossbeam_channel::Sender<Vec<(u64, String)>>),
     /// Ring-wide: close the sessions the filter matches; the count is sent back.
     Kill(KillFilter, crossbeam_channel::Sender<u64>),
     /// With a socket handed to the ring: its store connection for GETs (`storelink`).
@@ -30,29 +35,74 @@ pub enum Msg {
     LinkFlush,
 }
 
+/// A client type as `CLIENT LIST TYPE` and `CLIENT KILL TYPE` name it (Redis's
+/// `getClientTypeByName`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientType {
+    Normal,
+    Replica,
+    Pubsub,
+    Master,
+}
+
+impl ClientType {
+    /// The type `name` names, in any letter case; `None` for a name Redis does not know.
+    pub fn parse(name: &[u8]) -> Option<ClientType> {
+        match name.to_ascii_lowercase().as_slice() {
+            b"normal" => Some(ClientType::Normal),
+            b"slave" | b"replica" => Some(ClientType::Replica),
+            b"pubsub" => Some(ClientType::Pubsub),
+            b"master" => Some(ClientType::Master),
+            _ => None,
+        }
+    }
+
+    /// Every ringport session is a normal client: there is no replication and no pub/sub, so
+    /// the other types name no session (Redis answers them with an empty list, or 0 killed).
+    fn selects_sessions(self) -> bool {
+        self == ClientType::Normal
+    }
+}
+
 /// Which sessions `CLIENT KILL` closes: every given criterion must match.
 #[derive(Debug, Clone, Default)]
 pub struct KillFilter {
     pub id: Option<u64>,
     pub addr: Option<String>,
+    /// `LADDR`: the local address, as `CLIENT LIST` shows it.
+    pub laddr: Option<String>,
     pub user: Option<String>,
+    pub client_type: Option<ClientType>,
     /// `SKIPME yes` (the default): never the session that asked.
     pub skip: Option<u64>,
+    /// Set for a non-admin: only that user's sessions, whatever the other criteria say, so a
+    /// user cannot close another user's sessions (docs/security.md).
+    pub owner: Option<Arc<str>>,
 }
 
 impl KillFilter {
-    /// True if this filter selects the session.
-    pub fn matches(&self, conn: &Conn) -> bool {
+    /// True if this filter selects the session; `laddr` is the local address every session
+    /// shows in `CLIENT LIST`.
+    pub fn matches(&self, conn: &Conn, laddr: SocketAddr) -> bool {
         if self.skip == Some(conn.client_id) {
             return false;
         }
+        if !owned_by(&self.owner, conn) {
+            return false;
+        }
         if self.id.is_some_and(|id| id != conn.client_id) {
+            return false;
+        }
+        if self.client_type.is_some_and(|t| !t.selects_sessions()) {
             return false;
         }
         if let Some(addr) = &self.addr {
             if conn.peer_addr().map(|p| p.to_string()).as_deref() != Some(addr.as_str()) {
                 return false;
             }
+        }
+        if self.laddr.as_ref().is_some_and(|l| *l != laddr.to_string()) {
+            return false;
         }
         if let Some(user) = &self.user {
             if conn.user.as_deref() != Some(user.as_str()) {
@@ -61,6 +111,35 @@ impl KillFilter {
         }
         true
     }
+}
+
+/// Which sessions `CLIENT LIST` shows: every given criterion must match.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub client_type: Option<ClientType>,
+    /// `ID id ...`: sorted, without repeats (the job puts the lines back in the asked order).
+    pub ids: Option<Vec<u64>>,
+    /// Set for a non-admin: only that user's sessions (docs/security.md).
+    pub owner: Option<Arc<str>>,
+}
+
+impl ListFilter {
+    /// True if this filter selects the session.
+    pub fn matches(&self, conn: &Conn) -> bool {
+        owned_by(&self.owner, conn)
+            && self.client_type.is_none_or(ClientType::selects_sessions)
+            && self
+                .ids
+                .as_ref()
+                .is_none_or(|ids| ids.binary_search(&conn.client_id).is_ok())
+    }
+}
+
+/// True when no owner restricts the filter, or the session is authenticated as the owner.
+fn owned_by(owner: &Option<Arc<str>>, conn: &Conn) -> bool {
+    owner
+        .as_deref()
+        .is_none_or(|owner| conn.user.as_deref() == Some(owner))
 }
 
 /// How a pool job answers its session: the ring's mailbox, the session, and the job's number.
@@ -95,6 +174,11 @@ impl Replier {
     /// Sends the job's encoded reply.
     pub fn reply(&self, bytes: Vec<u8>) {
         self.0.send(Msg::Reply(self.0.seq, bytes));
+    }
+
+    /// Sends the job's encoded reply, after which the session closes.
+    pub fn reply_then_close(&self, bytes: Vec<u8>) {
+        self.0.send(Msg::ReplyThenClose(self.0.seq, bytes));
     }
 
     /// Says the reply was given up for passing `--max-output-buffer`.

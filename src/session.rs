@@ -434,8 +434,11 @@ impl Handler for RingHandler {
             return;
         }
         let seq = match &msg {
-            Msg::Reply(seq, _) | Msg::Auth(seq, _) | Msg::OverOutputLimit(seq) => *seq,
-            Msg::ListClients(_) | Msg::Kill(..) | Msg::LinkUp | Msg::LinkFlush => return,
+            Msg::Reply(seq, _)
+            | Msg::ReplyThenClose(seq, _)
+            | Msg::Auth(seq, _)
+            | Msg::OverOutputLimit(seq) => *seq,
+            Msg::ListClients(..) | Msg::Kill(..) | Msg::LinkUp | Msg::LinkFlush => return,
         };
         if s.conn.state != State::Waiting || seq != s.conn.job_seq {
             // The session gave up on this job (the store stopped answering) and moved on.
@@ -459,6 +462,12 @@ impl Handler for RingHandler {
                 s.out().extend_from_slice(&bytes);
                 bytes.first() == Some(&b'-')
             }
+            Msg::ReplyThenClose(_, bytes) => {
+                s.out().extend_from_slice(&bytes);
+                // Input pipelined behind is not run: Redis drops it with the client too.
+                s.close_after_flush();
+                bytes.first() == Some(&b'-')
+            }
             Msg::Auth(_, outcome) => {
                 let failed = !matches!(outcome, AuthOutcome::Verified { .. });
                 commands::finish_auth(
@@ -478,7 +487,7 @@ impl Handler for RingHandler {
                 self.close_over_output_limit(s, "a reply that alone passed --max-output-buffer");
                 true
             }
-            Msg::ListClients(_) | Msg::Kill(..) | Msg::LinkUp | Msg::LinkFlush => {
+            Msg::ListClients(..) | Msg::Kill(..) | Msg::LinkUp | Msg::LinkFlush => {
                 unreachable!("returned above")
             }
         };
@@ -589,18 +598,21 @@ impl Handler for RingHandler {
 
     fn on_ring_message(&mut self, _cx: &Context, msg: Msg, sessions: &mut Sessions<'_, Conn>) {
         match msg {
-            Msg::ListClients(reply) => {
-                let mut lines = String::new();
+            Msg::ListClients(filter, reply) => {
+                let mut lines = Vec::new();
                 let link = &self.link;
                 sessions.for_each(|s| {
-                    if link.is(s.id()) {
+                    if link.is(s.id()) || !filter.matches(s.conn) {
                         return;
                     }
-                    lines.push_str(&s.conn.info_line(
-                        self.shared.listen_addr,
-                        s.pending_output(),
-                        &self.shared.table,
-                        self.shared.started,
+                    lines.push((
+                        s.conn.client_id,
+                        s.conn.info_line(
+                            self.shared.listen_addr,
+                            s.pending_output(),
+                            &self.shared.table,
+                            self.shared.started,
+                        ),
                     ))
                 });
                 let _ = reply.send(lines);
@@ -609,7 +621,7 @@ impl Handler for RingHandler {
                 let mut killed = 0;
                 let link = &self.link;
                 sessions.for_each(|s| {
-                    if !link.is(s.id()) && filter.matches(s.conn) {
+                    if !link.is(s.id()) && filter.matches(s.conn, self.shared.listen_addr) {
                         killed += 1;
                         s.close();
                     }
@@ -621,6 +633,7 @@ impl Handler for RingHandler {
                 let _ = reply.send(killed);
             }
             Msg::Reply(..)
+            | Msg::ReplyThenClose(..)
             | Msg::Auth(..)
             | Msg::OverOutputLimit(_)
             | Msg::LinkUp

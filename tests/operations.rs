@@ -1365,7 +1365,14 @@ fn sessions_on_every_ring(
 
 /// `CLIENT LIST` lines as maps of their fields.
 fn client_list(conn: &mut RawConn) -> Vec<HashMap<String, String>> {
-    let Reply::Bulk(text) = conn.cmd(&[b"CLIENT", b"LIST"]) else {
+    client_list_of(conn, &[])
+}
+
+/// `CLIENT LIST options...` lines as maps of their fields.
+fn client_list_of(conn: &mut RawConn, options: &[&[u8]]) -> Vec<HashMap<String, String>> {
+    let mut args: Vec<&[u8]> = vec![b"CLIENT", b"LIST"];
+    args.extend_from_slice(options);
+    let Reply::Bulk(text) = conn.cmd(&args) else {
         panic!("CLIENT LIST is a bulk string")
     };
     String::from_utf8(text)
@@ -1450,8 +1457,11 @@ fn client_kill_closes_exactly_the_chosen_session_on_either_ring() {
     let server = Server::builder()
         .flag("--rings", "2")
         .user("bob", "bobpass")
+        .admin("root", "rootpass")
         .start();
-    let mut control = server.raw_authed();
+    // An admin: only admins may close other users' sessions.
+    let mut control = server.raw();
+    control.auth("root", "rootpass");
     let sessions = sessions_on_every_ring(&server, &mut control, 3);
     let mut alive: Vec<(RawConn, u64, usize)> = sessions;
 
@@ -1539,6 +1549,135 @@ fn client_kill_closes_exactly_the_chosen_session_on_either_ring() {
     eventually("connected_clients counts the sessions left", || {
         info_fields(&info(&mut control, "clients"))["connected_clients"] == want
     });
+}
+
+/// The ids of `CLIENT LIST options...`'s sessions, with the user each is authenticated as.
+fn listed_users(conn: &mut RawConn, options: &[&[u8]]) -> BTreeMap<u64, String> {
+    client_list_of(conn, options)
+        .iter()
+        .map(|l| (l["id"].parse().unwrap(), l["user"].clone()))
+        .collect()
+}
+
+/// A session, its `CLIENT ID` and its address as `CLIENT LIST` shows it.
+fn login(server: &Server, user: &str, password: &str) -> (RawConn, u64, String) {
+    let mut conn = server.raw();
+    conn.auth(user, password);
+    let Reply::Int(id) = conn.cmd(&[b"CLIENT", b"ID"]) else {
+        panic!("CLIENT ID is an integer")
+    };
+    let addr = conn.stream.local_addr().unwrap().to_string();
+    (conn, id as u64, addr)
+}
+
+/// A user that is no admin lists and closes only its own user's sessions; an admin, every one.
+///
+/// The bug: CLIENT LIST and CLIENT KILL looked at every session of every user whoever asked, so
+/// any authenticated user could read every other session's address, name and user, and close
+/// them all (`CLIENT KILL USER alice` answered `:1` and alice's session got EOF), admins'
+/// sessions included: a denial of service docs/security.md rules out.
+#[test]
+fn a_user_lists_and_kills_only_its_own_sessions_and_an_admin_every_one() {
+    let server = Server::builder()
+        .flag("--rings", "2")
+        .user("bob", "bobpass")
+        .admin("root", "rootpass")
+        .start();
+    let (mut alice, alice_id, alice_addr) = login(&server, USER, PASSWORD);
+    let (mut bob, bob_id, bob_addr) = login(&server, "bob", "bobpass");
+    let (mut bob2, bob2_id, bob2_addr) = login(&server, "bob", "bobpass");
+    let (mut root, root_id, root_addr) = login(&server, "root", "rootpass");
+    let bobs = BTreeMap::from([(bob_id, "bob".to_string()), (bob2_id, "bob".to_string())]);
+
+    // bob sees his own two sessions, in every form of CLIENT LIST.
+    assert_eq!(listed_users(&mut bob, &[]), bobs);
+    assert_eq!(listed_users(&mut bob, &[b"TYPE", b"normal"]), bobs);
+    let ids = [alice_id, bob2_id, root_id].map(|id| id.to_string());
+    let ids: Vec<&[u8]> = ids.iter().map(|id| id.as_bytes()).collect();
+    let mut by_id: Vec<&[u8]> = vec![b"ID"];
+    by_id.extend(&ids);
+    assert_eq!(
+        listed_users(&mut bob, &by_id),
+        BTreeMap::from([(bob2_id, "bob".to_string())])
+    );
+
+    // Other users' sessions do not match bob's CLIENT KILL, whichever way he names them.
+    for (victim, id, addr) in [(USER, alice_id, &alice_addr), ("root", root_id, &root_addr)] {
+        let id = id.to_string();
+        for filter in [
+            [&b"USER"[..], victim.as_bytes()],
+            [b"ID", id.as_bytes()],
+            [b"ADDR", addr.as_bytes()],
+        ] {
+            let mut args: Vec<&[u8]> = vec![b"CLIENT", b"KILL"];
+            args.extend(filter);
+            assert_eq!(
+                bob.cmd(&args),
+                Reply::Int(0),
+                "bob's CLIENT KILL of {victim}"
+            );
+        }
+        assert_eq!(
+            bob.cmd(&[b"CLIENT", b"KILL", addr.as_bytes()])
+                .expect_error(),
+            "ERR No such client",
+            "bob's CLIENT KILL {addr} ({victim})"
+        );
+    }
+    // A user he may not see is not told whether it exists.
+    assert_eq!(
+        bob.cmd(&[b"CLIENT", b"KILL", b"USER", b"nobody"]),
+        Reply::Int(0)
+    );
+    assert_eq!(alice.cmd(&[b"PING"]), Reply::Simple("PONG".into()));
+    assert_eq!(root.cmd(&[b"PING"]), Reply::Simple("PONG".into()));
+
+    // His own other session he may close; with every other session of his gone, SKIPME yes
+    // alone (every session but his own) matches nothing more.
+    assert_eq!(
+        bob.cmd(&[b"CLIENT", b"KILL", b"ADDR", bob2_addr.as_bytes()]),
+        Reply::Int(1)
+    );
+    assert!(
+        bob2.closes_within(REPLY_TIMEOUT),
+        "bob's second session stayed open"
+    );
+    assert_eq!(
+        bob.cmd(&[b"CLIENT", b"KILL", b"SKIPME", b"yes"]),
+        Reply::Int(0)
+    );
+    assert_eq!(alice.cmd(&[b"PING"]), Reply::Simple("PONG".into()));
+    assert_eq!(root.cmd(&[b"PING"]), Reply::Simple("PONG".into()));
+
+    // alice, no admin either, sees only herself.
+    assert_eq!(
+        listed_users(&mut alice, &[]),
+        BTreeMap::from([(alice_id, USER.to_string())])
+    );
+
+    // The admin sees every session and closes any.
+    let everyone = listed_users(&mut root, &[]);
+    assert_eq!(
+        everyone.keys().copied().collect::<BTreeSet<u64>>(),
+        BTreeSet::from([alice_id, bob_id, root_id]),
+        "{everyone:?}"
+    );
+    assert_eq!(
+        root.cmd(&[b"CLIENT", b"KILL", b"USER", USER.as_bytes()]),
+        Reply::Int(1)
+    );
+    assert!(
+        alice.closes_within(REPLY_TIMEOUT),
+        "alice's session stayed open"
+    );
+    assert_eq!(
+        root.cmd(&[b"CLIENT", b"KILL", bob_addr.as_bytes()]),
+        Reply::ok()
+    );
+    assert!(
+        bob.closes_within(REPLY_TIMEOUT),
+        "bob's session stayed open"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

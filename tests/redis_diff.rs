@@ -29,7 +29,15 @@ enum Store {
 
 /// A redis-server and a ringport server on `store`.
 fn servers(store: Store, label: &str) -> (RedisServer, Server) {
-    let mut builder = Server::builder();
+    servers_from(Server::builder(), store, label)
+}
+
+/// [`servers`], ringport's from `builder`.
+fn servers_from(
+    mut builder: common::ServerBuilder,
+    store: Store,
+    label: &str,
+) -> (RedisServer, Server) {
     if store == Store::Postgres {
         // The cases share one cluster: keep each server's connections few.
         builder = builder
@@ -86,6 +94,8 @@ diff_cases!(
     watch_then_unwatch_or_discard,
     watched_key_that_expires_aborts,
     resp3_transactions,
+    client_list_and_kill_options,
+    client_kill_naming_itself_answers_then_closes,
 );
 
 fn get_set_del_exists(store: Store, label: &str) {
@@ -1081,4 +1091,84 @@ fn resp3_transactions(store: Store, label: &str) {
     diff.all(&["WATCH a"]);
     other.all(&["SET a 9"]);
     diff.all(&["MULTI", "SET a 2", "EXEC", "MULTI", "NOSUCH", "EXEC"]);
+}
+
+/// CLIENT LIST's and CLIENT KILL's options as Redis 7.0 reads them, in the forms whose replies
+/// hold no client id or address (those differ between the two servers).
+fn client_list_and_kill_options(store: Store, label: &str) {
+    let builder = Server::builder().admin("root", "rootpass");
+    let (redis, ringport) = servers_from(builder, store, label);
+    // As an admin: redis-server's default user may see and close every client too.
+    let mut diff = Diff::as_user(&redis, &ringport, "root", "rootpass");
+    diff.all(&[
+        "CLIENT LIST TYPE foo",
+        "CLIENT LIST TYPE master",
+        "CLIENT LIST TYPE PubSub",
+        "CLIENT LIST TYPE replica",
+        "CLIENT LIST TYPE normal x",
+        "CLIENT LIST ID x",
+        "CLIENT LIST ID 1 x",
+        "CLIENT LIST ID",
+        "CLIENT LIST ID -5",
+        "CLIENT LIST ID 0 999999 999999",
+        "CLIENT LIST USER root",
+        "CLIENT LIST foo",
+        "CLIENT KILL USER nobody",
+        "CLIENT KILL USER nobody ID 0",
+        "CLIENT KILL ID 0 USER nobody",
+        "CLIENT KILL ID 0 USER",
+        "CLIENT KILL ID 999999 USER",
+        "CLIENT KILL ID x",
+        "CLIENT KILL ID -1",
+        "CLIENT KILL LADDR 1.2.3.4:5",
+        "CLIENT KILL ADDR 1.2.3.4:5",
+        "CLIENT KILL TYPE foo",
+        "CLIENT KILL TYPE master",
+        "CLIENT KILL TYPE pubsub SKIPME no",
+        "CLIENT KILL MAXAGE 5",
+        "CLIENT KILL SKIPME maybe",
+        "CLIENT KILL ID 999999 SKIPME no",
+        "CLIENT KILL 1.2.3.4:5",
+        "PING",
+    ]);
+    // Errors that do not depend on who asks, as a user that is no admin.
+    let mut diff = Diff::new(&redis, &ringport);
+    diff.all(&[
+        "CLIENT LIST TYPE foo",
+        "CLIENT LIST ID x",
+        "CLIENT KILL TYPE foo",
+        "CLIENT KILL LADDR 1.2.3.4:5",
+        "CLIENT KILL 1.2.3.4:5",
+    ]);
+}
+
+/// A session that names itself in CLIENT KILL gets its reply, then is closed; a command it
+/// pipelined behind is not run.
+fn client_kill_naming_itself_answers_then_closes(store: Store, label: &str) {
+    let (redis, ringport) = servers(store, label);
+    for old_form in [false, true] {
+        let mut diff = Diff::new(&redis, &ringport);
+        let mut replies = Vec::new();
+        for conn in [&mut diff.redis, &mut diff.ringport] {
+            let Reply::Int(id) = conn.cmd(&[b"CLIENT", b"ID"]) else {
+                panic!("CLIENT ID is an integer")
+            };
+            let id = id.to_string();
+            let addr = conn.stream.local_addr().unwrap().to_string();
+            let kill: Vec<&[u8]> = if old_form {
+                vec![b"CLIENT", b"KILL", addr.as_bytes()]
+            } else {
+                vec![b"CLIENT", b"KILL", b"ID", id.as_bytes(), b"SKIPME", b"no"]
+            };
+            conn.send_cmd(&kill);
+            conn.send_cmd(&[b"PING"]);
+            // Everything up to the close: the reply alone, no PONG.
+            replies.push(conn.read_to_eof(Duration::from_secs(5)));
+        }
+        assert_eq!(
+            oracle::show(&replies[0]),
+            oracle::show(&replies[1]),
+            "redis-server, then ringport (old form: {old_form})"
+        );
+    }
 }

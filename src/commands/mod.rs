@@ -18,6 +18,7 @@ mod multi;
 pub mod sql;
 mod strings;
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,7 +27,9 @@ use sha2::{Digest, Sha256};
 
 use crate::auth;
 use crate::conn::State;
-use crate::msg::{AfterAuth, AuthOutcome, KillFilter, Msg, Replier, INTERNAL_ERROR};
+use crate::msg::{
+    AfterAuth, AuthOutcome, ClientType, KillFilter, ListFilter, Msg, Replier, INTERNAL_ERROR,
+};
 use crate::resp::{self, encode_value, parse_i64, Args, Proto};
 use crate::shared::Shared;
 use crate::store::{Conn as StoreConn, StoreError};
@@ -645,10 +648,59 @@ fn client(call: &mut Call<'_, '_>, args: &Args) {
     }
 }
 
-/// Asks every ring for its sessions on the compute pool (the job waits for the rings; the
-/// rings never wait for each other).
+/// The user whose sessions alone a session may see and close in CLIENT LIST / KILL: its own,
+/// unless it is an admin (`None`: every session). docs/security.md: an authenticated user must
+/// not deny service to other sessions, and does not learn who else is connected.
+fn client_owner(call: &Call<'_, '_>) -> Option<Arc<str>> {
+    // CLIENT needs AUTH, so a session always has a user here; were one ever to lack it, the
+    // empty name (no user's, never an admin's) keeps it from seeing or closing any session.
+    let user = call.conn().user.clone().unwrap_or_else(|| Arc::from(""));
+    if crate::acl::is_admin(&call.shared.users, &user) {
+        None
+    } else {
+        Some(user)
+    }
+}
+
+/// `CLIENT LIST [TYPE type | ID id ...]`, Redis 7.0's forms. Asks every ring for its sessions
+/// on the compute pool (the job waits for the rings; the rings never wait for each other).
 fn client_list(call: &mut Call<'_, '_>, args: &Args) {
-    if args.len() != 2 {
+    let mut filter = ListFilter {
+        owner: client_owner(call),
+        ..ListFilter::default()
+    };
+    // `ID` lists in the order asked, repeats included, as Redis does.
+    let mut asked: Option<Vec<i64>> = None;
+    if args.len() == 4 && args[2].eq_ignore_ascii_case(b"type") {
+        match ClientType::parse(&args[3]) {
+            Some(kind) => filter.client_type = Some(kind),
+            None => {
+                return err(
+                    call.out(),
+                    &format!(
+                        "ERR Unknown client type '{}'",
+                        String::from_utf8_lossy(&args[3])
+                    ),
+                )
+            }
+        }
+    } else if args.len() > 3 && args[2].eq_ignore_ascii_case(b"id") {
+        let mut ids = Vec::with_capacity(args.len() - 3);
+        for arg in args.iter().skip(3) {
+            match parse_i64(arg) {
+                Some(id) => ids.push(id),
+                None => return err(call.out(), "ERR Invalid client ID"),
+            }
+        }
+        let mut wanted: Vec<u64> = ids
+            .iter()
+            .filter_map(|&id| u64::try_from(id).ok())
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        filter.ids = Some(wanted);
+        asked = Some(ids);
+    } else if args.len() != 2 {
         return err(call.out(), "ERR syntax error");
     }
     let shared = call.shared.clone();
@@ -657,17 +709,27 @@ fn client_list(call: &mut Call<'_, '_>, args: &Args) {
     let job = Box::new(move || {
         let (tx, rx) = crossbeam_channel::unbounded();
         for ring in &shared.ring_senders {
-            ring.send_ring(Msg::ListClients(tx.clone()));
+            ring.send_ring(Msg::ListClients(filter.clone(), tx.clone()));
         }
         drop(tx);
-        let mut text = String::new();
+        let mut found = Vec::new();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
         for _ in 0..shared.ring_senders.len() {
             match rx.recv_deadline(deadline) {
-                Ok(lines) => text.push_str(&lines),
+                Ok(lines) => found.extend(lines),
                 Err(_) => break,
             }
         }
+        let text: String = match asked {
+            None => found.into_iter().map(|(_, line)| line).collect(),
+            Some(ids) => {
+                let lines: HashMap<u64, String> = found.into_iter().collect();
+                ids.iter()
+                    .filter_map(|&id| lines.get(&u64::try_from(id).ok()?))
+                    .map(String::as_str)
+                    .collect()
+            }
+        };
         let mut reply = Vec::with_capacity(text.len() + 16);
         resp::verbatim(&mut reply, b"txt", text.as_bytes(), proto);
         replier.reply(reply);
@@ -675,43 +737,71 @@ fn client_list(call: &mut Call<'_, '_>, args: &Args) {
     call.offload_compute(job);
 }
 
-/// `CLIENT KILL addr` (old form: +OK or an error) or `CLIENT KILL ID n | ADDR a | USER u |
-/// SKIPME yes|no ...` (new form: the number killed), across every ring.
+/// `CLIENT KILL addr` (old form: +OK or an error) or `CLIENT KILL ID n | TYPE t | ADDR a |
+/// LADDR a | USER u | SKIPME yes|no ...` (new form: the number killed), across every ring. A
+/// non-admin's kill only ever matches sessions of its own user.
 fn client_kill(call: &mut Call<'_, '_>, args: &Args) {
+    let owner = client_owner(call);
     let mut filter = KillFilter {
-        skip: Some(call.conn().client_id),
+        owner: owner.clone(),
         ..KillFilter::default()
     };
     let old_form = args.len() == 3;
+    // With the old form, as with SKIPME no, a session may name itself.
+    let mut skip_self = !old_form;
     if old_form {
         filter.addr = Some(String::from_utf8_lossy(&args[2]).into_owned());
-        filter.skip = None;
     } else {
-        if args.len() % 2 != 0 {
-            return err(call.out(), "ERR syntax error");
-        }
-        for pair in (2..args.len()).step_by(2) {
-            let value = String::from_utf8_lossy(&args[pair + 1]).into_owned();
-            match lower(&args[pair]).as_str() {
-                "id" => match parse_i64(&args[pair + 1]) {
+        // Options are checked in order, so the first bad one decides the error, as in Redis.
+        for at in (2..args.len()).step_by(2) {
+            let Some(arg) = args.get(at + 1) else {
+                return err(call.out(), "ERR syntax error");
+            };
+            let value = String::from_utf8_lossy(arg).into_owned();
+            match lower(&args[at]).as_str() {
+                "id" => match parse_i64(arg) {
                     Some(n) if n > 0 => filter.id = Some(n as u64),
                     _ => return err(call.out(), "ERR client-id should be greater than 0"),
                 },
+                "type" => match ClientType::parse(arg) {
+                    Some(kind) => filter.client_type = Some(kind),
+                    None => return err(call.out(), &format!("ERR Unknown client type '{value}'")),
+                },
                 "addr" => filter.addr = Some(value),
-                "user" => filter.user = Some(value),
+                "laddr" => filter.laddr = Some(value),
+                "user" => {
+                    // A non-admin naming someone else matches nothing whether that user
+                    // exists or not: CLIENT KILL must not tell it which users exist.
+                    let may_know = owner.as_deref().is_none_or(|own| own == value);
+                    if may_know && call.shared.users.get(&value).is_none() {
+                        return err(call.out(), &format!("ERR No such user '{value}'"));
+                    }
+                    filter.user = Some(value);
+                }
                 "skipme" => match value.to_ascii_lowercase().as_str() {
-                    "yes" => filter.skip = Some(call.conn().client_id),
-                    "no" => filter.skip = None,
+                    "yes" => skip_self = true,
+                    "no" => skip_self = false,
                     _ => return err(call.out(), "ERR syntax error"),
                 },
                 _ => return err(call.out(), "ERR syntax error"),
             }
         }
     }
+    // The asking session is matched here and never closed by its ring: it is waiting for this
+    // very reply, which it must get before it closes (Redis's CLIENT_CLOSE_AFTER_REPLY).
+    let kills_self = !skip_self && filter.matches(call.conn(), call.shared.listen_addr);
+    filter.skip = Some(call.conn().client_id);
     let shared = call.shared.clone();
     let replier = call.replier();
     let job = Box::new(move || {
-        let killed = shared.kill_sessions(&filter);
+        let mut killed = shared.kill_sessions(&filter);
+        if kills_self {
+            killed += 1;
+            shared
+                .counters
+                .killed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let mut reply = Vec::new();
         if old_form {
             if killed > 0 {
@@ -722,7 +812,11 @@ fn client_kill(call: &mut Call<'_, '_>, args: &Args) {
         } else {
             resp::integer(&mut reply, killed as i64);
         }
-        replier.reply(reply);
+        if kills_self {
+            replier.reply_then_close(reply);
+        } else {
+            replier.reply(reply);
+        }
     });
     call.offload_compute(job);
 }

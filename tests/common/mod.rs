@@ -99,6 +99,8 @@ pub struct ServerBuilder {
     flags: Vec<String>,
     store: Option<String>,
     users: Vec<(String, String)>,
+    /// Users created with `--admin`.
+    admins: Vec<(String, String)>,
     data: Option<Arc<tempfile::TempDir>>,
     nofile: Option<u64>,
     deny_io_uring: bool,
@@ -160,6 +162,12 @@ impl ServerBuilder {
         self
     }
 
+    /// Also creates this user, as an admin (`ringport user add --admin`), before starting.
+    pub fn admin(mut self, name: &str, password: &str) -> Self {
+        self.admins.push((name.to_string(), password.to_string()));
+        self
+    }
+
     /// Creates no user at all (not even alice): the server's first start makes `admin`.
     pub fn no_users(mut self) -> Self {
         self.users.clear();
@@ -187,6 +195,15 @@ impl ServerBuilder {
                 password,
             );
         }
+        for (name, password) in &self.admins {
+            add_user_as(
+                &data.path().join("data"),
+                self.store.as_deref(),
+                name,
+                password,
+                true,
+            );
+        }
         let mut server = Server {
             child: None,
             addr: "127.0.0.1:0".parse().unwrap(),
@@ -202,8 +219,22 @@ impl ServerBuilder {
 
 /// `echo PASSWORD | ringport user add NAME --data DIR [--store URL]`; "already exists" is fine.
 pub fn add_user(data: &std::path::Path, store: Option<&str>, name: &str, password: &str) {
+    add_user_as(data, store, name, password, false);
+}
+
+/// `add_user`, with `--admin` when `admin`.
+pub fn add_user_as(
+    data: &std::path::Path,
+    store: Option<&str>,
+    name: &str,
+    password: &str,
+    admin: bool,
+) {
     let mut command = Command::new(binary());
     command.args(["user", "add", name, "--data"]).arg(data);
+    if admin {
+        command.arg("--admin");
+    }
     if let Some(url) = store {
         command.args(["--store", url]);
     }
@@ -249,6 +280,7 @@ impl Server {
             flags: Vec::new(),
             store: None,
             users: vec![(USER.to_string(), PASSWORD.to_string())],
+            admins: Vec::new(),
             data: None,
             nofile: None,
             deny_io_uring: false,
