@@ -47,6 +47,45 @@ pub fn random_password() -> String {
         .collect()
 }
 
+/// How long one argon2id verification takes here, lately: an unknown or disabled user's
+/// WRONGPASS waits this long on the [`Delayer`], so that its timing looks like a real check's
+/// without the CPU of one. Measured once when made, then moved by every real verification
+/// (an exponential average, an eighth per sample), so it follows the machine's load.
+pub struct VerifyTime {
+    nanos: AtomicU64,
+}
+
+impl VerifyTime {
+    /// Times one verification of a throwaway hash (tens of milliseconds, once at start-up).
+    pub fn measure() -> VerifyTime {
+        let phc = hash_password(random_password().as_bytes());
+        let started = Instant::now();
+        let _ = verify_password(b"", &phc);
+        VerifyTime {
+            nanos: AtomicU64::new(Self::nanos(started.elapsed())),
+        }
+    }
+
+    fn nanos(took: Duration) -> u64 {
+        u64::try_from(took.as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Counts one real verification that took `took`.
+    pub fn record(&self, took: Duration) {
+        let sample = Self::nanos(took);
+        let _ = self
+            .nanos
+            .fetch_update(AtomicOrdering::Relaxed, AtomicOrdering::Relaxed, |old| {
+                Some(old - old / 8 + sample / 8)
+            });
+    }
+
+    /// What a verification takes now.
+    pub fn typical(&self) -> Duration {
+        Duration::from_nanos(self.nanos.load(AtomicOrdering::Relaxed))
+    }
+}
+
 /// The result of one argon2id verification, shared by everyone who asked for it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -424,6 +463,17 @@ mod tests {
             ["now", "early", "late"]
         );
         assert!(got[2].1 >= Duration::from_millis(200));
+    }
+
+    #[test]
+    fn verify_time_starts_measured_and_follows_samples() {
+        let time = VerifyTime::measure();
+        assert!(time.typical() > Duration::ZERO);
+        for _ in 0..100 {
+            time.record(Duration::from_millis(40));
+        }
+        let typical = time.typical().as_secs_f64();
+        assert!((0.039..=0.041).contains(&typical), "{typical}");
     }
 
     #[test]

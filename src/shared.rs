@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use ringport_ring::{Features, RingStats};
 
-use crate::auth::{self, Delayer, FailureLimiter, VerifiedCache};
+use crate::auth::{Delayer, FailureLimiter, VerifiedCache, VerifyTime};
 use crate::cmdstats::CommandBook;
 use crate::config::ServeArgs;
 use crate::msg::Msg;
@@ -108,8 +108,8 @@ pub struct Shared {
     pub auth_limiter: FailureLimiter,
     /// Answers slowed AUTH failures late.
     pub auth_delayer: Delayer,
-    /// An argon2id hash of nothing in particular, verified against for unknown users.
-    pub dummy_hash: Arc<str>,
+    /// How long an argon2id verification takes: an unknown user's WRONGPASS waits as long.
+    pub auth_verify_time: VerifyTime,
     pub rings: Vec<Arc<RingStats>>,
     /// The probed io_uring features; `None` on the epoll backend.
     pub features: Option<Features>,
@@ -211,7 +211,7 @@ impl Shared {
                 100_000,
             ),
             auth_delayer: Delayer::default(),
-            dummy_hash: auth::hash_password(auth::random_password().as_bytes()).into(),
+            auth_verify_time: VerifyTime::measure(),
             rings: (0..ring_count).map(|_| Arc::default()).collect(),
             backend_name: if features.is_some() {
                 "io_uring"

@@ -1237,3 +1237,99 @@ fn a_session_closed_for_a_protocol_error_goes_away_while_its_peer_keeps_sending(
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Sends `AUTH nosuchuser<i> x` on `count` fresh connections, a different unknown name on
+/// each, and returns the connections unread.
+fn unknown_user_auths(server: &Server, count: usize) -> Vec<RawConn> {
+    (0..count)
+        .map(|i| {
+            let mut conn = RawConn::connect(server.addr);
+            conn.send_cmd(&[b"AUTH", format!("nosuchuser{i}").as_bytes(), b"x"]);
+            conn
+        })
+        .collect()
+}
+
+/// Sends AUTH on a fresh connection and returns its reply and how long it took.
+fn timed_auth(server: &Server, user: &str, password: &str) -> (Reply, Duration) {
+    let mut conn = RawConn::connect(server.addr);
+    let started = Instant::now();
+    conn.send_cmd(&[b"AUTH", user.as_bytes(), password.as_bytes()]);
+    let reply = conn
+        .try_read_reply(Duration::from_secs(5))
+        .unwrap_or_else(|end| {
+            panic!(
+                "AUTH {user} unanswered after {:?} ({end:?})",
+                started.elapsed()
+            )
+        });
+    (reply, started.elapsed())
+}
+
+/// Found by a tester: 500 connections each sending AUTH with a different unknown user name
+/// held a correct AUTH for 13.5 s (1,000 names: 24.4 s, past the auth timeout), even with
+/// credentials in the verified-credential cache. Every AUTH was one job on the one-thread auth
+/// pool, which looked at the cache only when the job ran, and an unknown name cost a full
+/// argon2id run on a dummy hash; distinct names also dodged the failure limits, which count per
+/// user. Now a cached AUTH is answered on the ring and an unknown name costs a timer, not
+/// argon2id, while its WRONGPASS still comes about one verification late.
+#[test]
+fn unknown_user_names_do_not_delay_a_correct_login() {
+    common::raise_nofile_limit();
+    const NAMES: usize = 500;
+    // The old server answered the first correct AUTH after 13 s; a debug build on a busy
+    // two-core box answers well within this.
+    const BOUND: Duration = Duration::from_secs(2);
+    let server = Server::builder()
+        .flag("--auth-threads", "1")
+        .user("bench", "secret")
+        .user("carol", "carols-secret")
+        .start();
+    let mut admin = server.raw_authed();
+    let failures_before = info_field(&info(&mut admin, "stats"), "auth_failures");
+    // bench's credentials verify once, so they are cached; carol's never are.
+    assert_eq!(timed_auth(&server, "bench", "secret").0, Reply::ok());
+
+    let mut guessers = unknown_user_auths(&server, NAMES);
+    // Let the server take every one of them before the correct logins arrive behind them.
+    std::thread::sleep(Duration::from_millis(200));
+    let (reply, cached) = timed_auth(&server, "bench", "secret");
+    assert_eq!(reply, Reply::ok());
+    let (reply, uncached) = timed_auth(&server, "carol", "carols-secret");
+    assert_eq!(reply, Reply::ok());
+    eprintln!("behind {NAMES} unknown names: cached AUTH {cached:?}, uncached AUTH {uncached:?}");
+    assert!(cached < BOUND, "the cached AUTH took {cached:?}");
+    assert!(uncached < BOUND, "the uncached AUTH took {uncached:?}");
+
+    let wrongpass =
+        Reply::Error("WRONGPASS invalid username-password pair or user is disabled.".into());
+    for guesser in &mut guessers {
+        assert_eq!(guesser.read_reply(), wrongpass);
+    }
+    let failures = info_field(&info(&mut admin, "stats"), "auth_failures") - failures_before;
+    assert_eq!(
+        failures, NAMES as u64,
+        "each unknown name counts as a failure"
+    );
+
+    // An unknown name must not be refused sooner than a wrong password, or the timing tells
+    // which names exist. The quickest of a few tries, as noise only ever adds.
+    let quickest = |user: &str| {
+        (0..3)
+            .map(|_| {
+                let (reply, took) = timed_auth(&server, user, "guess");
+                assert_eq!(reply, wrongpass);
+                took
+            })
+            .min()
+            .unwrap()
+    };
+    let (wrong_password, unknown) = (quickest("carol"), quickest("nosuchuser"));
+    eprintln!(
+        "WRONGPASS after {wrong_password:?} for a wrong password, {unknown:?} for an unknown name"
+    );
+    assert!(
+        unknown * 2 >= wrong_password,
+        "an unknown name was refused after {unknown:?}, a wrong password after {wrong_password:?}"
+    );
+}
