@@ -1333,3 +1333,124 @@ fn unknown_user_names_do_not_delay_a_correct_login() {
         "an unknown name was refused after {unknown:?}, a wrong password after {wrong_password:?}"
     );
 }
+
+/// Found by a tester: `AUTH bench secret` followed in the same write by ~1.8 MB of inline
+/// PINGs sometimes got `-ERR Protocol error: client query buffer limit exceeded` before AUTH's
+/// `+OK`, then EOF. While AUTH was verified the session took every byte that came, up to
+/// `--preauth-max-query-buffer` (1 MiB), and failed past it, ahead of AUTH's reply. Now the
+/// session stops reading while AUTH is verified, the rest waits in the kernel, and Redis's
+/// behaviour holds: AUTH's reply, then every PING's, in order.
+#[test]
+fn auth_followed_by_megabytes_of_pipelined_commands_gets_ok_then_every_reply_in_order() {
+    const PINGS: usize = 350_000; // 2.1 MB of `PING\r\n`
+    let server = Server::builder().user("bench", "secret").start();
+    let mut conn = RawConn::connect(server.addr);
+    let mut pipeline = b"AUTH bench secret\r\n".to_vec();
+    pipeline.extend(b"PING\r\n".repeat(PINGS));
+    let mut writer = conn.stream.try_clone().unwrap();
+    writer
+        .set_write_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let sending = std::thread::spawn(move || writer.write_all(&pipeline));
+    let mut expected = b"+OK\r\n".to_vec();
+    expected.extend(b"+PONG\r\n".repeat(PINGS));
+    let mut got = Vec::with_capacity(expected.len());
+    let mut chunk = vec![0u8; 64 << 10];
+    conn.stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    while got.len() < expected.len() {
+        match conn.stream.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+        }
+    }
+    sending.join().unwrap().expect("the pipeline was sent");
+    assert!(
+        got == expected,
+        "{} of {} bytes came; they begin {:?}",
+        got.len(),
+        expected.len(),
+        String::from_utf8_lossy(&got[..got.len().min(120)])
+    );
+    assert_eq!(conn.cmd(&[b"PING"]), Reply::Simple("PONG".into()));
+}
+
+/// `VmHWM` (peak resident memory) of a process, in KiB, after `reset` puts it back to the
+/// current RSS (`/proc/PID/clear_refs`, "5").
+fn peak_rss_kib(pid: u32, reset: bool) -> u64 {
+    if reset {
+        std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("reset the server's VmHWM");
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Found by a tester: 300 unauthenticated connections each sending a wrong AUTH and ~1 MB
+/// behind it took the server's RSS from 48 to 342 MB: each session held up to
+/// `--preauth-max-query-buffer` (1 MiB) while its AUTH waited to be verified. Now it stops
+/// reading while AUTH is verified, so the bytes wait in the kernel's socket buffers (bounded
+/// by TCP), and what follows a refused AUTH is parsed under the pre-AUTH limits, its error
+/// after the WRONGPASS.
+#[test]
+fn wrong_auths_with_a_megabyte_behind_each_cost_no_memory() {
+    common::raise_nofile_limit();
+    const CONNECTIONS: usize = 200;
+    const BEHIND: usize = 1_000_000;
+    // The old server's peak grew by about CONNECTIONS MiB.
+    const SLACK_KIB: u64 = ((CONNECTIONS as u64) << 10) / 8;
+    // Few receive buffers, as in `huge_bulks_before_auth_are_refused_and_cost_no_memory`.
+    let server = Server::builder()
+        .flag("--rings", "2")
+        .flag("--recv-buffers", "64")
+        .flag("--recv-buffer-size", "16kb")
+        .start();
+    let mut admin = server.raw_authed();
+    assert_eq!(admin.cmd(&[b"PING"]), Reply::Simple("PONG".into()));
+    let before = peak_rss_kib(server.pid(), true);
+
+    // A SET whose value is past the pre-AUTH bulk limit: refused at its header once parsed.
+    let mut behind = format!("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n${}\r\n", BEHIND).into_bytes();
+    behind.resize(BEHIND, b'x');
+    let behind = Arc::new(behind);
+    let writers: Vec<JoinHandle<RawConn>> = (0..CONNECTIONS)
+        .map(|i| {
+            let mut conn = RawConn::connect(server.addr);
+            let behind = behind.clone();
+            std::thread::spawn(move || {
+                conn.stream
+                    .set_write_timeout(Some(Duration::from_secs(2)))
+                    .unwrap();
+                let mut bytes = encode(&[b"AUTH", format!("nosuchuser{i}").as_bytes(), b"x"]);
+                bytes.extend_from_slice(&behind);
+                // The server closes once it reads the refused header: a write may then fail.
+                let _ = conn.stream.write_all(&bytes);
+                conn
+            })
+        })
+        .collect();
+    let mut conns: Vec<RawConn> = writers
+        .into_iter()
+        .map(|writer| writer.join().expect("a writer thread"))
+        .collect();
+    let wrongpass =
+        Reply::Error("WRONGPASS invalid username-password pair or user is disabled.".into());
+    let refused = Reply::Error("ERR Protocol error: unauthenticated bulk length".into());
+    for conn in &mut conns {
+        assert_eq!(
+            conn.replies_to_eof(Duration::from_secs(30)),
+            [wrongpass.clone(), refused.clone()]
+        );
+    }
+    let peak = peak_rss_kib(server.pid(), false);
+    eprintln!(
+        "{CONNECTIONS} wrong AUTHs with {BEHIND} bytes behind each: server RSS {before} KiB \
+         before, peak {peak} KiB"
+    );
+    assert!(
+        peak <= before + SLACK_KIB,
+        "peak RSS grew from {before} KiB to {peak} KiB"
+    );
+    assert_eq!(admin.cmd(&[b"PING"]), Reply::Simple("PONG".into()));
+}
