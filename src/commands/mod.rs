@@ -952,6 +952,11 @@ fn start_auth(call: &mut Call<'_, '_>, user: String, password: Vec<u8>, then: Af
         return answer_wrongpass(&shared, replier, ip, &user, looks_verified);
     };
     let job = Box::new(move || {
+        // Again, now that the job runs: a reconnect storm's first job may have verified these
+        // credentials while the others queued behind it.
+        if shared.auth_cache.contains(&user, &password, &hash) {
+            return replier.auth(AuthOutcome::Verified { user, then });
+        }
         // Every session asking with the same credentials at once shares one verification.
         let (waiter_user, waiter_shared) = (user.clone(), shared.clone());
         let waiter: auth::Waiter = Box::new(move |verdict| match verdict {
