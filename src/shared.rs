@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use ringport_ring::{Features, RingStats};
 
-use crate::auth::{Delayer, FailureLimiter, VerifiedCache, VerifyTime};
+use crate::auth::{AuthLanes, Delayer, FailureLimiter, VerifiedCache, VerifyTime};
 use crate::cmdstats::CommandBook;
 use crate::config::ServeArgs;
 use crate::msg::Msg;
@@ -97,6 +97,8 @@ pub struct Shared {
     pub compute: ComputePool,
     /// AUTH's argon2id verifications, apart from `compute` so heavy commands cannot delay them.
     pub auth: ComputePool,
+    /// The verifications waiting for `auth`, logins nobody guesses at first.
+    pub auth_lanes: AuthLanes,
     pub store: StorePool,
     /// Every user, held in memory and kept current by the store's backend: AUTH reads it here,
     /// so it works while the store is down.
@@ -201,6 +203,7 @@ impl Shared {
             },
             compute,
             auth,
+            auth_lanes: AuthLanes::default(),
             store,
             users,
             workers: Vec::new(),

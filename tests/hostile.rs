@@ -1484,3 +1484,37 @@ fn a_reconnect_storm_of_one_user_costs_one_verification() {
     eprintln!("{SESSIONS} logins of one user with uncached credentials: {took:?}");
     assert!(took < BOUND, "{SESSIONS} logins took {took:?}");
 }
+
+/// Wrong passwords for a known user each cost an argon2id run on the auth pool, and a correct
+/// password that is not cached used to queue behind all of them: 300 guesses at one account
+/// held another user's first login for 8.6 s. Now verifications for users with a failure this
+/// minute, or with one already waiting, wait in a lane served after the others.
+#[test]
+fn guesses_at_one_account_do_not_delay_another_users_first_login() {
+    common::raise_nofile_limit();
+    const GUESSES: usize = 200;
+    // Behind 200 guesses the old server answered after about 5.5 s.
+    const BOUND: Duration = Duration::from_secs(2);
+    let server = Server::builder()
+        .flag("--auth-threads", "1")
+        .user("carol", "carols-secret")
+        .start();
+    let mut guessers: Vec<RawConn> = (0..GUESSES)
+        .map(|i| {
+            let mut conn = RawConn::connect(server.addr);
+            conn.send_cmd(&[b"AUTH", USER.as_bytes(), format!("guess{i}").as_bytes()]);
+            conn
+        })
+        .collect();
+    // Let the server queue every guess before the login arrives behind them.
+    std::thread::sleep(Duration::from_millis(200));
+    let (reply, took) = timed_auth(&server, "carol", "carols-secret");
+    assert_eq!(reply, Reply::ok());
+    eprintln!("behind {GUESSES} wrong passwords for {USER}: carol's uncached AUTH {took:?}");
+    assert!(took < BOUND, "carol's AUTH took {took:?}");
+    // The guesses are still answered, in their turn.
+    assert_eq!(
+        guessers[0].read_reply(),
+        Reply::Error("WRONGPASS invalid username-password pair or user is disabled.".into())
+    );
+}

@@ -951,6 +951,10 @@ fn start_auth(call: &mut Call<'_, '_>, user: String, password: Vec<u8>, then: Af
         let looks_verified = shared.auth_verify_time.typical();
         return answer_wrongpass(&shared, replier, ip, &user, looks_verified);
     };
+    let suspect = shared
+        .auth_limiter
+        .failed_lately(&user, shared.minute(Instant::now()));
+    let lane_user = user.clone();
     let job = Box::new(move || {
         // Again, now that the job runs: a reconnect storm's first job may have verified these
         // credentials while the others queued behind it.
@@ -980,7 +984,7 @@ fn start_auth(call: &mut Call<'_, '_>, user: String, password: Vec<u8>, then: Af
         shared.auth_verify_time.record(started.elapsed());
         shared.auth_cache.finish(&user, &password, &hash, verdict);
     });
-    call.offload_auth(job);
+    call.offload_auth(&lane_user, suspect, job);
 }
 
 /// Counts a wrong password for (address, user) and answers it after `delay`, or later when that
