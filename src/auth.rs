@@ -7,7 +7,7 @@
 //! changed password changes the stored hash, so old entries simply stop matching.
 
 use std::collections::hash_map::RandomState;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
@@ -45,6 +45,45 @@ pub fn random_password() -> String {
     (0..24)
         .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char)
         .collect()
+}
+
+/// How long one argon2id verification takes here, lately: an unknown or disabled user's
+/// WRONGPASS waits this long on the [`Delayer`], so that its timing looks like a real check's
+/// without the CPU of one. Measured once when made, then moved by every real verification
+/// (an exponential average, an eighth per sample), so it follows the machine's load.
+pub struct VerifyTime {
+    nanos: AtomicU64,
+}
+
+impl VerifyTime {
+    /// Times one verification of a throwaway hash (tens of milliseconds, once at start-up).
+    pub fn measure() -> VerifyTime {
+        let phc = hash_password(random_password().as_bytes());
+        let started = Instant::now();
+        let _ = verify_password(b"", &phc);
+        VerifyTime {
+            nanos: AtomicU64::new(Self::nanos(started.elapsed())),
+        }
+    }
+
+    fn nanos(took: Duration) -> u64 {
+        u64::try_from(took.as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Counts one real verification that took `took`.
+    pub fn record(&self, took: Duration) {
+        let sample = Self::nanos(took);
+        let _ = self
+            .nanos
+            .fetch_update(AtomicOrdering::Relaxed, AtomicOrdering::Relaxed, |old| {
+                Some(old - old / 8 + sample / 8)
+            });
+    }
+
+    /// What a verification takes now.
+    pub fn typical(&self) -> Duration {
+        Duration::from_nanos(self.nanos.load(AtomicOrdering::Relaxed))
+    }
 }
 
 /// The result of one argon2id verification, shared by everyone who asked for it.
@@ -256,6 +295,11 @@ impl FailureLimiter {
         self.keys.hash_one((addr, user))
     }
 
+    /// True if `user` had a failure in the current minute.
+    pub fn failed_lately(&self, user: &str, minute: u64) -> bool {
+        self.users.get(self.user_key(user), minute) > 0
+    }
+
     /// True if `user` used up its failures in the current minute.
     pub fn under_attack(&self, user: &str, minute: u64) -> bool {
         self.user_per_minute != 0
@@ -279,6 +323,80 @@ impl FailureLimiter {
     /// (address, user) pairs and users tracked now.
     pub fn tracked(&self) -> usize {
         self.pairs.len() + self.users.len()
+    }
+}
+
+/// One verification, waiting for an auth pool worker.
+pub type Verification = Box<dyn FnOnce() + Send>;
+
+/// The verifications waiting for the auth pool, in two lanes, so that a login nobody is
+/// guessing at is not queued behind guesses. A user with a failure in the current minute, or
+/// with a verification already waiting, goes to the *suspect* lane; any other to the *clean*
+/// one, which is always served first. Guesses at an account reach the clean lane at most once
+/// per user and minute (the first one's failure makes the rest suspect), so a correct password
+/// of a user nobody guesses at waits behind at most one guess per user under attack. The pool
+/// keeps its own FIFO queue and bound: each verification submits one pool job, which runs
+/// whichever verification is first in the lanes when it starts.
+#[derive(Default)]
+pub struct AuthLanes {
+    lanes: Mutex<Lanes>,
+}
+
+#[derive(Default)]
+struct Lanes {
+    clean: VecDeque<(String, Verification)>,
+    suspect: VecDeque<(String, Verification)>,
+    /// Verifications waiting, per user (bounded by the pool's queue).
+    waiting: HashMap<String, u32>,
+}
+
+impl AuthLanes {
+    /// Queues `verification` for `user` (`suspect` if it failed lately), when `submit` gets a
+    /// pool job in to run it ([`Self::run_next`]); false when the pool is full. `submit` runs
+    /// under the lanes' lock, so the pool job cannot start before its verification is queued.
+    pub fn submit(
+        &self,
+        user: &str,
+        suspect: bool,
+        verification: Verification,
+        submit: impl FnOnce() -> bool,
+    ) -> bool {
+        let mut lanes = self.lanes.lock().expect("auth lanes lock");
+        if !submit() {
+            return false;
+        }
+        let suspect = suspect || lanes.waiting.contains_key(user);
+        *lanes.waiting.entry(user.to_string()).or_default() += 1;
+        let lane = if suspect {
+            &mut lanes.suspect
+        } else {
+            &mut lanes.clean
+        };
+        lane.push_back((user.to_string(), verification));
+        true
+    }
+
+    /// Runs the first waiting verification, clean lane first (a pool job).
+    pub fn run_next(&self) {
+        let next = {
+            let mut lanes = self.lanes.lock().expect("auth lanes lock");
+            let next = match lanes.clean.pop_front() {
+                Some(next) => Some(next),
+                None => lanes.suspect.pop_front(),
+            };
+            if let Some((user, _)) = &next {
+                if let Some(waiting) = lanes.waiting.get_mut(user) {
+                    *waiting -= 1;
+                    if *waiting == 0 {
+                        lanes.waiting.remove(user);
+                    }
+                }
+            }
+            next
+        };
+        if let Some((_, verification)) = next {
+            verification();
+        }
     }
 }
 
@@ -407,6 +525,28 @@ mod tests {
     }
 
     #[test]
+    fn clean_logins_run_before_guesses_and_each_user_waits_its_turn() {
+        let lanes = AuthLanes::default();
+        let (tx, rx) = std::sync::mpsc::channel();
+        for (user, suspect) in [
+            ("bob", true),    // failed lately
+            ("carol", false), // the first for carol
+            ("carol", false), // carol already waiting: suspect
+            ("dave", false),
+        ] {
+            let tx = tx.clone();
+            let verification: Verification = Box::new(move || tx.send(user).unwrap());
+            assert!(lanes.submit(user, suspect, verification, || true));
+        }
+        assert!(!lanes.submit("erin", false, Box::new(|| {}), || false));
+        for _ in 0..5 {
+            lanes.run_next(); // the fifth finds nothing: erin's pool job was refused
+        }
+        let order: Vec<&str> = rx.try_iter().collect();
+        assert_eq!(order, ["carol", "dave", "bob", "carol"]);
+    }
+
+    #[test]
     fn delayed_closures_run_in_due_order_after_their_delay() {
         let delayer = Delayer::default();
         let (tx, rx) = std::sync::mpsc::channel();
@@ -424,6 +564,17 @@ mod tests {
             ["now", "early", "late"]
         );
         assert!(got[2].1 >= Duration::from_millis(200));
+    }
+
+    #[test]
+    fn verify_time_starts_measured_and_follows_samples() {
+        let time = VerifyTime::measure();
+        assert!(time.typical() > Duration::ZERO);
+        for _ in 0..100 {
+            time.record(Duration::from_millis(40));
+        }
+        let typical = time.typical().as_secs_f64();
+        assert!((0.039..=0.041).contains(&typical), "{typical}");
     }
 
     #[test]

@@ -75,6 +75,9 @@ pub struct Pending {
     /// A store job: its ticket, watched for a store that stopped answering, and when to ask
     /// the store pool next whether it is stuck.
     pub store: Option<(Arc<JobTicket>, Instant)>,
+    /// Input past the query buffer limit arrived meanwhile: once the reply is sent, the
+    /// session is refused and closed (input before AUTH, see `session::hold_input`).
+    pub over_query_limit: bool,
 }
 
 impl Pending {
@@ -84,6 +87,7 @@ impl Pending {
             started,
             calls: 1,
             store: None,
+            over_query_limit: false,
         })
     }
 }

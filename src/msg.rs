@@ -216,8 +216,6 @@ pub enum AuthOutcome {
     Verified { user: String, then: AfterAuth },
     /// Unknown user, disabled user, or wrong password: one answer for all three.
     WrongPass,
-    /// The reply to send instead (store unavailable, BUSY).
-    Failed(Vec<u8>),
 }
 
 /// The command that asked for authentication.

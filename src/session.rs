@@ -8,6 +8,8 @@
 //!
 //! A session executes one command at a time: while an offloaded command is pending, later input
 //! stays unparsed in `inbuf`, so replies leave in request order however commands were served.
+//! While an AUTH is verified the session reads nothing more at all ([`hold_input`]): before
+//! AUTH, input waits in the kernel, not in our memory.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -126,22 +128,13 @@ impl RingHandler {
                 config.preauth_max_query_buffer
             };
             if s.conn.inbuf.len() + data.len() > max_query {
-                if let Some(suppressed) = self.shared.log_allowed("query_buffer") {
-                    tracing::warn!(
-                        client = s.conn.client_id,
-                        suppressed,
-                        "closing a session whose unprocessed input passed --max-query-buffer"
-                    );
+                let held = hold_input(s.conn);
+                match s.conn.pending.as_mut() {
+                    // Bytes the kernel handed over before the pause took hold: the refusal
+                    // waits for AUTH's own reply, so replies stay in request order.
+                    Some(pending) if held => pending.over_query_limit = true,
+                    _ => self.refuse_over_query_limit(s),
                 }
-                self.shared
-                    .counters
-                    .query_limit_closes
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                resp::error(
-                    s.out(),
-                    b"ERR Protocol error: client query buffer limit exceeded",
-                );
-                s.close_after_flush();
                 return;
             }
             s.conn.inbuf.extend_from_slice(data);
@@ -154,8 +147,37 @@ impl RingHandler {
                 s.conn.inbuf.extend_from_slice(&data[consumed..]);
             }
         }
+        self.hold_input(s);
         self.arm_deadline(cx, s);
         self.close_if_done(cx, s);
+    }
+
+    /// Applies [`hold_input`] to the ring; once authenticated, the session receives multishot.
+    fn hold_input(&self, s: &mut Session<'_, Conn>) {
+        s.pause_input(hold_input(s.conn));
+        if s.conn.authenticated {
+            s.receive_singly(false);
+        }
+    }
+
+    /// Answers input past the query buffer limit: Redis's error, then close.
+    fn refuse_over_query_limit(&self, s: &mut Session<'_, Conn>) {
+        if let Some(suppressed) = self.shared.log_allowed("query_buffer") {
+            tracing::warn!(
+                client = s.conn.client_id,
+                suppressed,
+                "closing a session whose unprocessed input passed --max-query-buffer"
+            );
+        }
+        self.shared
+            .counters
+            .query_limit_closes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        resp::error(
+            s.out(),
+            b"ERR Protocol error: client query buffer limit exceeded",
+        );
+        s.close_after_flush();
     }
 
     /// After the link's connection moved: send what waits, close once a drain left it nothing,
@@ -386,6 +408,7 @@ impl RingHandler {
             return;
         }
         self.process_inbuf(cx, s);
+        self.hold_input(s);
         self.arm_deadline(cx, s);
         self.close_if_done(cx, s);
     }
@@ -447,11 +470,13 @@ impl Handler for RingHandler {
         // A reply is activity too: a command that ran longer than the idle timeout must not
         // leave its session looking idle the moment it answers.
         s.conn.last_active = cx.now;
-        let (command, started, calls) = s
+        let (command, started, calls, over_query_limit) = s
             .conn
             .pending
             .take()
-            .map_or((NO_COMMAND, cx.now, 1), |p| (p.command, p.started, p.calls));
+            .map_or((NO_COMMAND, cx.now, 1, false), |p| {
+                (p.command, p.started, p.calls, p.over_query_limit)
+            });
         s.conn.state = if s.conn.authenticated {
             State::Ready
         } else {
@@ -496,14 +521,20 @@ impl Handler for RingHandler {
                 .record_command(cx.ring, command, started, failed);
         }
         self.enforce_output_limit(s);
+        if over_query_limit && !s.is_closing() {
+            self.refuse_over_query_limit(s);
+        }
         if !s.is_closing() {
             self.process_inbuf(cx, s);
         }
+        self.hold_input(s);
         self.arm_deadline(cx, s);
         self.close_if_done(cx, s);
     }
 
     fn on_start(&mut self, cx: &Context, s: &mut Session<'_, Conn>) {
+        // Until AUTH, so that the receive holding an AUTH is the last before its pause.
+        s.receive_singly(true);
         self.arm_deadline(cx, s);
     }
 
@@ -646,6 +677,16 @@ impl Handler for RingHandler {
     fn on_close(&mut self, cx: &Context, id: SessionId, _conn: Conn, _reason: CloseReason) {
         self.link.closed(id, cx.ring, &self.shared.store);
     }
+}
+
+/// Whether the session must take no more input: while an AUTH (or HELLO AUTH) of an
+/// unauthenticated session is verified. What the peer pipelined behind it then waits in the
+/// kernel's socket buffer, and TCP holds the peer back, instead of the session holding up to
+/// `--preauth-max-query-buffer` for a peer nobody knows yet; the ring reads again once AUTH's
+/// outcome is applied. Authenticated sessions keep reading behind a pending command, up to
+/// `--max-query-buffer`, so pipelines stay deep.
+fn hold_input(conn: &Conn) -> bool {
+    conn.state == State::Waiting && !conn.authenticated
 }
 
 /// Most GETs of one pipeline answered by one store job.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use ringport_ring::{Features, RingStats};
 
-use crate::auth::{self, Delayer, FailureLimiter, VerifiedCache};
+use crate::auth::{AuthLanes, Delayer, FailureLimiter, VerifiedCache, VerifyTime};
 use crate::cmdstats::CommandBook;
 use crate::config::ServeArgs;
 use crate::msg::Msg;
@@ -97,6 +97,8 @@ pub struct Shared {
     pub compute: ComputePool,
     /// AUTH's argon2id verifications, apart from `compute` so heavy commands cannot delay them.
     pub auth: ComputePool,
+    /// The verifications waiting for `auth`, logins nobody guesses at first.
+    pub auth_lanes: AuthLanes,
     pub store: StorePool,
     /// Every user, held in memory and kept current by the store's backend: AUTH reads it here,
     /// so it works while the store is down.
@@ -108,8 +110,8 @@ pub struct Shared {
     pub auth_limiter: FailureLimiter,
     /// Answers slowed AUTH failures late.
     pub auth_delayer: Delayer,
-    /// An argon2id hash of nothing in particular, verified against for unknown users.
-    pub dummy_hash: Arc<str>,
+    /// How long an argon2id verification takes: an unknown user's WRONGPASS waits as long.
+    pub auth_verify_time: VerifyTime,
     pub rings: Vec<Arc<RingStats>>,
     /// The probed io_uring features; `None` on the epoll backend.
     pub features: Option<Features>,
@@ -201,6 +203,7 @@ impl Shared {
             },
             compute,
             auth,
+            auth_lanes: AuthLanes::default(),
             store,
             users,
             workers: Vec::new(),
@@ -211,7 +214,7 @@ impl Shared {
                 100_000,
             ),
             auth_delayer: Delayer::default(),
-            dummy_hash: auth::hash_password(auth::random_password().as_bytes()).into(),
+            auth_verify_time: VerifyTime::measure(),
             rings: (0..ring_count).map(|_| Arc::default()).collect(),
             backend_name: if features.is_some() {
                 "io_uring"

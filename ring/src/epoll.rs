@@ -120,6 +120,10 @@ impl<H: Handler> Backend<H> for Epoll {
         unsafe { libc::close(fd) };
     }
 
+    fn input_changed(lp: &mut EventLoop<H, Self>, slot: u32) {
+        lp.rewatch(slot);
+    }
+
     fn stop_accepting(lp: &mut EventLoop<H, Self>) {
         lp.set_accepting(false);
     }
@@ -254,8 +258,11 @@ impl<H: Handler> EventLoop<H, Epoll> {
                 self.rewatch(slot);
             }
         }
+        // A hang-up or error is reported even while input is paused (it cannot be unwatched),
+        // and level-triggered: read to the end or the error, or it would fire on every turn.
+        let hung_up = events & (libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0;
         if events & (libc::EPOLLIN | libc::EPOLLRDHUP | libc::EPOLLHUP | libc::EPOLLERR) as u32 != 0
-            && matches!(self.drain_socket(slot), Drained::Eof)
+            && matches!(self.drain_socket(slot, hung_up), Drained::Eof)
         {
             self.core.deliver_eof(slot);
             // Level-triggered EOF would fire forever: stop watching for input.
@@ -315,12 +322,12 @@ impl<H: Handler> EventLoop<H, Epoll> {
         }
     }
 
-    /// Sets the events a session is watched for from its state: input until EOF, writability
-    /// only while output waits for room in the socket.
+    /// Sets the events a session is watched for from its state: input until EOF unless paused,
+    /// writability only while output waits for room in the socket.
     fn rewatch(&self, slot: u32) {
         let io = &self.core.slab[slot as usize].io;
         let mut events = 0u32;
-        if !io.peer_eof {
+        if !io.peer_eof && !io.input_paused {
             events |= (libc::EPOLLIN | libc::EPOLLRDHUP) as u32;
         }
         if io.send_inflight {

@@ -162,6 +162,9 @@ pub(crate) trait Backend<H: Handler>: Sized {
     fn release(lp: &mut EventLoop<H, Self>, slot: u32);
     /// Closes a descriptor that never became a session.
     fn discard(lp: &mut EventLoop<H, Self>, fd: RawFd);
+    /// Applies a change of `SlotIo::input_paused` to an open session: stops receiving on it, or
+    /// receives again.
+    fn input_changed(lp: &mut EventLoop<H, Self>, slot: u32);
     /// Stops taking connections from the listener (drain, or a pause after EMFILE).
     fn stop_accepting(lp: &mut EventLoop<H, Self>);
     /// Takes connections again after a pause.
@@ -595,11 +598,12 @@ impl<H: Handler, B: Backend<H>> EventLoop<H, B> {
     }
 
     /// Reads a readable socket into the scratch buffer until it would block, a bounded number of
-    /// times so one session cannot starve the ring.
-    pub(crate) fn drain_socket(&mut self, slot: u32) -> Drained {
+    /// times so one session cannot starve the ring. Stops once the handler pauses the session's
+    /// input, unless `even_paused` (a hung-up socket must be read to its end or error).
+    pub(crate) fn drain_socket(&mut self, slot: u32, even_paused: bool) -> Drained {
         for _ in 0..4 {
             let io = &self.core.slab[slot as usize].io;
-            if io.closed || io.closing != Closing::No {
+            if io.closed || io.closing != Closing::No || (io.input_paused && !even_paused) {
                 return Drained::Open;
             }
             let fd = io.fd;
@@ -770,10 +774,15 @@ impl<H: Handler, B: Backend<H>> EventLoop<H, B> {
         let tick_ns = core.config.tick.as_nanos().max(1);
         let tick =
             |at: Instant| (at.saturating_duration_since(started).as_nanos() / tick_ns) as u64;
+        let input_changed = std::mem::take(&mut s.io.input_changed);
         match s.io.settle(slot, &mut core.wheel, tick) {
             Settled::Idle => {}
             Settled::Flush => core.dirty.push(slot),
-            Settled::Close(reason) => self.begin_close(slot, reason),
+            // Closing stops every receive anyway.
+            Settled::Close(reason) => return self.begin_close(slot, reason),
+        }
+        if input_changed && !self.core.slab[slot as usize].io.closed {
+            B::input_changed(self, slot);
         }
     }
 

@@ -101,6 +101,12 @@ pub(crate) struct SlotIo {
     /// this session's sends until one does (io_uring, see `uring.rs`'s `wait`).
     pub(crate) send_parks: bool,
     pub(crate) recv_armed: bool,
+    /// The handler asked to take no input for now (`Session::pause_input`).
+    pub(crate) input_paused: bool,
+    /// `input_paused` changed in this callback: the backend applies it once the callback returns.
+    pub(crate) input_changed: bool,
+    /// Receive one completion at a time (`Session::receive_singly`), not multishot.
+    pub(crate) recv_singly: bool,
     /// Submissions not yet completed; the slot is freed only at zero.
     pub(crate) ops_in_flight: u32,
     pub(crate) closing: Closing,
@@ -207,6 +213,27 @@ impl<C> Session<'_, C> {
         self.io.closing != Closing::No
     }
 
+    /// Stops taking this session's input (`true`) or takes it again (`false`). While paused the
+    /// ring reads nothing from the socket: what the peer sends waits in the kernel, whose full
+    /// socket buffers then hold the peer back (TCP flow control). Bytes the kernel handed over
+    /// before the pause took effect (receives already completed in this batch) still arrive
+    /// through `on_data`.
+    pub fn pause_input(&mut self, paused: bool) {
+        if self.io.input_paused != paused {
+            self.io.input_paused = paused;
+            self.io.input_changed = !self.io.input_changed;
+        }
+    }
+
+    /// Takes input one receive at a time (`true`), so that a pause holds from the receive
+    /// whose bytes asked for it: a multishot receive (io_uring) may have taken megabytes more
+    /// from the socket in the same batch, which then arrive after the pause. Costs a submission
+    /// per receive; for a session that sends little until it may pause (before AUTH). Takes
+    /// effect from the next receive armed. The other receive paths read only while not paused.
+    pub fn receive_singly(&mut self, singly: bool) {
+        self.io.recv_singly = singly;
+    }
+
     /// Sets (or clears) the one deadline this session has; `on_deadline` runs when it passes.
     pub fn set_deadline(&mut self, at: Option<Instant>) {
         if self.io.deadline != at {
@@ -261,6 +288,9 @@ impl SlotIo {
             send_inflight: false,
             send_parks: false,
             recv_armed: false,
+            input_paused: false,
+            input_changed: false,
+            recv_singly: false,
             ops_in_flight: 0,
             closing: Closing::No,
             closed: false,

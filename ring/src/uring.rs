@@ -307,6 +307,24 @@ impl<H: Handler> Backend<H> for Uring {
         lp.submit_close(fd);
     }
 
+    /// Pausing cancels the armed receive (multishot or poll); its completion then leaves it
+    /// unarmed. Resuming arms one unless a cancelled one has yet to complete, which re-arms
+    /// itself once it does (`recv_failed`, `on_poll`).
+    fn input_changed(lp: &mut EventLoop<H, Self>, slot: u32) {
+        let io = &lp.core.slab[slot as usize].io;
+        if io.input_paused {
+            if io.recv_armed {
+                let op = match (lp.core.config.features.recv, lp.io.bufring.is_some()) {
+                    (RecvPath::MultishotBufRing, true) => Op::Recv,
+                    _ => Op::Poll,
+                };
+                lp.cancel(token::encode(op, io.generation, slot));
+            }
+        } else if !io.recv_armed && !io.peer_eof {
+            lp.submit_recv(slot);
+        }
+    }
+
     fn stop_accepting(lp: &mut EventLoop<H, Self>) {
         for index in 0..lp.io.accept_armed.len() {
             if lp.io.accept_armed[index] {
@@ -617,7 +635,9 @@ impl<H: Handler> EventLoop<H, Uring> {
         let s = &mut self.core.slab[slot as usize];
         debug_assert!(!s.io.recv_armed && !s.io.closed);
         let entry = match (recv_path, group) {
-            (RecvPath::MultishotBufRing, Some(group)) if self.io.single_shot_recv => {
+            (RecvPath::MultishotBufRing, Some(group))
+                if self.io.single_shot_recv || s.io.recv_singly =>
+            {
                 let len = self.io.bufring.as_ref().map_or(0, BufRing::buf_size) as u32;
                 with_target!(s.io, |fd| opcode::Recv::new(fd, std::ptr::null_mut(), len)
                     .buf_group(group)
@@ -903,7 +923,7 @@ impl<H: Handler> EventLoop<H, Uring> {
             self.core
                 .deliver(slot, ring.data(bid, start, c.result as usize));
             give_back(Some(ring));
-            if !more && !self.core.slab[slot as usize].io.closed {
+            if !more && self.may_receive(slot) {
                 self.submit_recv(slot);
             }
             self.after_callback(slot);
@@ -923,21 +943,30 @@ impl<H: Handler> EventLoop<H, Uring> {
         self.maybe_finish_close(slot);
     }
 
+    /// Whether an open session's ended receive should be armed again: not once it is closed,
+    /// nor while its handler pauses its input (resuming arms it then).
+    fn may_receive(&self, slot: u32) -> bool {
+        let io = &self.core.slab[slot as usize].io;
+        !io.closed && !io.input_paused
+    }
+
     fn recv_failed(&mut self, slot: u32, generation: u32, more: bool, errno: i32) {
-        let closed = self.core.slab[slot as usize].io.closed;
+        let receive = !more && self.may_receive(slot);
         match errno {
             libc::ENOBUFS => {
                 // Every provided buffer is in use; re-arm once this batch has recycled some.
                 bump(&self.core.stats.bufring_exhausted);
-                if !more && !closed {
+                if receive {
                     self.io.rearm_recv.push((slot, generation));
                 }
             }
             libc::EINTR | libc::EAGAIN => {
-                if !more && !closed {
+                if receive {
                     self.submit_recv(slot);
                 }
             }
+            // Cancelled by a pause, and resumed before the cancel completed.
+            libc::ECANCELED if receive => self.submit_recv(slot),
             libc::ECANCELED => {}
             errno => self.io_failed(slot, errno, "recv"),
         }
@@ -959,18 +988,21 @@ impl<H: Handler> EventLoop<H, Uring> {
         }
         if c.result < 0 {
             match -c.result {
-                libc::EINTR | libc::EAGAIN => self.submit_recv(slot),
-                libc::ECANCELED => self.maybe_finish_close(slot),
+                libc::EINTR | libc::EAGAIN | libc::ECANCELED if self.may_receive(slot) => {
+                    self.submit_recv(slot)
+                }
+                libc::EINTR | libc::EAGAIN | libc::ECANCELED => {}
                 errno => self.io_failed(slot, errno, "poll"),
             }
             return;
         }
-        match self.drain_socket(slot) {
+        match self.drain_socket(slot, false) {
             Drained::Eof => return self.peer_eof(slot),
             Drained::Closed => return,
             Drained::Open => {}
         }
-        if self.core.slab[slot as usize].io.closing == Closing::No {
+        let io = &self.core.slab[slot as usize].io;
+        if io.closing == Closing::No && !io.input_paused {
             self.submit_recv(slot);
         }
         self.after_callback(slot);
@@ -985,7 +1017,10 @@ impl<H: Handler> EventLoop<H, Uring> {
     fn rearm_receives(&mut self) {
         let pending = std::mem::take(&mut self.io.rearm_recv);
         for &(slot, generation) in &pending {
-            if self.core.is_open(slot, generation) && !self.core.slab[slot as usize].io.recv_armed {
+            if self.core.is_open(slot, generation)
+                && !self.core.slab[slot as usize].io.recv_armed
+                && self.may_receive(slot)
+            {
                 self.submit_recv(slot);
             }
         }

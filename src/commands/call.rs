@@ -127,10 +127,18 @@ impl<'a, 's> Call<'a, 's> {
         self.offload_to(&shared.compute, job);
     }
 
-    /// Runs AUTH's `job` on the auth pool, which heavy commands never queue on.
-    pub fn offload_auth(&mut self, job: Job) {
-        let shared = self.shared;
-        self.offload_to(&shared.auth, job);
+    /// Runs AUTH's `job` for `user` on the auth pool, which heavy commands never queue on, in
+    /// the suspect lane when `suspect` (`auth::AuthLanes`).
+    pub fn offload_auth(&mut self, user: &str, suspect: bool, job: Job) {
+        let shared = self.shared.clone();
+        let submitted = self.shared.auth_lanes.submit(user, suspect, job, || {
+            let runner = shared.clone();
+            shared
+                .auth
+                .submit(Box::new(move || runner.auth_lanes.run_next()))
+                .is_ok()
+        });
+        self.waiting_unless_busy(submitted);
     }
 
     fn offload_to(&mut self, pool: &ComputePool, job: Job) {

@@ -1009,47 +1009,57 @@ fn auth_command(call: &mut Call<'_, '_>, args: &Args) {
     start_auth(call, user, password, AfterAuth::Ok);
 }
 
-/// AUTH's path, one job on the compute pool: the user comes from the in-memory user table
-/// (`Shared::users`), never from the store, so AUTH works while the store is down; a cached
-/// verification answers at once, else the same job runs argon2id. Unknown and disabled users
-/// verify against a dummy hash so that timing does not tell which names exist. Concurrent
-/// verifications of the same credentials share one argon2id run.
+/// AUTH's path. The user comes from the in-memory user table (`Shared::users`), never from the
+/// store, so AUTH works while the store is down. On the ring, what costs a hash lookup at most:
+/// credentials that verified before are accepted, an account under attack refuses the rest, and
+/// an unknown or disabled user is refused after about one verification's time (on the
+/// delayer), so neither timing nor CPU tells which names exist and a flood of made-up names
+/// costs no argon2id. Only a known user's unverified credentials go to the auth pool, where
+/// concurrent verifications of the same credentials share one argon2id run. Nothing answered
+/// on the ring waits behind that pool's queue.
 fn start_auth(call: &mut Call<'_, '_>, user: String, password: Vec<u8>, then: AfterAuth) {
     let ip = call.conn().peer.map(|(ip, _)| ip);
     let shared = call.shared.clone();
+    let known = shared
+        .users
+        .get(&user)
+        .filter(|entry| !entry.disabled)
+        .map(|entry| entry.hash);
+    if let Some(hash) = &known {
+        if shared.auth_cache.contains(&user, &password, hash) {
+            return finish_auth(call, AuthOutcome::Verified { user, then });
+        }
+    }
+    // Checked after the cache, so that clients whose credentials verified before keep getting
+    // in while strangers guess at the account.
+    if shared
+        .auth_limiter
+        .under_attack(&user, shared.minute(Instant::now()))
+    {
+        shared
+            .counters
+            .auth_rate_limited
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return err(
+            call.out(),
+            "ERR too many failed authentication attempts for this user; try again later",
+        );
+    }
     let replier = call.replier();
+    let Some(hash) = known else {
+        call.waiting_unless_busy(true);
+        let looks_verified = shared.auth_verify_time.typical();
+        return answer_wrongpass(&shared, replier, ip, &user, looks_verified);
+    };
+    let suspect = shared
+        .auth_limiter
+        .failed_lately(&user, shared.minute(Instant::now()));
+    let lane_user = user.clone();
     let job = Box::new(move || {
-        let (hash, usable): (Arc<str>, bool) = match shared.users.get(&user) {
-            Some(entry) => (entry.hash, !entry.disabled),
-            None => (shared.dummy_hash.clone(), false),
-        };
-        if usable && shared.auth_cache.contains(&user, &password, &hash) {
-            replier.auth(AuthOutcome::Verified { user, then });
-            return;
-        }
-        // Checked after the cache, so that clients whose credentials verified before keep
-        // getting in while strangers guess at the account.
-        if shared
-            .auth_limiter
-            .under_attack(&user, shared.minute(Instant::now()))
-        {
-            shared
-                .counters
-                .auth_rate_limited
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let mut reply = Vec::new();
-            resp::error(
-                &mut reply,
-                b"ERR too many failed authentication attempts for this user; try again later",
-            );
-            replier.auth(AuthOutcome::Failed(reply));
-            return;
-        }
-        if !usable {
-            // Unknown or disabled: the same argon2id cost as a real check, then no.
-            let _ = auth::verify_password(&password, &hash);
-            answer_wrongpass(&shared, replier, ip, &user);
-            return;
+        // Again, now that the job runs: a reconnect storm's first job may have verified these
+        // credentials while the others queued behind it.
+        if shared.auth_cache.contains(&user, &password, &hash) {
+            return replier.auth(AuthOutcome::Verified { user, then });
         }
         // Every session asking with the same credentials at once shares one verification.
         let (waiter_user, waiter_shared) = (user.clone(), shared.clone());
@@ -1058,24 +1068,34 @@ fn start_auth(call: &mut Call<'_, '_>, user: String, password: Vec<u8>, then: Af
                 user: waiter_user,
                 then,
             }),
-            auth::Verdict::Invalid => answer_wrongpass(&waiter_shared, replier, ip, &waiter_user),
+            auth::Verdict::Invalid => {
+                answer_wrongpass(&waiter_shared, replier, ip, &waiter_user, Duration::ZERO)
+            }
         });
         if shared.auth_cache.join(&user, &password, &hash, waiter) == auth::Joined::Follower {
             return;
         }
+        let started = Instant::now();
         let verdict = if auth::verify_password(&password, &hash) {
             auth::Verdict::Valid
         } else {
             auth::Verdict::Invalid
         };
+        shared.auth_verify_time.record(started.elapsed());
         shared.auth_cache.finish(&user, &password, &hash, verdict);
     });
-    call.offload_auth(job);
+    call.offload_auth(&lane_user, suspect, job);
 }
 
-/// Counts a wrong password for (address, user) and answers it, late when that pair is past its
-/// allowance: on the delayer's thread, never a ring's or a pool worker's.
-fn answer_wrongpass(shared: &Shared, replier: Replier, ip: Option<IpAddr>, user: &str) {
+/// Counts a wrong password for (address, user) and answers it after `delay`, or later when that
+/// pair is past its allowance: on the delayer's thread, never a ring's or a pool worker's.
+fn answer_wrongpass(
+    shared: &Shared,
+    replier: Replier,
+    ip: Option<IpAddr>,
+    user: &str,
+    delay: Duration,
+) {
     let failure = shared
         .auth_limiter
         .record_failure(ip, user, shared.minute(Instant::now()));
@@ -1083,9 +1103,9 @@ fn answer_wrongpass(shared: &Shared, replier: Replier, ip: Option<IpAddr>, user:
         tracing::warn!(?user, "AUTH failures for this user reached --auth-user-failures-per-minute; refusing AUTH for it, except with credentials that verified before, for the rest of the minute");
     }
     let delay = if failure.slow {
-        shared.config.auth_failure_delay
+        delay.max(shared.config.auth_failure_delay)
     } else {
-        Duration::ZERO
+        delay
     };
     shared.auth_delayer.after(
         delay,
@@ -1134,7 +1154,6 @@ pub fn finish_auth(call: &mut Call<'_, '_>, outcome: AuthOutcome) {
                 call.close_after_flush();
             }
         }
-        AuthOutcome::Failed(reply) => call.out().extend_from_slice(&reply),
     }
 }
 
