@@ -788,7 +788,7 @@ mod tests {
         assert_eq!(status("/nothing"), "HTTP/1.1 404 Not Found");
         assert_eq!(
             route("POST", "/ready", shared).lines().next(),
-            Some("HTTP/1.1 404 Not Found")
+            Some("HTTP/1.1 405 Method Not Allowed")
         );
     }
 }
