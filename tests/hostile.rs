@@ -1118,6 +1118,44 @@ fn a_burst_of_large_values_leaves_memory_bounded_by_the_cache_flag() {
     );
 }
 
+/// A server with few, small receive buffers: the pages of each ring's buffers count in RSS once
+/// the kernel first fills them, a fixed cost that megabytes of incoming bytes would otherwise
+/// reveal whatever the sessions keep.
+fn server_with_small_receive_buffers() -> Server {
+    Server::builder()
+        .flag("--rings", "2")
+        .flag("--recv-buffers", "64")
+        .flag("--recv-buffer-size", "16kb")
+        .start()
+}
+
+/// Opens `count` connections and runs `write(i, conn)` on each from a thread of its own, side
+/// by side as an attacker would, each with a 2 s write timeout (the server may stop reading);
+/// returns them once every write is over.
+fn write_side_by_side(
+    server: &Server,
+    count: usize,
+    write: impl Fn(usize, &mut RawConn) + Clone + Send + 'static,
+) -> Vec<RawConn> {
+    let writers: Vec<JoinHandle<RawConn>> = (0..count)
+        .map(|i| {
+            let mut conn = RawConn::connect(server.addr);
+            let write = write.clone();
+            std::thread::spawn(move || {
+                conn.stream
+                    .set_write_timeout(Some(Duration::from_secs(2)))
+                    .unwrap();
+                write(i, &mut conn);
+                conn
+            })
+        })
+        .collect();
+    writers
+        .into_iter()
+        .map(|writer| writer.join().expect("a writer thread"))
+        .collect()
+}
+
 /// Issue 12, item 1: before AUTH a bulk is limited to a few KiB (Redis 7's answer to
 /// CVE-2021-32675). Forty connections that announce a 16 MB AUTH password and send 15 MiB of it
 /// once took a two-ring server from 10 MiB to 390 MiB of RSS, which stayed after they closed.
@@ -1128,43 +1166,22 @@ fn huge_bulks_before_auth_are_refused_and_cost_no_memory() {
     const SENT: usize = 15 << 20;
     // Allocator and ring noise stays well below this; the unfixed server grew by hundreds of MiB.
     const SLACK_KIB: u64 = 8 << 10;
-    // Few receive buffers: the pages of each ring's buffers count in RSS once the kernel first
-    // fills them, a fixed cost that 64 MiB of incoming bytes would otherwise reveal whatever
-    // the sessions keep.
-    let server = Server::builder()
-        .flag("--rings", "2")
-        .flag("--recv-buffers", "64")
-        .flag("--recv-buffer-size", "16kb")
-        .start();
+    let server = server_with_small_receive_buffers();
     let mut admin = server.raw_authed();
     assert_eq!(admin.cmd(&[b"PING"]), Reply::Simple("PONG".into()));
     let before = server.rss_kib();
 
     let header = b"*2\r\n$4\r\nAUTH\r\n$16000000\r\n";
-    let chunk = vec![b'x'; 64 << 10];
-    // Side by side, as an attacker would: the server refuses each at its header, so a write
-    // may fail or stall; each stops at the first that does.
-    let writers: Vec<JoinHandle<RawConn>> = (0..CONNECTIONS)
-        .map(|_| {
-            let mut conn = RawConn::connect(server.addr);
-            let chunk = chunk.clone();
-            std::thread::spawn(move || {
-                conn.stream
-                    .set_write_timeout(Some(Duration::from_secs(2)))
-                    .unwrap();
-                conn.send(header);
-                let mut sent = 0;
-                while sent < SENT && conn.stream.write_all(&chunk).is_ok() {
-                    sent += chunk.len();
-                }
-                conn
-            })
-        })
-        .collect();
-    let mut conns: Vec<RawConn> = writers
-        .into_iter()
-        .map(|writer| writer.join().expect("a writer thread"))
-        .collect();
+    let chunk = Arc::new(vec![b'x'; 64 << 10]);
+    // The server refuses each at its header, so a write may fail or stall; each stops at the
+    // first that does.
+    let mut conns = write_side_by_side(&server, CONNECTIONS, move |_, conn| {
+        conn.send(header);
+        let mut sent = 0;
+        while sent < SENT && conn.stream.write_all(&chunk).is_ok() {
+            sent += chunk.len();
+        }
+    });
     let during = server.rss_kib();
     eprintln!(
         "server RSS {before} KiB before, {during} KiB with the {CONNECTIONS} connections open"
@@ -1400,12 +1417,7 @@ fn wrong_auths_with_a_megabyte_behind_each_cost_no_memory() {
     const BEHIND: usize = 1_000_000;
     // The old server's peak grew by about CONNECTIONS MiB.
     const SLACK_KIB: u64 = ((CONNECTIONS as u64) << 10) / 8;
-    // Few receive buffers, as in `huge_bulks_before_auth_are_refused_and_cost_no_memory`.
-    let server = Server::builder()
-        .flag("--rings", "2")
-        .flag("--recv-buffers", "64")
-        .flag("--recv-buffer-size", "16kb")
-        .start();
+    let server = server_with_small_receive_buffers();
     let mut admin = server.raw_authed();
     assert_eq!(admin.cmd(&[b"PING"]), Reply::Simple("PONG".into()));
     let before = peak_rss_kib(server.pid(), true);
@@ -1414,26 +1426,12 @@ fn wrong_auths_with_a_megabyte_behind_each_cost_no_memory() {
     let mut behind = format!("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n${}\r\n", BEHIND).into_bytes();
     behind.resize(BEHIND, b'x');
     let behind = Arc::new(behind);
-    let writers: Vec<JoinHandle<RawConn>> = (0..CONNECTIONS)
-        .map(|i| {
-            let mut conn = RawConn::connect(server.addr);
-            let behind = behind.clone();
-            std::thread::spawn(move || {
-                conn.stream
-                    .set_write_timeout(Some(Duration::from_secs(2)))
-                    .unwrap();
-                let mut bytes = encode(&[b"AUTH", format!("nosuchuser{i}").as_bytes(), b"x"]);
-                bytes.extend_from_slice(&behind);
-                // The server closes once it reads the refused header: a write may then fail.
-                let _ = conn.stream.write_all(&bytes);
-                conn
-            })
-        })
-        .collect();
-    let mut conns: Vec<RawConn> = writers
-        .into_iter()
-        .map(|writer| writer.join().expect("a writer thread"))
-        .collect();
+    let mut conns = write_side_by_side(&server, CONNECTIONS, move |i, conn| {
+        let mut bytes = encode(&[b"AUTH", format!("nosuchuser{i}").as_bytes(), b"x"]);
+        bytes.extend_from_slice(&behind);
+        // The server closes once it reads the refused header: a write may then fail.
+        let _ = conn.stream.write_all(&bytes);
+    });
     let wrongpass =
         Reply::Error("WRONGPASS invalid username-password pair or user is disabled.".into());
     let refused = Reply::Error("ERR Protocol error: unauthenticated bulk length".into());
