@@ -187,21 +187,14 @@ impl ServerBuilder {
             .data
             .get_or_insert_with(|| Arc::new(tempfile::tempdir().expect("temp data dir")))
             .clone();
-        for (name, password) in &self.users {
-            add_user(
-                &data.path().join("data"),
-                self.store.as_deref(),
-                name,
-                password,
-            );
-        }
-        for (name, password) in &self.admins {
+        let users = self.users.iter().map(|user| (user, false));
+        for ((name, password), admin) in users.chain(self.admins.iter().map(|user| (user, true))) {
             add_user_as(
                 &data.path().join("data"),
                 self.store.as_deref(),
                 name,
                 password,
-                true,
+                admin,
             );
         }
         let mut server = Server {
